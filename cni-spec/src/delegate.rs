@@ -1,0 +1,123 @@
+//! Delegation (spec §4): a plugin runs another plugin (usually IPAM) found in `CNI_PATH`,
+//! with the same environment, `CNI_COMMAND` overridden, and the complete config on stdin.
+//!
+//! ```no_run
+//! # fn f(req: &cni_spec::Request) -> Result<(), cni_spec::Error> {
+//! use cni_spec::delegate::Delegate;
+//! let ipam = Delegate::for_request(req, "host-local");
+//! let added = ipam.add_guarded(&req.raw)?;     // DEL runs on drop unless kept
+//! // ... configure the interface with added.result().ips ...
+//! let result = added.keep();
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+
+use crate::env::{Command, Environment};
+use crate::error::Error;
+use crate::exec::{Invocation, find_plugin};
+use crate::plugin::Request;
+use crate::result::SuccessResult;
+use crate::version::Version;
+
+/// A delegated plugin, bound to the caller's environment.
+#[derive(Debug, Clone)]
+pub struct Delegate {
+    plugin: String,
+    env: Environment,
+    version: Version,
+}
+
+impl Delegate {
+    /// A delegate `plugin` (a binary name) called with `env`; results are read as `version`
+    /// when the delegate's output carries none.
+    pub fn new(plugin: &str, env: Environment, version: Version) -> Self {
+        Delegate { plugin: plugin.to_string(), env, version }
+    }
+
+    /// A delegate for the current request.
+    pub fn for_request(req: &Request, plugin: &str) -> Self {
+        Delegate::new(plugin, req.env.clone(), req.version)
+    }
+
+    /// The delegate's binary name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    fn call(&self, command: Command, config: &[u8]) -> Result<Vec<u8>, Error> {
+        let binary: PathBuf = find_plugin(&self.plugin, &self.env.path)?;
+        let inv = Invocation {
+            command,
+            container_id: self.env.container_id.clone(),
+            netns: self.env.netns.clone(),
+            ifname: self.env.ifname.clone(),
+            args: self.env.args.clone(),
+            path: self.env.path.clone(),
+        };
+        inv.run(&binary, config)
+    }
+
+    /// ADD: returns the delegate's result.
+    pub fn add(&self, config: &[u8]) -> Result<SuccessResult, Error> {
+        let out = self.call(Command::Add, config)?;
+        SuccessResult::from_slice(&out, self.version)
+    }
+
+    /// ADD, returning a guard that calls DEL when dropped unless [`Added::keep`] is called:
+    /// the spec's "call DEL on the delegate if ADD fails after it".
+    pub fn add_guarded<'a>(&'a self, config: &'a [u8]) -> Result<Added<'a>, Error> {
+        let result = self.add(config)?;
+        Ok(Added { delegate: self, config, result: Some(result) })
+    }
+
+    /// DEL.
+    pub fn del(&self, config: &[u8]) -> Result<(), Error> {
+        self.call(Command::Del, config).map(drop)
+    }
+
+    /// CHECK.
+    pub fn check(&self, config: &[u8]) -> Result<(), Error> {
+        self.call(Command::Check, config).map(drop)
+    }
+
+    /// STATUS.
+    pub fn status(&self, config: &[u8]) -> Result<(), Error> {
+        self.call(Command::Status, config).map(drop)
+    }
+
+    /// GC.
+    pub fn gc(&self, config: &[u8]) -> Result<(), Error> {
+        self.call(Command::Gc, config).map(drop)
+    }
+}
+
+/// A successful delegated ADD that is undone (DEL) on drop unless kept.
+#[derive(Debug)]
+pub struct Added<'a> {
+    delegate: &'a Delegate,
+    config: &'a [u8],
+    result: Option<SuccessResult>,
+}
+
+impl Added<'_> {
+    /// The delegate's result.
+    pub fn result(&self) -> &SuccessResult {
+        self.result.as_ref().expect("present until kept")
+    }
+
+    /// Keeps the delegate's work and returns its result.
+    pub fn keep(mut self) -> SuccessResult {
+        self.result.take().expect("present until kept")
+    }
+}
+
+impl Drop for Added<'_> {
+    fn drop(&mut self) {
+        if self.result.is_some()
+            && let Err(e) = self.delegate.del(self.config)
+        {
+            eprintln!("rolling back {} ADD after a failure: DEL failed too: {e}", self.delegate.plugin);
+        }
+    }
+}

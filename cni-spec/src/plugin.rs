@@ -1,0 +1,281 @@
+//! The plugin entry point: read the environment and stdin, answer `VERSION`, apply the
+//! version gates, call the plugin, print its result or error on stdout.
+//!
+//! ```no_run
+//! use cni_spec::{plugin, Error, Plugin, Request, SuccessResult};
+//!
+//! struct Noop;
+//! impl Plugin for Noop {
+//!     fn add(&self, req: &Request) -> Result<SuccessResult, Error> {
+//!         Ok(req.prev_result()?.unwrap_or_default())
+//!     }
+//!     fn del(&self, _: &Request) -> Result<(), Error> { Ok(()) }
+//!     fn check(&self, _: &Request) -> Result<(), Error> { Ok(()) }
+//! }
+//!
+//! fn main() -> std::process::ExitCode { plugin::run(&Noop) }
+//! ```
+
+use std::io::{Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::NetConf;
+use crate::env::{Command, Environment};
+use crate::error::{Code, Error};
+use crate::json;
+use crate::result::SuccessResult;
+use crate::version::{Version, VersionInfo, format_versions};
+
+/// One attachment, as listed in a GC request's `cni.dev/valid-attachments`.
+///
+/// ```
+/// let a = cni_spec::plugin::Attachment::new("c1", "eth0");
+/// assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"containerID":"c1","ifname":"eth0"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The container ID.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
+}
+
+impl Attachment {
+    /// An attachment.
+    pub fn new(container_id: &str, ifname: &str) -> Self {
+        Attachment { container_id: container_id.into(), ifname: ifname.into() }
+    }
+}
+
+/// The GC key of the spec's errata, and the older one libcni also sends.
+pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
+/// The key of the original 1.1.0 text.
+pub const LEGACY_ATTACHMENTS_KEY: &str = "cni.dev/attachments";
+
+/// Everything one invocation brings: the environment, the parsed config and the raw bytes.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The validated `CNI_*` variables.
+    pub env: Environment,
+    /// The config's well-known fields.
+    pub config: NetConf,
+    /// The config exactly as received, for delegation and the plugin's own options.
+    pub raw: Vec<u8>,
+    /// The config's spec version.
+    pub version: Version,
+}
+
+impl Request {
+    /// Builds a request from an environment and a stdin config.
+    pub fn new(env: Environment, raw: Vec<u8>) -> Result<Self, Error> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::new(Code::InvalidConfig, "invalid network config: missing on stdin"));
+        }
+        let config = NetConf::parse(&raw)?;
+        let version = config.version()?;
+        Ok(Request { env, config, raw, version })
+    }
+
+    /// Parses the config into the plugin's own type (its options).
+    ///
+    /// A syntax error is code 6, a wrong field code 7 naming it.
+    pub fn parse_config<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        json::from_slice(&self.raw)
+    }
+
+    /// `prevResult` in the config's version.
+    pub fn prev_result(&self) -> Result<Option<SuccessResult>, Error> {
+        self.config.prev_result()
+    }
+
+    /// GC's list of attachments that are still valid: `cni.dev/valid-attachments`, or the
+    /// older `cni.dev/attachments` when only that is given. `None` when neither is present.
+    pub fn valid_attachments(&self) -> Result<Option<Vec<Attachment>>, Error> {
+        for key in [VALID_ATTACHMENTS_KEY, LEGACY_ATTACHMENTS_KEY] {
+            match self.config.extra.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(v) => {
+                    return serde_json::from_value(v.clone())
+                        .map(Some)
+                        .map_err(|e| Error::invalid_config(key, e));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The network name (required).
+    pub fn network_name(&self) -> Result<&str, Error> {
+        self.config.network_name()
+    }
+}
+
+/// A CNI plugin. Implement the commands; [`run`] does the rest.
+///
+/// `status` and `gc` default to success with no output (what the Go skeleton does when a
+/// plugin has none). `supported_versions` defaults to every version.
+pub trait Plugin {
+    /// Versions this plugin accepts.
+    fn supported_versions(&self) -> &[Version] {
+        &Version::ALL
+    }
+
+    /// A line about the plugin, printed on stderr when run without `CNI_COMMAND`.
+    fn about(&self) -> String {
+        "a CNI plugin".to_string()
+    }
+
+    /// Attach: returns the result (printed in the config's version).
+    fn add(&self, req: &Request) -> Result<SuccessResult, Error>;
+
+    /// Detach; must succeed when there is nothing left to remove.
+    fn del(&self, req: &Request) -> Result<(), Error>;
+
+    /// Verify the attachment against `prevResult`.
+    fn check(&self, req: &Request) -> Result<(), Error>;
+
+    /// Report readiness.
+    fn status(&self, _req: &Request) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Release what belongs to attachments not in [`Request::valid_attachments`].
+    fn gc(&self, _req: &Request) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// What an invocation printed and how it exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What goes to stdout (a result, a version reply, an error object, or nothing).
+    pub stdout: String,
+    /// The exit status: 0 on success, 1 on error.
+    pub exit: u8,
+}
+
+/// Runs `plugin` on the process environment and stdin, prints to stdout, and returns the
+/// exit code. Logs belong on stderr; nothing else is written to stdout.
+pub fn run<P: Plugin + ?Sized>(plugin: &P) -> ExitCode {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let outcome = match read {
+        Ok(_) => dispatch(plugin, |k| std::env::var(k).ok(), stdin),
+        Err(e) => error_outcome(&Error::io("reading the network config from stdin", &e), None),
+    };
+    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        let versions = format_versions(plugin.supported_versions());
+        eprintln!("{}\nCNI protocol versions supported: {versions}", plugin.about());
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    ExitCode::from(outcome.exit)
+}
+
+/// Runs one invocation with an explicit environment and stdin; returns what to print.
+/// A panic inside the plugin becomes an error object with code 999.
+pub fn dispatch<P: Plugin + ?Sized>(
+    plugin: &P,
+    env: impl Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+) -> Outcome {
+    let mut version = None;
+    let result = catch_unwind(AssertUnwindSafe(|| invoke(plugin, &env, stdin, &mut version)));
+    match result {
+        Ok(Ok(stdout)) => Outcome { stdout, exit: 0 },
+        Ok(Err(e)) => error_outcome(&e, version),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            error_outcome(&Error::internal(format!("plugin panicked: {what}")), version)
+        }
+    }
+}
+
+fn error_outcome(e: &Error, version: Option<Version>) -> Outcome {
+    Outcome { stdout: e.to_json(version), exit: 1 }
+}
+
+fn invoke<P: Plugin + ?Sized>(
+    plugin: &P,
+    env: &impl Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+    version_out: &mut Option<Version>,
+) -> Result<String, Error> {
+    let env = Environment::from_lookup(env)?;
+    if env.command == Command::Version {
+        return Ok(version_reply(plugin.supported_versions(), &stdin));
+    }
+    let req = Request::new(env, stdin)?;
+    *version_out = Some(req.version);
+    gate(plugin.supported_versions(), req.env.command, req.version)?;
+    match req.env.command {
+        Command::Add => {
+            let result = plugin.add(&req)?;
+            result.to_json(req.version)
+        }
+        Command::Del => plugin.del(&req).map(|()| String::new()),
+        Command::Check => plugin.check(&req).map(|()| String::new()),
+        Command::Status => plugin.status(&req).map(|()| String::new()),
+        Command::Gc => plugin.gc(&req).map(|()| String::new()),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// The version gates of the spec: the config's version must be one the plugin supports;
+/// CHECK needs 0.4.0, STATUS and GC need 1.1.0. Each failure is code 1.
+///
+/// ```
+/// use cni_spec::{Command, Version};
+/// assert!(cni_spec::plugin::gate(&Version::ALL, Command::Check, Version::V0_4_0).is_ok());
+/// assert_eq!(cni_spec::plugin::gate(&Version::ALL, Command::Gc, Version::V1_0_0).unwrap_err().code, 1);
+/// ```
+pub fn gate(supported: &[Version], command: Command, version: Version) -> Result<(), Error> {
+    if !supported.contains(&version) {
+        return Err(Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
+            format!("config is {:?}, plugin supports {}", version.as_str(), format_versions(supported)),
+        ));
+    }
+    let allowed = match command {
+        Command::Check => version.has_check(),
+        Command::Status => version.has_status(),
+        Command::Gc => version.has_gc(),
+        _ => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::new(
+            Code::IncompatibleVersion,
+            format!("config version {version} does not allow {command}"),
+        ))
+    }
+}
+
+/// The reply to `VERSION`, in the version the caller asked with when the plugin supports
+/// it, else in the plugin's newest.
+fn version_reply(supported: &[Version], stdin: &[u8]) -> String {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ask {
+        cni_version: Option<String>,
+    }
+    let newest = supported.iter().copied().max().unwrap_or(Version::CURRENT);
+    let asked = serde_json::from_slice::<Ask>(stdin)
+        .ok()
+        .and_then(|a| a.cni_version)
+        .and_then(|v| v.parse::<Version>().ok())
+        .filter(|v| supported.contains(v))
+        .unwrap_or(newest);
+    serde_json::to_string(&VersionInfo::new(asked, supported)).expect("version info serializes")
+}
