@@ -353,13 +353,17 @@ pub struct NetConfList {
     /// Every other key.
     #[serde(flatten)]
     pub extra: Object,
+    /// The bytes the list was parsed from, kept because libcni caches them verbatim.
+    #[serde(skip)]
+    pub source: Option<Vec<u8>>,
 }
 
 impl NetConfList {
     /// Parses and validates a config list.
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
-        let list: NetConfList = json::from_slice(bytes)?;
+        let mut list: NetConfList = json::from_slice(bytes)?;
         list.validate()?;
+        list.source = Some(bytes.to_vec());
         Ok(list)
     }
 
@@ -426,9 +430,12 @@ impl NetConfList {
         Ok(list)
     }
 
-    /// Serializes the list back to JSON bytes.
+    /// The list as bytes: the source it was parsed from, else serialized anew.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a config list always serializes")
+        match &self.source {
+            Some(bytes) => bytes.clone(),
+            None => serde_json::to_vec(self).expect("a config list always serializes"),
+        }
     }
 }
 

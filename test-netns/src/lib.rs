@@ -1,1 +1,201 @@
-pub fn x(){}
+//! Test hosts on one machine: network namespaces with unique names that disappear when the
+//! test that made them ends, also when it panics.
+//!
+//! ```no_run
+//! let ns = test_netns::TestNs::new("pod");
+//! let out = ns.exec(&["ip", "-j", "link"]);
+//! assert!(out.contains("\"lo\""));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use netkernel::NetNs;
+use netkernel::netns::NETNS_RUN_DIR;
+
+/// The prefix of every namespace this crate makes: `tn<pid>-<n>-<label>`.
+const PREFIX: &str = "tn";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the tests can do kernel work (root). Tests that need it call
+/// [`require_root!`] first, which says clearly why it skips.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Returns from the calling test, with a message on stderr, when not running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("SKIPPED {}: needs root to create network namespaces", module_path!());
+            return;
+        }
+    };
+}
+
+/// A named network namespace owned by a test; deleted on drop.
+#[derive(Debug)]
+pub struct TestNs {
+    name: String,
+    ns: NetNs,
+}
+
+impl TestNs {
+    /// Creates `tn<pid>-<n>-<label>` (label cut to keep the name short). Panics with a clear
+    /// message when that fails: a test cannot go on without its host.
+    pub fn new(label: &str) -> Self {
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
+        let ns = NetNs::create_named(&name)
+            .unwrap_or_else(|e| panic!("creating test netns {name}: {e} (are we root?)"));
+        TestNs { name, ns }
+    }
+
+    /// The name, as `ip netns` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mount path, e.g. for `CNI_NETNS`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_RUN_DIR).join(&self.name)
+    }
+
+    /// The open namespace.
+    pub fn netns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Runs `f` inside the namespace on a thread of its own.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.ns.run(f).unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        self.ns.command(program)
+    }
+
+    /// Runs `argv` inside the namespace and returns its stdout; panics (with stderr) when it
+    /// fails.
+    pub fn exec(&self, argv: &[&str]) -> String {
+        let out = self
+            .command(argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("running {argv:?} in {}: {e}", self.name));
+        assert!(
+            out.status.success(),
+            "{argv:?} in {} failed ({}): {}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether `argv` succeeds inside the namespace.
+    pub fn try_exec(&self, argv: &[&str]) -> bool {
+        self.command(argv[0]).args(&argv[1..]).output().is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        if let Err(e) = NetNs::delete_named(&self.name) {
+            // Never panic in drop (we may already be unwinding): say it instead.
+            eprintln!("test-netns: could not delete {}: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes namespaces left by test processes that were killed (their pid is gone), once
+/// per process.
+fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = NetNs::delete_named(&name);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_lifecycle() {
+        require_root!();
+        let path;
+        {
+            let ns = TestNs::new("life");
+            path = ns.path();
+            assert!(path.exists());
+            let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+            assert!(String::from_utf8_lossy(&listed.stdout).contains(ns.name()));
+            // A fresh namespace has only `lo`.
+            let links = ns.exec(&["ip", "-o", "link"]);
+            assert_eq!(links.lines().count(), 1, "{links}");
+            // The caller's thread stayed where it was.
+            let here = NetNs::current().unwrap();
+            assert!(!here.same_as(ns.netns()));
+            assert!(ns.run(|| NetNs::current().unwrap().same_as(ns.netns())));
+        }
+        assert!(!path.exists(), "{} outlived its test", path.display());
+    }
+
+    #[test]
+    fn removed_on_panic() {
+        require_root!();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = std::thread::spawn(move || {
+            let ns = TestNs::new("panic");
+            tx.send(ns.path()).unwrap();
+            panic!("test failure inside");
+        })
+        .join();
+        assert!(r.is_err());
+        let path = rx.recv().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn names_are_unique_in_parallel() {
+        require_root!();
+        let names: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| TestNs::new("par").name().to_string()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut dedup = names.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), names.len());
+    }
+
+    #[test]
+    fn open_rejects_non_netns() {
+        let e = NetNs::open("/etc/hostname").unwrap_err();
+        assert!(e.to_string().contains("not a network namespace"), "{e}");
+        assert!(NetNs::open("/nonexistent/ns").unwrap_err().is_not_found());
+    }
+}

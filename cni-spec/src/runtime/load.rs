@@ -42,6 +42,7 @@ pub fn conf_list_from_file(path: &Path) -> Result<NetConfList, Error> {
         }
     }
     list.validate().map_err(|e| Error { msg: format!("{}: {}", path.display(), e.msg), ..e })?;
+    list.source = Some(bytes);
     Ok(list)
 }
 

@@ -1,0 +1,1 @@
+//! The plugins' logic; each binary in `src/bin/` is a thin `main` over one module.

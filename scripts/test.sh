@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, as root, after installing what they need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+ensure_packages
+cargo fmt --all -- --check
+cargo test --workspace
