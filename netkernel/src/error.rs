@@ -23,6 +23,38 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// A netlink request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// The operation.
+        what: String,
+        /// The positive errno, when the kernel sent one.
+        errno: Option<i32>,
+        /// The error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A link exists but is of another kind than asked for.
+    #[error("{name:?} already exists but is a {found}, not a {wanted}")]
+    WrongKind {
+        /// The link name.
+        name: String,
+        /// What was asked for.
+        wanted: &'static str,
+        /// What it is.
+        found: String,
+    },
+    /// A link that must exist does not.
+    #[error("link {0:?} not found")]
+    NoSuchLink(String),
+    /// An external command (`nft`) failed.
+    #[error("{what}: {stderr}")]
+    Command {
+        /// The operation.
+        what: String,
+        /// What the command printed on stderr.
+        stderr: String,
+    },
     /// The path is not a network namespace.
     #[error("{0} is not a network namespace")]
     NotNetns(PathBuf),
@@ -52,8 +84,32 @@ impl KernelError {
         match self {
             KernelError::Sys { source, .. } => *source == nix::Error::ENOENT,
             KernelError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            KernelError::Netlink { errno, .. } => {
+                matches!(
+                    *errno,
+                    Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+                )
+            }
+            KernelError::NoSuchLink(_) => true,
             _ => false,
         }
+    }
+}
+
+impl KernelError {
+    /// The errno of a failed system call or netlink request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Sys { source, .. } => Some(*source as i32),
+            KernelError::Io { source, .. } => source.raw_os_error(),
+            KernelError::Netlink { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+
+    /// Whether the error is EEXIST: the object is already there.
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
     }
 }
 

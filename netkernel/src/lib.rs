@@ -2,8 +2,15 @@
 //! neighbours, FDB entries, sysctls and nftables that the plugins, the daemon and the tests
 //! need, in one place. It knows nothing about CNI or leases.
 
+pub mod addr;
 pub mod error;
+pub mod link;
+pub mod netlink;
 pub mod netns;
+pub mod route;
+pub mod sysctl;
 
 pub use error::KernelError;
+pub use link::Link;
+pub use netlink::Netlink;
 pub use netns::NetNs;

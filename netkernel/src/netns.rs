@@ -73,7 +73,10 @@ impl NetNs {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-            .map_err(KernelError::sys(format!("bind-mounting the netns on {}", target.display())))
+            .map_err(KernelError::sys(format!(
+                "bind-mounting the netns on {}",
+                target.display()
+            )))
         })
         .join()
         .unwrap_or_else(|_| Err(KernelError::NotNetns(path.clone())));
@@ -92,7 +95,11 @@ impl NetNs {
         let path = Path::new(NETNS_RUN_DIR).join(name);
         match umount2(&path, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => {}
-            Err(e) => return Err(KernelError::sys(format!("unmounting {}", path.display()))(e)),
+            Err(e) => {
+                return Err(KernelError::sys(format!("unmounting {}", path.display()))(
+                    e,
+                ));
+            }
         }
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -120,8 +127,9 @@ impl NetNs {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
             let handle = s.spawn(|| -> Result<T> {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(KernelError::sys(format!("entering netns {}", self.path.display())))?;
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(KernelError::sys(
+                    format!("entering netns {}", self.path.display()),
+                ))?;
                 Ok(f())
             });
             match handle.join() {
@@ -167,7 +175,10 @@ fn validate_name(name: &str) -> Result<()> {
         None
     };
     match why {
-        Some(why) => Err(KernelError::InvalidName { name: name.into(), why }),
+        Some(why) => Err(KernelError::InvalidName {
+            name: name.into(),
+            why,
+        }),
         None => Ok(()),
     }
 }
@@ -180,9 +191,16 @@ fn prepare_run_dir() -> Result<()> {
     if *done {
         return Ok(());
     }
-    fs::create_dir_all(NETNS_RUN_DIR).map_err(KernelError::io(format!("creating {NETNS_RUN_DIR}")))?;
+    fs::create_dir_all(NETNS_RUN_DIR)
+        .map_err(KernelError::io(format!("creating {NETNS_RUN_DIR}")))?;
     let make_shared = || {
-        mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
     };
     if let Err(nix::Error::EINVAL) = make_shared() {
         // Not a mount point yet: bind it onto itself first.
@@ -193,7 +211,9 @@ fn prepare_run_dir() -> Result<()> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(KernelError::sys(format!("bind-mounting {NETNS_RUN_DIR} on itself")))?;
+        .map_err(KernelError::sys(format!(
+            "bind-mounting {NETNS_RUN_DIR} on itself"
+        )))?;
         make_shared().map_err(KernelError::sys(format!("making {NETNS_RUN_DIR} shared")))?;
     }
     *done = true;

@@ -7,12 +7,17 @@
 //! assert!(out.contains("\"lo\""));
 //! ```
 
+mod connectivity;
+mod topology;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use netkernel::NetNs;
+pub use connectivity::{EchoServer, ping, tcp_echo};
 use netkernel::netns::NETNS_RUN_DIR;
+pub use netkernel::{NetNs, Netlink};
+pub use topology::{Underlay, veth_between};
 
 /// The prefix of every namespace this crate makes: `tn<pid>-<n>-<label>`.
 const PREFIX: &str = "tn";
@@ -30,7 +35,10 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!("SKIPPED {}: needs root to create network namespaces", module_path!());
+            eprintln!(
+                "SKIPPED {}: needs root to create network namespaces",
+                module_path!()
+            );
             return;
         }
     };
@@ -49,7 +57,11 @@ impl TestNs {
     pub fn new(label: &str) -> Self {
         sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let label: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         let ns = NetNs::create_named(&name)
             .unwrap_or_else(|e| panic!("creating test netns {name}: {e} (are we root?)"));
@@ -73,7 +85,46 @@ impl TestNs {
 
     /// Runs `f` inside the namespace on a thread of its own.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.ns.run(f).unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
+        self.ns
+            .run(f)
+            .unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
+    }
+
+    /// A netlink connection inside the namespace.
+    pub fn netlink(&self) -> Netlink {
+        Netlink::in_netns(&self.ns).unwrap_or_else(|e| panic!("netlink in {}: {e}", self.name))
+    }
+
+    /// Index of link `name`; panics if it does not exist.
+    pub fn link_index(&self, name: &str) -> u32 {
+        self.netlink()
+            .require_link(name)
+            .unwrap_or_else(|e| panic!("{name} in {}: {e}", self.name))
+            .index
+    }
+
+    /// Adds an address (`10.0.0.1/24`) to link `ifname` and brings the link and `lo` up.
+    pub fn add_address(&self, ifname: &str, addr: &str) {
+        let nl = self.netlink();
+        let idx = self.link_index(ifname);
+        let net = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("address {addr}: {e}"));
+        nl.add_address(idx, net)
+            .unwrap_or_else(|e| panic!("adding {addr} in {}: {e}", self.name));
+        nl.set_up(idx)
+            .unwrap_or_else(|e| panic!("{ifname} up in {}: {e}", self.name));
+        self.lo_up();
+    }
+
+    /// Brings `lo` up.
+    pub fn lo_up(&self) {
+        let nl = self.netlink();
+        let lo = nl.require_link("lo").expect("every namespace has lo");
+        if !lo.up {
+            nl.set_up(lo.index)
+                .unwrap_or_else(|e| panic!("lo up in {}: {e}", self.name));
+        }
     }
 
     /// A command that will run inside the namespace.
@@ -101,7 +152,10 @@ impl TestNs {
 
     /// Whether `argv` succeeds inside the namespace.
     pub fn try_exec(&self, argv: &[&str]) -> bool {
-        self.command(argv[0]).args(&argv[1..]).output().is_ok_and(|o| o.status.success())
+        self.command(argv[0])
+            .args(&argv[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 }
 
@@ -119,7 +173,9 @@ impl Drop for TestNs {
 fn sweep_stale() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else { return };
+        let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(pid) = name

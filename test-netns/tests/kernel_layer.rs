@@ -1,0 +1,201 @@
+//! The kernel layer and the test hosts, exercised in private namespaces.
+
+use std::time::Duration;
+
+use netkernel::link::{BridgePortOptions, BridgeSpec, VethOptions, parse_mac};
+use netkernel::route::Route;
+use test_netns::{EchoServer, TestNs, Underlay, ping, require_root, tcp_echo, veth_between};
+
+#[test]
+fn bridge_is_created_once_and_concurrent_ensures_agree() {
+    require_root!();
+    let host = TestNs::new("br");
+    let spec = BridgeSpec {
+        name: "tbr0".into(),
+        mtu: Some(1400),
+        vlan_filtering: false,
+    };
+    let indices: Vec<u32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| host.netlink().ensure_bridge(&spec).unwrap().index))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(indices.windows(2).all(|w| w[0] == w[1]), "{indices:?}");
+    let br = host.netlink().require_link("tbr0").unwrap();
+    assert!(br.is("bridge") && br.up);
+    assert_eq!(br.mtu, 1400);
+}
+
+#[test]
+fn ensure_bridge_refuses_another_kind() {
+    require_root!();
+    let host = TestNs::new("brkind");
+    host.netlink()
+        .add_veth("notbr", "notbr1", None, &VethOptions::default())
+        .unwrap();
+    let err = host
+        .netlink()
+        .ensure_bridge(&BridgeSpec {
+            name: "notbr".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not a bridge"), "{err}");
+}
+
+#[test]
+fn veth_peer_is_born_in_the_other_namespace() {
+    require_root!();
+    let (host, pod) = (TestNs::new("vh"), TestNs::new("vp"));
+    let mac = parse_mac("0a:58:0a:00:00:07").unwrap();
+    let opts = VethOptions {
+        mtu: Some(1450),
+        mac: None,
+        peer_mac: Some(mac),
+    };
+    host.netlink()
+        .add_veth("vethtest", "eth0", Some(pod.netns()), &opts)
+        .unwrap();
+    let host_end = host.netlink().require_link("vethtest").unwrap();
+    let pod_end = pod.netlink().require_link("eth0").unwrap();
+    assert_eq!(pod_end.mac, Some(mac));
+    assert_eq!((host_end.mtu, pod_end.mtu), (1450, 1450));
+    assert_eq!(host_end.peer_index, Some(pod_end.index));
+    assert!(host.netlink().link("eth0").unwrap().is_none());
+
+    // Ports, addresses and routes.
+    let br = host
+        .netlink()
+        .ensure_bridge(&BridgeSpec {
+            name: "b0".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    host.netlink().set_master(host_end.index, br.index).unwrap();
+    host.netlink()
+        .set_bridge_port(
+            host_end.index,
+            &BridgePortOptions {
+                hairpin: Some(true),
+                isolated: Some(true),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        host.netlink().require_link("vethtest").unwrap().master,
+        Some(br.index)
+    );
+    let detail = host.exec(&["ip", "-d", "link", "show", "vethtest"]);
+    assert!(
+        detail.contains("hairpin on") && detail.contains("isolated on"),
+        "{detail}"
+    );
+
+    let nl = pod.netlink();
+    nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
+        .unwrap();
+    assert!(
+        nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
+            .unwrap_err()
+            .is_exists()
+    );
+    nl.ensure_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
+        .unwrap();
+    nl.set_up(pod_end.index).unwrap();
+    assert_eq!(
+        nl.addresses(pod_end.index).unwrap(),
+        vec!["10.9.0.5/24".parse().unwrap()]
+    );
+    let default = Route::new(
+        "0.0.0.0/0".parse().unwrap(),
+        Some("10.9.0.1".parse().unwrap()),
+        Some(pod_end.index),
+    );
+    nl.add_route(&default).unwrap();
+    nl.replace_route(&default).unwrap();
+    let routes = nl.routes(false, None).unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.gateway == default.gateway),
+        "{routes:?}"
+    );
+    nl.del_route(&default).unwrap();
+    nl.del_route(&default).unwrap();
+    assert!(
+        !nl.routes(false, None)
+            .unwrap()
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0)
+    );
+    nl.del_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
+        .unwrap();
+    assert!(nl.addresses(pod_end.index).unwrap().is_empty());
+
+    // Deleting one end removes both; deleting again is fine.
+    host.netlink().delete_link(host_end.index).unwrap();
+    host.netlink().delete_link(host_end.index).unwrap();
+    assert!(pod.netlink().link("eth0").unwrap().is_none());
+}
+
+#[test]
+fn sysctls_are_per_namespace() {
+    require_root!();
+    let ns = TestNs::new("sysctl");
+    let outside = netkernel::sysctl::read("net/ipv4/ip_forward").unwrap();
+    let inside = ns.run(|| {
+        netkernel::sysctl::write("net/ipv4/ip_forward", "1").unwrap();
+        netkernel::sysctl::read("net.ipv4.ip_forward").unwrap()
+    });
+    assert_eq!(inside, "1");
+    assert_eq!(
+        netkernel::sysctl::read("net/ipv4/ip_forward").unwrap(),
+        outside
+    );
+    assert!(netkernel::sysctl::write("net/../../etc/passwd", "x").is_err());
+}
+
+#[test]
+fn underlay_joins_nodes_and_checks_connectivity() {
+    require_root!();
+    let underlay = Underlay::new(None);
+    let nodes: Vec<TestNs> = (0..3).map(|i| TestNs::new(&format!("node{i}"))).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        underlay.attach(n, "ul", &format!("192.0.2.{}/24", i + 1));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..nodes.len() {
+            if i != j {
+                assert!(
+                    ping(n, &format!("192.0.2.{}", j + 1), 2),
+                    "node{i} cannot reach node{j}"
+                );
+            }
+        }
+    }
+    let server = EchoServer::start(&nodes[2], "192.0.2.3:0");
+    let echoed = tcp_echo(&nodes[0], server.addr(), 256 * 1024, Duration::from_secs(5)).unwrap();
+    assert_eq!(echoed, 256 * 1024);
+    // Nothing answers on an address that is not on the underlay.
+    assert!(!ping(&nodes[0], "192.0.2.99", 1));
+    assert!(
+        tcp_echo(
+            &nodes[0],
+            "192.0.2.99:7".parse().unwrap(),
+            1,
+            Duration::from_millis(500)
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn veth_between_two_hosts() {
+    require_root!();
+    let (a, b) = (TestNs::new("pa"), TestNs::new("pb"));
+    veth_between(&a, "ab", &b, "ba");
+    a.add_address("ab", "198.51.100.1/30");
+    b.add_address("ba", "198.51.100.2/30");
+    assert!(ping(&a, "198.51.100.2", 2));
+}
