@@ -5,8 +5,11 @@
 pub mod addr;
 pub mod error;
 pub mod link;
+pub mod masq;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
+pub mod overlay;
 pub mod route;
 pub mod sysctl;
 

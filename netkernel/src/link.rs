@@ -379,3 +379,43 @@ pub struct BridgePortOptions {
     /// Port isolation.
     pub isolated: Option<bool>,
 }
+
+/// A VLAN on a bridge port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortVlan {
+    /// The port's access VLAN: PVID and untagged.
+    Access(u16),
+    /// Tagged VLANs `first..=last`.
+    Trunk(u16, u16),
+}
+
+impl Netlink {
+    /// Adds a VLAN (or a range) to a bridge port (`bridge vlan add`).
+    pub fn bridge_vlan_add(&self, port: u32, vlan: PortVlan) -> Result<()> {
+        use rtnetlink::LinkBridgeVlan;
+        use rtnetlink::packet_route::link::BridgeVlanInfoFlags as F;
+        let msg = match vlan {
+            PortVlan::Access(vid) => LinkBridgeVlan::new(port).vlan(vid, F::Pvid | F::Untagged),
+            PortVlan::Trunk(a, b) if a == b => LinkBridgeVlan::new(port).vlan(a, F::empty()),
+            PortVlan::Trunk(a, b) => LinkBridgeVlan::new(port)
+                .vlan_range_start(a, F::empty())
+                .vlan_range_end(b, F::empty()),
+        };
+        self.block_on(self.handle().link().set(msg.build()).execute())
+            .map_err(nl_err(format!("adding VLAN {vlan:?} to port {port}")))
+    }
+
+    /// Removes a VLAN from a bridge port (`bridge vlan del`); absent is not an error.
+    pub fn bridge_vlan_del(&self, port: u32, vid: u16) -> Result<()> {
+        use rtnetlink::LinkBridgeVlan;
+        use rtnetlink::packet_route::link::BridgeVlanInfoFlags as F;
+        let msg = LinkBridgeVlan::new(port).vlan(vid, F::empty()).build();
+        match self.block_on(self.handle().link().del_with_message(msg).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) => match nl_err(format!("removing VLAN {vid} from port {port}"))(e) {
+                e if e.is_not_found() || e.errno() == Some(libc::EINVAL) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+}

@@ -54,7 +54,7 @@ impl Route {
         }
     }
 
-    fn message(&self) -> RouteMessage {
+    pub(crate) fn message(&self) -> RouteMessage {
         let mut m = match self.dst {
             IpNet::V4(d) => {
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()

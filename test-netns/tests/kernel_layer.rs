@@ -199,3 +199,118 @@ fn veth_between_two_hosts() {
     b.add_address("ba", "198.51.100.2/30");
     assert!(ping(&a, "198.51.100.2", 2));
 }
+
+#[test]
+fn vxlan_overlay_between_two_nodes() {
+    use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
+    require_root!();
+    let underlay = Underlay::new(None);
+    let nodes = [TestNs::new("vxa"), TestNs::new("vxb")];
+    let macs = [
+        parse_mac("0e:00:00:00:00:0a").unwrap(),
+        parse_mac("0e:00:00:00:00:0b").unwrap(),
+    ];
+    for (i, n) in nodes.iter().enumerate() {
+        underlay.attach(n, "ul", &format!("192.0.2.{}/24", i + 1));
+    }
+    let mut vx_index = [0u32; 2];
+    for (i, n) in nodes.iter().enumerate() {
+        let nl = n.netlink();
+        let spec = VxlanSpec {
+            name: "ovl.1".into(),
+            vni: 1,
+            port: 8472,
+            local: format!("192.0.2.{}", i + 1).parse().unwrap(),
+            dev: n.link_index("ul"),
+            mtu: 1450,
+            mac: macs[i],
+        };
+        let (link, replaced) = nl.ensure_vxlan(&spec).unwrap();
+        assert!(replaced.is_none());
+        // Ensuring again keeps the device (same index: nothing was flushed).
+        assert_eq!(nl.ensure_vxlan(&spec).unwrap().0.index, link.index);
+        vx_index[i] = link.index;
+        nl.add_address(
+            link.index,
+            format!("10.244.{}.0/32", i + 1).parse().unwrap(),
+        )
+        .unwrap();
+    }
+    for i in 0..2 {
+        let peer = 1 - i;
+        let peer_vtep: std::net::IpAddr = format!("10.244.{}.0", peer + 1).parse().unwrap();
+        let mut route = Route::new(
+            format!("10.244.{}.0/24", peer + 1).parse().unwrap(),
+            Some(peer_vtep),
+            Some(vx_index[i]),
+        );
+        route.onlink = true;
+        let ops = vec![
+            OverlayOp::SetNeighbour(
+                vx_index[i],
+                Neighbour {
+                    ip: peer_vtep,
+                    mac: macs[peer],
+                },
+            ),
+            OverlayOp::SetFdb(
+                vx_index[i],
+                FdbEntry {
+                    mac: macs[peer],
+                    dst: format!("192.0.2.{}", peer + 1).parse().unwrap(),
+                },
+            ),
+            OverlayOp::SetRoute(route),
+        ];
+        // Twice: replacing is idempotent.
+        assert!(nodes[i].netlink().apply_overlay(ops.clone()).is_empty());
+        assert!(nodes[i].netlink().apply_overlay(ops).is_empty());
+    }
+    assert!(ping(&nodes[0], "10.244.2.0", 2), "no overlay connectivity");
+    let nl = nodes[0].netlink();
+    assert_eq!(
+        nl.neighbours(vx_index[0]).unwrap(),
+        vec![Neighbour {
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: macs[1]
+        }]
+    );
+    let fdb_now = nl.fdb(vx_index[0]).unwrap();
+    assert!(
+        fdb_now.contains(&FdbEntry {
+            mac: macs[1],
+            dst: "192.0.2.2".parse().unwrap()
+        }),
+        "{fdb_now:?} {}",
+        nodes[0].exec(&["bridge", "fdb", "show", "dev", "ovl.1"])
+    );
+
+    // Removal, including of things already gone.
+    let fdb = FdbEntry {
+        mac: macs[1],
+        dst: "192.0.2.2".parse().unwrap(),
+    };
+    let ops = vec![
+        OverlayOp::DelNeighbour(vx_index[0], "10.244.2.0".parse().unwrap()),
+        OverlayOp::DelFdb(vx_index[0], fdb),
+    ];
+    assert!(nl.apply_overlay(ops.clone()).is_empty());
+    assert!(nl.apply_overlay(ops).is_empty());
+    assert!(nl.neighbours(vx_index[0]).unwrap().is_empty());
+    assert!(!nl.fdb(vx_index[0]).unwrap().contains(&fdb));
+    assert!(!ping(&nodes[0], "10.244.2.0", 1));
+
+    // An incompatible device (other VNI) is replaced, and the reason given.
+    let spec = VxlanSpec {
+        name: "ovl.1".into(),
+        vni: 2,
+        port: 8472,
+        local: "192.0.2.1".parse().unwrap(),
+        dev: nodes[0].link_index("ul"),
+        mtu: 1450,
+        mac: macs[0],
+    };
+    let (_, why) = nl.ensure_vxlan(&spec).unwrap();
+    assert!(why.unwrap().contains("VNI"));
+    assert_eq!(nl.vxlan_info("ovl.1").unwrap().unwrap().vni, Some(2));
+}

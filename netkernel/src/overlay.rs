@@ -1,0 +1,379 @@
+//! The VXLAN overlay: the device, permanent neighbour (ARP/NDP) entries, FDB entries, read
+//! back for reconciliation and changed in batches (many requests in flight on one socket).
+
+use std::net::IpAddr;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use rtnetlink::LinkVxlan;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::InfoVxlan;
+use rtnetlink::packet_route::link::{InfoData, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+
+use crate::error::{KernelError, Result};
+use crate::link::{Link, Mac};
+use crate::netlink::{Netlink, nl_err};
+use crate::route::Route;
+
+/// How many netlink requests a batch keeps in flight.
+const IN_FLIGHT: usize = 128;
+
+/// The VXLAN device to have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    /// Name, e.g. `flannel.1`.
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Local underlay address.
+    pub local: IpAddr,
+    /// Underlay interface index.
+    pub dev: u32,
+    /// MTU.
+    pub mtu: u32,
+    /// The device MAC (the VTEP MAC published in the lease).
+    pub mac: Mac,
+}
+
+/// What an existing VXLAN device has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    /// VNI.
+    pub vni: Option<u32>,
+    /// UDP port.
+    pub port: Option<u16>,
+    /// Local address.
+    pub local: Option<IpAddr>,
+    /// Underlay interface.
+    pub dev: Option<u32>,
+    /// Learning on.
+    pub learning: bool,
+}
+
+/// A permanent neighbour entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neighbour {
+    /// The overlay address.
+    pub ip: IpAddr,
+    /// Its MAC.
+    pub mac: Mac,
+}
+
+/// An FDB entry of a VXLAN device: frames for `mac` go to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbEntry {
+    /// The remote VTEP MAC.
+    pub mac: Mac,
+    /// The remote VTEP's underlay address.
+    pub dst: IpAddr,
+}
+
+/// One change to the overlay state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayOp {
+    /// Add or replace a neighbour.
+    SetNeighbour(u32, Neighbour),
+    /// Remove a neighbour.
+    DelNeighbour(u32, IpAddr),
+    /// Add or replace an FDB entry.
+    SetFdb(u32, FdbEntry),
+    /// Remove an FDB entry.
+    DelFdb(u32, FdbEntry),
+    /// Add or replace a route.
+    SetRoute(Route),
+    /// Remove a route.
+    DelRoute(Route),
+}
+
+fn vxlan_info(m: &LinkMessage) -> Option<VxlanInfo> {
+    let mut info = None;
+    for attr in &m.attributes {
+        let LinkAttribute::LinkInfo(infos) = attr else {
+            continue;
+        };
+        for i in infos {
+            let LinkInfo::Data(InfoData::Vxlan(vs)) = i else {
+                continue;
+            };
+            let mut v = VxlanInfo::default();
+            for x in vs {
+                match x {
+                    InfoVxlan::Id(id) => v.vni = Some(*id),
+                    InfoVxlan::Port(p) => v.port = Some(*p),
+                    InfoVxlan::Local(a) => v.local = Some(IpAddr::V4(*a)),
+                    InfoVxlan::Local6(a) => v.local = Some(IpAddr::V6(*a)),
+                    InfoVxlan::Link(l) => v.dev = Some(*l),
+                    InfoVxlan::Learning(l) => v.learning = *l,
+                    _ => {}
+                }
+            }
+            info = Some(v);
+        }
+    }
+    info
+}
+
+impl Netlink {
+    /// The VXLAN attributes of link `name`, if it is a VXLAN device.
+    pub fn vxlan_info(&self, name: &str) -> Result<Option<VxlanInfo>> {
+        let mut req = std::pin::pin!(
+            self.handle()
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+        );
+        match self.block_on(req.try_next()) {
+            Ok(Some(m)) => Ok(vxlan_info(&m)),
+            Ok(None) => Ok(None),
+            Err(e) => match nl_err(format!("reading link {name:?}"))(e) {
+                e if e.is_not_found() => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Makes the VXLAN device match `spec`. A compatible device is kept (its entries stay:
+    /// a restart must not flush the datapath); an incompatible one is replaced, and the
+    /// reason returned so the caller can log it.
+    pub fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<(Link, Option<String>)> {
+        let mut replaced = None;
+        if let Some(existing) = self.link(&spec.name)? {
+            let info = self.vxlan_info(&spec.name)?;
+            let why = match &info {
+                None => Some(format!(
+                    "it is a {} device, not vxlan",
+                    existing.kind.as_deref().unwrap_or("plain")
+                )),
+                Some(i) if i.vni != Some(spec.vni) => {
+                    Some(format!("its VNI is {:?}, want {}", i.vni, spec.vni))
+                }
+                Some(i) if i.port != Some(spec.port) => {
+                    Some(format!("its port is {:?}, want {}", i.port, spec.port))
+                }
+                Some(i) if i.local != Some(spec.local) => Some(format!(
+                    "its local address is {:?}, want {}",
+                    i.local, spec.local
+                )),
+                Some(i) if i.dev != Some(spec.dev) => Some(format!(
+                    "its underlay device is {:?}, want {}",
+                    i.dev, spec.dev
+                )),
+                Some(i) if i.learning => Some("it has learning on".to_string()),
+                Some(_) => None,
+            };
+            match why {
+                None => {
+                    if existing.mtu != spec.mtu {
+                        self.set_mtu(existing.index, spec.mtu)?;
+                    }
+                    if existing.mac != Some(spec.mac) {
+                        self.set_mac(existing.index, spec.mac)?;
+                    }
+                    if !existing.up {
+                        self.set_up(existing.index)?;
+                    }
+                    return Ok((self.require_link(&spec.name)?, None));
+                }
+                Some(why) => {
+                    self.delete_link(existing.index)?;
+                    replaced = Some(why);
+                }
+            }
+        }
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.dev)
+            .port(spec.port)
+            .learning(false);
+        b = match spec.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        let msg = b.mtu(spec.mtu).address(spec.mac.to_vec()).up().build();
+        self.block_on(self.handle().link().add(msg).execute())
+            .map_err(nl_err(format!("creating vxlan device {:?}", spec.name)))?;
+        Ok((self.require_link(&spec.name)?, replaced))
+    }
+
+    /// The permanent neighbour entries on link `index`.
+    pub fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .block_on(self.handle().neighbours().get().execute().try_collect())
+            .map_err(nl_err("listing neighbours"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index && m.header.family != AddressFamily::Bridge)
+            .filter(|m| m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| {
+                let (mut ip, mut mac) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            ip = Some(IpAddr::V4(*v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            ip = Some(IpAddr::V6(*v6))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = l.as_slice().try_into().ok()
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Neighbour { ip: ip?, mac: mac? })
+            })
+            .collect())
+    }
+
+    /// The FDB entries of VXLAN link `index` that point at a remote VTEP.
+    pub fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
+        let req = self
+            .handle()
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        let msgs: Vec<NeighbourMessage> = self
+            .block_on(req.try_collect())
+            .map_err(nl_err("listing FDB entries"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let (mut dst, mut mac) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            dst = Some(IpAddr::V4(*v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            dst = Some(IpAddr::V6(*v6))
+                        }
+                        // In AF_BRIDGE messages the parser cannot tell the family: go by length.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                            dst = raw_ip(raw)
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => {
+                            mac = l.as_slice().try_into().ok()
+                        }
+                        _ => {}
+                    }
+                }
+                Some(FdbEntry {
+                    mac: mac?,
+                    dst: dst?,
+                })
+            })
+            .collect())
+    }
+
+    /// Applies `ops` with many requests in flight; returns one error per failed op (the
+    /// others are still applied). Removals of things already gone count as done.
+    pub fn apply_overlay(&self, ops: Vec<OverlayOp>) -> Vec<(OverlayOp, KernelError)> {
+        let h = self.handle().clone();
+        let run = stream::iter(ops.into_iter().map(|op| {
+            let h = h.clone();
+            async move {
+                let r = match &op {
+                    OverlayOp::SetNeighbour(idx, n) => h
+                        .neighbours()
+                        .add(*idx, n.ip)
+                        .link_layer_address(&n.mac)
+                        .state(NeighbourState::Permanent)
+                        .replace()
+                        .execute()
+                        .await
+                        .map_err(nl_err(format!("setting neighbour {}", n.ip))),
+                    OverlayOp::SetFdb(idx, f) => h
+                        .neighbours()
+                        .add_bridge(*idx, &f.mac)
+                        .destination(f.dst)
+                        .flags(NeighbourFlags::Own)
+                        .state(NeighbourState::Permanent)
+                        .replace()
+                        .execute()
+                        .await
+                        .map_err(nl_err(format!("setting FDB entry to {}", f.dst))),
+                    OverlayOp::DelNeighbour(idx, ip) => {
+                        let mut m = NeighbourMessage::default();
+                        m.header.family = if ip.is_ipv4() {
+                            AddressFamily::Inet
+                        } else {
+                            AddressFamily::Inet6
+                        };
+                        m.header.ifindex = *idx;
+                        m.attributes.push(NeighbourAttribute::Destination(match ip {
+                            IpAddr::V4(a) => NeighbourAddress::Inet(*a),
+                            IpAddr::V6(a) => NeighbourAddress::Inet6(*a),
+                        }));
+                        gone_ok(
+                            h.neighbours()
+                                .del(m)
+                                .execute()
+                                .await
+                                .map_err(nl_err(format!("removing neighbour {ip}"))),
+                        )
+                    }
+                    OverlayOp::DelFdb(idx, f) => {
+                        let mut m = NeighbourMessage::default();
+                        m.header.family = AddressFamily::Bridge;
+                        m.header.ifindex = *idx;
+                        m.header.flags = NeighbourFlags::Own;
+                        m.attributes
+                            .push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+                        m.attributes
+                            .push(NeighbourAttribute::Destination(match f.dst {
+                                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+                            }));
+                        gone_ok(
+                            h.neighbours()
+                                .del(m)
+                                .execute()
+                                .await
+                                .map_err(nl_err(format!("removing FDB entry to {}", f.dst))),
+                        )
+                    }
+                    OverlayOp::SetRoute(r) => h
+                        .route()
+                        .add(r.message())
+                        .replace()
+                        .execute()
+                        .await
+                        .map_err(nl_err(format!("setting route to {}", r.dst))),
+                    OverlayOp::DelRoute(r) => gone_ok(
+                        h.route()
+                            .del(r.message())
+                            .execute()
+                            .await
+                            .map_err(nl_err(format!("removing route to {}", r.dst))),
+                    ),
+                };
+                r.err().map(|e| (op, e))
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|x| async move { x })
+        .collect::<Vec<_>>();
+        self.block_on(run)
+    }
+}
+
+fn raw_ip(raw: &[u8]) -> Option<IpAddr> {
+    match raw.len() {
+        4 => <[u8; 4]>::try_from(raw).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(raw).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn gone_ok(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e) if e.is_not_found() || e.errno() == Some(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
