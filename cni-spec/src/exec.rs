@@ -18,7 +18,10 @@ use crate::error::{Code, Error};
 /// ```
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
     if plugin.is_empty() || plugin.contains('/') {
-        return Err(Error::invalid_config("type", format!("{plugin:?} is not a plugin name")));
+        return Err(Error::invalid_config(
+            "type",
+            format!("{plugin:?} is not a plugin name"),
+        ));
     }
     path.iter()
         .map(|dir| dir.join(plugin))
@@ -27,7 +30,10 @@ pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
             let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
             Error::invalid_env(
                 "CNI_PATH",
-                format!("failed to find plugin {plugin:?} in path [{}]", dirs.join(" ")),
+                format!(
+                    "failed to find plugin {plugin:?} in path [{}]",
+                    dirs.join(" ")
+                ),
             )
         })
 }
@@ -94,7 +100,13 @@ impl Invocation {
         vec![
             ("CNI_COMMAND", self.command.to_string()),
             ("CNI_CONTAINERID", self.container_id.clone()),
-            ("CNI_NETNS", self.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            (
+                "CNI_NETNS",
+                self.netns
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
             ("CNI_IFNAME", self.ifname.clone()),
             ("CNI_ARGS", self.args.encode()),
             ("CNI_PATH", path.join(":")),
@@ -163,7 +175,9 @@ fn plugin_outcome(out: std::process::Output) -> Result<Vec<u8>, Error> {
         Ok(e) => Err(e),
         Err(perr) => Err(Error::new(
             Code::DecodingFailure,
-            format!("plugin failed, and its error output {stdout:?} is not an error object: {perr}"),
+            format!(
+                "plugin failed, and its error output {stdout:?} is not an error object: {perr}"
+            ),
         )),
     }
 }

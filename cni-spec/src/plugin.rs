@@ -49,7 +49,10 @@ pub struct Attachment {
 impl Attachment {
     /// An attachment.
     pub fn new(container_id: &str, ifname: &str) -> Self {
-        Attachment { container_id: container_id.into(), ifname: ifname.into() }
+        Attachment {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
     }
 }
 
@@ -75,11 +78,19 @@ impl Request {
     /// Builds a request from an environment and a stdin config.
     pub fn new(env: Environment, raw: Vec<u8>) -> Result<Self, Error> {
         if raw.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::new(Code::InvalidConfig, "invalid network config: missing on stdin"));
+            return Err(Error::new(
+                Code::InvalidConfig,
+                "invalid network config: missing on stdin",
+            ));
         }
         let config = NetConf::parse(&raw)?;
         let version = config.version()?;
-        Ok(Request { env, config, raw, version })
+        Ok(Request {
+            env,
+            config,
+            raw,
+            version,
+        })
     }
 
     /// Parses the config into the plugin's own type (its options).
@@ -163,16 +174,25 @@ pub struct Outcome {
 /// Runs `plugin` on the process environment and stdin, prints to stdout, and returns the
 /// exit code. Logs belong on stderr; nothing else is written to stdout.
 pub fn run<P: Plugin + ?Sized>(plugin: &P) -> ExitCode {
+    // Run by hand, without a command: say what this is and succeed, as the Go skeleton
+    // does, without waiting for a stdin nobody will close.
+    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        let versions = format_versions(plugin.supported_versions());
+        eprintln!(
+            "{}\nCNI protocol versions supported: {versions}",
+            plugin.about()
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     let outcome = match read {
         Ok(_) => dispatch(plugin, |k| std::env::var(k).ok(), stdin),
-        Err(e) => error_outcome(&Error::io("reading the network config from stdin", &e), None),
+        Err(e) => error_outcome(
+            &Error::io("reading the network config from stdin", &e),
+            None,
+        ),
     };
-    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
-        let versions = format_versions(plugin.supported_versions());
-        eprintln!("{}\nCNI protocol versions supported: {versions}", plugin.about());
-    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();
@@ -187,7 +207,9 @@ pub fn dispatch<P: Plugin + ?Sized>(
     stdin: Vec<u8>,
 ) -> Outcome {
     let mut version = None;
-    let result = catch_unwind(AssertUnwindSafe(|| invoke(plugin, &env, stdin, &mut version)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        invoke(plugin, &env, stdin, &mut version)
+    }));
     match result {
         Ok(Ok(stdout)) => Outcome { stdout, exit: 0 },
         Ok(Err(e)) => error_outcome(&e, version),
@@ -197,13 +219,19 @@ pub fn dispatch<P: Plugin + ?Sized>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            error_outcome(&Error::internal(format!("plugin panicked: {what}")), version)
+            error_outcome(
+                &Error::internal(format!("plugin panicked: {what}")),
+                version,
+            )
         }
     }
 }
 
 fn error_outcome(e: &Error, version: Option<Version>) -> Outcome {
-    Outcome { stdout: e.to_json(version), exit: 1 }
+    Outcome {
+        stdout: e.to_json(version),
+        exit: 1,
+    }
 }
 
 fn invoke<P: Plugin + ?Sized>(
@@ -216,7 +244,8 @@ fn invoke<P: Plugin + ?Sized>(
     if env.command == Command::Version {
         return Ok(version_reply(plugin.supported_versions(), &stdin));
     }
-    let req = Request::new(env, stdin)?;
+    let req =
+        Request::new(env, stdin).map_err(|e| with_supported(e, plugin.supported_versions()))?;
     *version_out = Some(req.version);
     gate(plugin.supported_versions(), req.env.command, req.version)?;
     match req.env.command {
@@ -232,6 +261,19 @@ fn invoke<P: Plugin + ?Sized>(
     }
 }
 
+/// An unknown config version is reported with the versions of this plugin, not of the library.
+fn with_supported(mut e: Error, supported: &[Version]) -> Error {
+    const SUPPORTS: &str = "plugin supports ";
+    if e.well_known() == Some(Code::IncompatibleVersion)
+        && let Some(details) = e.details.as_mut()
+        && let Some(at) = details.find(SUPPORTS)
+    {
+        details.truncate(at + SUPPORTS.len());
+        details.push_str(&format_versions(supported));
+    }
+    e
+}
+
 /// The version gates of the spec: the config's version must be one the plugin supports;
 /// CHECK needs 0.4.0, STATUS and GC need 1.1.0. Each failure is code 1.
 ///
@@ -242,9 +284,15 @@ fn invoke<P: Plugin + ?Sized>(
 /// ```
 pub fn gate(supported: &[Version], command: Command, version: Version) -> Result<(), Error> {
     if !supported.contains(&version) {
-        return Err(Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
-            format!("config is {:?}, plugin supports {}", version.as_str(), format_versions(supported)),
-        ));
+        return Err(
+            Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
+                format!(
+                    "config is {:?}, plugin supports {}",
+                    version.as_str(),
+                    format_versions(supported)
+                ),
+            ),
+        );
     }
     let allowed = match command {
         Command::Check => version.has_check(),

@@ -47,7 +47,10 @@ pub struct Interface {
 impl Interface {
     /// An interface with only its name.
     pub fn new(name: impl Into<String>) -> Self {
-        Interface { name: name.into(), ..Default::default() }
+        Interface {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     /// Sets the MAC.
@@ -63,7 +66,12 @@ impl Interface {
     }
 
     fn without_1_1_fields(&self) -> Interface {
-        Interface { mtu: None, socket_path: None, pci_id: None, ..self.clone() }
+        Interface {
+            mtu: None,
+            socket_path: None,
+            pci_id: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -89,7 +97,11 @@ pub struct IpConfig {
 impl IpConfig {
     /// An address with no gateway and no interface.
     pub fn new(address: IpNet) -> Self {
-        IpConfig { address, gateway: None, interface: None }
+        IpConfig {
+            address,
+            gateway: None,
+            interface: None,
+        }
     }
 
     /// Sets the gateway.
@@ -138,7 +150,15 @@ pub struct Route {
 impl Route {
     /// A route to `dst`, optionally via `gw`.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -170,13 +190,25 @@ impl SuccessResult {
     /// Reads a result. Its own `cniVersion` decides the shape; an empty or absent one
     /// means `default` (libcni's `fixupResultVersion`).
     pub fn from_value(value: Value, default: Version) -> Result<Self, Error> {
-        let version = match value.get("cniVersion").and_then(Value::as_str) {
-            Some(s) if !s.is_empty() => s.parse()?,
-            _ => default,
+        let version = match value.get("cniVersion") {
+            Some(Value::String(s)) if !s.is_empty() => s.parse()?,
+            None | Some(Value::Null) | Some(Value::String(_)) => default,
+            Some(other) => {
+                return Err(Error::new(
+                    Code::DecodingFailure,
+                    format!("result cniVersion: expected a string, got {other}"),
+                ));
+            }
         };
-        if !value.is_object() {
-            return Err(Error::new(Code::DecodingFailure, "a result must be a JSON object"));
-        }
+        let mut value = value;
+        let Some(obj) = value.as_object_mut() else {
+            return Err(Error::new(
+                Code::DecodingFailure,
+                "a result must be a JSON object",
+            ));
+        };
+        // The shape's `cniVersion` field is required: fill in the one chosen above.
+        obj.insert("cniVersion".into(), Value::String(version.to_string()));
         if version.has_legacy_result() {
             let legacy: Legacy = json::from_value(value)?;
             Ok(legacy.into_current())
@@ -222,13 +254,29 @@ impl SuccessResult {
 #[serde(rename_all = "camelCase")]
 struct Rich {
     cni_version: Version,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_default"
+    )]
     interfaces: Vec<Interface>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_default"
+    )]
     ips: Vec<RichIp>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_default"
+    )]
     routes: Vec<Route>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Dns::is_empty",
+        deserialize_with = "null_default"
+    )]
     dns: Dns,
 }
 
@@ -249,7 +297,13 @@ impl Rich {
             interfaces: r
                 .interfaces
                 .iter()
-                .map(|i| if old { i.without_1_1_fields() } else { i.clone() })
+                .map(|i| {
+                    if old {
+                        i.without_1_1_fields()
+                    } else {
+                        i.clone()
+                    }
+                })
                 .collect(),
             ips: r
                 .ips
@@ -273,7 +327,9 @@ impl Rich {
                 if v != expected {
                     return Err(Error::new(
                         Code::DecodingFailure,
-                        format!("result ips[{i}].version is {v:?} but the address is IPv{expected}"),
+                        format!(
+                            "result ips[{i}].version is {v:?} but the address is IPv{expected}"
+                        ),
                     ));
                 }
             }
@@ -308,7 +364,11 @@ struct Legacy {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Dns::is_empty",
+        deserialize_with = "null_default"
+    )]
     dns: Dns,
 }
 
@@ -317,7 +377,11 @@ struct LegacyIp {
     ip: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gateway: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_default"
+    )]
     routes: Vec<LegacyRoute>,
 }
 
@@ -338,7 +402,10 @@ impl Legacy {
                     .routes
                     .iter()
                     .filter(|rt| matches!(rt.dst, IpNet::V4(_)) == v4)
-                    .map(|rt| LegacyRoute { dst: rt.dst, gw: rt.gw })
+                    .map(|rt| LegacyRoute {
+                        dst: rt.dst,
+                        gw: rt.gw,
+                    })
                     .collect(),
             })
         };
@@ -349,14 +416,27 @@ impl Legacy {
                 format!("cannot convert the result to {version}: no valid IP addresses"),
             ));
         }
-        Ok(Legacy { cni_version: version, ip4, ip6, dns: r.dns.clone() })
+        Ok(Legacy {
+            cni_version: version,
+            ip4,
+            ip6,
+            dns: r.dns.clone(),
+        })
     }
 
     fn into_current(self) -> SuccessResult {
-        let mut out = SuccessResult { dns: self.dns, ..Default::default() };
+        let mut out = SuccessResult {
+            dns: self.dns,
+            ..Default::default()
+        };
         for ip in [self.ip4, self.ip6].into_iter().flatten() {
-            out.ips.push(IpConfig { address: ip.ip, gateway: ip.gateway, interface: None });
-            out.routes.extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
+            out.ips.push(IpConfig {
+                address: ip.ip,
+                gateway: ip.gateway,
+                interface: None,
+            });
+            out.routes
+                .extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
         }
         out
     }

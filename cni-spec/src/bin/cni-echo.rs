@@ -52,7 +52,10 @@ impl Echo {
         }
         if opts.fail_on.iter().any(|c| c == command) {
             let code = opts.fail_code.unwrap_or(100);
-            return Err(Error::with_code(code, format!("cni-echo was told to fail {command}")));
+            return Err(Error::with_code(
+                code,
+                format!("cni-echo was told to fail {command}"),
+            ));
         }
         Ok(opts)
     }
@@ -87,13 +90,20 @@ impl Plugin for Echo {
         if prev.interfaces.iter().any(|i| i.name == opts.tag) {
             Ok(())
         } else {
-            Err(Error::with_code(101, format!("interface {:?} not in prevResult", opts.tag)))
+            Err(Error::with_code(
+                101,
+                format!("interface {:?} not in prevResult", opts.tag),
+            ))
         }
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
         let opts = self.start(req)?;
-        if opts.not_ready { Err(Error::new(Code::NotAvailable, "cni-echo is not ready")) } else { Ok(()) }
+        if opts.not_ready {
+            Err(Error::new(Code::NotAvailable, "cni-echo is not ready"))
+        } else {
+            Ok(())
+        }
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {

@@ -40,7 +40,11 @@ pub struct CachedAttachment {
     /// The container ID.
     pub container_id: String,
     /// The config list's bytes (base64 in the file, as Go encodes `[]byte`).
-    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64", default)]
+    #[serde(
+        serialize_with = "to_base64",
+        deserialize_with = "from_base64",
+        default
+    )]
     pub config: Vec<u8>,
     /// The interface name.
     pub if_name: String,
@@ -50,10 +54,18 @@ pub struct CachedAttachment {
     #[serde(rename = "netns", default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// `CNI_ARGS` pairs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "crate::config::null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub cni_args: Vec<[String; 2]>,
     /// The capability arguments given on ADD.
-    #[serde(default, skip_serializing_if = "Object::is_empty", deserialize_with = "crate::config::null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "Object::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub capability_args: Object,
     /// The final ADD result, in the list's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,7 +128,8 @@ impl ResultCache {
 
     /// The file of one attachment.
     pub fn path(&self, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-        self.results_dir().join(format!("{network}-{container_id}-{ifname}"))
+        self.results_dir()
+            .join(format!("{network}-{container_id}-{ifname}"))
     }
 
     /// Writes an entry atomically (temporary file, then rename), mode 0600.
@@ -128,7 +141,10 @@ impl ResultCache {
             .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
         let path = self.path(&entry.network_name, &entry.container_id, &entry.if_name);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // A hidden name of its own: `with_extension` would cut at a `.` in the container ID
+        // or ifname, and attachments sharing that prefix would share the temporary file.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
         let bytes = serde_json::to_vec(entry).expect("cache entries serialize");
         let write = || -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()
@@ -148,7 +164,12 @@ impl ResultCache {
     }
 
     /// Reads one entry; `None` when there is none.
-    pub fn load(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<CachedAttachment>, Error> {
+    pub fn load(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<CachedAttachment>, Error> {
         read_entry(&self.path(network, container_id, ifname))
     }
 
@@ -173,6 +194,10 @@ impl ResultCache {
         };
         let mut out = Vec::new();
         for entry in entries.flatten() {
+            // Skip the temporary files of `store` (a write in progress, or left by a crash).
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             if let Ok(Some(a)) = read_entry(&entry.path())
                 && a.network_name == network
                 && a.kind == CACHE_KIND
