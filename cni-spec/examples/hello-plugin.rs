@@ -7,12 +7,7 @@ struct Hello;
 impl Plugin for Hello {
     fn add(&self, req: &Request) -> Result<SuccessResult, Error> {
         let mut result = req.prev_result()?.unwrap_or_default();
-        let dst = req
-            .config
-            .extra
-            .get("route")
-            .and_then(|v| v.as_str())
-            .unwrap_or("0.0.0.0/0");
+        let dst = req.config.extra.get("route").and_then(|v| v.as_str()).unwrap_or("0.0.0.0/0");
         let dst = dst.parse().map_err(|e| Error::invalid_config("route", e))?;
         result.routes.push(Route::new(dst, None));
         Ok(result)
@@ -21,9 +16,7 @@ impl Plugin for Hello {
         Ok(()) // nothing to undo: DEL must succeed
     }
     fn check(&self, req: &Request) -> Result<(), Error> {
-        req.prev_result()?
-            .map(drop)
-            .ok_or_else(|| Error::invalid_config("prevResult", "missing"))
+        req.prev_result()?.map(drop).ok_or_else(|| Error::invalid_config("prevResult", "missing"))
     }
 }
 

@@ -40,28 +40,16 @@ pub fn is_valid_name(name: &str) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
     /// Name servers, in priority order.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     pub nameservers: Vec<String>,
     /// The local domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Search domains.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     pub search: Vec<String>,
     /// Resolver options.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     pub options: Vec<String>,
 }
 
@@ -191,11 +179,7 @@ pub struct RuntimeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aliases: Option<Vec<String>>,
     /// `infinibandGUID`.
-    #[serde(
-        rename = "infinibandGUID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "infinibandGUID", default, skip_serializing_if = "Option::is_none")]
     pub infiniband_guid: Option<String>,
     /// `deviceID`.
     #[serde(rename = "deviceID", default, skip_serializing_if = "Option::is_none")]
@@ -301,18 +285,12 @@ impl NetConf {
     fn validate(&self) -> Result<(), Error> {
         self.version()?;
         if self.kind.is_empty() || self.kind.contains('/') {
-            return Err(Error::invalid_config(
-                "type",
-                format!("{:?} is not a plugin name", self.kind),
-            ));
+            return Err(Error::invalid_config("type", format!("{:?} is not a plugin name", self.kind)));
         }
         if let Some(name) = &self.name
             && !is_valid_name(name)
         {
-            return Err(Error::invalid_config(
-                "name",
-                format!("{name:?} is not a valid network name"),
-            ));
+            return Err(Error::invalid_config("name", format!("{name:?} is not a valid network name")));
         }
         Ok(())
     }
@@ -324,9 +302,7 @@ impl NetConf {
 
     /// The network name, or an error naming `name` if it is missing.
     pub fn network_name(&self) -> Result<&str, Error> {
-        self.name
-            .as_deref()
-            .ok_or_else(|| Error::invalid_config("name", "missing"))
+        self.name.as_deref().ok_or_else(|| Error::invalid_config("name", "missing"))
     }
 
     /// `prevResult`, parsed as a result of this config's version (as libcni does).
@@ -339,10 +315,7 @@ impl NetConf {
 
     /// The IPAM plugin's type, if the config has one.
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam
-            .as_ref()
-            .map(|i| i.kind.as_str())
-            .filter(|k| !k.is_empty())
+        self.ipam.as_ref().map(|i| i.kind.as_str()).filter(|k| !k.is_empty())
     }
 }
 
@@ -361,20 +334,12 @@ pub struct NetConfList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_version: Option<String>,
     /// `cniVersions` (1.1.0): the highest supported of these and `cniVersion` is used.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     pub cni_versions: Vec<String>,
     /// The network's name.
     pub name: String,
     /// Never call CHECK on this network.
-    #[serde(
-        default,
-        skip_serializing_if = "is_false",
-        deserialize_with = "bool_or_string"
-    )]
+    #[serde(default, skip_serializing_if = "is_false", deserialize_with = "bool_or_string")]
     pub disable_check: bool,
     /// Never call GC on this network.
     #[serde(
@@ -385,11 +350,7 @@ pub struct NetConfList {
     )]
     pub disable_gc: bool,
     /// Do not load plugin configs from `<confdir>/<name>/`.
-    #[serde(
-        default,
-        skip_serializing_if = "is_false",
-        deserialize_with = "bool_or_string"
-    )]
+    #[serde(default, skip_serializing_if = "is_false", deserialize_with = "bool_or_string")]
     pub load_only_inlined_plugins: bool,
     /// The plugin objects, raw, so every key reaches its plugin unchanged.
     #[serde(default, deserialize_with = "null_default")]
@@ -439,10 +400,7 @@ impl NetConfList {
                     ));
                 }
                 None => {
-                    return Err(Error::invalid_config(
-                        &format!("plugins[{i}].type"),
-                        "missing",
-                    ));
+                    return Err(Error::invalid_config(&format!("plugins[{i}].type"), "missing"));
                 }
             }
         }
@@ -456,10 +414,7 @@ impl NetConfList {
 
     /// The plugins' types, in order.
     pub fn plugin_types(&self) -> Vec<&str> {
-        self.plugins
-            .iter()
-            .filter_map(|p| p.get("type").and_then(Value::as_str))
-            .collect()
+        self.plugins.iter().filter_map(|p| p.get("type").and_then(Value::as_str)).collect()
     }
 
     /// Turns a legacy single config (`.conf`) into a one-plugin list, as libcni does.
@@ -502,9 +457,7 @@ fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
         Value::Null => Ok(false),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a boolean, got {other}"
-        ))),
+        other => Err(serde::de::Error::custom(format!("expected a boolean, got {other}"))),
     }
 }
 

@@ -32,11 +32,7 @@ impl Delegate {
     /// A delegate `plugin` (a binary name) called with `env`; results are read as `version`
     /// when the delegate's output carries none.
     pub fn new(plugin: &str, env: Environment, version: Version) -> Self {
-        Delegate {
-            plugin: plugin.to_string(),
-            env,
-            version,
-        }
+        Delegate { plugin: plugin.to_string(), env, version }
     }
 
     /// A delegate for the current request.
@@ -72,11 +68,7 @@ impl Delegate {
     /// the spec's "call DEL on the delegate if ADD fails after it".
     pub fn add_guarded<'a>(&'a self, config: &'a [u8]) -> Result<Added<'a>, Error> {
         let result = self.add(config)?;
-        Ok(Added {
-            delegate: self,
-            config,
-            result: Some(result),
-        })
+        Ok(Added { delegate: self, config, result: Some(result) })
     }
 
     /// DEL.
@@ -125,10 +117,7 @@ impl Drop for Added<'_> {
         if self.result.is_some()
             && let Err(e) = self.delegate.del(self.config)
         {
-            eprintln!(
-                "rolling back {} ADD after a failure: DEL failed too: {e}",
-                self.delegate.plugin
-            );
+            eprintln!("rolling back {} ADD after a failure: DEL failed too: {e}", self.delegate.plugin);
         }
     }
 }

@@ -114,17 +114,12 @@ impl CniArgs {
 
     /// The last value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Whether `IgnoreUnknown` is `1` or `true`.
     pub fn ignore_unknown(&self) -> bool {
-        self.get("IgnoreUnknown")
-            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        self.get("IgnoreUnknown").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
     }
 
     /// Fails with code 4 naming the first key not in `known`, unless `IgnoreUnknown` is set
@@ -133,11 +128,7 @@ impl CniArgs {
         if self.ignore_unknown() {
             return Ok(());
         }
-        match self
-            .pairs
-            .iter()
-            .find(|(k, _)| k != "IgnoreUnknown" && !known.contains(&k.as_str()))
-        {
+        match self.pairs.iter().find(|(k, _)| k != "IgnoreUnknown" && !known.contains(&k.as_str())) {
             Some((k, _)) => Err(Error::invalid_env(
                 "CNI_ARGS",
                 format!("unknown key {k:?} (set IgnoreUnknown=1 to allow it)"),
@@ -148,11 +139,7 @@ impl CniArgs {
 
     /// The `K=V;…` form.
     pub fn encode(&self) -> String {
-        self.pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";")
+        self.pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
     }
 }
 
@@ -218,10 +205,7 @@ impl Environment {
 
         let netns = nonempty("CNI_NETNS").map(PathBuf::from);
         if matches!(command, Command::Add | Command::Check) && netns.is_none() {
-            return Err(Error::invalid_env(
-                "CNI_NETNS",
-                format!("missing (required for {command})"),
-            ));
+            return Err(Error::invalid_env("CNI_NETNS", format!("missing (required for {command})")));
         }
 
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
@@ -241,14 +225,7 @@ impl Environment {
             return Err(Error::invalid_env("CNI_PATH", "missing (required for GC)"));
         }
 
-        Ok(Environment {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-            path,
-        })
+        Ok(Environment { command, container_id, netns, ifname, args, path })
     }
 }
 
@@ -266,10 +243,7 @@ pub fn validate_ifname(name: &str) -> Result<(), Error> {
         Some("longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("must not be . or ..")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
         Some("must not contain '/', ':' or whitespace")
     } else {
         None

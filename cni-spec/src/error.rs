@@ -87,20 +87,12 @@ pub struct Error {
 impl Error {
     /// An error with a well-known code.
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        Error {
-            code: code as u32,
-            msg: msg.into(),
-            details: None,
-        }
+        Error { code: code as u32, msg: msg.into(), details: None }
     }
 
     /// An error with a plugin-specific code (100 and up) or any other number.
     pub fn with_code(code: u32, msg: impl Into<String>) -> Self {
-        Error {
-            code,
-            msg: msg.into(),
-            details: None,
-        }
+        Error { code, msg: msg.into(), details: None }
     }
 
     /// Adds `details`.
@@ -116,10 +108,7 @@ impl Error {
     /// assert_eq!(e.msg, "invalid network config: ipam.subnet: not a CIDR");
     /// ```
     pub fn invalid_config(field: &str, why: impl fmt::Display) -> Self {
-        Error::new(
-            Code::InvalidConfig,
-            format!("invalid network config: {field}: {why}"),
-        )
+        Error::new(Code::InvalidConfig, format!("invalid network config: {field}: {why}"))
     }
 
     /// Code 4 for an environment variable: the message names it.
@@ -157,11 +146,8 @@ impl Error {
             #[serde(flatten)]
             err: &'a Error,
         }
-        serde_json::to_string(&Out {
-            cni_version: version,
-            err: self,
-        })
-        .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"unprintable error\"}}", self.code))
+        serde_json::to_string(&Out { cni_version: version, err: self })
+            .unwrap_or_else(|_| format!("{{\"code\":{},\"msg\":\"unprintable error\"}}", self.code))
     }
 }
 

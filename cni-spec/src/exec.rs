@@ -18,24 +18,15 @@ use crate::error::{Code, Error};
 /// ```
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
     if plugin.is_empty() || plugin.contains('/') {
-        return Err(Error::invalid_config(
-            "type",
-            format!("{plugin:?} is not a plugin name"),
-        ));
+        return Err(Error::invalid_config("type", format!("{plugin:?} is not a plugin name")));
     }
-    path.iter()
-        .map(|dir| dir.join(plugin))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
-            Error::invalid_env(
-                "CNI_PATH",
-                format!(
-                    "failed to find plugin {plugin:?} in path [{}]",
-                    dirs.join(" ")
-                ),
-            )
-        })
+    path.iter().map(|dir| dir.join(plugin)).find(|p| is_executable(p)).ok_or_else(|| {
+        let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
+        Error::invalid_env(
+            "CNI_PATH",
+            format!("failed to find plugin {plugin:?} in path [{}]", dirs.join(" ")),
+        )
+    })
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -100,13 +91,7 @@ impl Invocation {
         vec![
             ("CNI_COMMAND", self.command.to_string()),
             ("CNI_CONTAINERID", self.container_id.clone()),
-            (
-                "CNI_NETNS",
-                self.netns
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            ),
+            ("CNI_NETNS", self.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
             ("CNI_IFNAME", self.ifname.clone()),
             ("CNI_ARGS", self.args.encode()),
             ("CNI_PATH", path.join(":")),
@@ -175,9 +160,7 @@ fn plugin_outcome(out: std::process::Output) -> Result<Vec<u8>, Error> {
         Ok(e) => Err(e),
         Err(perr) => Err(Error::new(
             Code::DecodingFailure,
-            format!(
-                "plugin failed, and its error output {stdout:?} is not an error object: {perr}"
-            ),
+            format!("plugin failed, and its error output {stdout:?} is not an error object: {perr}"),
         )),
     }
 }

@@ -36,11 +36,7 @@ fn decode_error(e: &serde_json::Error, field: &str) -> Error {
         Category::Io => Error::new(Code::IoFailure, format!("reading JSON: {e}")),
         Category::Syntax | Category::Eof => Error::new(
             Code::DecodingFailure,
-            format!(
-                "malformed JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ),
+            format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()),
         ),
     }
 }

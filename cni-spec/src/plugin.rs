@@ -49,10 +49,7 @@ pub struct Attachment {
 impl Attachment {
     /// An attachment.
     pub fn new(container_id: &str, ifname: &str) -> Self {
-        Attachment {
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        }
+        Attachment { container_id: container_id.into(), ifname: ifname.into() }
     }
 }
 
@@ -78,19 +75,11 @@ impl Request {
     /// Builds a request from an environment and a stdin config.
     pub fn new(env: Environment, raw: Vec<u8>) -> Result<Self, Error> {
         if raw.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::new(
-                Code::InvalidConfig,
-                "invalid network config: missing on stdin",
-            ));
+            return Err(Error::new(Code::InvalidConfig, "invalid network config: missing on stdin"));
         }
         let config = NetConf::parse(&raw)?;
         let version = config.version()?;
-        Ok(Request {
-            env,
-            config,
-            raw,
-            version,
-        })
+        Ok(Request { env, config, raw, version })
     }
 
     /// Parses the config into the plugin's own type (its options).
@@ -178,20 +167,14 @@ pub fn run<P: Plugin + ?Sized>(plugin: &P) -> ExitCode {
     // does, without waiting for a stdin nobody will close.
     if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
         let versions = format_versions(plugin.supported_versions());
-        eprintln!(
-            "{}\nCNI protocol versions supported: {versions}",
-            plugin.about()
-        );
+        eprintln!("{}\nCNI protocol versions supported: {versions}", plugin.about());
         return ExitCode::SUCCESS;
     }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     let outcome = match read {
         Ok(_) => dispatch(plugin, |k| std::env::var(k).ok(), stdin),
-        Err(e) => error_outcome(
-            &Error::io("reading the network config from stdin", &e),
-            None,
-        ),
+        Err(e) => error_outcome(&Error::io("reading the network config from stdin", &e), None),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
@@ -207,9 +190,7 @@ pub fn dispatch<P: Plugin + ?Sized>(
     stdin: Vec<u8>,
 ) -> Outcome {
     let mut version = None;
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        invoke(plugin, &env, stdin, &mut version)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| invoke(plugin, &env, stdin, &mut version)));
     match result {
         Ok(Ok(stdout)) => Outcome { stdout, exit: 0 },
         Ok(Err(e)) => error_outcome(&e, version),
@@ -219,19 +200,13 @@ pub fn dispatch<P: Plugin + ?Sized>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            error_outcome(
-                &Error::internal(format!("plugin panicked: {what}")),
-                version,
-            )
+            error_outcome(&Error::internal(format!("plugin panicked: {what}")), version)
         }
     }
 }
 
 fn error_outcome(e: &Error, version: Option<Version>) -> Outcome {
-    Outcome {
-        stdout: e.to_json(version),
-        exit: 1,
-    }
+    Outcome { stdout: e.to_json(version), exit: 1 }
 }
 
 fn invoke<P: Plugin + ?Sized>(
@@ -244,8 +219,7 @@ fn invoke<P: Plugin + ?Sized>(
     if env.command == Command::Version {
         return Ok(version_reply(plugin.supported_versions(), &stdin));
     }
-    let req =
-        Request::new(env, stdin).map_err(|e| with_supported(e, plugin.supported_versions()))?;
+    let req = Request::new(env, stdin).map_err(|e| with_supported(e, plugin.supported_versions()))?;
     *version_out = Some(req.version);
     gate(plugin.supported_versions(), req.env.command, req.version)?;
     match req.env.command {
@@ -284,15 +258,9 @@ fn with_supported(mut e: Error, supported: &[Version]) -> Error {
 /// ```
 pub fn gate(supported: &[Version], command: Command, version: Version) -> Result<(), Error> {
     if !supported.contains(&version) {
-        return Err(
-            Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
-                format!(
-                    "config is {:?}, plugin supports {}",
-                    version.as_str(),
-                    format_versions(supported)
-                ),
-            ),
-        );
+        return Err(Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
+            format!("config is {:?}, plugin supports {}", version.as_str(), format_versions(supported)),
+        ));
     }
     let allowed = match command {
         Command::Check => version.has_check(),

@@ -47,10 +47,7 @@ pub struct Interface {
 impl Interface {
     /// An interface with only its name.
     pub fn new(name: impl Into<String>) -> Self {
-        Interface {
-            name: name.into(),
-            ..Default::default()
-        }
+        Interface { name: name.into(), ..Default::default() }
     }
 
     /// Sets the MAC.
@@ -66,12 +63,7 @@ impl Interface {
     }
 
     fn without_1_1_fields(&self) -> Interface {
-        Interface {
-            mtu: None,
-            socket_path: None,
-            pci_id: None,
-            ..self.clone()
-        }
+        Interface { mtu: None, socket_path: None, pci_id: None, ..self.clone() }
     }
 }
 
@@ -97,11 +89,7 @@ pub struct IpConfig {
 impl IpConfig {
     /// An address with no gateway and no interface.
     pub fn new(address: IpNet) -> Self {
-        IpConfig {
-            address,
-            gateway: None,
-            interface: None,
-        }
+        IpConfig { address, gateway: None, interface: None }
     }
 
     /// Sets the gateway.
@@ -150,15 +138,7 @@ pub struct Route {
 impl Route {
     /// A route to `dst`, optionally via `gw`.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
-        Route {
-            dst,
-            gw,
-            mtu: None,
-            advmss: None,
-            priority: None,
-            table: None,
-            scope: None,
-        }
+        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
     }
 }
 
@@ -202,10 +182,7 @@ impl SuccessResult {
         };
         let mut value = value;
         let Some(obj) = value.as_object_mut() else {
-            return Err(Error::new(
-                Code::DecodingFailure,
-                "a result must be a JSON object",
-            ));
+            return Err(Error::new(Code::DecodingFailure, "a result must be a JSON object"));
         };
         // The shape's `cniVersion` field is required: fill in the one chosen above.
         obj.insert("cniVersion".into(), Value::String(version.to_string()));
@@ -254,29 +231,13 @@ impl SuccessResult {
 #[serde(rename_all = "camelCase")]
 struct Rich {
     cni_version: Version,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     interfaces: Vec<Interface>,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     ips: Vec<RichIp>,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     routes: Vec<Route>,
-    #[serde(
-        default,
-        skip_serializing_if = "Dns::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Dns::is_empty", deserialize_with = "null_default")]
     dns: Dns,
 }
 
@@ -297,21 +258,13 @@ impl Rich {
             interfaces: r
                 .interfaces
                 .iter()
-                .map(|i| {
-                    if old {
-                        i.without_1_1_fields()
-                    } else {
-                        i.clone()
-                    }
-                })
+                .map(|i| if old { i.without_1_1_fields() } else { i.clone() })
                 .collect(),
             ips: r
                 .ips
                 .iter()
                 .map(|ip| RichIp {
-                    version: version
-                        .has_ip_version()
-                        .then(|| if ip.is_v4() { "4" } else { "6" }.to_string()),
+                    version: version.has_ip_version().then(|| if ip.is_v4() { "4" } else { "6" }.to_string()),
                     ip: ip.clone(),
                 })
                 .collect(),
@@ -327,9 +280,7 @@ impl Rich {
                 if v != expected {
                     return Err(Error::new(
                         Code::DecodingFailure,
-                        format!(
-                            "result ips[{i}].version is {v:?} but the address is IPv{expected}"
-                        ),
+                        format!("result ips[{i}].version is {v:?} but the address is IPv{expected}"),
                     ));
                 }
             }
@@ -364,11 +315,7 @@ struct Legacy {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(
-        default,
-        skip_serializing_if = "Dns::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Dns::is_empty", deserialize_with = "null_default")]
     dns: Dns,
 }
 
@@ -377,11 +324,7 @@ struct LegacyIp {
     ip: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gateway: Option<IpAddr>,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     routes: Vec<LegacyRoute>,
 }
 
@@ -402,10 +345,7 @@ impl Legacy {
                     .routes
                     .iter()
                     .filter(|rt| matches!(rt.dst, IpNet::V4(_)) == v4)
-                    .map(|rt| LegacyRoute {
-                        dst: rt.dst,
-                        gw: rt.gw,
-                    })
+                    .map(|rt| LegacyRoute { dst: rt.dst, gw: rt.gw })
                     .collect(),
             })
         };
@@ -416,27 +356,14 @@ impl Legacy {
                 format!("cannot convert the result to {version}: no valid IP addresses"),
             ));
         }
-        Ok(Legacy {
-            cni_version: version,
-            ip4,
-            ip6,
-            dns: r.dns.clone(),
-        })
+        Ok(Legacy { cni_version: version, ip4, ip6, dns: r.dns.clone() })
     }
 
     fn into_current(self) -> SuccessResult {
-        let mut out = SuccessResult {
-            dns: self.dns,
-            ..Default::default()
-        };
+        let mut out = SuccessResult { dns: self.dns, ..Default::default() };
         for ip in [self.ip4, self.ip6].into_iter().flatten() {
-            out.ips.push(IpConfig {
-                address: ip.ip,
-                gateway: ip.gateway,
-                interface: None,
-            });
-            out.routes
-                .extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
+            out.ips.push(IpConfig { address: ip.ip, gateway: ip.gateway, interface: None });
+            out.routes.extend(ip.routes.into_iter().map(|r| Route::new(r.dst, r.gw)));
         }
         out
     }

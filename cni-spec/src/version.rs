@@ -137,17 +137,10 @@ impl FromStr for Version {
         if s.is_empty() {
             return Ok(Version::V0_1_0);
         }
-        Version::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| {
-                Error::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(
-                    format!(
-                        "config is {s:?}, plugin supports {}",
-                        format_versions(&Version::ALL)
-                    ),
-                )
-            })
+        Version::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            Error::new(Code::IncompatibleVersion, "incompatible CNI versions")
+                .with_details(format!("config is {s:?}, plugin supports {}", format_versions(&Version::ALL)))
+        })
     }
 }
 
@@ -160,17 +153,13 @@ impl Serialize for Version {
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e: Error| serde::de::Error::custom(e.to_string()))
+        s.parse().map_err(|e: Error| serde::de::Error::custom(e.to_string()))
     }
 }
 
 /// Renders a version list as the Go plugins do in error details: `["0.1.0" "0.2.0"]`.
 pub(crate) fn format_versions(versions: &[Version]) -> String {
-    let quoted: Vec<String> = versions
-        .iter()
-        .map(|v| format!("{:?}", v.as_str()))
-        .collect();
+    let quoted: Vec<String> = versions.iter().map(|v| format!("{:?}", v.as_str())).collect();
     format!("[{}]", quoted.join(" "))
 }
 
@@ -253,10 +242,7 @@ impl VersionInfo {
         }
         let raw: Raw = crate::json::from_slice(bytes)?;
         let cni_version = raw.cni_version.filter(|v| !v.is_empty()).ok_or_else(|| {
-            Error::new(
-                Code::DecodingFailure,
-                "decoding version info: missing field cniVersion",
-            )
+            Error::new(Code::DecodingFailure, "decoding version info: missing field cniVersion")
         })?;
         let supported_versions = match raw.supported_versions {
             Some(v) => v,
@@ -268,10 +254,7 @@ impl VersionInfo {
                 ));
             }
         };
-        Ok(VersionInfo {
-            cni_version,
-            supported_versions,
-        })
+        Ok(VersionInfo { cni_version, supported_versions })
     }
 
     /// Whether `version` is listed as supported.
@@ -313,8 +296,7 @@ mod tests {
         assert!(VersionInfo::parse(br#"{"supportedVersions":["1.0.0"]}"#).is_err());
         assert!(VersionInfo::parse(br#"{"cniVersion":"1.0.0"}"#).is_err());
         let i =
-            VersionInfo::parse(br#"{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}"#)
-                .unwrap();
+            VersionInfo::parse(br#"{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}"#).unwrap();
         assert!(i.supports("0.4.0") && !i.supports("1.1.0"));
     }
 }

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 
 use cni_spec::version::VersionInfo;
-use cni_spec::{
-    CniArgs, Command, Environment, Error, NetConf, NetConfList, SuccessResult, Version,
-};
+use cni_spec::{CniArgs, Command, Environment, Error, NetConf, NetConfList, SuccessResult, Version};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -31,11 +29,7 @@ fn malformed_json_is_code_6_with_position() {
         ("", 1, 0),
     ] {
         let e = assert_err(NetConf::parse(input.as_bytes()), 6, &["line", "column"]);
-        assert!(
-            e.msg.contains(&format!("line {line} column {column}")),
-            "{input:?}: {}",
-            e.msg
-        );
+        assert!(e.msg.contains(&format!("line {line} column {column}")), "{input:?}: {}", e.msg);
         assert_err(NetConfList::parse(input.as_bytes()), 6, &["line", "column"]);
     }
     // Trailing garbage after a valid object is malformed too.
@@ -44,61 +38,24 @@ fn malformed_json_is_code_6_with_position() {
 
 #[test]
 fn unknown_cni_version_is_code_1() {
-    let e = assert_err(
-        NetConf::parse(br#"{"cniVersion":"0.5.0","type":"x"}"#),
-        1,
-        &["incompatible"],
-    );
+    let e = assert_err(NetConf::parse(br#"{"cniVersion":"0.5.0","type":"x"}"#), 1, &["incompatible"]);
     assert!(e.details.unwrap().contains("\"0.5.0\""));
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"2.0.0","name":"n","type":"x"}"#),
-        1,
-        &[],
-    );
-    assert_err(
-        NetConfList::parse(br#"{"cniVersion":"9.9.9","name":"n","plugins":[]}"#),
-        1,
-        &[],
-    );
+    assert_err(NetConf::parse(br#"{"cniVersion":"2.0.0","name":"n","type":"x"}"#), 1, &[]);
+    assert_err(NetConfList::parse(br#"{"cniVersion":"9.9.9","name":"n","plugins":[]}"#), 1, &[]);
     // No cniVersion, or an empty one, is 0.1.0.
+    assert_eq!(NetConf::parse(br#"{"type":"x"}"#).unwrap().version().unwrap(), Version::V0_1_0);
     assert_eq!(
-        NetConf::parse(br#"{"type":"x"}"#)
-            .unwrap()
-            .version()
-            .unwrap(),
-        Version::V0_1_0
-    );
-    assert_eq!(
-        NetConf::parse(br#"{"cniVersion":"","type":"x"}"#)
-            .unwrap()
-            .version()
-            .unwrap(),
+        NetConf::parse(br#"{"cniVersion":"","type":"x"}"#).unwrap().version().unwrap(),
         Version::V0_1_0
     );
 }
 
 #[test]
 fn plugin_type_errors_name_type() {
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#),
-        7,
-        &["type"],
-    );
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":""}"#),
-        7,
-        &["type"],
-    );
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"../bin/x"}"#),
-        7,
-        &["type"],
-    );
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":5}"#),
-        7,
-        &["type"],
-    );
+    assert_err(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n"}"#), 7, &["type"]);
+    assert_err(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":""}"#), 7, &["type"]);
+    assert_err(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"../bin/x"}"#), 7, &["type"]);
+    assert_err(NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":5}"#), 7, &["type"]);
 }
 
 #[test]
@@ -106,8 +63,7 @@ fn network_name_must_match_the_regex() {
     for bad in ["-net", ".net", "_net", "a/b", "a b", "nét", "a:b"] {
         let conf = json!({"cniVersion": "1.0.0", "name": bad, "type": "bridge"}).to_string();
         assert_err(NetConf::parse(conf.as_bytes()), 7, &["name", bad]);
-        let list = json!({"cniVersion": "1.0.0", "name": bad, "plugins": [{"type": "bridge"}]})
-            .to_string();
+        let list = json!({"cniVersion": "1.0.0", "name": bad, "plugins": [{"type": "bridge"}]}).to_string();
         assert_err(NetConfList::parse(list.as_bytes()), 7, &["name"]);
     }
     for good in ["n", "My-Net_1.0", "0net"] {
@@ -115,110 +71,47 @@ fn network_name_must_match_the_regex() {
         assert!(NetConf::parse(conf.as_bytes()).is_ok(), "{good}");
     }
     // A list needs a name; a plugin config only when it is asked for.
-    assert_err(
-        NetConfList::parse(br#"{"cniVersion":"1.0.0","plugins":[]}"#),
-        7,
-        &["name"],
-    );
-    assert_err(
-        NetConfList::parse(br#"{"cniVersion":"1.0.0","name":"","plugins":[]}"#),
-        7,
-        &["name"],
-    );
+    assert_err(NetConfList::parse(br#"{"cniVersion":"1.0.0","plugins":[]}"#), 7, &["name"]);
+    assert_err(NetConfList::parse(br#"{"cniVersion":"1.0.0","name":"","plugins":[]}"#), 7, &["name"]);
     let anonymous = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x"}"#).unwrap();
     assert_err(anonymous.network_name(), 7, &["name"]);
-    assert_err(
-        NetConf::parse(br#"{"cniVersion":"1.0.0","name":7,"type":"x"}"#),
-        7,
-        &["name"],
-    );
+    assert_err(NetConf::parse(br#"{"cniVersion":"1.0.0","name":7,"type":"x"}"#), 7, &["name"]);
 }
 
 #[test]
 fn wrong_field_types_are_code_7_naming_the_field() {
     let cases: &[(&str, &str)] = &[
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipMasq":"yes"}"#,
-            "ipMasq",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipam":"host-local"}"#,
-            "ipam",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipam":{"type":5}}"#,
-            "ipam.type",
-        ),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipMasq":"yes"}"#, "ipMasq"),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipam":"host-local"}"#, "ipam"),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","ipam":{"type":5}}"#, "ipam.type"),
         (
             r#"{"cniVersion":"1.0.0","name":"n","type":"x","dns":{"nameservers":"1.1.1.1"}}"#,
             "dns.nameservers",
         ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","capabilities":{"mac":"yes"}}"#,
-            "capabilities.mac",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":{"mac":5}}"#,
-            "runtimeConfig.mac",
-        ),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","capabilities":{"mac":"yes"}}"#, "capabilities.mac"),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":{"mac":5}}"#, "runtimeConfig.mac"),
         (
             r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":{"portMappings":[{"hostPort":"80"}]}}"#,
             "runtimeConfig.portMappings[0]",
         ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","type":"x","args":{"cni":{"ips":"10.0.0.1"}}}"#,
-            "args.cni.ips",
-        ),
+        (r#"{"cniVersion":"1.0.0","name":"n","type":"x","args":{"cni":{"ips":"10.0.0.1"}}}"#, "args.cni.ips"),
         (r#"{"cniVersion":1,"name":"n","type":"x"}"#, "cniVersion"),
     ];
     for (input, field) in cases {
         assert_err(NetConf::parse(input.as_bytes()), 7, &[field]);
     }
     let lists: &[(&str, &str)] = &[
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","plugins":{}}"#,
-            "plugins",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","plugins":[5]}"#,
-            "plugins[0]",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a"},{}]}"#,
-            "plugins[1].type",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":7}]}"#,
-            "plugins[0].type",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a/b"}]}"#,
-            "plugins[0].type",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","cniVersions":"1.1.0","name":"n","plugins":[]}"#,
-            "cniVersions",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","disableCheck":"yes","plugins":[]}"#,
-            "disableCheck",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","disableCheck":1,"plugins":[]}"#,
-            "disableCheck",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","disableGC":[],"plugins":[]}"#,
-            "disableGC",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":"n","loadOnlyInlinedPlugins":true}"#,
-            "plugins",
-        ),
-        (
-            r#"{"cniVersion":"1.0.0","name":["n"],"plugins":[]}"#,
-            "name",
-        ),
+        (r#"{"cniVersion":"1.0.0","name":"n","plugins":{}}"#, "plugins"),
+        (r#"{"cniVersion":"1.0.0","name":"n","plugins":[5]}"#, "plugins[0]"),
+        (r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a"},{}]}"#, "plugins[1].type"),
+        (r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":7}]}"#, "plugins[0].type"),
+        (r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a/b"}]}"#, "plugins[0].type"),
+        (r#"{"cniVersion":"1.0.0","cniVersions":"1.1.0","name":"n","plugins":[]}"#, "cniVersions"),
+        (r#"{"cniVersion":"1.0.0","name":"n","disableCheck":"yes","plugins":[]}"#, "disableCheck"),
+        (r#"{"cniVersion":"1.0.0","name":"n","disableCheck":1,"plugins":[]}"#, "disableCheck"),
+        (r#"{"cniVersion":"1.0.0","name":"n","disableGC":[],"plugins":[]}"#, "disableGC"),
+        (r#"{"cniVersion":"1.0.0","name":"n","loadOnlyInlinedPlugins":true}"#, "plugins"),
+        (r#"{"cniVersion":"1.0.0","name":["n"],"plugins":[]}"#, "name"),
     ];
     for (input, field) in lists {
         assert_err(NetConfList::parse(input.as_bytes()), 7, &[field]);
@@ -234,13 +127,7 @@ fn capabilities_are_tolerated_in_a_plugin_config() {
     .unwrap();
     let caps = conf.capabilities.as_ref().unwrap();
     assert_eq!((caps["portMappings"], caps["mac"]), (true, false));
-    let pm = conf
-        .runtime_config
-        .as_ref()
-        .unwrap()
-        .port_mappings
-        .as_ref()
-        .unwrap();
+    let pm = conf.runtime_config.as_ref().unwrap().port_mappings.as_ref().unwrap();
     assert_eq!((pm[0].host_port, pm[0].container_port), (8080, 80));
 }
 
@@ -248,10 +135,8 @@ fn capabilities_are_tolerated_in_a_plugin_config() {
 fn prev_result_errors() {
     // prevResult is read as the config's version: a 0.2.0 shape in a 1.0.0 config has no
     // addresses, and a broken one is an error naming the field.
-    let conf = NetConf::parse(
-        br#"{"cniVersion":"0.3.1","type":"x","prevResult":{"ips":[{"address":"x"}]}}"#,
-    )
-    .unwrap();
+    let conf = NetConf::parse(br#"{"cniVersion":"0.3.1","type":"x","prevResult":{"ips":[{"address":"x"}]}}"#)
+        .unwrap();
     assert_err(conf.prev_result(), 7, &["ips[0]"]);
     let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","prevResult":null}"#).unwrap();
     assert_eq!(conf.prev_result().unwrap(), None);
@@ -265,45 +150,26 @@ fn prev_result_errors() {
 fn cni_versions_negotiation() {
     let parse = |s: &str| NetConfList::parse(s.as_bytes());
     let v = |s: &str| parse(s).unwrap().version().unwrap();
-    assert_eq!(
-        v(r#"{"cniVersion":"0.4.0","cniVersions":["1.0.0","0.3.1"],"name":"n"}"#),
-        Version::V1_0_0
-    );
-    assert_eq!(
-        v(r#"{"cniVersion":"1.1.0","cniVersions":["1.0.0"],"name":"n"}"#),
-        Version::V1_1_0
-    );
+    assert_eq!(v(r#"{"cniVersion":"0.4.0","cniVersions":["1.0.0","0.3.1"],"name":"n"}"#), Version::V1_0_0);
+    assert_eq!(v(r#"{"cniVersion":"1.1.0","cniVersions":["1.0.0"],"name":"n"}"#), Version::V1_1_0);
     // Newer (or unknown) entries are dropped before the pick.
     assert_eq!(
         v(r#"{"cniVersion":"0.3.1","cniVersions":["1.0.0","2.0.0","1.5.0"],"name":"n"}"#),
         Version::V1_0_0
     );
-    assert_eq!(
-        v(r#"{"cniVersions":["0.4.0"],"name":"n"}"#),
-        Version::V0_4_0
-    );
-    assert_eq!(
-        v(r#"{"cniVersions":null,"cniVersion":"0.3.0","name":"n"}"#),
-        Version::V0_3_0
-    );
+    assert_eq!(v(r#"{"cniVersions":["0.4.0"],"name":"n"}"#), Version::V0_4_0);
+    assert_eq!(v(r#"{"cniVersions":null,"cniVersion":"0.3.0","name":"n"}"#), Version::V0_3_0);
     assert_eq!(v(r#"{"name":"n"}"#), Version::V0_1_0);
-    let e = assert_err(
-        parse(r#"{"cniVersion":"3.0.0","cniVersions":["2.0.0"],"name":"n"}"#),
-        1,
-        &[],
-    );
+    let e = assert_err(parse(r#"{"cniVersion":"3.0.0","cniVersions":["2.0.0"],"name":"n"}"#), 1, &[]);
     assert!(e.details.unwrap().contains("2.0.0"));
-    assert_err(
-        parse(r#"{"cniVersions":[1],"name":"n"}"#),
-        7,
-        &["cniVersions[0]"],
-    );
+    assert_err(parse(r#"{"cniVersions":[1],"name":"n"}"#), 7, &["cniVersions[0]"]);
 }
 
 #[test]
 fn disable_check_as_bool_or_string() {
     let flag = |v: Value| {
-        let s = json!({"cniVersion":"1.0.0","name":"n","disableCheck":v,"disableGC":v,"plugins":[{"type":"x"}]});
+        let s =
+            json!({"cniVersion":"1.0.0","name":"n","disableCheck":v,"disableGC":v,"plugins":[{"type":"x"}]});
         let l = NetConfList::parse(s.to_string().as_bytes()).unwrap();
         assert_eq!(l.disable_check, l.disable_gc);
         l.disable_check
@@ -316,10 +182,8 @@ fn disable_check_as_bool_or_string() {
     assert!(!flag(json!("False")));
     assert!(!flag(Value::Null));
     // A true flag writes back as a bool; a false one is left out.
-    let l = NetConfList::parse(
-        br#"{"name":"n","disableCheck":"true","disableGC":"false","plugins":[]}"#,
-    )
-    .unwrap();
+    let l = NetConfList::parse(br#"{"name":"n","disableCheck":"true","disableGC":"false","plugins":[]}"#)
+        .unwrap();
     let back = serde_json::to_value(&l).unwrap();
     assert_eq!(back["disableCheck"], true);
     assert!(back.get("disableGC").is_none());
@@ -327,34 +191,16 @@ fn disable_check_as_bool_or_string() {
 
 #[test]
 fn legacy_conf_becomes_a_list() {
-    let l = NetConfList::from_conf(
-        br#"{"cniVersion":"0.2.0","name":"old","type":"bridge","bridge":"cni0"}"#,
-    )
-    .unwrap();
+    let l = NetConfList::from_conf(br#"{"cniVersion":"0.2.0","name":"old","type":"bridge","bridge":"cni0"}"#)
+        .unwrap();
     assert_eq!(l.name, "old");
     assert_eq!(l.version().unwrap(), Version::V0_2_0);
     assert_eq!(l.plugin_types(), ["bridge"]);
     assert_eq!(l.plugins[0]["bridge"], "cni0");
-    assert_err(
-        NetConfList::from_conf(br#"{"cniVersion":"0.2.0","type":"bridge"}"#),
-        7,
-        &["name"],
-    );
-    assert_err(
-        NetConfList::from_conf(br#"{"cniVersion":"0.2.0","name":"old"}"#),
-        7,
-        &["type"],
-    );
-    assert_err(
-        NetConfList::from_conf(br#"{"cniVersion":"0.2.0","name":"old","type":"x""#),
-        6,
-        &["line"],
-    );
-    assert_err(
-        NetConfList::from_conf(br#"{"cniVersion":"0.9.0","name":"old","type":"x"}"#),
-        1,
-        &[],
-    );
+    assert_err(NetConfList::from_conf(br#"{"cniVersion":"0.2.0","type":"bridge"}"#), 7, &["name"]);
+    assert_err(NetConfList::from_conf(br#"{"cniVersion":"0.2.0","name":"old"}"#), 7, &["type"]);
+    assert_err(NetConfList::from_conf(br#"{"cniVersion":"0.2.0","name":"old","type":"x""#), 6, &["line"]);
+    assert_err(NetConfList::from_conf(br#"{"cniVersion":"0.9.0","name":"old","type":"x"}"#), 1, &[]);
 }
 
 #[test]
@@ -373,38 +219,27 @@ fn unknown_keys_survive_parse_and_serialize_in_order() {
     assert_eq!(l2.to_bytes(), spaced.as_bytes());
     assert_eq!(serde_json::to_string(&l2).unwrap(), input);
     // Without a source (built in code) the bytes are the serialization.
-    let built = NetConfList {
-        source: None,
-        ..l.clone()
-    };
+    let built = NetConfList { source: None, ..l.clone() };
     assert_eq!(built.to_bytes(), input.as_bytes());
 
     // A plugin config keeps its unknown keys too, in order.
-    let conf_in =
-        r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","q":1,"b":{"z":1,"a":2},"a":[1,2]}"#;
+    let conf_in = r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","q":1,"b":{"z":1,"a":2},"a":[1,2]}"#;
     let conf = NetConf::parse(conf_in.as_bytes()).unwrap();
     assert_eq!(serde_json::to_string(&conf).unwrap(), conf_in);
     assert_eq!(conf.ipam_type(), None);
-    let with_ipam = NetConf::parse(br#"{"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24"}]],"x":1}}"#).unwrap();
+    let with_ipam = NetConf::parse(
+        br#"{"type":"bridge","ipam":{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24"}]],"x":1}}"#,
+    )
+    .unwrap();
     assert_eq!(with_ipam.ipam_type(), Some("host-local"));
-    let keys: Vec<&str> = with_ipam
-        .ipam
-        .as_ref()
-        .unwrap()
-        .extra
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = with_ipam.ipam.as_ref().unwrap().extra.keys().map(String::as_str).collect();
     assert_eq!(keys, ["ranges", "x"]);
 }
 
 // ---------------------------------------------------------------- Environment
 
 fn env_of(vars: &[(&str, &str)]) -> Result<Environment, Error> {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Environment::from_lookup(|k| map.get(k).cloned())
 }
 
@@ -420,10 +255,7 @@ fn full(command: &str) -> Vec<(&'static str, String)> {
 
 /// `full(command)` with `var` set to `value` (`None`: unset).
 fn env_with(command: &str, var: &str, value: Option<&str>) -> Result<Environment, Error> {
-    let mut vars: Vec<(&str, String)> = full(command)
-        .into_iter()
-        .filter(|(k, _)| *k != var)
-        .collect();
+    let mut vars: Vec<(&str, String)> = full(command).into_iter().filter(|(k, _)| *k != var).collect();
     if let Some(v) = value {
         vars.push((var, v.to_string()));
     }
@@ -433,16 +265,8 @@ fn env_with(command: &str, var: &str, value: Option<&str>) -> Result<Environment
 
 #[test]
 fn cni_command_missing_or_unknown() {
-    assert_err(
-        env_with("ADD", "CNI_COMMAND", None),
-        4,
-        &["CNI_COMMAND", "missing"],
-    );
-    assert_err(
-        env_with("ADD", "CNI_COMMAND", Some("")),
-        4,
-        &["CNI_COMMAND"],
-    );
+    assert_err(env_with("ADD", "CNI_COMMAND", None), 4, &["CNI_COMMAND", "missing"]);
+    assert_err(env_with("ADD", "CNI_COMMAND", Some("")), 4, &["CNI_COMMAND"]);
     for bad in ["add", "DELETE", "UPDATE", " ADD"] {
         assert_err(env_with(bad, "", None), 4, &["CNI_COMMAND", bad]);
     }
@@ -461,30 +285,13 @@ fn cni_command_missing_or_unknown() {
 #[test]
 fn container_id_missing_or_invalid() {
     for cmd in ["ADD", "DEL", "CHECK"] {
-        assert_err(
-            env_with(cmd, "CNI_CONTAINERID", None),
-            4,
-            &["CNI_CONTAINERID", "missing"],
-        );
-        assert_err(
-            env_with(cmd, "CNI_CONTAINERID", Some("")),
-            4,
-            &["CNI_CONTAINERID"],
-        );
+        assert_err(env_with(cmd, "CNI_CONTAINERID", None), 4, &["CNI_CONTAINERID", "missing"]);
+        assert_err(env_with(cmd, "CNI_CONTAINERID", Some("")), 4, &["CNI_CONTAINERID"]);
         for bad in ["-abc", ".abc", "a/b", "a b", "a:b", "ä"] {
-            assert_err(
-                env_with(cmd, "CNI_CONTAINERID", Some(bad)),
-                4,
-                &["CNI_CONTAINERID"],
-            );
+            assert_err(env_with(cmd, "CNI_CONTAINERID", Some(bad)), 4, &["CNI_CONTAINERID"]);
         }
         for good in ["A", "0abc", "Pod_1.2-x"] {
-            assert_eq!(
-                env_with(cmd, "CNI_CONTAINERID", Some(good))
-                    .unwrap()
-                    .container_id,
-                good
-            );
+            assert_eq!(env_with(cmd, "CNI_CONTAINERID", Some(good)).unwrap().container_id, good);
         }
     }
     for cmd in ["STATUS", "GC", "VERSION"] {
@@ -502,10 +309,7 @@ fn netns_required_for_add_and_check_only() {
     assert_eq!(del.netns, None);
     let del = env_with("DEL", "CNI_NETNS", Some("")).unwrap();
     assert_eq!(del.netns, None);
-    assert_eq!(
-        env_with("ADD", "", None).unwrap().netns.unwrap().to_str(),
-        Some("/run/netns/c1")
-    );
+    assert_eq!(env_with("ADD", "", None).unwrap().netns.unwrap().to_str(), Some("/run/netns/c1"));
     assert!(env_with("STATUS", "CNI_NETNS", None).is_ok());
 }
 
@@ -513,32 +317,15 @@ fn netns_required_for_add_and_check_only() {
 fn ifname_rules() {
     for cmd in ["ADD", "DEL", "CHECK"] {
         assert_err(env_with(cmd, "CNI_IFNAME", None), 4, &["CNI_IFNAME"]);
-        for bad in [
-            "",
-            "abcdefghijklmnop",
-            ".",
-            "..",
-            "a/b",
-            "a:1",
-            "a b",
-            "a\tb",
-            "eth0\n",
-        ] {
+        for bad in ["", "abcdefghijklmnop", ".", "..", "a/b", "a:1", "a b", "a\tb", "eth0\n"] {
             assert_err(env_with(cmd, "CNI_IFNAME", Some(bad)), 4, &["CNI_IFNAME"]);
         }
         for good in ["e", "abcdefghijklmno", "eth0.100", "...", "veth-1_x"] {
-            assert_eq!(
-                env_with(cmd, "CNI_IFNAME", Some(good)).unwrap().ifname,
-                good
-            );
+            assert_eq!(env_with(cmd, "CNI_IFNAME", Some(good)).unwrap().ifname, good);
         }
     }
     // 15 bytes, not characters.
-    assert_err(
-        env_with("ADD", "CNI_IFNAME", Some("ééééééééé")),
-        4,
-        &["CNI_IFNAME"],
-    );
+    assert_err(env_with("ADD", "CNI_IFNAME", Some("ééééééééé")), 4, &["CNI_IFNAME"]);
     assert!(env_with("GC", "CNI_IFNAME", None).is_ok());
 }
 
@@ -553,18 +340,9 @@ fn cni_args_parsing() {
     assert_eq!(a.get("IP"), Some("10.0.0.6"), "the last value wins");
     assert_eq!(a.get("EMPTY"), Some(""));
     assert_eq!(a.get("NOPE"), None);
-    assert_eq!(
-        a.encode(),
-        "K8S_POD_NAME=web;IP=10.0.0.5;IP=10.0.0.6;EMPTY="
-    );
+    assert_eq!(a.encode(), "K8S_POD_NAME=web;IP=10.0.0.5;IP=10.0.0.6;EMPTY=");
     assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
-    assert_eq!(
-        env_with("ADD", "CNI_ARGS", Some("A=1;B=2"))
-            .unwrap()
-            .args
-            .get("B"),
-        Some("2")
-    );
+    assert_eq!(env_with("ADD", "CNI_ARGS", Some("A=1;B=2")).unwrap().args.get("B"), Some("2"));
 }
 
 #[test]
@@ -573,10 +351,7 @@ fn cni_args_known_keys() {
     assert!(a.check_known(&["IP", "K8S_POD_NAME"]).is_ok());
     assert_err(a.check_known(&["IP"]), 4, &["CNI_ARGS", "K8S_POD_NAME"]);
     for ignore in ["1", "true", "TRUE"] {
-        let a = CniArgs::parse(&format!(
-            "IgnoreUnknown={ignore};IP=10.0.0.5;K8S_POD_NAME=web"
-        ))
-        .unwrap();
+        let a = CniArgs::parse(&format!("IgnoreUnknown={ignore};IP=10.0.0.5;K8S_POD_NAME=web")).unwrap();
         assert!(a.ignore_unknown());
         assert!(a.check_known(&["IP"]).is_ok());
     }
@@ -586,12 +361,7 @@ fn cni_args_known_keys() {
         assert_err(a.check_known(&[]), 4, &["K8S_POD_NAME"]);
     }
     // IgnoreUnknown itself is never "unknown".
-    assert!(
-        CniArgs::parse("IgnoreUnknown=0")
-            .unwrap()
-            .check_known(&[])
-            .is_ok()
-    );
+    assert!(CniArgs::parse("IgnoreUnknown=0").unwrap().check_known(&[]).is_ok());
 }
 
 #[test]
@@ -600,10 +370,7 @@ fn cni_path_required_for_gc_only() {
     assert_err(env_with("GC", "CNI_PATH", Some("")), 4, &["CNI_PATH"]);
     assert_err(env_with("GC", "CNI_PATH", Some(":::")), 4, &["CNI_PATH"]);
     for cmd in ["ADD", "DEL", "CHECK", "STATUS", "VERSION"] {
-        assert!(
-            env_with(cmd, "CNI_PATH", None).unwrap().path.is_empty(),
-            "{cmd}"
-        );
+        assert!(env_with(cmd, "CNI_PATH", None).unwrap().path.is_empty(), "{cmd}");
     }
     let gc = env_with("GC", "CNI_PATH", Some("/a::/b:")).unwrap();
     assert_eq!(gc.path, [std::path::PathBuf::from("/a"), "/b".into()]);
@@ -701,8 +468,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn feed_all(bytes: &[u8]) {
-    let _ =
-        NetConf::parse(bytes).map(|c| (c.prev_result(), c.version(), c.ipam_type().map(str::len)));
+    let _ = NetConf::parse(bytes).map(|c| (c.prev_result(), c.version(), c.ipam_type().map(str::len)));
     let _ = NetConfList::parse(bytes).map(|l| (l.version(), l.to_bytes()));
     let _ = NetConfList::from_conf(bytes);
     for v in Version::ALL {

@@ -46,19 +46,13 @@ fn interface() -> impl Strategy<Value = Interface> {
 /// An address of either family, with a gateway of the same family and an interface index
 /// below `n_ifaces`.
 fn ip_config(n_ifaces: usize) -> impl Strategy<Value = IpConfig> {
-    let index = if n_ifaces == 0 {
-        Just(None).boxed()
-    } else {
-        opt(0..n_ifaces)
-    };
+    let index = if n_ifaces == 0 { Just(None).boxed() } else { opt(0..n_ifaces) };
     let v4 = (v4net(), opt(any::<Ipv4Addr>().prop_map(IpAddr::V4)));
     let v6 = (v6net(), opt(any::<Ipv6Addr>().prop_map(IpAddr::V6)));
-    (prop_oneof![v4.boxed(), v6.boxed()], index).prop_map(|((address, gateway), interface)| {
-        IpConfig {
-            address,
-            gateway,
-            interface,
-        }
+    (prop_oneof![v4.boxed(), v6.boxed()], index).prop_map(|((address, gateway), interface)| IpConfig {
+        address,
+        gateway,
+        interface,
     })
 }
 
@@ -71,12 +65,7 @@ fn route() -> impl Strategy<Value = Route> {
         opt(any::<u32>()),
         opt(any::<u32>()),
         opt(any::<u32>()),
-        opt(prop_oneof![
-            Just(0u8),
-            Just(253u8),
-            Just(254u8),
-            any::<u8>()
-        ]),
+        opt(prop_oneof![Just(0u8), Just(253u8), Just(254u8), any::<u8>()]),
     )
         .prop_map(|((dst, gw), mtu, advmss, priority, table, scope)| Route {
             dst,
@@ -96,12 +85,7 @@ fn dns() -> impl Strategy<Value = Dns> {
         prop::collection::vec("[a-z]{1,8}\\.example", 0..3),
         prop::collection::vec("(ndots|timeout|attempts):[0-9]", 0..3),
     )
-        .prop_map(|(nameservers, domain, search, options)| Dns {
-            nameservers,
-            domain,
-            search,
-            options,
-        })
+        .prop_map(|(nameservers, domain, search, options)| Dns { nameservers, domain, search, options })
 }
 
 fn success_result() -> impl Strategy<Value = SuccessResult> {
@@ -152,22 +136,12 @@ fn model(r: &SuccessResult, v: Version) -> Option<SuccessResult> {
     if ip4.is_none() && ip6.is_none() {
         return None;
     }
-    let mut out = SuccessResult {
-        dns: r.dns.clone(),
-        ..Default::default()
-    };
+    let mut out = SuccessResult { dns: r.dns.clone(), ..Default::default() };
     for (ip, want_v4) in [(ip4, true), (ip6, false)] {
         let Some(ip) = ip else { continue };
-        out.ips.push(IpConfig {
-            address: ip.address,
-            gateway: ip.gateway,
-            interface: None,
-        });
+        out.ips.push(IpConfig { address: ip.address, gateway: ip.gateway, interface: None });
         out.routes.extend(
-            r.routes
-                .iter()
-                .filter(|rt| is_v4(&rt.dst) == want_v4)
-                .map(|rt| Route::new(rt.dst, rt.gw)),
+            r.routes.iter().filter(|rt| is_v4(&rt.dst) == want_v4).map(|rt| Route::new(rt.dst, rt.gw)),
         );
     }
     Some(out)
@@ -176,10 +150,7 @@ fn model(r: &SuccessResult, v: Version) -> Option<SuccessResult> {
 /// Checks the wire shape of `json`, written in `v`.
 fn check_shape(json: &Value, v: Version) -> Result<(), TestCaseError> {
     let obj = json.as_object().expect("a result is an object");
-    prop_assert_eq!(
-        obj.get("cniVersion").and_then(Value::as_str),
-        Some(v.as_str())
-    );
+    prop_assert_eq!(obj.get("cniVersion").and_then(Value::as_str), Some(v.as_str()));
     if v.has_legacy_result() {
         for key in obj.keys() {
             prop_assert!(
@@ -193,18 +164,9 @@ fn check_shape(json: &Value, v: Version) -> Result<(), TestCaseError> {
             if let Some(ip) = obj.get(key) {
                 let addr: IpNet = ip["ip"].as_str().unwrap().parse().unwrap();
                 prop_assert_eq!(is_v4(&addr), family_v4);
-                for rt in ip
-                    .get("routes")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for rt in ip.get("routes").and_then(Value::as_array).into_iter().flatten() {
                     let keys: Vec<&String> = rt.as_object().unwrap().keys().collect();
-                    prop_assert!(
-                        keys.iter().all(|k| *k == "dst" || *k == "gw"),
-                        "route keys {:?}",
-                        keys
-                    );
+                    prop_assert!(keys.iter().all(|k| *k == "dst" || *k == "gw"), "route keys {:?}", keys);
                     let dst: IpNet = rt["dst"].as_str().unwrap().parse().unwrap();
                     prop_assert_eq!(is_v4(&dst), family_v4);
                 }
@@ -213,37 +175,19 @@ fn check_shape(json: &Value, v: Version) -> Result<(), TestCaseError> {
         return Ok(());
     }
     prop_assert!(obj.get("ip4").is_none() && obj.get("ip6").is_none());
-    for ip in obj
-        .get("ips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for ip in obj.get("ips").and_then(Value::as_array).into_iter().flatten() {
         let addr: IpNet = ip["address"].as_str().unwrap().parse().unwrap();
         if v.has_ip_version() {
             let family = if is_v4(&addr) { "4" } else { "6" };
             prop_assert_eq!(ip.get("version").and_then(Value::as_str), Some(family));
         } else {
-            prop_assert!(
-                ip.get("version").is_none(),
-                "1.x results have no ips[].version"
-            );
+            prop_assert!(ip.get("version").is_none(), "1.x results have no ips[].version");
         }
     }
     if v < Version::V1_0_0 {
-        for i in obj
-            .get("interfaces")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for i in obj.get("interfaces").and_then(Value::as_array).into_iter().flatten() {
             for key in ["mtu", "socketPath", "pciID"] {
-                prop_assert!(
-                    i.get(key).is_none(),
-                    "{} must not be in a {} interface",
-                    key,
-                    v
-                );
+                prop_assert!(i.get(key).is_none(), "{} must not be in a {} interface", key, v);
             }
         }
     }
@@ -375,10 +319,7 @@ fn dual_stack() -> SuccessResult {
             },
         ],
         ips: vec![
-            IpConfig {
-                interface: Some(1),
-                ..IpConfig::new(net("fd00::5/64")).with_gateway(addr("fd00::1"))
-            },
+            IpConfig { interface: Some(1), ..IpConfig::new(net("fd00::5/64")).with_gateway(addr("fd00::1")) },
             IpConfig {
                 interface: Some(1),
                 ..IpConfig::new(net("10.1.0.5/16")).with_gateway(addr("10.1.0.1"))
@@ -387,11 +328,7 @@ fn dual_stack() -> SuccessResult {
             IpConfig::new(net("fd01::5/64")),
         ],
         routes: vec![
-            Route {
-                table: Some(100),
-                scope: Some(253),
-                ..Route::new(net("::/0"), Some(addr("fd00::1")))
-            },
+            Route { table: Some(100), scope: Some(253), ..Route::new(net("::/0"), Some(addr("fd00::1"))) },
             Route {
                 mtu: Some(1400),
                 advmss: Some(1360),
@@ -400,10 +337,7 @@ fn dual_stack() -> SuccessResult {
             },
             Route::new(net("192.168.0.0/16"), Some(addr("10.1.0.254"))),
         ],
-        dns: Dns {
-            nameservers: vec!["10.1.0.1".into()],
-            ..Default::default()
-        },
+        dns: Dns { nameservers: vec!["10.1.0.1".into()], ..Default::default() },
     }
 }
 
@@ -427,11 +361,7 @@ fn legacy_keeps_first_address_of_each_family_and_splits_routes() {
     let dsts: Vec<String> = back.routes.iter().map(|r| r.dst.to_string()).collect();
     assert_eq!(dsts, ["0.0.0.0/0", "192.168.0.0/16", "::/0"]);
     assert!(back.interfaces.is_empty());
-    assert!(
-        back.routes
-            .iter()
-            .all(|r| r.mtu.is_none() && r.table.is_none() && r.scope.is_none())
-    );
+    assert!(back.routes.iter().all(|r| r.mtu.is_none() && r.table.is_none() && r.scope.is_none()));
 }
 
 #[test]
@@ -445,10 +375,7 @@ fn legacy_drops_routes_of_a_family_without_address() {
     r.ips.retain(|i| !i.is_v4());
     let json = r.to_value(Version::V0_2_0).unwrap();
     assert!(json.get("ip4").is_none());
-    assert_eq!(
-        json["ip6"]["routes"],
-        serde_json::json!([{"dst": "::/0", "gw": "fd00::1"}])
-    );
+    assert_eq!(json["ip6"]["routes"], serde_json::json!([{"dst": "::/0", "gw": "fd00::1"}]));
 }
 
 #[test]
@@ -471,12 +398,8 @@ fn legacy_without_any_address_is_code_1() {
 #[test]
 fn rich_old_versions_carry_ip_version_and_full_routes() {
     let json = dual_stack().to_value(Version::V0_4_0).unwrap();
-    let versions: Vec<&str> = json["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["version"].as_str().unwrap())
-        .collect();
+    let versions: Vec<&str> =
+        json["ips"].as_array().unwrap().iter().map(|i| i["version"].as_str().unwrap()).collect();
     assert_eq!(versions, ["6", "4", "4", "6"]);
     assert_eq!(json["routes"][0]["table"], 100);
     assert_eq!(json["routes"][0]["scope"], 253);
@@ -494,44 +417,17 @@ fn rich_old_versions_carry_ip_version_and_full_routes() {
 #[test]
 fn wrong_or_unknown_result_versions_fail() {
     let bad = serde_json::json!({"cniVersion": "0.3.1", "ips": [{"version": "6", "address": "10.0.0.2/24"}]});
-    assert_eq!(
-        SuccessResult::from_value(bad, Version::V0_3_1)
-            .unwrap_err()
-            .code,
-        6
-    );
+    assert_eq!(SuccessResult::from_value(bad, Version::V0_3_1).unwrap_err().code, 6);
     let bad = serde_json::json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24", "interface": 0}]});
-    assert_eq!(
-        SuccessResult::from_value(bad, Version::V1_0_0)
-            .unwrap_err()
-            .code,
-        6
-    );
+    assert_eq!(SuccessResult::from_value(bad, Version::V1_0_0).unwrap_err().code, 6);
     let unknown = serde_json::json!({"cniVersion": "0.5.0", "ips": []});
-    assert_eq!(
-        SuccessResult::from_value(unknown, Version::V1_0_0)
-            .unwrap_err()
-            .code,
-        1
-    );
+    assert_eq!(SuccessResult::from_value(unknown, Version::V1_0_0).unwrap_err().code, 1);
     let number = serde_json::json!({"cniVersion": 1, "ips": []});
-    assert_ne!(
-        SuccessResult::from_value(number, Version::V1_0_0)
-            .unwrap_err()
-            .code,
-        0
-    );
-    assert_eq!(
-        SuccessResult::from_value(Value::Array(vec![]), Version::V1_0_0)
-            .unwrap_err()
-            .code,
-        6
-    );
-    let e = SuccessResult::from_slice(
-        br#"{"cniVersion":"1.0.0","ips":[{"address":"nope"}]}"#,
-        Version::V1_0_0,
-    )
-    .unwrap_err();
+    assert_ne!(SuccessResult::from_value(number, Version::V1_0_0).unwrap_err().code, 0);
+    assert_eq!(SuccessResult::from_value(Value::Array(vec![]), Version::V1_0_0).unwrap_err().code, 6);
+    let e =
+        SuccessResult::from_slice(br#"{"cniVersion":"1.0.0","ips":[{"address":"nope"}]}"#, Version::V1_0_0)
+            .unwrap_err();
     assert_eq!(e.code, 7);
     assert!(e.msg.contains("ips[0]"), "{}", e.msg);
 }

@@ -40,7 +40,8 @@ const GO_INTERNAL_ERROR: &str =
     r#"{"code":999,"msg":"invalid range set 0: Network 10.9.0.0/31 too small to allocate from"}"#;
 
 /// §1.3: the local Debian plugins' VERSION reply.
-const VERSION_REPLY: &str = r#"{"cniVersion":"1.0.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0"]}"#;
+const VERSION_REPLY: &str =
+    r#"{"cniVersion":"1.0.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0"]}"#;
 
 /// §1.8: a Debian plugin given a 1.1.0 config.
 const INCOMPATIBLE: &str = r#"{"code":1,"msg":"incompatible CNI versions","details":"config is \"1.1.0\", plugin supports [\"0.1.0\" \"0.2.0\" \"0.3.0\" \"0.3.1\" \"0.4.0\" \"1.0.0\"]"}"#;
@@ -68,20 +69,14 @@ fn chain_request_example() {
     assert_eq!(conf.network_name().unwrap(), "dbnet");
     assert_eq!(conf.kind, "tuning");
     assert_eq!(conf.extra["sysctl"], json!({"net.core.somaxconn": "500"}));
-    assert_eq!(
-        conf.runtime_config.as_ref().unwrap().mac.as_deref(),
-        Some("00:11:22:33:44:66")
-    );
+    assert_eq!(conf.runtime_config.as_ref().unwrap().mac.as_deref(), Some("00:11:22:33:44:66"));
     assert!(conf.ipam_type().is_none());
 
     // prevResult has no cniVersion: it is read in the config's version.
     let prev = conf.prev_result().unwrap().expect("prevResult is present");
     let names: Vec<&str> = prev.interfaces.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["cni0", "veth3243", "eth0"]);
-    assert_eq!(
-        prev.interfaces[2].sandbox.as_deref(),
-        Some("/var/run/netns/blue")
-    );
+    assert_eq!(prev.interfaces[2].sandbox.as_deref(), Some("/var/run/netns/blue"));
     assert_eq!(prev.interfaces[0].sandbox, None);
     assert_eq!(prev.interfaces[1].mac.as_deref(), Some("55:44:33:22:11:11"));
     assert_eq!(prev.ips.len(), 1);
@@ -113,15 +108,8 @@ fn host_local_031_output() {
     assert!(r.ips.iter().all(|i| i.interface.is_none()));
     assert_eq!(r.routes.len(), 1);
     assert!(r.dns.is_empty());
-    assert_eq!(
-        r.to_value(Version::V0_3_1).unwrap(),
-        without_empty_dns(value(HOST_LOCAL_031))
-    );
-    assert_ne!(
-        r.to_value(Version::V0_3_1).unwrap(),
-        value(HOST_LOCAL_031),
-        "an empty dns is omitted"
-    );
+    assert_eq!(r.to_value(Version::V0_3_1).unwrap(), without_empty_dns(value(HOST_LOCAL_031)));
+    assert_ne!(r.to_value(Version::V0_3_1).unwrap(), value(HOST_LOCAL_031), "an empty dns is omitted");
 }
 
 #[test]
@@ -132,15 +120,10 @@ fn host_local_020_output() {
     assert_eq!(r.ips[0].gateway, Some(ip("10.22.0.1")));
     assert_eq!(r.routes.len(), 1);
     assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
-    assert_eq!(
-        r.to_value(Version::V0_2_0).unwrap(),
-        without_empty_dns(value(HOST_LOCAL_020))
-    );
+    assert_eq!(r.to_value(Version::V0_2_0).unwrap(), without_empty_dns(value(HOST_LOCAL_020)));
     // Up to 0.3.1 it has the shape of the 0.3.1 output (with its own addresses).
     let up = r.to_value(Version::V0_3_1).unwrap();
-    let expected = HOST_LOCAL_031
-        .replace("10.22.0.3", "10.22.0.2")
-        .replace("fd00:22::3", "fd00:22::2");
+    let expected = HOST_LOCAL_031.replace("10.22.0.3", "10.22.0.2").replace("fd00:22::3", "fd00:22::2");
     assert_eq!(up, without_empty_dns(value(&expected)));
 }
 
@@ -148,9 +131,7 @@ fn host_local_020_output() {
 fn host_local_031_down_to_020_is_the_020_output() {
     let r = SuccessResult::from_slice(HOST_LOCAL_031.as_bytes(), Version::V0_3_1).unwrap();
     let down = r.to_value(Version::V0_2_0).unwrap();
-    let expected = HOST_LOCAL_020
-        .replace("10.22.0.2", "10.22.0.3")
-        .replace("fd00:22::2", "fd00:22::3");
+    let expected = HOST_LOCAL_020.replace("10.22.0.2", "10.22.0.3").replace("fd00:22::2", "fd00:22::3");
     assert_eq!(down, without_empty_dns(value(&expected)));
 }
 
@@ -159,25 +140,16 @@ fn bridge_040_result() {
     let r = SuccessResult::from_slice(BRIDGE_040.as_bytes(), Version::V0_4_0).unwrap();
     let names: Vec<&str> = r.interfaces.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["br0", "vethfb73823e", "eth0"]);
-    assert_eq!(
-        r.interfaces[2].sandbox.as_deref(),
-        Some("/var/run/netns/testing")
-    );
+    assert_eq!(r.interfaces[2].sandbox.as_deref(), Some("/var/run/netns/testing"));
     assert!(r.interfaces.iter().all(|i| i.mtu.is_none()));
     assert_eq!(r.ips[0].interface, Some(2));
     assert_eq!(r.ips[0].address.to_string(), "10.99.0.2/16");
-    assert_eq!(
-        r.to_value(Version::V0_4_0).unwrap(),
-        without_empty_dns(value(BRIDGE_040))
-    );
+    assert_eq!(r.to_value(Version::V0_4_0).unwrap(), without_empty_dns(value(BRIDGE_040)));
 
     // As 1.0.0: the same without ips[].version.
     let mut expected = without_empty_dns(value(BRIDGE_040));
     expected["cniVersion"] = "1.0.0".into();
-    expected["ips"][0]
-        .as_object_mut()
-        .unwrap()
-        .remove("version");
+    expected["ips"][0].as_object_mut().unwrap().remove("version");
     assert_eq!(r.to_value(Version::V1_0_0).unwrap(), expected);
 
     // As 0.2.0: the container address only, no interfaces.
@@ -193,21 +165,12 @@ fn error_objects() {
     assert_eq!(e.code, 7);
     assert_eq!(e.well_known(), Some(Code::InvalidConfig));
     assert_eq!(e.msg, "Invalid Configuration");
-    assert_eq!(
-        e.details.as_deref(),
-        Some("Network 192.168.0.0/31 too small to allocate from.")
-    );
-    assert_eq!(
-        value(&e.to_json(Some(Version::V1_1_0))),
-        value(ERROR_OBJECT)
-    );
+    assert_eq!(e.details.as_deref(), Some("Network 192.168.0.0/31 too small to allocate from."));
+    assert_eq!(value(&e.to_json(Some(Version::V1_1_0))), value(ERROR_OBJECT));
     assert!(e.to_string().contains("(code 7)"));
 
     let go: Error = serde_json::from_str(GO_INTERNAL_ERROR).unwrap();
-    assert_eq!(
-        (go.code, go.well_known(), go.details.as_deref()),
-        (999, Some(Code::Internal), None)
-    );
+    assert_eq!((go.code, go.well_known(), go.details.as_deref()), (999, Some(Code::Internal), None));
     assert_eq!(go.to_json(None), GO_INTERNAL_ERROR);
 
     let inc: Error = serde_json::from_str(INCOMPATIBLE).unwrap();
@@ -231,16 +194,6 @@ fn version_reply() {
     // A 0.2.0 reply may leave out supportedVersions; others may not.
     let old = VersionInfo::parse(br#"{"cniVersion":"0.2.0"}"#).unwrap();
     assert_eq!(old.supported_versions, ["0.1.0", "0.2.0"]);
-    assert_eq!(
-        VersionInfo::parse(br#"{"cniVersion":"0.3.1"}"#)
-            .unwrap_err()
-            .code,
-        6
-    );
-    assert_eq!(
-        VersionInfo::parse(br#"{"supportedVersions":["1.0.0"]}"#)
-            .unwrap_err()
-            .code,
-        6
-    );
+    assert_eq!(VersionInfo::parse(br#"{"cniVersion":"0.3.1"}"#).unwrap_err().code, 6);
+    assert_eq!(VersionInfo::parse(br#"{"supportedVersions":["1.0.0"]}"#).unwrap_err().code, 6);
 }

@@ -38,11 +38,8 @@ fn cnictl_drives_reference_bridge_and_host_local() {
         "the reference plugins are missing: apt-get install containernetworking-plugins"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let (conf_dir, cache_dir, data_dir) = (
-        tmp.path().join("net.d"),
-        tmp.path().join("cache"),
-        tmp.path().join("ipam"),
-    );
+    let (conf_dir, cache_dir, data_dir) =
+        (tmp.path().join("net.d"), tmp.path().join("cache"), tmp.path().join("ipam"));
     std::fs::create_dir_all(&conf_dir).unwrap();
 
     let host = TestNs::new("refhost");
@@ -80,10 +77,7 @@ fn cnictl_drives_reference_bridge_and_host_local() {
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["cniVersion"], "1.0.0");
     let address = result["ips"][0]["address"].as_str().unwrap().to_string();
-    assert!(
-        address.starts_with("10.199.7.") && address.ends_with("/24"),
-        "{address}"
-    );
+    assert!(address.starts_with("10.199.7.") && address.ends_with("/24"), "{address}");
     assert_eq!(result["ips"][0]["gateway"], "10.199.7.1");
     assert_eq!(result["interfaces"][0]["name"], "refbr0");
     assert_eq!(result["interfaces"][2]["name"], "eth0");
@@ -92,33 +86,24 @@ fn cnictl_drives_reference_bridge_and_host_local() {
     // The datapath is real: the pod has the address and reaches its gateway on the bridge.
     let ip = address.split('/').next().unwrap();
     assert!(pod.exec(&["ip", "-o", "addr", "show", "eth0"]).contains(ip));
-    assert!(
-        pod.try_exec(&["ping", "-c", "1", "-W", "2", "10.199.7.1"]),
-        "pod cannot reach the gateway"
-    );
+    assert!(pod.try_exec(&["ping", "-c", "1", "-W", "2", "10.199.7.1"]), "pod cannot reach the gateway");
 
     // The result cache is libcni's: one file per attachment, cniCacheV1, the list verbatim.
     let digest = {
         use sha2::Digest;
         let d = sha2::Sha512::digest(pod_path.as_bytes());
-        d[..10]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        d[..10].iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let container_id = format!("cnitool-{digest}");
-    let cache_file = cache_dir
-        .join("results")
-        .join(format!("{net}-{container_id}-eth0"));
+    let cache_file = cache_dir.join("results").join(format!("{net}-{container_id}-eth0"));
     let cached: Value = serde_json::from_slice(&std::fs::read(&cache_file).unwrap()).unwrap();
     assert_eq!(cached["kind"], "cniCacheV1");
     assert_eq!(cached["containerId"], container_id.as_str());
     assert_eq!(cached["ifName"], "eth0");
     assert_eq!(cached["networkName"], net.as_str());
     assert_eq!(cached["netns"], pod_path);
-    let config = base64::engine::general_purpose::STANDARD
-        .decode(cached["config"].as_str().unwrap())
-        .unwrap();
+    let config =
+        base64::engine::general_purpose::STANDARD.decode(cached["config"].as_str().unwrap()).unwrap();
     assert_eq!(config, list_bytes);
     assert_eq!(cached["result"]["ips"][0]["address"], address.as_str());
     {
@@ -128,25 +113,16 @@ fn cnictl_drives_reference_bridge_and_host_local() {
     }
 
     // CHECK: the reference plugins verify the attachment against our cached result.
-    ok(
-        &cnictl(&host, &env, &["check", &net, pod_path]),
-        "cnictl check",
-    );
+    ok(&cnictl(&host, &env, &["check", &net, pod_path]), "cnictl check");
 
     // CHECK fails once the attachment is broken behind the runtime's back.
     pod.exec(&["ip", "addr", "flush", "dev", "eth0"]);
     let broken = cnictl(&host, &env, &["check", &net, pod_path]);
-    assert!(
-        !broken.status.success(),
-        "CHECK passed on a pod without its address"
-    );
+    assert!(!broken.status.success(), "CHECK passed on a pod without its address");
 
     // DEL: interface gone, IP released, cache entry removed; a second DEL succeeds too.
     ok(&cnictl(&host, &env, &["del", &net, pod_path]), "cnictl del");
-    assert!(
-        !pod.try_exec(&["ip", "link", "show", "eth0"]),
-        "eth0 outlived DEL"
-    );
+    assert!(!pod.try_exec(&["ip", "link", "show", "eth0"]), "eth0 outlived DEL");
     let leases: Vec<String> = std::fs::read_dir(data_dir.join(&net))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -154,10 +130,7 @@ fn cnictl_drives_reference_bridge_and_host_local() {
         .collect();
     assert!(leases.is_empty(), "leases left after DEL: {leases:?}");
     assert!(!cache_file.exists());
-    ok(
-        &cnictl(&host, &env, &["del", &net, pod_path]),
-        "second cnictl del",
-    );
+    ok(&cnictl(&host, &env, &["del", &net, pod_path]), "second cnictl del");
 }
 
 #[test]
@@ -174,17 +147,10 @@ fn cnictl_reports_reference_plugin_errors() {
         ("CNI_PATH", REFERENCE_DIR),
         ("CNI_CACHE_DIR", tmp.path().to_str().unwrap()),
     ];
-    let out = cnictl(
-        &host,
-        &env,
-        &["add", "broken", pod.path().to_str().unwrap()],
-    );
+    let out = cnictl(&host, &env, &["add", "broken", pod.path().to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The reference plugin's own error object reached us (its message and code).
     assert!(stderr.contains("too small to allocate from"), "{stderr}");
-    assert!(
-        !tmp.path().join("results").exists(),
-        "a failed ADD must not be cached"
-    );
+    assert!(!tmp.path().join("results").exists(), "a failed ADD must not be cached");
 }

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use cni_spec::plugin::{Attachment, Outcome, dispatch};
-use cni_spec::{
-    Code, Command, Error, Interface, IpConfig, Plugin, Request, Route, SuccessResult, Version,
-};
+use cni_spec::{Code, Command, Error, Interface, IpConfig, Plugin, Request, Route, SuccessResult, Version};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,10 +31,7 @@ struct TestPlugin {
 
 impl TestPlugin {
     fn supporting(versions: &[Version]) -> Self {
-        TestPlugin {
-            supported: Some(versions.to_vec()),
-            ..Default::default()
-        }
+        TestPlugin { supported: Some(versions.to_vec()), ..Default::default() }
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -44,11 +39,7 @@ impl TestPlugin {
     }
 
     fn start(&self, req: &Request) -> Result<(), Error> {
-        let attachments = if req.env.command == Command::Gc {
-            req.valid_attachments()?
-        } else {
-            None
-        };
+        let attachments = if req.env.command == Command::Gc { req.valid_attachments()? } else { None };
         self.calls.lock().unwrap().push(Call {
             command: req.env.command,
             container_id: req.env.container_id.clone(),
@@ -77,23 +68,14 @@ impl Plugin for TestPlugin {
     fn add(&self, req: &Request) -> Result<SuccessResult, Error> {
         self.start(req)?;
         let mut result = req.prev_result()?.unwrap_or_default();
-        let netns = req
-            .env
-            .netns
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        result
-            .interfaces
-            .push(Interface::new(&req.env.ifname).with_sandbox(netns));
+        let netns = req.env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        result.interfaces.push(Interface::new(&req.env.ifname).with_sandbox(netns));
         if req.config.extra.get("noIp").is_none() {
-            let mut ip = IpConfig::new("10.0.0.2/24".parse().unwrap())
-                .with_gateway("10.0.0.1".parse().unwrap());
+            let mut ip =
+                IpConfig::new("10.0.0.2/24".parse().unwrap()).with_gateway("10.0.0.1".parse().unwrap());
             ip.interface = Some(result.interfaces.len() - 1);
             result.ips.push(ip);
-            result
-                .routes
-                .push(Route::new("0.0.0.0/0".parse().unwrap(), None));
+            result.routes.push(Route::new("0.0.0.0/0".parse().unwrap(), None));
         }
         Ok(result)
     }
@@ -120,10 +102,7 @@ impl Plugin for TestPlugin {
 }
 
 fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     move |k| map.get(k).cloned()
 }
 
@@ -177,10 +156,7 @@ fn version_without_stdin_answers_newest() {
     let p = TestPlugin::default();
     let out = dispatch(&p, lookup(&[("CNI_COMMAND", "VERSION")]), Vec::new());
     let v: Value = serde_json::from_str(success(&out)).unwrap();
-    assert_eq!(
-        v,
-        json!({"cniVersion": "1.1.0", "supportedVersions": all_strings()})
-    );
+    assert_eq!(v, json!({"cniVersion": "1.1.0", "supportedVersions": all_strings()}));
     assert!(p.calls().is_empty(), "VERSION is answered by the library");
 }
 
@@ -206,22 +182,13 @@ fn version_with_stdin() {
         ]),
         br#"{"cniVersion":"1.1.0"}"#.to_vec(),
     );
-    assert_eq!(
-        serde_json::from_str::<Value>(success(&probe)).unwrap()["cniVersion"],
-        "1.1.0"
-    );
+    assert_eq!(serde_json::from_str::<Value>(success(&probe)).unwrap()["cniVersion"], "1.1.0");
 
     // A plugin limited to 1.0.0 answers a 1.1.0 question in 1.0.0, listing what it has.
     let old = TestPlugin::supporting(&Version::ALL[..6]);
     let v = ask(&old, br#"{"cniVersion":"1.1.0"}"#);
-    assert_eq!(
-        v,
-        json!({"cniVersion": "1.0.0", "supportedVersions": all_strings()[..6]})
-    );
-    assert_eq!(
-        ask(&old, br#"{"cniVersion":"0.3.1"}"#)["cniVersion"],
-        "0.3.1"
-    );
+    assert_eq!(v, json!({"cniVersion": "1.0.0", "supportedVersions": all_strings()[..6]}));
+    assert_eq!(ask(&old, br#"{"cniVersion":"0.3.1"}"#)["cniVersion"], "0.3.1");
 }
 
 // ---------------------------------------------------------------- version gates
@@ -247,10 +214,7 @@ fn command_gates() {
                 assert_eq!(e["code"], 1, "{command} {v}");
                 assert_eq!(e["cniVersion"], v.as_str());
                 assert!(e["msg"].as_str().unwrap().contains(command), "{e}");
-                assert!(
-                    p.calls().is_empty(),
-                    "{command} must not reach the plugin at {v}"
-                );
+                assert!(p.calls().is_empty(), "{command} must not reach the plugin at {v}");
             }
         }
     }
@@ -271,14 +235,8 @@ fn unsupported_version_lists_the_plugins_versions() {
     // A version no library knows: still the plugin's own list.
     let e = error_of(&run(&p, "ADD", conf("7.0.0", json!({}))));
     assert_eq!(e["code"], 1);
-    assert_eq!(
-        e["details"],
-        r#"config is "7.0.0", plugin supports ["0.3.1" "0.4.0" "1.0.0"]"#
-    );
-    assert!(
-        e.get("cniVersion").is_none(),
-        "the config's version is unknown"
-    );
+    assert_eq!(e["details"], r#"config is "7.0.0", plugin supports ["0.3.1" "0.4.0" "1.0.0"]"#);
+    assert!(e.get("cniVersion").is_none(), "the config's version is unknown");
     assert!(p.calls().is_empty());
 }
 
@@ -298,10 +256,7 @@ fn result_is_printed_in_the_configs_version() {
             );
             assert!(json.get("ips").is_none() && json.get("interfaces").is_none());
         } else {
-            assert_eq!(
-                json["interfaces"],
-                json!([{"name": "eth0", "sandbox": "/run/netns/ctr-1"}])
-            );
+            assert_eq!(json["interfaces"], json!([{"name": "eth0", "sandbox": "/run/netns/ctr-1"}]));
             assert_eq!(json["ips"][0]["address"], "10.0.0.2/24");
             assert_eq!(json["ips"][0]["interface"], 0);
             assert_eq!(
@@ -326,19 +281,9 @@ fn prev_result_is_read_in_the_configs_version() {
     assert_eq!(r.ips.len(), 2);
     assert_eq!(r.ips[1].interface, Some(1));
     // A broken prevResult is the plugin's error, reported with the config's version.
-    let out = run(
-        &p,
-        "ADD",
-        conf(
-            "1.0.0",
-            json!({"prevResult": {"ips": [{"address": "nope"}]}}),
-        ),
-    );
+    let out = run(&p, "ADD", conf("1.0.0", json!({"prevResult": {"ips": [{"address": "nope"}]}})));
     let e = error_of(&out);
-    assert_eq!(
-        (e["code"].as_u64(), e["cniVersion"].as_str()),
-        (Some(7), Some("1.0.0"))
-    );
+    assert_eq!((e["code"].as_u64(), e["cniVersion"].as_str()), (Some(7), Some("1.0.0")));
 }
 
 #[test]
@@ -363,62 +308,25 @@ fn plugin_errors_are_json_with_version_and_code() {
         assert_eq!(out.exit, 1);
         // cniVersion first, then the Go fields.
         assert_eq!(
-            out.stdout,
-            r#"{"cniVersion":"1.1.0","code":117,"msg":"told to fail","details":"as asked"}"#,
+            out.stdout, r#"{"cniVersion":"1.1.0","code":117,"msg":"told to fail","details":"as asked"}"#,
             "{command}"
         );
     }
     assert_eq!(p.calls().len(), 5);
     let e = error_of(&run(&p, "STATUS", conf("1.1.0", json!({"notReady": true}))));
-    assert_eq!(
-        (e["code"].as_u64(), e["cniVersion"].as_str()),
-        (Some(50), Some("1.1.0"))
-    );
+    assert_eq!((e["code"].as_u64(), e["cniVersion"].as_str()), (Some(50), Some("1.1.0")));
 }
 
 #[test]
 fn environment_errors_are_code_4_without_version() {
     let p = TestPlugin::default();
     let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/n"), ("CNI_IFNAME", "eth0")], "CNI_COMMAND"),
+        (&[("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/n"), ("CNI_IFNAME", "eth0")], "CNI_CONTAINERID"),
+        (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0")], "CNI_NETNS"),
+        (&[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/n")], "CNI_IFNAME"),
         (
-            &[
-                ("CNI_CONTAINERID", "c"),
-                ("CNI_NETNS", "/n"),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            "CNI_COMMAND",
-        ),
-        (
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_NETNS", "/n"),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            "CNI_CONTAINERID",
-        ),
-        (
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", "c"),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            "CNI_NETNS",
-        ),
-        (
-            &[
-                ("CNI_COMMAND", "CHECK"),
-                ("CNI_CONTAINERID", "c"),
-                ("CNI_NETNS", "/n"),
-            ],
-            "CNI_IFNAME",
-        ),
-        (
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", "c"),
-                ("CNI_NETNS", "/n"),
-                ("CNI_IFNAME", "a:b"),
-            ],
+            &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/n"), ("CNI_IFNAME", "a:b")],
             "CNI_IFNAME",
         ),
         (
@@ -436,10 +344,7 @@ fn environment_errors_are_code_4_without_version() {
     for (vars, named) in cases {
         let e = error_of(&dispatch(&p, lookup(vars), conf("1.1.0", json!({}))));
         assert_eq!(e["code"], 4, "{vars:?}");
-        assert!(
-            e["msg"].as_str().unwrap().contains(named),
-            "{e} should name {named}"
-        );
+        assert!(e["msg"].as_str().unwrap().contains(named), "{e} should name {named}");
         assert!(e.get("cniVersion").is_none());
     }
     assert!(p.calls().is_empty());
@@ -470,11 +375,7 @@ fn bad_stdin() {
     let e = error_of(&run(&p, "ADD", b"{\"cniVersion\":".to_vec()));
     assert_eq!(e["code"], 6);
     assert!(e["msg"].as_str().unwrap().contains("line 1"));
-    let e = error_of(&run(
-        &p,
-        "DEL",
-        br#"{"cniVersion":"1.0.0","name":"n"}"#.to_vec(),
-    ));
+    let e = error_of(&run(&p, "DEL", br#"{"cniVersion":"1.0.0","name":"n"}"#.to_vec()));
     assert_eq!(e["code"], 7);
     assert!(e["msg"].as_str().unwrap().contains("type"));
     // STATUS and GC need a config as well.
@@ -491,26 +392,16 @@ fn request_carries_env_and_raw_config() {
     success(&run(&p, "ADD", stdin.clone()));
     let call = &p.calls()[0];
     assert_eq!(call.container_id, "ctr-1");
-    assert_eq!(
-        call.netns.as_deref(),
-        Some(std::path::Path::new("/run/netns/ctr-1"))
-    );
+    assert_eq!(call.netns.as_deref(), Some(std::path::Path::new("/run/netns/ctr-1")));
     assert_eq!(call.ifname, "eth0");
     assert_eq!(
         call.args,
-        [
-            ("K8S_POD_NAME".to_string(), "web".to_string()),
-            ("IgnoreUnknown".into(), "1".into())
-        ]
+        [("K8S_POD_NAME".to_string(), "web".to_string()), ("IgnoreUnknown".into(), "1".into())]
     );
     assert_eq!(call.raw, stdin);
 
     // DEL without a netns.
-    let vars = [
-        ("CNI_COMMAND", "DEL"),
-        ("CNI_CONTAINERID", "ctr-1"),
-        ("CNI_IFNAME", "eth0"),
-    ];
+    let vars = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "ctr-1"), ("CNI_IFNAME", "eth0")];
     success(&dispatch(&p, lookup(&vars), conf("1.0.0", json!({}))));
     assert_eq!(p.calls()[1].netns, None);
 }
@@ -530,61 +421,38 @@ fn plugin_options_errors_name_the_field() {
     let e = req.parse_config::<Opts>().unwrap_err();
     assert_eq!(e.code, 7);
     assert!(e.msg.contains("mtu"), "{}", e.msg);
-    let req = Request::new(
-        cni_spec::Environment::from_lookup(env("ADD")).unwrap(),
-        conf("1.0.0", json!({})),
-    )
-    .unwrap();
+    let req = Request::new(cni_spec::Environment::from_lookup(env("ADD")).unwrap(), conf("1.0.0", json!({})))
+        .unwrap();
     let e = req.parse_config::<Opts>().unwrap_err();
     assert!(e.code == 7 && e.msg.contains("mtu"), "{}", e.msg);
 }
 
 fn gc_with(extra: Value) -> Outcome {
     let p = TestPlugin::default();
-    let out = dispatch(
-        &p,
-        lookup(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")]),
-        conf("1.1.0", extra),
-    );
+    let out =
+        dispatch(&p, lookup(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")]), conf("1.1.0", extra));
     if out.exit == 0 {
         let calls = p.calls();
         assert_eq!(calls.len(), 1);
-        return Outcome {
-            stdout: serde_json::to_string(&calls[0].attachments).unwrap(),
-            exit: 0,
-        };
+        return Outcome { stdout: serde_json::to_string(&calls[0].attachments).unwrap(), exit: 0 };
     }
     out
 }
 
 #[test]
 fn gc_reads_valid_attachments_and_falls_back_to_the_old_key() {
-    let a =
-        json!([{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c2", "ifname": "net1"}]);
+    let a = json!([{"containerID": "c1", "ifname": "eth0"}, {"containerID": "c2", "ifname": "net1"}]);
     let b = json!([{"containerID": "old", "ifname": "eth0"}]);
     let seen = |extra: Value| -> Value { serde_json::from_str(success(&gc_with(extra))).unwrap() };
     assert_eq!(seen(json!({"cni.dev/valid-attachments": a})), a);
     assert_eq!(seen(json!({"cni.dev/attachments": b})), b);
-    assert_eq!(
-        seen(json!({"cni.dev/valid-attachments": a, "cni.dev/attachments": b})),
-        a
-    );
-    assert_eq!(
-        seen(json!({"cni.dev/valid-attachments": null, "cni.dev/attachments": b})),
-        b
-    );
+    assert_eq!(seen(json!({"cni.dev/valid-attachments": a, "cni.dev/attachments": b})), a);
+    assert_eq!(seen(json!({"cni.dev/valid-attachments": null, "cni.dev/attachments": b})), b);
     assert_eq!(seen(json!({"cni.dev/valid-attachments": []})), json!([]));
     assert_eq!(seen(json!({})), Value::Null);
-    let e = error_of(&gc_with(
-        json!({"cni.dev/valid-attachments": [{"containerID": 5}]}),
-    ));
+    let e = error_of(&gc_with(json!({"cni.dev/valid-attachments": [{"containerID": 5}]})));
     assert_eq!(e["code"], 7);
-    assert!(
-        e["msg"]
-            .as_str()
-            .unwrap()
-            .contains("cni.dev/valid-attachments")
-    );
+    assert!(e["msg"].as_str().unwrap().contains("cni.dev/valid-attachments"));
 }
 
 // ---------------------------------------------------------------- as a process (`plugin::run`)
@@ -610,11 +478,7 @@ mod process {
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
-        (
-            out.status.code().unwrap(),
-            text(out.stdout),
-            text(out.stderr),
-        )
+        (out.status.code().unwrap(), text(out.stdout), text(out.stderr))
     }
 
     #[test]
@@ -656,10 +520,7 @@ mod process {
     fn version_add_and_errors_through_the_process() {
         let (code, out, _) = echo(&[("CNI_COMMAND", "VERSION")], br#"{"cniVersion":"0.4.0"}"#);
         assert_eq!(code, 0);
-        assert_eq!(
-            serde_json::from_str::<Value>(&out).unwrap()["cniVersion"],
-            "0.4.0"
-        );
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["cniVersion"], "0.4.0");
 
         let env = [
             ("CNI_COMMAND", "ADD"),
@@ -667,8 +528,7 @@ mod process {
             ("CNI_NETNS", "/run/netns/c1"),
             ("CNI_IFNAME", "eth0"),
         ];
-        let conf =
-            br#"{"cniVersion":"0.3.1","name":"n","type":"cni-echo","tag":"t0","ip":"10.0.0.2/24"}"#;
+        let conf = br#"{"cniVersion":"0.3.1","name":"n","type":"cni-echo","tag":"t0","ip":"10.0.0.2/24"}"#;
         let (code, out, _) = echo(&env, conf);
         assert_eq!(code, 0);
         assert_eq!(
@@ -677,7 +537,8 @@ mod process {
                    "ips": [{"version": "4", "address": "10.0.0.2/24", "interface": 0}]})
         );
 
-        let failing = br#"{"cniVersion":"1.0.0","name":"n","type":"cni-echo","failOn":["ADD"],"failCode":105}"#;
+        let failing =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"cni-echo","failOn":["ADD"],"failCode":105}"#;
         let (code, out, _) = echo(&env, failing);
         assert_eq!(code, 1, "errors exit 1, whatever their code");
         assert_eq!(

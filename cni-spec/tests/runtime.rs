@@ -46,9 +46,7 @@ impl Fixture {
     }
 
     fn cache_file(&self, net: &str, cid: &str, ifname: &str) -> PathBuf {
-        self.cache_dir()
-            .join("results")
-            .join(format!("{net}-{cid}-{ifname}"))
+        self.cache_dir().join("results").join(format!("{net}-{cid}-{ifname}"))
     }
 
     /// The JSON of a list whose plugins are all `cni-echo` logging to the shared file.
@@ -75,30 +73,16 @@ impl Fixture {
     fn take_log(&self) -> Vec<Value> {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();
         let _ = fs::remove_file(self.log_path());
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 }
 
 fn tags(log: &[Value]) -> Vec<String> {
-    log.iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["command"].as_str().unwrap(),
-                l["tag"].as_str().unwrap()
-            )
-        })
-        .collect()
+    log.iter().map(|l| format!("{} {}", l["command"].as_str().unwrap(), l["tag"].as_str().unwrap())).collect()
 }
 
 fn three(extra: [Value; 3]) -> [Value; 3] {
-    let mut out = [
-        json!({"tag": "a"}),
-        json!({"tag": "b"}),
-        json!({"tag": "c"}),
-    ];
+    let mut out = [json!({"tag": "a"}), json!({"tag": "b"}), json!({"tag": "c"})];
     for (o, e) in out.iter_mut().zip(extra) {
         for (k, v) in e.as_object().unwrap() {
             o[k] = v.clone();
@@ -146,34 +130,19 @@ fn add_chains_in_order_and_caches_in_libcni_format() {
         assert_eq!(l["ifname"], "eth0");
         assert_eq!(l["cniVersion"], "1.1.0");
         assert_eq!(l["config"]["name"], "chain");
-        assert_eq!(
-            l["config"]["cniVersion"], "1.1.0",
-            "a plugin-level cniVersion is overwritten"
-        );
+        assert_eq!(l["config"]["cniVersion"], "1.1.0", "a plugin-level cniVersion is overwritten");
         assert_eq!(l["config"]["type"], "cni-echo");
     }
     // runtimeConfig: only declared (true) capabilities the runtime provided.
-    assert_eq!(
-        log[0]["config"]["runtimeConfig"],
-        json!({"mac": "00:11:22:33:44:66"})
-    );
-    assert_eq!(
-        log[1]["config"]["runtimeConfig"],
-        json!({"ips": ["10.9.0.2/24"]})
-    );
+    assert_eq!(log[0]["config"]["runtimeConfig"], json!({"mac": "00:11:22:33:44:66"}));
+    assert_eq!(log[1]["config"]["runtimeConfig"], json!({"ips": ["10.9.0.2/24"]}));
     assert!(log[2]["config"].get("runtimeConfig").is_none());
     // capabilities reach the plugin (libcni does not strip them); other keys pass through.
-    assert_eq!(
-        log[0]["config"]["capabilities"],
-        json!({"mac": true, "portMappings": false})
-    );
+    assert_eq!(log[0]["config"]["capabilities"], json!({"mac": true, "portMappings": false}));
     assert_eq!(log[2]["config"]["extraOption"], json!({"kept": [1, 2]}));
     // prevResult: none for the first; then the previous plugin's result.
     assert!(log[0]["config"].get("prevResult").is_none());
-    assert_eq!(
-        log[1]["config"]["prevResult"],
-        json!({"cniVersion": "1.1.0", "interfaces": [{"name": "a"}]})
-    );
+    assert_eq!(log[1]["config"]["prevResult"], json!({"cniVersion": "1.1.0", "interfaces": [{"name": "a"}]}));
     assert_eq!(
         log[2]["config"]["prevResult"],
         json!({"cniVersion": "1.1.0", "interfaces": [{"name": "a"}, {"name": "b"}],
@@ -195,10 +164,7 @@ fn add_chains_in_order_and_caches_in_libcni_format() {
     assert_eq!(cached["capabilityArgs"], caps);
     let config = STANDARD.decode(cached["config"].as_str().unwrap()).unwrap();
     assert_eq!(config, list.to_bytes());
-    assert_eq!(
-        serde_json::from_slice::<Value>(&config).unwrap(),
-        f.list_json("1.1.0", "chain", &plugins)
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&config).unwrap(), f.list_json("1.1.0", "chain", &plugins));
     assert_eq!(cached["result"], result.to_value(Version::V1_1_0).unwrap());
     assert_eq!(f.rt.cached_result(&list, &att).unwrap(), Some(result));
     // Nothing else (no temporary file) is left in the results directory.
@@ -208,18 +174,13 @@ fn add_chains_in_order_and_caches_in_libcni_format() {
 #[test]
 fn add_in_an_old_version_converts_between_plugins() {
     let f = Fixture::new();
-    let list = f.list(
-        "0.3.1",
-        "old",
-        &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]),
-    );
+    let list = f.list("0.3.1", "old", &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]));
     let result = f.rt.add(&list, &attach("p", "eth0")).unwrap();
     assert_eq!(result.interfaces.len(), 3);
     let log = f.take_log();
     assert_eq!(log[1]["config"]["prevResult"]["cniVersion"], "0.3.1");
     assert_eq!(log[1]["config"]["prevResult"]["ips"][0]["version"], "4");
-    let cached: Value =
-        serde_json::from_slice(&fs::read(f.cache_file("old", "p", "eth0")).unwrap()).unwrap();
+    let cached: Value = serde_json::from_slice(&fs::read(f.cache_file("old", "p", "eth0")).unwrap()).unwrap();
     assert_eq!(cached["result"]["cniVersion"], "0.3.1");
     assert_eq!(cached["result"]["ips"][0]["version"], "4");
 }
@@ -230,45 +191,26 @@ fn failing_plugin_stops_the_chain_with_its_code() {
     let list = f.list(
         "1.0.0",
         "failing",
-        &three([
-            json!({}),
-            json!({"failOn": ["ADD"], "failCode": 117}),
-            json!({}),
-        ]),
+        &three([json!({}), json!({"failOn": ["ADD"], "failCode": 117}), json!({})]),
     );
     let e = f.rt.add(&list, &attach("p", "eth0")).unwrap_err();
     assert_eq!(e.code, 117);
     assert_eq!(e.msg, "cni-echo was told to fail ADD");
     assert_eq!(tags(&f.take_log()), ["ADD a", "ADD b"]);
-    assert!(
-        !f.cache_file("failing", "p", "eth0").exists(),
-        "nothing is cached after a failed ADD"
-    );
+    assert!(!f.cache_file("failing", "p", "eth0").exists(), "nothing is cached after a failed ADD");
 
     // Without failCode: 100. On CHECK too.
-    let list = f.list(
-        "1.0.0",
-        "failing2",
-        &three([json!({}), json!({}), json!({"failOn": ["ADD"]})]),
-    );
+    let list = f.list("1.0.0", "failing2", &three([json!({}), json!({}), json!({"failOn": ["ADD"]})]));
     assert_eq!(f.rt.add(&list, &attach("p", "eth0")).unwrap_err().code, 100);
 }
 
 #[test]
 fn panicking_plugin_is_code_999() {
     let f = Fixture::new();
-    let list = f.list(
-        "1.1.0",
-        "panics",
-        &three([json!({"panicOn": ["ADD", "DEL"]}), json!({}), json!({})]),
-    );
+    let list = f.list("1.1.0", "panics", &three([json!({"panicOn": ["ADD", "DEL"]}), json!({}), json!({})]));
     let e = f.rt.add(&list, &attach("p", "eth0")).unwrap_err();
     assert_eq!(e.code, 999);
-    assert!(
-        e.msg.contains("panic") && e.msg.contains("ADD"),
-        "{}",
-        e.msg
-    );
+    assert!(e.msg.contains("panic") && e.msg.contains("ADD"), "{}", e.msg);
     let e = f.rt.del(&list, &attach("p", "eth0")).unwrap_err();
     assert_eq!(e.code, 999);
     assert_eq!(tags(&f.take_log()), ["ADD a", "DEL c", "DEL b", "DEL a"]);
@@ -277,10 +219,9 @@ fn panicking_plugin_is_code_999() {
 #[test]
 fn missing_plugin_and_invalid_attachment() {
     let f = Fixture::new();
-    let list = NetConfList::parse(
-        br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"no-such-plugin"}]}"#,
-    )
-    .unwrap();
+    let list =
+        NetConfList::parse(br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"no-such-plugin"}]}"#)
+            .unwrap();
     let e = f.rt.add(&list, &attach("p", "eth0")).unwrap_err();
     assert!(e.msg.contains("no-such-plugin"), "{}", e.msg);
     // The runtime checks the container ID and ifname before running anything (libcni too).
@@ -292,11 +233,7 @@ fn missing_plugin_and_invalid_attachment() {
         ("p", "", "CNI_IFNAME"),
     ] {
         let att = attach("p", "eth0");
-        let att = Attach {
-            container_id: cid.into(),
-            ifname: ifname.into(),
-            ..att
-        };
+        let att = Attach { container_id: cid.into(), ifname: ifname.into(), ..att };
         for e in [
             f.rt.add(&list, &att).unwrap_err(),
             f.rt.del(&list, &att).unwrap_err(),
@@ -321,18 +258,11 @@ fn missing_plugin_and_invalid_attachment() {
 #[test]
 fn del_runs_in_reverse_with_the_cached_result() {
     let f = Fixture::new();
-    let plugins = three([
-        json!({"capabilities": {"mac": true}}),
-        json!({"ip": "10.9.0.3/24"}),
-        json!({}),
-    ]);
+    let plugins = three([json!({"capabilities": {"mac": true}}), json!({"ip": "10.9.0.3/24"}), json!({})]);
     for version in ["0.4.0", "1.0.0", "1.1.0"] {
         let list = f.list(version, "delnet", &plugins);
         let mut att = attach("pod-2", "eth0");
-        att.capability_args = json!({"mac": "00:11:22:33:44:77"})
-            .as_object()
-            .unwrap()
-            .clone();
+        att.capability_args = json!({"mac": "00:11:22:33:44:77"}).as_object().unwrap().clone();
         let result = f.rt.add(&list, &att).unwrap();
         f.take_log();
 
@@ -341,17 +271,10 @@ fn del_runs_in_reverse_with_the_cached_result() {
         assert_eq!(tags(&log), ["DEL c", "DEL b", "DEL a"], "{version}");
         let v: Version = version.parse().unwrap();
         for l in &log {
-            assert_eq!(
-                l["config"]["prevResult"],
-                result.to_value(v).unwrap(),
-                "{version}"
-            );
+            assert_eq!(l["config"]["prevResult"], result.to_value(v).unwrap(), "{version}");
             assert_eq!(l["containerID"], "pod-2");
         }
-        assert_eq!(
-            log[2]["config"]["runtimeConfig"],
-            json!({"mac": "00:11:22:33:44:77"})
-        );
+        assert_eq!(log[2]["config"]["runtimeConfig"], json!({"mac": "00:11:22:33:44:77"}));
         assert!(!f.cache_file("delnet", "pod-2", "eth0").exists());
 
         // Again, without a cache: it still runs, with no prevResult.
@@ -365,11 +288,7 @@ fn del_runs_in_reverse_with_the_cached_result() {
 #[test]
 fn del_below_040_has_no_prev_result() {
     let f = Fixture::new();
-    let list = f.list(
-        "0.3.1",
-        "old",
-        &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]),
-    );
+    let list = f.list("0.3.1", "old", &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]));
     let att = attach("p", "eth0");
     f.rt.add(&list, &att).unwrap();
     assert!(f.cache_file("old", "p", "eth0").exists());
@@ -378,20 +297,14 @@ fn del_below_040_has_no_prev_result() {
     let log = f.take_log();
     assert_eq!(tags(&log), ["DEL c", "DEL b", "DEL a"]);
     assert!(log.iter().all(|l| l["config"].get("prevResult").is_none()));
-    assert!(
-        !f.cache_file("old", "p", "eth0").exists(),
-        "the cache entry goes in every version"
-    );
+    assert!(!f.cache_file("old", "p", "eth0").exists(), "the cache entry goes in every version");
 }
 
 #[test]
 fn del_without_netns() {
     let f = Fixture::new();
     let list = f.list("1.0.0", "n", &three([json!({}), json!({}), json!({})]));
-    let att = Attach {
-        netns: None,
-        ..attach("p", "eth0")
-    };
+    let att = Attach { netns: None, ..attach("p", "eth0") };
     f.rt.del(&list, &att).unwrap();
     assert_eq!(f.take_log().len(), 3);
 }
@@ -399,15 +312,8 @@ fn del_without_netns() {
 #[test]
 fn failed_del_keeps_the_cache() {
     let f = Fixture::new();
-    let list = f.list(
-        "1.0.0",
-        "n",
-        &three([
-            json!({}),
-            json!({"failOn": ["DEL"], "failCode": 130}),
-            json!({}),
-        ]),
-    );
+    let list =
+        f.list("1.0.0", "n", &three([json!({}), json!({"failOn": ["DEL"], "failCode": 130}), json!({})]));
     let att = attach("p", "eth0");
     f.rt.add(&list, &att).unwrap();
     f.take_log();
@@ -421,11 +327,7 @@ fn failed_del_keeps_the_cache() {
 #[test]
 fn check_uses_the_cached_result() {
     let f = Fixture::new();
-    let list = f.list(
-        "1.0.0",
-        "checknet",
-        &three([json!({}), json!({"ip": "10.3.0.2/24"}), json!({})]),
-    );
+    let list = f.list("1.0.0", "checknet", &three([json!({}), json!({"ip": "10.3.0.2/24"}), json!({})]));
     let att = attach("p", "eth0");
     let result = f.rt.add(&list, &att).unwrap();
     f.take_log();
@@ -433,19 +335,13 @@ fn check_uses_the_cached_result() {
     let log = f.take_log();
     assert_eq!(tags(&log), ["CHECK a", "CHECK b", "CHECK c"]);
     for l in &log {
-        assert_eq!(
-            l["config"]["prevResult"],
-            result.to_value(Version::V1_0_0).unwrap()
-        );
+        assert_eq!(l["config"]["prevResult"], result.to_value(Version::V1_0_0).unwrap());
     }
 
     // A cached result without b's interface: b's CHECK fails, c is not run.
     let file = f.cache_file("checknet", "p", "eth0");
     let mut cached: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
-    cached["result"]["interfaces"]
-        .as_array_mut()
-        .unwrap()
-        .remove(1);
+    cached["result"]["interfaces"].as_array_mut().unwrap().remove(1);
     fs::write(&file, serde_json::to_vec(&cached).unwrap()).unwrap();
     let e = f.rt.check(&list, &att).unwrap_err();
     assert_eq!(e.code, 101);
@@ -456,14 +352,8 @@ fn check_uses_the_cached_result() {
 #[test]
 fn check_without_add_fails_and_disable_check_skips() {
     let f = Fixture::new();
-    let list = f.list(
-        "1.1.0",
-        "checknet",
-        &three([json!({}), json!({}), json!({})]),
-    );
-    let e =
-        f.rt.check(&list, &attach("never-added", "eth0"))
-            .unwrap_err();
+    let list = f.list("1.1.0", "checknet", &three([json!({}), json!({}), json!({})]));
+    let e = f.rt.check(&list, &attach("never-added", "eth0")).unwrap_err();
     assert_eq!(e.code, 3);
     assert!(e.msg.contains("never-added"));
     assert!(f.take_log().is_empty());
@@ -476,11 +366,7 @@ fn check_without_add_fails_and_disable_check_skips() {
     assert_eq!(f.rt.check(&list, &att).unwrap_err().code, 3);
     assert!(f.take_log().is_empty());
 
-    let mut json = f.list_json(
-        "1.1.0",
-        "nocheck",
-        &three([json!({}), json!({}), json!({})]),
-    );
+    let mut json = f.list_json("1.1.0", "nocheck", &three([json!({}), json!({}), json!({})]));
     json["disableCheck"] = true.into();
     let list = NetConfList::parse(json.to_string().as_bytes()).unwrap();
     f.rt.check(&list, &attach("never-added", "eth0")).unwrap();
@@ -494,11 +380,7 @@ fn check_without_add_fails_and_disable_check_skips() {
 fn check_is_refused_below_040() {
     let f = Fixture::new();
     for version in ["0.3.0", "0.3.1"] {
-        let list = f.list(
-            version,
-            "old",
-            &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]),
-        );
+        let list = f.list(version, "old", &three([json!({"ip": "10.1.0.2/24"}), json!({}), json!({})]));
         let att = attach("p", "eth0");
         f.rt.add(&list, &att).unwrap();
         f.take_log();
@@ -514,11 +396,7 @@ fn check_is_refused_below_040() {
 #[test]
 fn status_reports_a_plugin_not_ready() {
     let f = Fixture::new();
-    let list = f.list(
-        "1.1.0",
-        "statusnet",
-        &three([json!({}), json!({"notReady": true}), json!({})]),
-    );
+    let list = f.list("1.1.0", "statusnet", &three([json!({}), json!({"notReady": true}), json!({})]));
     let e = f.rt.status(&list).unwrap_err();
     assert_eq!(e.code, 50);
     assert_eq!(e.msg, "cni-echo is not ready");
@@ -528,15 +406,9 @@ fn status_reports_a_plugin_not_ready() {
         assert_eq!(l["containerID"], "");
         assert_eq!(l["ifname"], "");
         assert_eq!(l["config"]["name"], "statusnet");
-        assert!(
-            l["config"].get("prevResult").is_none() && l["config"].get("runtimeConfig").is_none()
-        );
+        assert!(l["config"].get("prevResult").is_none() && l["config"].get("runtimeConfig").is_none());
     }
-    let ok = f.list(
-        "1.1.0",
-        "statusnet",
-        &three([json!({}), json!({}), json!({})]),
-    );
+    let ok = f.list("1.1.0", "statusnet", &three([json!({}), json!({}), json!({})]));
     f.rt.status(&ok).unwrap();
     assert_eq!(tags(&f.take_log()), ["STATUS a", "STATUS b", "STATUS c"]);
 }
@@ -545,11 +417,7 @@ fn status_reports_a_plugin_not_ready() {
 fn status_is_a_no_op_below_110() {
     let f = Fixture::new();
     for version in ["0.4.0", "1.0.0"] {
-        let list = f.list(
-            version,
-            "statusnet",
-            &three([json!({"notReady": true}), json!({}), json!({})]),
-        );
+        let list = f.list(version, "statusnet", &three([json!({"notReady": true}), json!({}), json!({})]));
         f.rt.status(&list).unwrap();
         assert!(f.take_log().is_empty());
     }
@@ -560,78 +428,51 @@ fn status_is_a_no_op_below_110() {
 #[test]
 fn gc_deletes_stale_attachments_then_sends_gc() {
     let f = Fixture::new();
-    let plugins = three([
-        json!({"capabilities": {"mac": true}}),
-        json!({"ip": "10.5.0.2/24"}),
-        json!({}),
-    ]);
+    let plugins = three([json!({"capabilities": {"mac": true}}), json!({"ip": "10.5.0.2/24"}), json!({})]);
     let list = f.list("1.1.0", "gcnet", &plugins);
     let other = f.list("1.1.0", "othernet", &plugins);
     for (cid, ifname) in [("c1", "eth0"), ("c2", "eth0"), ("c3", "net1")] {
         let mut att = attach(cid, ifname);
-        att.capability_args = json!({"mac": format!("00:00:00:00:00:{}", &cid[1..])})
-            .as_object()
-            .unwrap()
-            .clone();
+        att.capability_args =
+            json!({"mac": format!("00:00:00:00:00:{}", &cid[1..])}).as_object().unwrap().clone();
         f.rt.add(&list, &att).unwrap();
     }
     f.rt.add(&other, &attach("c2", "eth0")).unwrap();
-    let c2_result: Value =
-        serde_json::from_slice::<Value>(&fs::read(f.cache_file("gcnet", "c2", "eth0")).unwrap())
-            .unwrap()["result"]
-            .clone();
+    let c2_result: Value = serde_json::from_slice::<Value>(
+        &fs::read(f.cache_file("gcnet", "c2", "eth0")).unwrap(),
+    )
+    .unwrap()["result"]
+        .clone();
     f.take_log();
 
-    let valid = [
-        Attachment::new("c1", "eth0"),
-        Attachment::new("ghost", "eth9"),
-    ];
+    let valid = [Attachment::new("c1", "eth0"), Attachment::new("ghost", "eth9")];
     f.rt.gc(&list, &valid).unwrap();
     let log = f.take_log();
-    assert_eq!(
-        tags(&log),
-        [
-            "DEL c", "DEL b", "DEL a", "DEL c", "DEL b", "DEL a", "GC a", "GC b", "GC c"
-        ]
-    );
+    assert_eq!(tags(&log), ["DEL c", "DEL b", "DEL a", "DEL c", "DEL b", "DEL a", "GC a", "GC b", "GC c"]);
     // The synthesized DELs: the cached netns, ifname, capability args and result.
     for l in &log[..3] {
-        assert_eq!(
-            (l["containerID"].as_str(), l["ifname"].as_str()),
-            (Some("c2"), Some("eth0"))
-        );
+        assert_eq!((l["containerID"].as_str(), l["ifname"].as_str()), (Some("c2"), Some("eth0")));
         assert_eq!(l["config"]["prevResult"], c2_result);
     }
-    assert_eq!(
-        log[2]["config"]["runtimeConfig"],
-        json!({"mac": "00:00:00:00:00:2"})
-    );
+    assert_eq!(log[2]["config"]["runtimeConfig"], json!({"mac": "00:00:00:00:00:2"}));
     for l in &log[3..6] {
-        assert_eq!(
-            (l["containerID"].as_str(), l["ifname"].as_str()),
-            (Some("c3"), Some("net1"))
-        );
+        assert_eq!((l["containerID"].as_str(), l["ifname"].as_str()), (Some("c3"), Some("net1")));
     }
     // GC: both keys, the valid list, no per-attachment fields.
-    let expected = json!([{"containerID": "c1", "ifname": "eth0"}, {"containerID": "ghost", "ifname": "eth9"}]);
+    let expected =
+        json!([{"containerID": "c1", "ifname": "eth0"}, {"containerID": "ghost", "ifname": "eth9"}]);
     for l in &log[6..] {
         let c = &l["config"];
         assert_eq!(c["cni.dev/valid-attachments"], expected);
         assert_eq!(c["cni.dev/attachments"], expected);
-        assert_eq!(
-            (c["name"].as_str(), c["cniVersion"].as_str()),
-            (Some("gcnet"), Some("1.1.0"))
-        );
+        assert_eq!((c["name"].as_str(), c["cniVersion"].as_str()), (Some("gcnet"), Some("1.1.0")));
         assert!(c.get("prevResult").is_none() && c.get("runtimeConfig").is_none());
         assert_eq!(l["containerID"], "");
     }
     assert!(f.cache_file("gcnet", "c1", "eth0").exists());
     assert!(!f.cache_file("gcnet", "c2", "eth0").exists());
     assert!(!f.cache_file("gcnet", "c3", "net1").exists());
-    assert!(
-        f.cache_file("othernet", "c2", "eth0").exists(),
-        "other networks are not touched"
-    );
+    assert!(f.cache_file("othernet", "c2", "eth0").exists(), "other networks are not touched");
 
     // Nothing stale any more: GC only.
     f.rt.gc(&list, &[Attachment::new("c1", "eth0")]).unwrap();
@@ -656,20 +497,10 @@ fn gc_keeps_going_and_joins_errors() {
         ["DEL c", "DEL b", "DEL c", "DEL b", "GC a", "GC b", "GC c"],
         "DEL stops at its first error, GC goes on"
     );
-    for part in [
-        "s1",
-        "s2",
-        "told to fail DEL",
-        "(code 121)",
-        "(code 120)",
-        "(code 122)",
-    ] {
+    for part in ["s1", "s2", "told to fail DEL", "(code 121)", "(code 120)", "(code 122)"] {
         assert!(e.msg.contains(part), "{:?} lacks {part}", e.msg);
     }
-    assert!(
-        f.cache_file("gcfail", "s1", "eth0").exists(),
-        "a failed DEL keeps the entry"
-    );
+    assert!(f.cache_file("gcfail", "s1", "eth0").exists(), "a failed DEL keeps the entry");
 }
 
 #[test]
@@ -712,10 +543,7 @@ fn cache_entries_with_dotted_names_do_not_collide() {
     let entries = f.rt.cache.attachments("dots").unwrap();
     let ids: Vec<&str> = entries.iter().map(|e| e.container_id.as_str()).collect();
     assert_eq!(ids, ["pod.0", "pod.1", "pod.2", "pod.3", "pod.4", "pod.5"]);
-    assert_eq!(
-        fs::read_dir(f.cache_dir().join("results")).unwrap().count(),
-        6
-    );
+    assert_eq!(fs::read_dir(f.cache_dir().join("results")).unwrap().count(), 6);
 }
 
 // ---------------------------------------------------------------- loading
@@ -740,35 +568,21 @@ fn load_conf_list_picks_by_name_in_filename_order() {
         &dir.join("30-net.conflist"),
         r#"{"cniVersion":"1.0.0","name":"net1","plugins":[{"type":"second"}]}"#,
     );
-    write(
-        &dir.join("00-net.conf"),
-        r#"{"cniVersion":"1.0.0","name":"net1","type":"legacy"}"#,
-    );
+    write(&dir.join("00-net.conf"), r#"{"cniVersion":"1.0.0","name":"net1","type":"legacy"}"#);
 
     let l = load_conf_list(dir, "net1").unwrap();
     assert_eq!(l.plugin_types(), ["first"]);
-    assert_eq!(
-        l.to_bytes(),
-        first.as_bytes(),
-        "the file's bytes, verbatim, for the cache"
-    );
+    assert_eq!(l.to_bytes(), first.as_bytes(), "the file's bytes, verbatim, for the cache");
     assert_eq!(load_conf_list(dir, "other").unwrap().plugin_types(), ["o"]);
     let e = load_conf_list(dir, "missing").unwrap_err();
     assert_eq!(e.code, 7);
     assert!(e.msg.contains("missing"));
 
     // A broken file that names the network asked for is an error.
-    write(
-        &dir.join("01-bad.conflist"),
-        r#"{"cniVersion":"1.0.0","name":"net1","plugins":{}}"#,
-    );
+    write(&dir.join("01-bad.conflist"), r#"{"cniVersion":"1.0.0","name":"net1","plugins":{}}"#);
     let e = load_conf_list(dir, "net1").unwrap_err();
     assert_eq!(e.code, 7);
-    assert!(
-        e.msg.contains("01-bad.conflist") && e.msg.contains("plugins"),
-        "{}",
-        e.msg
-    );
+    assert!(e.msg.contains("01-bad.conflist") && e.msg.contains("plugins"), "{}", e.msg);
 }
 
 #[test]
@@ -790,30 +604,17 @@ fn load_conf_list_appends_side_directory_plugins() {
         &dir.join("10-net.conflist"),
         r#"{"cniVersion":"1.1.0","name":"net1","loadOnlyInlinedPlugins":true,"plugins":[{"type":"inline"}]}"#,
     );
-    assert_eq!(
-        load_conf_list(dir, "net1").unwrap().plugin_types(),
-        ["inline"]
-    );
+    assert_eq!(load_conf_list(dir, "net1").unwrap().plugin_types(), ["inline"]);
 
     // A list with no inline plugins at all, filled from its folder.
-    write(
-        &dir.join("20-side.conflist"),
-        r#"{"cniVersion":"1.1.0","name":"sideonly"}"#,
-    );
+    write(&dir.join("20-side.conflist"), r#"{"cniVersion":"1.1.0","name":"sideonly"}"#);
     write(&dir.join("sideonly/x.conf"), r#"{"type":"x"}"#);
-    assert_eq!(
-        load_conf_list(dir, "sideonly").unwrap().plugin_types(),
-        ["x"]
-    );
+    assert_eq!(load_conf_list(dir, "sideonly").unwrap().plugin_types(), ["x"]);
 
     // A side plugin without a type fails the list.
     write(&dir.join("sideonly/y.conf"), r#"{"notype":1}"#);
     let e = load_conf_list(dir, "sideonly").unwrap_err();
-    assert!(
-        e.code == 7 && e.msg.contains("plugins[1].type"),
-        "{}",
-        e.msg
-    );
+    assert!(e.code == 7 && e.msg.contains("plugins[1].type"), "{}", e.msg);
 }
 
 #[test]
@@ -828,22 +629,13 @@ fn load_conf_list_falls_back_to_a_legacy_conf() {
         &dir.join("50-old.conf"),
         r#"{"cniVersion":"0.3.1","name":"legacy","type":"bridge","bridge":"cni0"}"#,
     );
-    write(
-        &dir.join("60-json.json"),
-        r#"{"cniVersion":"0.2.0","name":"legacyjson","type":"macvlan"}"#,
-    );
+    write(&dir.join("60-json.json"), r#"{"cniVersion":"0.2.0","name":"legacyjson","type":"macvlan"}"#);
     let l = load_conf_list(dir, "legacy").unwrap();
     assert_eq!(l.name, "legacy");
     assert_eq!(l.version().unwrap(), Version::V0_3_1);
     assert_eq!(l.plugin_types(), ["bridge"]);
     assert_eq!(l.plugins[0]["bridge"], "cni0");
-    assert_eq!(
-        load_conf_list(dir, "legacyjson")
-            .unwrap()
-            .version()
-            .unwrap(),
-        Version::V0_2_0
-    );
+    assert_eq!(load_conf_list(dir, "legacyjson").unwrap().version().unwrap(), Version::V0_2_0);
 }
 
 // ---------------------------------------------------------------- cnictl
@@ -879,11 +671,7 @@ impl Ctl {
 
 #[track_caller]
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "cnictl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cnictl failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
@@ -891,16 +679,10 @@ fn ok(out: &Output) -> String {
 fn cnictl_add_check_status_del() {
     let ctl = Ctl::new(
         "1.1.0",
-        &[
-            json!({"tag": "a", "capabilities": {"mac": true}}),
-            json!({"tag": "b", "ip": "10.7.0.2/24"}),
-        ],
+        &[json!({"tag": "a", "capabilities": {"mac": true}}), json!({"tag": "b", "ip": "10.7.0.2/24"})],
     );
-    let env = [
-        ("CNI_CONTAINERID", "ctl1"),
-        ("CAP_ARGS", r#"{"mac":"0a:58:0a:07:00:02"}"#),
-        ("CNI_ARGS", "K=V"),
-    ];
+    let env =
+        [("CNI_CONTAINERID", "ctl1"), ("CAP_ARGS", r#"{"mac":"0a:58:0a:07:00:02"}"#), ("CNI_ARGS", "K=V")];
     let out = ok(&ctl.run(&["add", "ctlnet", "/run/netns/ctl1"], &env, None));
     let result: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(result["cniVersion"], "1.1.0");
@@ -909,19 +691,13 @@ fn cnictl_add_check_status_del() {
     let log = ctl.f.take_log();
     assert_eq!(tags(&log), ["ADD a", "ADD b"]);
     assert_eq!(log[0]["ifname"], "eth0", "CNI_IFNAME defaults to eth0");
-    assert_eq!(
-        log[0]["config"]["runtimeConfig"],
-        json!({"mac": "0a:58:0a:07:00:02"})
-    );
+    assert_eq!(log[0]["config"]["runtimeConfig"], json!({"mac": "0a:58:0a:07:00:02"}));
     let file = ctl.f.cache_file("ctlnet", "ctl1", "eth0");
     let cached: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
     assert_eq!(cached["netns"], "/run/netns/ctl1");
     assert_eq!(cached["cniArgs"], json!([["K", "V"]]));
     assert_eq!(
-        SuccessResult::from_value(cached["result"].clone(), Version::V1_1_0)
-            .unwrap()
-            .interfaces
-            .len(),
+        SuccessResult::from_value(cached["result"].clone(), Version::V1_1_0).unwrap().interfaces.len(),
         2
     );
 
@@ -939,11 +715,7 @@ fn cnictl_add_check_status_del() {
     let out = ctl.run(&["add", "nonet", "/run/netns/ctl1"], &env, None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonet"));
-    let out = ctl.run(
-        &["add", "ctlnet", "/run/netns/ctl1"],
-        &[("CNI_IFNAME", "bad/name")],
-        None,
-    );
+    let out = ctl.run(&["add", "ctlnet", "/run/netns/ctl1"], &[("CNI_IFNAME", "bad/name")], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CNI_IFNAME"));
 }
@@ -952,10 +724,7 @@ fn cnictl_add_check_status_del() {
 fn cnictl_ifname_and_failures() {
     let ctl = Ctl::new(
         "1.1.0",
-        &[
-            json!({"tag": "a", "notReady": true}),
-            json!({"tag": "b", "failOn": ["ADD"], "failCode": 140}),
-        ],
+        &[json!({"tag": "a", "notReady": true}), json!({"tag": "b", "failOn": ["ADD"], "failCode": 140})],
     );
     let out = ctl.run(&["status", "ctlnet"], &[], None);
     assert!(!out.status.success());
@@ -976,25 +745,10 @@ fn cnictl_ifname_and_failures() {
 fn cnictl_gc_with_valid_attachments() {
     let ctl = Ctl::new("1.1.0", &[json!({"tag": "a"}), json!({"tag": "b"})]);
     for cid in ["ctl1", "ctl2"] {
-        ok(&ctl.run(
-            &["add", "ctlnet", &format!("/run/netns/{cid}")],
-            &[("CNI_CONTAINERID", cid)],
-            None,
-        ));
+        ok(&ctl.run(&["add", "ctlnet", &format!("/run/netns/{cid}")], &[("CNI_CONTAINERID", cid)], None));
     }
     ctl.f.take_log();
-    ok(&ctl.run(
-        &[
-            "gc",
-            "ctlnet",
-            "--valid",
-            "ctl2:eth0",
-            "--valid",
-            "gone:net9",
-        ],
-        &[],
-        None,
-    ));
+    ok(&ctl.run(&["gc", "ctlnet", "--valid", "ctl2:eth0", "--valid", "gone:net9"], &[], None));
     let log = ctl.f.take_log();
     assert_eq!(tags(&log), ["DEL b", "DEL a", "GC a", "GC b"]);
     assert_eq!(log[0]["containerID"], "ctl1");
@@ -1023,11 +777,7 @@ fn cnictl_container_id_is_cnitools() {
     for arg in ["pod-ns", "./pod-ns", "sub/../pod-ns", abs.as_str()] {
         ok(&ctl.run(&["add", "ctlnet", arg], &[], Some(&cwd)));
         let log = ctl.f.take_log();
-        assert_eq!(
-            log[0]["containerID"],
-            expected.as_str(),
-            "netns argument {arg:?}"
-        );
+        assert_eq!(log[0]["containerID"], expected.as_str(), "netns argument {arg:?}");
         let file = ctl.f.cache_file("ctlnet", &expected, "eth0");
         let cached: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
         assert_eq!(cached["netns"], abs.as_str());
@@ -1038,11 +788,7 @@ fn cnictl_container_id_is_cnitools() {
     // A different path, a different ID; CNI_CONTAINERID wins over the derived one.
     ok(&ctl.run(&["add", "ctlnet", "other-ns"], &[], Some(&cwd)));
     assert_ne!(ctl.f.take_log()[0]["containerID"], expected.as_str());
-    ok(&ctl.run(
-        &["add", "ctlnet", "pod-ns"],
-        &[("CNI_CONTAINERID", "given")],
-        Some(&cwd),
-    ));
+    ok(&ctl.run(&["add", "ctlnet", "pod-ns"], &[("CNI_CONTAINERID", "given")], Some(&cwd)));
     assert_eq!(ctl.f.take_log()[0]["containerID"], "given");
 }
 
@@ -1078,38 +824,24 @@ fn plugin_outputs_that_are_not_error_objects() {
             ("garbage", "echo 'this is not JSON'; exit 1"),
             ("silent", "echo 'something broke' >&2; exit 3"),
             ("mute", "exit 2"),
-            (
-                "badresult",
-                r#"echo '{"cniVersion":"1.0.0","ips":[{"address":"nope"}]}'"#,
-            ),
+            ("badresult", r#"echo '{"cniVersion":"1.0.0","ips":[{"address":"nope"}]}'"#),
             ("notjson", "echo '{'"),
         ],
     );
     let att = attach("p", "eth0");
-    let e = rt
-        .add(&list_of("1.0.0", &["garbage"], &f), &att)
-        .unwrap_err();
+    let e = rt.add(&list_of("1.0.0", &["garbage"], &f), &att).unwrap_err();
     assert_eq!(e.code, 6);
     assert!(e.msg.contains("this is not JSON"), "{}", e.msg);
-    let e = rt
-        .add(&list_of("1.0.0", &["silent"], &f), &att)
-        .unwrap_err();
+    let e = rt.add(&list_of("1.0.0", &["silent"], &f), &att).unwrap_err();
     assert_eq!(e.code, 999);
     assert!(e.msg.contains("something broke"), "{}", e.msg);
     let e = rt.add(&list_of("1.0.0", &["mute"], &f), &att).unwrap_err();
     assert_eq!(e.code, 999);
     assert!(e.msg.contains("no error message"), "{}", e.msg);
-    let e = rt
-        .add(&list_of("1.0.0", &["badresult"], &f), &att)
-        .unwrap_err();
+    let e = rt.add(&list_of("1.0.0", &["badresult"], &f), &att).unwrap_err();
     assert_eq!(e.code, 7);
     assert!(e.msg.contains("ips[0]"), "{}", e.msg);
-    assert_eq!(
-        rt.add(&list_of("1.0.0", &["notjson"], &f), &att)
-            .unwrap_err()
-            .code,
-        6
-    );
+    assert_eq!(rt.add(&list_of("1.0.0", &["notjson"], &f), &att).unwrap_err().code, 6);
     assert!(!f.cache_dir().exists());
 }
 
@@ -1123,10 +855,7 @@ fn a_result_in_its_own_version_is_converted_to_the_lists() {
                 "newer",
                 r#"echo '{"cniVersion":"1.1.0","interfaces":[{"name":"n0","mtu":9000}],"ips":[{"address":"10.4.0.2/24","interface":0}]}'"#,
             ),
-            (
-                "unversioned",
-                r#"echo '{"interfaces":[{"name":"u0"}],"ips":[{"address":"fd00::2/64"}]}'"#,
-            ),
+            ("unversioned", r#"echo '{"interfaces":[{"name":"u0"}],"ips":[{"address":"fd00::2/64"}]}'"#),
             (
                 "legacy",
                 r#"echo '{"cniVersion":"0.2.0","ip4":{"ip":"10.8.0.2/24","routes":[{"dst":"0.0.0.0/0"}]}}'"#,
@@ -1134,9 +863,7 @@ fn a_result_in_its_own_version_is_converted_to_the_lists() {
         ],
     );
     let att = attach("p", "eth0");
-    let r = rt
-        .add(&list_of("0.4.0", &["newer", "cni-echo"], &f), &att)
-        .unwrap();
+    let r = rt.add(&list_of("0.4.0", &["newer", "cni-echo"], &f), &att).unwrap();
     assert_eq!(r.interfaces[0].mtu, None, "converted to 0.4.0 on the way");
     let log = f.take_log();
     assert_eq!(
@@ -1145,22 +872,15 @@ fn a_result_in_its_own_version_is_converted_to_the_lists() {
                "ips": [{"version": "4", "address": "10.4.0.2/24", "interface": 0}]})
     );
     // No cniVersion: read as the list's version (libcni's fixupResultVersion).
-    let r = rt
-        .add(&list_of("1.0.0", &["unversioned", "cni-echo"], &f), &att)
-        .unwrap();
+    let r = rt.add(&list_of("1.0.0", &["unversioned", "cni-echo"], &f), &att).unwrap();
     assert_eq!(r.ips[0].address.to_string(), "fd00::2/64");
-    assert_eq!(
-        f.take_log()[0]["config"]["prevResult"]["interfaces"],
-        json!([{"name": "u0"}])
-    );
+    assert_eq!(f.take_log()[0]["config"]["prevResult"]["interfaces"], json!([{"name": "u0"}]));
     // A 0.2.0 result in a 1.0.0 list: flattened.
     let r = rt.add(&list_of("1.0.0", &["legacy"], &f), &att).unwrap();
     assert_eq!(r.ips[0].address.to_string(), "10.8.0.2/24");
     assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
     // A 0.2.0 list keeps its shape in the cache.
-    let r = rt
-        .add(&list_of("0.2.0", &["legacy"], &f), &attach("q", "eth0"))
-        .unwrap();
+    let r = rt.add(&list_of("0.2.0", &["legacy"], &f), &attach("q", "eth0")).unwrap();
     let cached: Value =
         serde_json::from_slice(&fs::read(f.cache_file("scripted", "q", "eth0")).unwrap()).unwrap();
     assert_eq!(cached["result"], r.to_value(Version::V0_2_0).unwrap());
@@ -1181,24 +901,15 @@ fn plugin_lookup_and_version_probe() {
     let dir = f.dir.path().join("scripts");
     fs::write(dir.join("noexec"), "#!/bin/sh\nexit 0\n").unwrap();
     fs::set_permissions(dir.join("noexec"), fs::Permissions::from_mode(0o644)).unwrap();
-    let e = rt
-        .add(&list_of("1.0.0", &["noexec"], &f), &attach("p", "eth0"))
-        .unwrap_err();
+    let e = rt.add(&list_of("1.0.0", &["noexec"], &f), &attach("p", "eth0")).unwrap_err();
     assert_eq!(e.code, 4);
-    assert!(
-        e.msg.contains("CNI_PATH") && e.msg.contains("noexec"),
-        "{}",
-        e.msg
-    );
+    assert!(e.msg.contains("CNI_PATH") && e.msg.contains("noexec"), "{}", e.msg);
 
     let info = rt.version_info("cni-echo").unwrap();
     assert_eq!(info.cni_version, "1.1.0");
     let all: Vec<String> = Version::ALL.iter().map(|v| v.to_string()).collect();
     assert_eq!(info.supported_versions, all);
-    assert_eq!(
-        rt.version_info("old-version").unwrap().supported_versions,
-        ["0.1.0", "0.2.0"]
-    );
+    assert_eq!(rt.version_info("old-version").unwrap().supported_versions, ["0.1.0", "0.2.0"]);
     assert_eq!(rt.version_info("no-supported").unwrap_err().code, 6);
     assert_eq!(rt.version_info("absent").unwrap_err().code, 4);
 }
@@ -1219,12 +930,7 @@ mod delegation {
             ("CNI_ARGS", "A=1"),
             ("CNI_PATH", path),
         ];
-        Environment::from_lookup(|k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
-        .unwrap()
+        Environment::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap()
     }
 
     #[test]
@@ -1252,14 +958,8 @@ mod delegation {
         let commands: Vec<&str> = log.iter().map(|l| l["command"].as_str().unwrap()).collect();
         assert_eq!(commands, ["ADD", "CHECK", "DEL"]);
         for l in &log {
-            assert_eq!(
-                (l["containerID"].as_str(), l["ifname"].as_str()),
-                (Some("d1"), Some("eth0"))
-            );
-            assert_eq!(
-                l["config"]["type"], "outer",
-                "the complete config is passed on"
-            );
+            assert_eq!((l["containerID"].as_str(), l["ifname"].as_str()), (Some("d1"), Some("eth0")));
+            assert_eq!(l["config"]["type"], "outer", "the complete config is passed on");
         }
 
         // A guarded ADD is undone when dropped, and not when kept.
@@ -1269,25 +969,18 @@ mod delegation {
         }
         let kept = d.add_guarded(&config).unwrap().keep();
         assert_eq!(kept.ips.len(), 1);
-        let commands: Vec<String> = f
-            .take_log()
-            .iter()
-            .map(|l| l["command"].as_str().unwrap().to_string())
-            .collect();
+        let commands: Vec<String> =
+            f.take_log().iter().map(|l| l["command"].as_str().unwrap().to_string()).collect();
         assert_eq!(commands, ["ADD", "DEL", "ADD"]);
 
         // Errors of the delegate come back with their code; a missing one names CNI_PATH.
         let failing = json!({"cniVersion": "1.0.0", "name": "dnet", "type": "outer", "failOn": ["ADD"], "failCode": 111});
-        assert_eq!(
-            d.add(&serde_json::to_vec(&failing).unwrap())
-                .unwrap_err()
-                .code,
-            111
-        );
+        assert_eq!(d.add(&serde_json::to_vec(&failing).unwrap()).unwrap_err().code, 111);
         let missing = Delegate::new("cni-echo", env("ADD", "/nonexistent"), Version::V1_0_0);
         let e = missing.add(&config).unwrap_err();
         assert!(e.code == 4 && e.msg.contains("CNI_PATH"), "{e}");
-        let gc = json!({"cniVersion": "1.1.0", "name": "dnet", "type": "outer", "cni.dev/valid-attachments": []});
+        let gc =
+            json!({"cniVersion": "1.1.0", "name": "dnet", "type": "outer", "cni.dev/valid-attachments": []});
         Delegate::new("cni-echo", env("GC", &path), Version::V1_1_0)
             .gc(&serde_json::to_vec(&gc).unwrap())
             .unwrap();

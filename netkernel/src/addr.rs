@@ -13,12 +13,8 @@ impl Netlink {
     /// Adds `addr` (address and prefix length) to link `index`. EEXIST is an error here;
     /// [`Netlink::ensure_address`] tolerates it.
     pub fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        let req = self
-            .handle()
-            .address()
-            .add(index, addr.addr(), addr.prefix_len());
-        self.block_on(req.execute())
-            .map_err(nl_err(format!("adding {addr} to link {index}")))
+        let req = self.handle().address().add(index, addr.addr(), addr.prefix_len());
+        self.block_on(req.execute()).map_err(nl_err(format!("adding {addr} to link {index}")))
     }
 
     /// Adds `addr` unless that exact address is already there (concurrent callers race
@@ -32,15 +28,9 @@ impl Netlink {
 
     /// The addresses on link `index`, with their prefix lengths.
     pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
-        let req = self
-            .handle()
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let msgs: Vec<AddressMessage> = self
-            .block_on(req.try_collect())
-            .map_err(nl_err(format!("listing addresses of link {index}")))?;
+        let req = self.handle().address().get().set_link_index_filter(index).execute();
+        let msgs: Vec<AddressMessage> =
+            self.block_on(req.try_collect()).map_err(nl_err(format!("listing addresses of link {index}")))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index)
@@ -53,15 +43,9 @@ impl Netlink {
 
     /// Removes `addr` from link `index`; an address that is not there is not an error.
     pub fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        let req = self
-            .handle()
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let msgs: Vec<AddressMessage> = self
-            .block_on(req.try_collect())
-            .map_err(nl_err(format!("listing addresses of link {index}")))?;
+        let req = self.handle().address().get().set_link_index_filter(index).execute();
+        let msgs: Vec<AddressMessage> =
+            self.block_on(req.try_collect()).map_err(nl_err(format!("listing addresses of link {index}")))?;
         for m in msgs {
             if m.header.index == index
                 && address_of(&m) == Some(addr.addr())

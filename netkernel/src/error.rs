@@ -85,10 +85,7 @@ impl KernelError {
             KernelError::Sys { source, .. } => *source == nix::Error::ENOENT,
             KernelError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
             KernelError::Netlink { errno, .. } => {
-                matches!(
-                    *errno,
-                    Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
-                )
+                matches!(*errno, Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH))
             }
             KernelError::NoSuchLink(_) => true,
             _ => false,

@@ -4,8 +4,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage, State,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage, State,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -22,10 +22,7 @@ pub type Mac = [u8; 6];
 /// assert_eq!(netkernel::link::format_mac(&[0x0e, 0, 0xab, 1, 2, 3]), "0e:00:ab:01:02:03");
 /// ```
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`).
@@ -94,14 +91,10 @@ impl Link {
         for attr in &m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    link.mac = a.as_slice().try_into().ok()
-                }
+                LinkAttribute::Address(a) if a.len() == 6 => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(c) => link.master = Some(*c),
-                LinkAttribute::OperState(s) => {
-                    link.oper_up = matches!(s, State::Up | State::Unknown)
-                }
+                LinkAttribute::OperState(s) => link.oper_up = matches!(s, State::Up | State::Unknown),
                 LinkAttribute::Link(l) => link.peer_index = Some(*l),
                 LinkAttribute::LinkNetNsId(id) => link.peer_netns_id = Some(*id),
                 LinkAttribute::LinkInfo(infos) => {
@@ -148,13 +141,7 @@ pub struct BridgeSpec {
 impl Netlink {
     /// The link named `name`, if it exists.
     pub fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = std::pin::pin!(
-            self.handle()
-                .link()
-                .get()
-                .match_name(name.to_string())
-                .execute()
-        );
+        let mut req = std::pin::pin!(self.handle().link().get().match_name(name.to_string()).execute());
         match self.block_on(req.try_next()) {
             Ok(m) => Ok(m.as_ref().map(Link::from_message)),
             Err(e) => match nl_err(format!("reading link {name:?}"))(e) {
@@ -166,8 +153,7 @@ impl Netlink {
 
     /// The link named `name`, or [`KernelError::NoSuchLink`].
     pub fn require_link(&self, name: &str) -> Result<Link> {
-        self.link(name)?
-            .ok_or_else(|| KernelError::NoSuchLink(name.to_string()))
+        self.link(name)?.ok_or_else(|| KernelError::NoSuchLink(name.to_string()))
     }
 
     /// The link with `index`, if it exists.
@@ -185,9 +171,7 @@ impl Netlink {
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>> {
         let req = self.handle().link().get().execute();
-        let msgs: Vec<LinkMessage> = self
-            .block_on(req.try_collect())
-            .map_err(nl_err("listing links"))?;
+        let msgs: Vec<LinkMessage> = self.block_on(req.try_collect()).map_err(nl_err("listing links"))?;
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
@@ -254,30 +238,21 @@ impl Netlink {
             msg = msg.address(mac.to_vec());
         }
         self.block_on(self.handle().link().add(msg.build()).execute())
-            .map_err(nl_err(format!(
-                "creating veth {name:?} with peer {peer_name:?}"
-            )))
+            .map_err(nl_err(format!("creating veth {name:?} with peer {peer_name:?}")))
     }
 
     fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
-        self.block_on(self.handle().link().set(msg).execute())
-            .map_err(nl_err(what))
+        self.block_on(self.handle().link().set(msg).execute()).map_err(nl_err(what))
     }
 
     /// Brings a link up.
     pub fn set_up(&self, index: u32) -> Result<()> {
-        self.set(
-            format!("setting link {index} up"),
-            LinkUnspec::new_with_index(index).up().build(),
-        )
+        self.set(format!("setting link {index} up"), LinkUnspec::new_with_index(index).up().build())
     }
 
     /// Brings a link down.
     pub fn set_down(&self, index: u32) -> Result<()> {
-        self.set(
-            format!("setting link {index} down"),
-            LinkUnspec::new_with_index(index).down().build(),
-        )
+        self.set(format!("setting link {index} down"), LinkUnspec::new_with_index(index).down().build())
     }
 
     /// Makes a link a port of `master`.
@@ -300,9 +275,7 @@ impl Netlink {
     pub fn set_mac(&self, index: u32, mac: Mac) -> Result<()> {
         self.set(
             format!("setting the MAC of link {index}"),
-            LinkUnspec::new_with_index(index)
-                .address(mac.to_vec())
-                .build(),
+            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
         )
     }
 
@@ -332,20 +305,13 @@ impl Netlink {
             .set_port_data(InfoPortData::BridgePort(opts))
             .build();
         self.block_on(self.handle().link().change(msg).execute())
-            .map_err(nl_err(format!(
-                "setting bridge-port options of link {index}"
-            )))
+            .map_err(nl_err(format!("setting bridge-port options of link {index}")))
     }
 
     /// Moves a link into another namespace.
     pub fn move_to(&self, index: u32, ns: &NetNs) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .setns_by_fd(ns.as_fd().as_raw_fd())
-            .build();
-        self.set(
-            format!("moving link {index} to {}", ns.path().display()),
-            msg,
-        )
+        let msg = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_fd().as_raw_fd()).build();
+        self.set(format!("moving link {index} to {}", ns.path().display()), msg)
     }
 
     /// Deletes a link; a link that is already gone is not an error.
@@ -397,9 +363,9 @@ impl Netlink {
         let msg = match vlan {
             PortVlan::Access(vid) => LinkBridgeVlan::new(port).vlan(vid, F::Pvid | F::Untagged),
             PortVlan::Trunk(a, b) if a == b => LinkBridgeVlan::new(port).vlan(a, F::empty()),
-            PortVlan::Trunk(a, b) => LinkBridgeVlan::new(port)
-                .vlan_range_start(a, F::empty())
-                .vlan_range_end(b, F::empty()),
+            PortVlan::Trunk(a, b) => {
+                LinkBridgeVlan::new(port).vlan_range_start(a, F::empty()).vlan_range_end(b, F::empty())
+            }
         };
         self.block_on(self.handle().link().set(msg.build()).execute())
             .map_err(nl_err(format!("adding VLAN {vlan:?} to port {port}")))

@@ -46,14 +46,9 @@ impl MasqTable {
     /// The table named `table` in the `inet` family (created on first use).
     pub fn new(table: &str) -> Result<Self> {
         if !is_ident(table) {
-            return Err(KernelError::InvalidName {
-                name: table.into(),
-                why: "not an nft identifier",
-            });
+            return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
         }
-        Ok(MasqTable {
-            table: table.to_string(),
-        })
+        Ok(MasqTable { table: table.to_string() })
     }
 
     /// Masquerades traffic from `sources` leaving `exempt` (the group's own subnets), under
@@ -61,24 +56,15 @@ impl MasqTable {
     /// the whole change is one transaction whose shared parts are rebuilt identically.
     pub fn add(&self, group: &str, exempt: &[IpNet], sources: &[IpAddr], tag: &str) -> Result<()> {
         if !is_ident(group) || group.len() > 28 {
-            return Err(KernelError::InvalidName {
-                name: group.into(),
-                why: "not an nft identifier",
-            });
+            return Err(KernelError::InvalidName { name: group.into(), why: "not an nft identifier" });
         }
         let t = &self.table;
         let mut s = String::new();
         let _ = writeln!(s, "add table inet {t}");
         let _ = writeln!(s, "add map inet {t} src4 {{ type ipv4_addr : verdict; }}");
         let _ = writeln!(s, "add map inet {t} src6 {{ type ipv6_addr : verdict; }}");
-        let _ = writeln!(
-            s,
-            "add set inet {t} {group}_d4 {{ type ipv4_addr; flags interval; auto-merge; }}"
-        );
-        let _ = writeln!(
-            s,
-            "add set inet {t} {group}_d6 {{ type ipv6_addr; flags interval; auto-merge; }}"
-        );
+        let _ = writeln!(s, "add set inet {t} {group}_d4 {{ type ipv4_addr; flags interval; auto-merge; }}");
+        let _ = writeln!(s, "add set inet {t} {group}_d6 {{ type ipv6_addr; flags interval; auto-merge; }}");
         let _ = writeln!(s, "add chain inet {t} {group}");
         let _ = writeln!(s, "flush chain inet {t} {group}");
         let _ = writeln!(s, "add rule inet {t} {group} ip daddr @{group}_d4 return");
@@ -94,24 +80,13 @@ impl MasqTable {
         let _ = writeln!(s, "add rule inet {t} postrouting ip saddr vmap @src4");
         let _ = writeln!(s, "add rule inet {t} postrouting ip6 saddr vmap @src6");
         for net in exempt {
-            let set = if matches!(net, IpNet::V4(_)) {
-                "d4"
-            } else {
-                "d6"
-            };
-            let _ = writeln!(
-                s,
-                "add element inet {t} {group}_{set} {{ {} }}",
-                net.trunc()
-            );
+            let set = if matches!(net, IpNet::V4(_)) { "d4" } else { "d6" };
+            let _ = writeln!(s, "add element inet {t} {group}_{set} {{ {} }}", net.trunc());
         }
         let comment = nft::quote(tag);
         for ip in sources {
             let map = if ip.is_ipv4() { "src4" } else { "src6" };
-            let _ = writeln!(
-                s,
-                "add element inet {t} {map} {{ {ip} comment {comment} : jump {group} }}"
-            );
+            let _ = writeln!(s, "add element inet {t} {map} {{ {ip} comment {comment} : jump {group} }}");
         }
         nft::apply(&s, &format!("adding masquerade entries tagged {tag:?}"))
     }
@@ -120,10 +95,8 @@ impl MasqTable {
     pub fn entries(&self) -> Result<Vec<MasqEntry>> {
         let mut out = Vec::new();
         for map in ["src4", "src6"] {
-            let Some(json) = nft::list_json(
-                &["map", "inet", &self.table, map],
-                "listing masquerade entries",
-            )?
+            let Some(json) =
+                nft::list_json(&["map", "inet", &self.table, map], "listing masquerade entries")?
             else {
                 continue;
             };
@@ -149,20 +122,12 @@ impl MasqTable {
 
     /// Removes every entry whose tag satisfies `matches`; returns how many.
     pub fn remove_where(&self, matches: impl Fn(&str) -> bool) -> Result<usize> {
-        let doomed: Vec<MasqEntry> = self
-            .entries()?
-            .into_iter()
-            .filter(|e| matches(&e.tag))
-            .collect();
+        let doomed: Vec<MasqEntry> = self.entries()?.into_iter().filter(|e| matches(&e.tag)).collect();
         // Another caller may remove the same entries at the same time; what matters is that
         // they are gone afterwards.
         if let Err(e) = self.remove(&doomed) {
-            let left: BTreeSet<IpAddr> = self
-                .entries()?
-                .into_iter()
-                .filter(|e| matches(&e.tag))
-                .map(|e| e.ip)
-                .collect();
+            let left: BTreeSet<IpAddr> =
+                self.entries()?.into_iter().filter(|e| matches(&e.tag)).map(|e| e.ip).collect();
             if !left.is_empty() {
                 return Err(e);
             }
@@ -175,10 +140,9 @@ impl MasqTable {
         let mut out = Vec::new();
         for set in ["d4", "d6"] {
             let name = format!("{group}_{set}");
-            if let Some(json) = nft::list_json(
-                &["set", "inet", &self.table, &name],
-                "listing exempt subnets",
-            )? {
+            if let Some(json) =
+                nft::list_json(&["set", "inet", &self.table, &name], "listing exempt subnets")?
+            {
                 out.extend(set_prefixes(&json));
             }
         }
@@ -200,15 +164,8 @@ fn parse_elements(json: &Value) -> Vec<MasqEntry> {
             let Some(ip) = ip.and_then(|s| s.parse().ok()) else {
                 continue;
             };
-            let group = verdict["jump"]["target"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            out.push(MasqEntry {
-                ip,
-                tag: tag.to_string(),
-                group,
-            });
+            let group = verdict["jump"]["target"].as_str().unwrap_or_default().to_string();
+            out.push(MasqEntry { ip, tag: tag.to_string(), group });
         }
     }
     out

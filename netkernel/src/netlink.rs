@@ -69,9 +69,5 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
 /// Maps a netlink error with what was being done.
 pub(crate) fn nl_err(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
     let what = what.into();
-    move |source| KernelError::Netlink {
-        what,
-        errno: errno(&source).map(|e| -e),
-        source,
-    }
+    move |source| KernelError::Netlink { what, errno: errno(&source).map(|e| -e), source }
 }

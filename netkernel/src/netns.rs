@@ -66,17 +66,8 @@ impl NetNs {
         // unshare() on a thread of its own: only that thread moves, and it ends right after.
         let made = std::thread::spawn(move || -> Result<()> {
             unshare(CloneFlags::CLONE_NEWNET).map_err(KernelError::sys("unshare(CLONE_NEWNET)"))?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(KernelError::sys(format!(
-                "bind-mounting the netns on {}",
-                target.display()
-            )))
+            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(KernelError::sys(format!("bind-mounting the netns on {}", target.display())))
         })
         .join()
         .unwrap_or_else(|_| Err(KernelError::NotNetns(path.clone())));
@@ -96,9 +87,7 @@ impl NetNs {
         match umount2(&path, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => {}
             Err(e) => {
-                return Err(KernelError::sys(format!("unmounting {}", path.display()))(
-                    e,
-                ));
+                return Err(KernelError::sys(format!("unmounting {}", path.display()))(e));
             }
         }
         match fs::remove_file(&path) {
@@ -127,9 +116,8 @@ impl NetNs {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         std::thread::scope(|s| {
             let handle = s.spawn(|| -> Result<T> {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(KernelError::sys(
-                    format!("entering netns {}", self.path.display()),
-                ))?;
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(KernelError::sys(format!("entering netns {}", self.path.display())))?;
                 Ok(f())
             });
             match handle.join() {
@@ -175,10 +163,7 @@ fn validate_name(name: &str) -> Result<()> {
         None
     };
     match why {
-        Some(why) => Err(KernelError::InvalidName {
-            name: name.into(),
-            why,
-        }),
+        Some(why) => Err(KernelError::InvalidName { name: name.into(), why }),
         None => Ok(()),
     }
 }
@@ -191,16 +176,9 @@ fn prepare_run_dir() -> Result<()> {
     if *done {
         return Ok(());
     }
-    fs::create_dir_all(NETNS_RUN_DIR)
-        .map_err(KernelError::io(format!("creating {NETNS_RUN_DIR}")))?;
+    fs::create_dir_all(NETNS_RUN_DIR).map_err(KernelError::io(format!("creating {NETNS_RUN_DIR}")))?;
     let make_shared = || {
-        mount(
-            None::<&str>,
-            NETNS_RUN_DIR,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
+        mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
     };
     if let Err(nix::Error::EINVAL) = make_shared() {
         // Not a mount point yet: bind it onto itself first.
@@ -211,9 +189,7 @@ fn prepare_run_dir() -> Result<()> {
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .map_err(KernelError::sys(format!(
-            "bind-mounting {NETNS_RUN_DIR} on itself"
-        )))?;
+        .map_err(KernelError::sys(format!("bind-mounting {NETNS_RUN_DIR} on itself")))?;
         make_shared().map_err(KernelError::sys(format!("making {NETNS_RUN_DIR} shared")))?;
     }
     *done = true;

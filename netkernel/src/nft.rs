@@ -15,25 +15,16 @@ const NFT: &str = "nft";
 fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
     let mut child = Command::new(NFT)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(KernelError::io(format!(
-            "{what}: running {NFT} (is the nftables package installed?)"
-        )))?;
+        .map_err(KernelError::io(format!("{what}: running {NFT} (is the nftables package installed?)")))?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(input.as_bytes())
-            .map_err(KernelError::io(format!("{what}: writing to {NFT}")))?;
+        pipe.write_all(input.as_bytes()).map_err(KernelError::io(format!("{what}: writing to {NFT}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(KernelError::io(format!("{what}: waiting for {NFT}")))?;
+    let out = child.wait_with_output().map_err(KernelError::io(format!("{what}: waiting for {NFT}")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -55,26 +46,18 @@ pub fn list_json(object: &[&str], what: &str) -> Result<Option<Value>> {
     let mut args = vec!["-j", "list"];
     args.extend_from_slice(object);
     match run(&args, None, what) {
-        Ok(out) => serde_json::from_str(&out)
-            .map(Some)
-            .map_err(|e| KernelError::Command {
-                what: what.to_string(),
-                stderr: format!("unreadable JSON from {NFT}: {e}"),
-            }),
-        Err(KernelError::Command { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            Ok(None)
-        }
+        Ok(out) => serde_json::from_str(&out).map(Some).map_err(|e| KernelError::Command {
+            what: what.to_string(),
+            stderr: format!("unreadable JSON from {NFT}: {e}"),
+        }),
+        Err(KernelError::Command { stderr, .. }) if stderr.contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// Quotes a string for an nft script (comments): only characters that cannot break out.
 pub fn quote(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ')
-        .collect();
+    let clean: String =
+        s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ').collect();
     format!("\"{clean}\"")
 }

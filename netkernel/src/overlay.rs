@@ -120,13 +120,7 @@ fn vxlan_info(m: &LinkMessage) -> Option<VxlanInfo> {
 impl Netlink {
     /// The VXLAN attributes of link `name`, if it is a VXLAN device.
     pub fn vxlan_info(&self, name: &str) -> Result<Option<VxlanInfo>> {
-        let mut req = std::pin::pin!(
-            self.handle()
-                .link()
-                .get()
-                .match_name(name.to_string())
-                .execute()
-        );
+        let mut req = std::pin::pin!(self.handle().link().get().match_name(name.to_string()).execute());
         match self.block_on(req.try_next()) {
             Ok(Some(m)) => Ok(vxlan_info(&m)),
             Ok(None) => Ok(None),
@@ -145,24 +139,21 @@ impl Netlink {
         if let Some(existing) = self.link(&spec.name)? {
             let info = self.vxlan_info(&spec.name)?;
             let why = match &info {
-                None => Some(format!(
-                    "it is a {} device, not vxlan",
-                    existing.kind.as_deref().unwrap_or("plain")
-                )),
+                None => {
+                    Some(format!("it is a {} device, not vxlan", existing.kind.as_deref().unwrap_or("plain")))
+                }
                 Some(i) if i.vni != Some(spec.vni) => {
                     Some(format!("its VNI is {:?}, want {}", i.vni, spec.vni))
                 }
                 Some(i) if i.port != Some(spec.port) => {
                     Some(format!("its port is {:?}, want {}", i.port, spec.port))
                 }
-                Some(i) if i.local != Some(spec.local) => Some(format!(
-                    "its local address is {:?}, want {}",
-                    i.local, spec.local
-                )),
-                Some(i) if i.dev != Some(spec.dev) => Some(format!(
-                    "its underlay device is {:?}, want {}",
-                    i.dev, spec.dev
-                )),
+                Some(i) if i.local != Some(spec.local) => {
+                    Some(format!("its local address is {:?}, want {}", i.local, spec.local))
+                }
+                Some(i) if i.dev != Some(spec.dev) => {
+                    Some(format!("its underlay device is {:?}, want {}", i.dev, spec.dev))
+                }
                 Some(i) if i.learning => Some("it has learning on".to_string()),
                 Some(_) => None,
             };
@@ -185,10 +176,7 @@ impl Netlink {
                 }
             }
         }
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.dev)
-            .port(spec.port)
-            .learning(false);
+        let mut b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.dev).port(spec.port).learning(false);
         b = match spec.local {
             IpAddr::V4(a) => b.local(a),
             IpAddr::V6(a) => b.local6(a),
@@ -218,9 +206,7 @@ impl Netlink {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                             ip = Some(IpAddr::V6(*v6))
                         }
-                        NeighbourAttribute::LinkLayerAddress(l) => {
-                            mac = l.as_slice().try_into().ok()
-                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
                         _ => {}
                     }
                 }
@@ -231,15 +217,9 @@ impl Netlink {
 
     /// The FDB entries of VXLAN link `index` that point at a remote VTEP.
     pub fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
-        let req = self
-            .handle()
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        let msgs: Vec<NeighbourMessage> = self
-            .block_on(req.try_collect())
-            .map_err(nl_err("listing FDB entries"))?;
+        let req = self.handle().neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        let msgs: Vec<NeighbourMessage> =
+            self.block_on(req.try_collect()).map_err(nl_err("listing FDB entries"))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index)
@@ -254,19 +234,12 @@ impl Netlink {
                             dst = Some(IpAddr::V6(*v6))
                         }
                         // In AF_BRIDGE messages the parser cannot tell the family: go by length.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                            dst = raw_ip(raw)
-                        }
-                        NeighbourAttribute::LinkLayerAddress(l) => {
-                            mac = l.as_slice().try_into().ok()
-                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => dst = raw_ip(raw),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
                         _ => {}
                     }
                 }
-                Some(FdbEntry {
-                    mac: mac?,
-                    dst: dst?,
-                })
+                Some(FdbEntry { mac: mac?, dst: dst? })
             })
             .collect())
     }
@@ -300,11 +273,8 @@ impl Netlink {
                         .map_err(nl_err(format!("setting FDB entry to {}", f.dst))),
                     OverlayOp::DelNeighbour(idx, ip) => {
                         let mut m = NeighbourMessage::default();
-                        m.header.family = if ip.is_ipv4() {
-                            AddressFamily::Inet
-                        } else {
-                            AddressFamily::Inet6
-                        };
+                        m.header.family =
+                            if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
                         m.header.ifindex = *idx;
                         m.attributes.push(NeighbourAttribute::Destination(match ip {
                             IpAddr::V4(a) => NeighbourAddress::Inet(*a),
@@ -323,13 +293,11 @@ impl Netlink {
                         m.header.family = AddressFamily::Bridge;
                         m.header.ifindex = *idx;
                         m.header.flags = NeighbourFlags::Own;
-                        m.attributes
-                            .push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
-                        m.attributes
-                            .push(NeighbourAttribute::Destination(match f.dst {
-                                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-                            }));
+                        m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+                        m.attributes.push(NeighbourAttribute::Destination(match f.dst {
+                            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+                        }));
                         gone_ok(
                             h.neighbours()
                                 .del(m)

@@ -57,16 +57,16 @@ impl Route {
     pub(crate) fn message(&self) -> RouteMessage {
         let mut m = match self.dst {
             IpNet::V4(d) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(d.network(), d.prefix_len());
+                let mut b =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.network(), d.prefix_len());
                 if let Some(IpAddr::V4(gw)) = self.gateway {
                     b = b.gateway(gw);
                 }
                 b.build()
             }
             IpNet::V6(d) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(d.network(), d.prefix_len());
+                let mut b =
+                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.network(), d.prefix_len());
                 if let Some(IpAddr::V6(gw)) = self.gateway {
                     b = b.gateway(gw);
                 }
@@ -161,14 +161,8 @@ impl Netlink {
 
     /// Adds or replaces a route (idempotent).
     pub fn replace_route(&self, route: &Route) -> Result<()> {
-        self.block_on(
-            self.handle()
-                .route()
-                .add(route.message())
-                .replace()
-                .execute(),
-        )
-        .map_err(nl_err(format!("replacing route to {}", route.dst)))
+        self.block_on(self.handle().route().add(route.message()).replace().execute())
+            .map_err(nl_err(format!("replacing route to {}", route.dst)))
     }
 
     /// Deletes a route; a route that is not there is not an error.
@@ -193,10 +187,6 @@ impl Netlink {
             .block_on(self.handle().route().get(query).execute().try_collect())
             .map_err(nl_err("listing routes"))?;
         let table = table.unwrap_or(MAIN_TABLE);
-        Ok(msgs
-            .iter()
-            .filter_map(Route::from_message)
-            .filter(|r| r.table == Some(table))
-            .collect())
+        Ok(msgs.iter().filter_map(Route::from_message).filter(|r| r.table == Some(table)).collect())
     }
 }

@@ -31,9 +31,7 @@ impl EchoServer {
         let listener = ns
             .run(|| TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("listening on {addr} in {}: {e}", ns.name()));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
+        listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().expect("bound address");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -54,11 +52,7 @@ impl EchoServer {
                 }
             }
         });
-        EchoServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
+        EchoServer { addr, stop, thread: Some(thread) }
     }
 
     /// Where it listens.
@@ -78,12 +72,7 @@ impl Drop for EchoServer {
 
 /// Connects from `from` to `to`, sends `bytes` bytes and reads them back, all within
 /// `timeout`. Returns the number of bytes echoed, or the error.
-pub fn tcp_echo(
-    from: &TestNs,
-    to: SocketAddr,
-    bytes: usize,
-    timeout: Duration,
-) -> std::io::Result<usize> {
+pub fn tcp_echo(from: &TestNs, to: SocketAddr, bytes: usize, timeout: Duration) -> std::io::Result<usize> {
     let mut conn = from.run(|| TcpStream::connect_timeout(&to, timeout))?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
@@ -95,9 +84,7 @@ pub fn tcp_echo(
     };
     let mut got = vec![0u8; bytes];
     conn.read_exact(&mut got)?;
-    writer
-        .join()
-        .map_err(|_| std::io::Error::other("writer panicked"))??;
+    writer.join().map_err(|_| std::io::Error::other("writer panicked"))??;
     if got != payload {
         return Err(std::io::Error::other("echoed bytes differ"));
     }

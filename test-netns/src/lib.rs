@@ -35,10 +35,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root to create network namespaces",
-                module_path!()
-            );
+            eprintln!("SKIPPED {}: needs root to create network namespaces", module_path!());
             return;
         }
     };
@@ -57,11 +54,7 @@ impl TestNs {
     pub fn new(label: &str) -> Self {
         sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let label: String = label
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect();
+        let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         let ns = NetNs::create_named(&name)
             .unwrap_or_else(|e| panic!("creating test netns {name}: {e} (are we root?)"));
@@ -85,9 +78,7 @@ impl TestNs {
 
     /// Runs `f` inside the namespace on a thread of its own.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.ns
-            .run(f)
-            .unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
+        self.ns.run(f).unwrap_or_else(|e| panic!("entering {}: {e}", self.name))
     }
 
     /// A netlink connection inside the namespace.
@@ -97,23 +88,16 @@ impl TestNs {
 
     /// Index of link `name`; panics if it does not exist.
     pub fn link_index(&self, name: &str) -> u32 {
-        self.netlink()
-            .require_link(name)
-            .unwrap_or_else(|e| panic!("{name} in {}: {e}", self.name))
-            .index
+        self.netlink().require_link(name).unwrap_or_else(|e| panic!("{name} in {}: {e}", self.name)).index
     }
 
     /// Adds an address (`10.0.0.1/24`) to link `ifname` and brings the link and `lo` up.
     pub fn add_address(&self, ifname: &str, addr: &str) {
         let nl = self.netlink();
         let idx = self.link_index(ifname);
-        let net = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("address {addr}: {e}"));
-        nl.add_address(idx, net)
-            .unwrap_or_else(|e| panic!("adding {addr} in {}: {e}", self.name));
-        nl.set_up(idx)
-            .unwrap_or_else(|e| panic!("{ifname} up in {}: {e}", self.name));
+        let net = addr.parse().unwrap_or_else(|e| panic!("address {addr}: {e}"));
+        nl.add_address(idx, net).unwrap_or_else(|e| panic!("adding {addr} in {}: {e}", self.name));
+        nl.set_up(idx).unwrap_or_else(|e| panic!("{ifname} up in {}: {e}", self.name));
         self.lo_up();
     }
 
@@ -122,8 +106,7 @@ impl TestNs {
         let nl = self.netlink();
         let lo = nl.require_link("lo").expect("every namespace has lo");
         if !lo.up {
-            nl.set_up(lo.index)
-                .unwrap_or_else(|e| panic!("lo up in {}: {e}", self.name));
+            nl.set_up(lo.index).unwrap_or_else(|e| panic!("lo up in {}: {e}", self.name));
         }
     }
 
@@ -152,10 +135,7 @@ impl TestNs {
 
     /// Whether `argv` succeeds inside the namespace.
     pub fn try_exec(&self, argv: &[&str]) -> bool {
-        self.command(argv[0])
-            .args(&argv[1..])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        self.command(argv[0]).args(&argv[1..]).output().is_ok_and(|o| o.status.success())
     }
 }
 
@@ -237,9 +217,7 @@ mod tests {
     fn names_are_unique_in_parallel() {
         require_root!();
         let names: Vec<String> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| TestNs::new("par").name().to_string()))
-                .collect();
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(|| TestNs::new("par").name().to_string())).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut dedup = names.clone();

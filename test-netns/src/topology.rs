@@ -12,9 +12,7 @@ pub fn veth_between(a: &TestNs, a_if: &str, b: &TestNs, b_if: &str) {
     nl.add_veth(a_if, b_if, Some(b.netns()), &VethOptions::default())
         .unwrap_or_else(|e| panic!("veth {}:{a_if} <-> {}:{b_if}: {e}", a.name(), b.name()));
     nl.set_up(a.link_index(a_if)).expect("veth end up");
-    b.netlink()
-        .set_up(b.link_index(b_if))
-        .expect("veth peer up");
+    b.netlink().set_up(b.link_index(b_if)).expect("veth peer up");
 }
 
 /// A layer-2 switch in a namespace of its own, joining fake nodes: each attached node gets
@@ -34,18 +32,9 @@ impl Underlay {
         let switch = TestNs::new("switch");
         let bridge = switch
             .netlink()
-            .ensure_bridge(&BridgeSpec {
-                name: "ul0".into(),
-                mtu,
-                vlan_filtering: false,
-            })
+            .ensure_bridge(&BridgeSpec { name: "ul0".into(), mtu, vlan_filtering: false })
             .expect("underlay bridge");
-        Underlay {
-            switch,
-            bridge_index: bridge.index,
-            ports: AtomicU32::new(0),
-            prefix_len: 24,
-        }
+        Underlay { switch, bridge_index: bridge.index, ports: AtomicU32::new(0), prefix_len: 24 }
     }
 
     /// The switch's namespace.
@@ -60,8 +49,7 @@ impl Underlay {
         nl.add_veth(&port, ifname, Some(node.netns()), &VethOptions::default())
             .unwrap_or_else(|e| panic!("underlay port {port} for {}: {e}", node.name()));
         let idx = self.switch.link_index(&port);
-        nl.set_master(idx, self.bridge_index)
-            .expect("port on the switch");
+        nl.set_master(idx, self.bridge_index).expect("port on the switch");
         nl.set_up(idx).expect("port up");
         node.add_address(ifname, addr);
     }

@@ -10,15 +10,10 @@ use test_netns::{EchoServer, TestNs, Underlay, ping, require_root, tcp_echo, vet
 fn bridge_is_created_once_and_concurrent_ensures_agree() {
     require_root!();
     let host = TestNs::new("br");
-    let spec = BridgeSpec {
-        name: "tbr0".into(),
-        mtu: Some(1400),
-        vlan_filtering: false,
-    };
+    let spec = BridgeSpec { name: "tbr0".into(), mtu: Some(1400), vlan_filtering: false };
     let indices: Vec<u32> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| host.netlink().ensure_bridge(&spec).unwrap().index))
-            .collect();
+        let hs: Vec<_> =
+            (0..8).map(|_| s.spawn(|| host.netlink().ensure_bridge(&spec).unwrap().index)).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(indices.windows(2).all(|w| w[0] == w[1]), "{indices:?}");
@@ -31,16 +26,9 @@ fn bridge_is_created_once_and_concurrent_ensures_agree() {
 fn ensure_bridge_refuses_another_kind() {
     require_root!();
     let host = TestNs::new("brkind");
-    host.netlink()
-        .add_veth("notbr", "notbr1", None, &VethOptions::default())
-        .unwrap();
-    let err = host
-        .netlink()
-        .ensure_bridge(&BridgeSpec {
-            name: "notbr".into(),
-            ..Default::default()
-        })
-        .unwrap_err();
+    host.netlink().add_veth("notbr", "notbr1", None, &VethOptions::default()).unwrap();
+    let err =
+        host.netlink().ensure_bridge(&BridgeSpec { name: "notbr".into(), ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("not a bridge"), "{err}");
 }
 
@@ -49,14 +37,8 @@ fn veth_peer_is_born_in_the_other_namespace() {
     require_root!();
     let (host, pod) = (TestNs::new("vh"), TestNs::new("vp"));
     let mac = parse_mac("0a:58:0a:00:00:07").unwrap();
-    let opts = VethOptions {
-        mtu: Some(1450),
-        mac: None,
-        peer_mac: Some(mac),
-    };
-    host.netlink()
-        .add_veth("vethtest", "eth0", Some(pod.netns()), &opts)
-        .unwrap();
+    let opts = VethOptions { mtu: Some(1450), mac: None, peer_mac: Some(mac) };
+    host.netlink().add_veth("vethtest", "eth0", Some(pod.netns()), &opts).unwrap();
     let host_end = host.netlink().require_link("vethtest").unwrap();
     let pod_end = pod.netlink().require_link("eth0").unwrap();
     assert_eq!(pod_end.mac, Some(mac));
@@ -65,72 +47,31 @@ fn veth_peer_is_born_in_the_other_namespace() {
     assert!(host.netlink().link("eth0").unwrap().is_none());
 
     // Ports, addresses and routes.
-    let br = host
-        .netlink()
-        .ensure_bridge(&BridgeSpec {
-            name: "b0".into(),
-            ..Default::default()
-        })
-        .unwrap();
+    let br = host.netlink().ensure_bridge(&BridgeSpec { name: "b0".into(), ..Default::default() }).unwrap();
     host.netlink().set_master(host_end.index, br.index).unwrap();
     host.netlink()
-        .set_bridge_port(
-            host_end.index,
-            &BridgePortOptions {
-                hairpin: Some(true),
-                isolated: Some(true),
-            },
-        )
+        .set_bridge_port(host_end.index, &BridgePortOptions { hairpin: Some(true), isolated: Some(true) })
         .unwrap();
-    assert_eq!(
-        host.netlink().require_link("vethtest").unwrap().master,
-        Some(br.index)
-    );
+    assert_eq!(host.netlink().require_link("vethtest").unwrap().master, Some(br.index));
     let detail = host.exec(&["ip", "-d", "link", "show", "vethtest"]);
-    assert!(
-        detail.contains("hairpin on") && detail.contains("isolated on"),
-        "{detail}"
-    );
+    assert!(detail.contains("hairpin on") && detail.contains("isolated on"), "{detail}");
 
     let nl = pod.netlink();
-    nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
-        .unwrap();
-    assert!(
-        nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
-            .unwrap_err()
-            .is_exists()
-    );
-    nl.ensure_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
-        .unwrap();
+    nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap()).unwrap();
+    assert!(nl.add_address(pod_end.index, "10.9.0.5/24".parse().unwrap()).unwrap_err().is_exists());
+    nl.ensure_address(pod_end.index, "10.9.0.5/24".parse().unwrap()).unwrap();
     nl.set_up(pod_end.index).unwrap();
-    assert_eq!(
-        nl.addresses(pod_end.index).unwrap(),
-        vec!["10.9.0.5/24".parse().unwrap()]
-    );
-    let default = Route::new(
-        "0.0.0.0/0".parse().unwrap(),
-        Some("10.9.0.1".parse().unwrap()),
-        Some(pod_end.index),
-    );
+    assert_eq!(nl.addresses(pod_end.index).unwrap(), vec!["10.9.0.5/24".parse().unwrap()]);
+    let default =
+        Route::new("0.0.0.0/0".parse().unwrap(), Some("10.9.0.1".parse().unwrap()), Some(pod_end.index));
     nl.add_route(&default).unwrap();
     nl.replace_route(&default).unwrap();
     let routes = nl.routes(false, None).unwrap();
-    assert!(
-        routes
-            .iter()
-            .any(|r| r.dst.prefix_len() == 0 && r.gateway == default.gateway),
-        "{routes:?}"
-    );
+    assert!(routes.iter().any(|r| r.dst.prefix_len() == 0 && r.gateway == default.gateway), "{routes:?}");
     nl.del_route(&default).unwrap();
     nl.del_route(&default).unwrap();
-    assert!(
-        !nl.routes(false, None)
-            .unwrap()
-            .iter()
-            .any(|r| r.dst.prefix_len() == 0)
-    );
-    nl.del_address(pod_end.index, "10.9.0.5/24".parse().unwrap())
-        .unwrap();
+    assert!(!nl.routes(false, None).unwrap().iter().any(|r| r.dst.prefix_len() == 0));
+    nl.del_address(pod_end.index, "10.9.0.5/24".parse().unwrap()).unwrap();
     assert!(nl.addresses(pod_end.index).unwrap().is_empty());
 
     // Deleting one end removes both; deleting again is fine.
@@ -149,10 +90,7 @@ fn sysctls_are_per_namespace() {
         netkernel::sysctl::read("net.ipv4.ip_forward").unwrap()
     });
     assert_eq!(inside, "1");
-    assert_eq!(
-        netkernel::sysctl::read("net/ipv4/ip_forward").unwrap(),
-        outside
-    );
+    assert_eq!(netkernel::sysctl::read("net/ipv4/ip_forward").unwrap(), outside);
     assert!(netkernel::sysctl::write("net/../../etc/passwd", "x").is_err());
 }
 
@@ -167,10 +105,7 @@ fn underlay_joins_nodes_and_checks_connectivity() {
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..nodes.len() {
             if i != j {
-                assert!(
-                    ping(n, &format!("192.0.2.{}", j + 1), 2),
-                    "node{i} cannot reach node{j}"
-                );
+                assert!(ping(n, &format!("192.0.2.{}", j + 1), 2), "node{i} cannot reach node{j}");
             }
         }
     }
@@ -179,15 +114,7 @@ fn underlay_joins_nodes_and_checks_connectivity() {
     assert_eq!(echoed, 256 * 1024);
     // Nothing answers on an address that is not on the underlay.
     assert!(!ping(&nodes[0], "192.0.2.99", 1));
-    assert!(
-        tcp_echo(
-            &nodes[0],
-            "192.0.2.99:7".parse().unwrap(),
-            1,
-            Duration::from_millis(500)
-        )
-        .is_err()
-    );
+    assert!(tcp_echo(&nodes[0], "192.0.2.99:7".parse().unwrap(), 1, Duration::from_millis(500)).is_err());
 }
 
 #[test]
@@ -206,10 +133,7 @@ fn vxlan_overlay_between_two_nodes() {
     require_root!();
     let underlay = Underlay::new(None);
     let nodes = [TestNs::new("vxa"), TestNs::new("vxb")];
-    let macs = [
-        parse_mac("0e:00:00:00:00:0a").unwrap(),
-        parse_mac("0e:00:00:00:00:0b").unwrap(),
-    ];
+    let macs = [parse_mac("0e:00:00:00:00:0a").unwrap(), parse_mac("0e:00:00:00:00:0b").unwrap()];
     for (i, n) in nodes.iter().enumerate() {
         underlay.attach(n, "ul", &format!("192.0.2.{}/24", i + 1));
     }
@@ -230,11 +154,7 @@ fn vxlan_overlay_between_two_nodes() {
         // Ensuring again keeps the device (same index: nothing was flushed).
         assert_eq!(nl.ensure_vxlan(&spec).unwrap().0.index, link.index);
         vx_index[i] = link.index;
-        nl.add_address(
-            link.index,
-            format!("10.244.{}.0/32", i + 1).parse().unwrap(),
-        )
-        .unwrap();
+        nl.add_address(link.index, format!("10.244.{}.0/32", i + 1).parse().unwrap()).unwrap();
     }
     for i in 0..2 {
         let peer = 1 - i;
@@ -246,19 +166,10 @@ fn vxlan_overlay_between_two_nodes() {
         );
         route.onlink = true;
         let ops = vec![
-            OverlayOp::SetNeighbour(
-                vx_index[i],
-                Neighbour {
-                    ip: peer_vtep,
-                    mac: macs[peer],
-                },
-            ),
+            OverlayOp::SetNeighbour(vx_index[i], Neighbour { ip: peer_vtep, mac: macs[peer] }),
             OverlayOp::SetFdb(
                 vx_index[i],
-                FdbEntry {
-                    mac: macs[peer],
-                    dst: format!("192.0.2.{}", peer + 1).parse().unwrap(),
-                },
+                FdbEntry { mac: macs[peer], dst: format!("192.0.2.{}", peer + 1).parse().unwrap() },
             ),
             OverlayOp::SetRoute(route),
         ];
@@ -270,26 +181,17 @@ fn vxlan_overlay_between_two_nodes() {
     let nl = nodes[0].netlink();
     assert_eq!(
         nl.neighbours(vx_index[0]).unwrap(),
-        vec![Neighbour {
-            ip: "10.244.2.0".parse().unwrap(),
-            mac: macs[1]
-        }]
+        vec![Neighbour { ip: "10.244.2.0".parse().unwrap(), mac: macs[1] }]
     );
     let fdb_now = nl.fdb(vx_index[0]).unwrap();
     assert!(
-        fdb_now.contains(&FdbEntry {
-            mac: macs[1],
-            dst: "192.0.2.2".parse().unwrap()
-        }),
+        fdb_now.contains(&FdbEntry { mac: macs[1], dst: "192.0.2.2".parse().unwrap() }),
         "{fdb_now:?} {}",
         nodes[0].exec(&["bridge", "fdb", "show", "dev", "ovl.1"])
     );
 
     // Removal, including of things already gone.
-    let fdb = FdbEntry {
-        mac: macs[1],
-        dst: "192.0.2.2".parse().unwrap(),
-    };
+    let fdb = FdbEntry { mac: macs[1], dst: "192.0.2.2".parse().unwrap() };
     let ops = vec![
         OverlayOp::DelNeighbour(vx_index[0], "10.244.2.0".parse().unwrap()),
         OverlayOp::DelFdb(vx_index[0], fdb),

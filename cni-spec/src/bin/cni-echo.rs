@@ -52,10 +52,7 @@ impl Echo {
         }
         if opts.fail_on.iter().any(|c| c == command) {
             let code = opts.fail_code.unwrap_or(100);
-            return Err(Error::with_code(
-                code,
-                format!("cni-echo was told to fail {command}"),
-            ));
+            return Err(Error::with_code(code, format!("cni-echo was told to fail {command}")));
         }
         Ok(opts)
     }
@@ -84,26 +81,18 @@ impl Plugin for Echo {
 
     fn check(&self, req: &Request) -> Result<(), Error> {
         let opts = self.start(req)?;
-        let prev = req
-            .prev_result()?
-            .ok_or_else(|| Error::invalid_config("prevResult", "missing on CHECK"))?;
+        let prev =
+            req.prev_result()?.ok_or_else(|| Error::invalid_config("prevResult", "missing on CHECK"))?;
         if prev.interfaces.iter().any(|i| i.name == opts.tag) {
             Ok(())
         } else {
-            Err(Error::with_code(
-                101,
-                format!("interface {:?} not in prevResult", opts.tag),
-            ))
+            Err(Error::with_code(101, format!("interface {:?} not in prevResult", opts.tag)))
         }
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
         let opts = self.start(req)?;
-        if opts.not_ready {
-            Err(Error::new(Code::NotAvailable, "cni-echo is not ready"))
-        } else {
-            Ok(())
-        }
+        if opts.not_ready { Err(Error::new(Code::NotAvailable, "cni-echo is not ready")) } else { Ok(()) }
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {

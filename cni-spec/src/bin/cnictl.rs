@@ -18,11 +18,7 @@ use cni_spec::{CniArgs, Code, Error};
 use sha2::{Digest, Sha512};
 
 #[derive(Parser)]
-#[command(
-    name = "cnictl",
-    version,
-    about = "Run CNI network config lists against a network namespace"
-)]
+#[command(name = "cnictl", version, about = "Run CNI network config lists against a network namespace")]
 struct Cli {
     /// Directory holding the network configs.
     #[arg(long, env = "NETCONFPATH", default_value = "/etc/cni/net.d")]
@@ -81,58 +77,35 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Error> {
-    let path: Vec<PathBuf> = cli
-        .cni_path
-        .split(':')
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .collect();
+    let path: Vec<PathBuf> = cli.cni_path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
     let rt = Runtime::new(path).with_cache_dir(&cli.cache_dir);
     match &cli.command {
         Cmd::Add { net, netns } => {
             let list = load_conf_list(&cli.conf_dir, net)?;
             let result = rt.add(&list, &attach(cli, netns)?)?;
             let json = result.to_value(list.version()?)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json).expect("JSON values print")
-            );
+            println!("{}", serde_json::to_string_pretty(&json).expect("JSON values print"));
             Ok(())
         }
-        Cmd::Del { net, netns } => {
-            rt.del(&load_conf_list(&cli.conf_dir, net)?, &attach(cli, netns)?)
-        }
-        Cmd::Check { net, netns } => {
-            rt.check(&load_conf_list(&cli.conf_dir, net)?, &attach(cli, netns)?)
-        }
+        Cmd::Del { net, netns } => rt.del(&load_conf_list(&cli.conf_dir, net)?, &attach(cli, netns)?),
+        Cmd::Check { net, netns } => rt.check(&load_conf_list(&cli.conf_dir, net)?, &attach(cli, netns)?),
         Cmd::Status { net, .. } => rt.status(&load_conf_list(&cli.conf_dir, net)?),
         Cmd::Gc { net, valid, .. } => {
-            let valid = valid
-                .iter()
-                .map(|v| parse_attachment(v))
-                .collect::<Result<Vec<_>, _>>()?;
+            let valid = valid.iter().map(|v| parse_attachment(v)).collect::<Result<Vec<_>, _>>()?;
             rt.gc(&load_conf_list(&cli.conf_dir, net)?, &valid)
         }
     }
 }
 
 fn attach(cli: &Cli, netns: &Path) -> Result<Attach, Error> {
-    let netns =
-        std::path::absolute(netns).map_err(|e| Error::io("resolving the netns path", &e))?;
+    let netns = std::path::absolute(netns).map_err(|e| Error::io("resolving the netns path", &e))?;
     let netns = clean(&netns);
-    let container_id = cli
-        .container_id
-        .clone()
-        .unwrap_or_else(|| container_id_for(&netns));
+    let container_id = cli.container_id.clone().unwrap_or_else(|| container_id_for(&netns));
     cni_spec::env::validate_ifname(&cli.ifname)?;
     let capability_args = match &cli.cap_args {
         None => Default::default(),
-        Some(s) => serde_json::from_str(s).map_err(|e| {
-            Error::new(
-                Code::DecodingFailure,
-                format!("CAP_ARGS: not a JSON object: {e}"),
-            )
-        })?,
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| Error::new(Code::DecodingFailure, format!("CAP_ARGS: not a JSON object: {e}")))?,
     };
     let mut att = Attach::new(&container_id, netns, &cli.ifname);
     att.args = CniArgs::parse(&cli.cni_args)?.pairs;
@@ -167,12 +140,7 @@ fn container_id_for(netns: &Path) -> String {
 
 fn parse_attachment(s: &str) -> Result<Attachment, Error> {
     match s.split_once(':') {
-        Some((id, ifname)) if !id.is_empty() && !ifname.is_empty() => {
-            Ok(Attachment::new(id, ifname))
-        }
-        _ => Err(Error::new(
-            Code::InvalidConfig,
-            format!("--valid {s:?}: expected CONTAINERID:IFNAME"),
-        )),
+        Some((id, ifname)) if !id.is_empty() && !ifname.is_empty() => Ok(Attachment::new(id, ifname)),
+        _ => Err(Error::new(Code::InvalidConfig, format!("--valid {s:?}: expected CONTAINERID:IFNAME"))),
     }
 }

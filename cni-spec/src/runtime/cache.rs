@@ -40,11 +40,7 @@ pub struct CachedAttachment {
     /// The container ID.
     pub container_id: String,
     /// The config list's bytes (base64 in the file, as Go encodes `[]byte`).
-    #[serde(
-        serialize_with = "to_base64",
-        deserialize_with = "from_base64",
-        default
-    )]
+    #[serde(serialize_with = "to_base64", deserialize_with = "from_base64", default)]
     pub config: Vec<u8>,
     /// The interface name.
     pub if_name: String,
@@ -128,8 +124,7 @@ impl ResultCache {
 
     /// The file of one attachment.
     pub fn path(&self, network: &str, container_id: &str, ifname: &str) -> PathBuf {
-        self.results_dir()
-            .join(format!("{network}-{container_id}-{ifname}"))
+        self.results_dir().join(format!("{network}-{container_id}-{ifname}"))
     }
 
     /// Writes an entry atomically (temporary file, then rename), mode 0600.
@@ -147,12 +142,8 @@ impl ResultCache {
         let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
         let bytes = serde_json::to_vec(entry).expect("cache entries serialize");
         let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f =
+                fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)

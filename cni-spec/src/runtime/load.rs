@@ -20,11 +20,7 @@ pub fn conf_files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, Error> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| exts.contains(&e))
-        })
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)))
         .collect();
     files.sort();
     Ok(files)
@@ -34,23 +30,17 @@ pub fn conf_files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, Error> {
 /// `<dir of the file>/<network name>/*.conf` are appended (the spec's errata).
 pub fn conf_list_from_file(path: &Path) -> Result<NetConfList, Error> {
     let bytes = fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
-    let mut list: NetConfList = json::from_slice(&bytes).map_err(|e| Error {
-        msg: format!("{}: {}", path.display(), e.msg),
-        ..e
-    })?;
+    let mut list: NetConfList =
+        json::from_slice(&bytes).map_err(|e| Error { msg: format!("{}: {}", path.display(), e.msg), ..e })?;
     if !list.load_only_inlined_plugins && is_valid_dir_name(&list.name) {
         let side_dir = path.parent().unwrap_or(Path::new(".")).join(&list.name);
         for file in conf_files(&side_dir, &["conf"])? {
-            let bytes = fs::read(&file)
-                .map_err(|e| Error::io(format!("reading {}", file.display()), &e))?;
+            let bytes = fs::read(&file).map_err(|e| Error::io(format!("reading {}", file.display()), &e))?;
             let plugin: Object = json::from_slice(&bytes)?;
             list.plugins.push(plugin);
         }
     }
-    list.validate().map_err(|e| Error {
-        msg: format!("{}: {}", path.display(), e.msg),
-        ..e
-    })?;
+    list.validate().map_err(|e| Error { msg: format!("{}: {}", path.display(), e.msg), ..e })?;
     list.source = Some(bytes);
     Ok(list)
 }
@@ -72,8 +62,7 @@ pub fn load_conf_list(dir: &Path, name: &str) -> Result<NetConfList, Error> {
         }
     }
     for file in conf_files(dir, &["conf", "json"])? {
-        let bytes =
-            fs::read(&file).map_err(|e| Error::io(format!("reading {}", file.display()), &e))?;
+        let bytes = fs::read(&file).map_err(|e| Error::io(format!("reading {}", file.display()), &e))?;
         let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
@@ -81,10 +70,7 @@ pub fn load_conf_list(dir: &Path, name: &str) -> Result<NetConfList, Error> {
             return NetConfList::from_conf(&bytes);
         }
     }
-    Err(Error::new(
-        Code::InvalidConfig,
-        format!("no network config named {name:?} in {}", dir.display()),
-    ))
+    Err(Error::new(Code::InvalidConfig, format!("no network config named {name:?} in {}", dir.display())))
 }
 
 fn file_names_network(file: &Path, name: &str) -> bool {

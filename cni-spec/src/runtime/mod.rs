@@ -67,24 +67,16 @@ impl Attach {
         if !crate::config::is_valid_name(&self.container_id) {
             return Err(Error::invalid_env(
                 "CNI_CONTAINERID",
-                format!(
-                    "{:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-                    self.container_id
-                ),
+                format!("{:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", self.container_id),
             ));
         }
         crate::env::validate_ifname(&self.ifname)
     }
 
     fn invocation(&self, command: Command, path: &[PathBuf]) -> Invocation {
-        let mut inv = Invocation::new(command).container(
-            &self.container_id,
-            self.netns.clone(),
-            &self.ifname,
-        );
-        inv.args = CniArgs {
-            pairs: self.args.clone(),
-        };
+        let mut inv =
+            Invocation::new(command).container(&self.container_id, self.netns.clone(), &self.ifname);
+        inv.args = CniArgs { pairs: self.args.clone() };
         inv.path = path.to_vec();
         inv
     }
@@ -102,10 +94,7 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime with the default cache directory.
     pub fn new(path: Vec<PathBuf>) -> Self {
-        Runtime {
-            path,
-            cache: ResultCache::new(DEFAULT_CACHE_DIR),
-        }
+        Runtime { path, cache: ResultCache::new(DEFAULT_CACHE_DIR) }
     }
 
     /// Uses another cache directory.
@@ -132,11 +121,7 @@ impl Runtime {
             if_name: att.ifname.clone(),
             network_name: list.name.clone(),
             netns: att.netns.as_ref().map(|p| p.display().to_string()),
-            cni_args: att
-                .args
-                .iter()
-                .map(|(k, v)| [k.clone(), v.clone()])
-                .collect(),
+            cni_args: att.args.iter().map(|(k, v)| [k.clone(), v.clone()]).collect(),
             capability_args: att.capability_args.clone(),
             result: Some(result.to_value(version)?),
             ..Default::default()
@@ -150,17 +135,12 @@ impl Runtime {
     pub fn del(&self, list: &NetConfList, att: &Attach) -> Result<(), Error> {
         att.validate()?;
         let version = list.version()?;
-        let cached = if version.has_check() {
-            self.cached_result(list, att).unwrap_or(None)
-        } else {
-            None
-        };
+        let cached = if version.has_check() { self.cached_result(list, att).unwrap_or(None) } else { None };
         for plugin in list.plugins.iter().rev() {
             let conf = request_config(list, version, plugin, cached.as_ref(), Some(att))?;
             self.exec(plugin, att.invocation(Command::Del, &self.path), &conf)?;
         }
-        self.cache
-            .remove(&list.name, &att.container_id, &att.ifname)
+        self.cache.remove(&list.name, &att.container_id, &att.ifname)
     }
 
     /// CHECK: each plugin in order with the cached result. Needs 0.4.0 and a cached result;
@@ -202,11 +182,7 @@ impl Runtime {
         }
         for plugin in &list.plugins {
             let conf = request_config(list, version, plugin, None, None)?;
-            self.exec(
-                plugin,
-                Invocation::new(Command::Status).with_path(&self.path),
-                &conf,
-            )?;
+            self.exec(plugin, Invocation::new(Command::Status).with_path(&self.path), &conf)?;
         }
         Ok(())
     }
@@ -220,10 +196,8 @@ impl Runtime {
             return Ok(());
         }
         let version = list.version()?;
-        let keep: HashSet<(&str, &str)> = valid
-            .iter()
-            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
-            .collect();
+        let keep: HashSet<(&str, &str)> =
+            valid.iter().map(|a| (a.container_id.as_str(), a.ifname.as_str())).collect();
         let mut errors = Vec::new();
         for cached in self.cache.attachments(&list.name)? {
             if keep.contains(&(cached.container_id.as_str(), cached.if_name.as_str())) {
@@ -233,18 +207,11 @@ impl Runtime {
                 container_id: cached.container_id.clone(),
                 netns: cached.netns.as_ref().map(PathBuf::from),
                 ifname: cached.if_name.clone(),
-                args: cached
-                    .cni_args
-                    .iter()
-                    .map(|[k, v]| (k.clone(), v.clone()))
-                    .collect(),
+                args: cached.cni_args.iter().map(|[k, v]| (k.clone(), v.clone())).collect(),
                 capability_args: cached.capability_args.clone(),
             };
             if let Err(e) = self.del(list, &att) {
-                errors.push(format!(
-                    "deleting stale attachment {} {}: {e}",
-                    att.container_id, att.ifname
-                ));
+                errors.push(format!("deleting stale attachment {} {}: {e}", att.container_id, att.ifname));
             }
         }
         if version.has_gc() {
@@ -253,33 +220,18 @@ impl Runtime {
                 let mut conf = request_config(list, version, plugin, None, None)?;
                 conf.insert(VALID_ATTACHMENTS_KEY.into(), valid_json.clone());
                 conf.insert(LEGACY_ATTACHMENTS_KEY.into(), valid_json.clone());
-                if let Err(e) = self.exec(
-                    plugin,
-                    Invocation::new(Command::Gc).with_path(&self.path),
-                    &conf,
-                ) {
+                if let Err(e) = self.exec(plugin, Invocation::new(Command::Gc).with_path(&self.path), &conf) {
                     errors.push(e.to_string());
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::internal(errors.join("; ")))
-        }
+        if errors.is_empty() { Ok(()) } else { Err(Error::internal(errors.join("; "))) }
     }
 
     /// The cached result of an attachment, converted to the list's version.
-    pub fn cached_result(
-        &self,
-        list: &NetConfList,
-        att: &Attach,
-    ) -> Result<Option<SuccessResult>, Error> {
+    pub fn cached_result(&self, list: &NetConfList, att: &Attach) -> Result<Option<SuccessResult>, Error> {
         let version = list.version()?;
-        match self
-            .cache
-            .load(&list.name, &att.container_id, &att.ifname)?
-        {
+        match self.cache.load(&list.name, &att.container_id, &att.ifname)? {
             Some(entry) => entry.result_as(version),
             None => Ok(None),
         }
@@ -289,17 +241,12 @@ impl Runtime {
     pub fn version_info(&self, plugin_type: &str) -> Result<VersionInfo, Error> {
         let binary = find_plugin(plugin_type, &self.path)?;
         let ask = format!(r#"{{"cniVersion":"{}"}}"#, Version::CURRENT);
-        let out = Invocation::new(Command::Version)
-            .with_path(&self.path)
-            .run(&binary, ask.as_bytes())?;
+        let out = Invocation::new(Command::Version).with_path(&self.path).run(&binary, ask.as_bytes())?;
         VersionInfo::parse(&out)
     }
 
     fn exec(&self, plugin: &Object, inv: Invocation, conf: &Object) -> Result<Vec<u8>, Error> {
-        let kind = plugin
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let kind = plugin.get("type").and_then(Value::as_str).unwrap_or_default();
         let binary = find_plugin(kind, &self.path)?;
         let stdin = serde_json::to_vec(conf).expect("configs serialize");
         inv.run(&binary, &stdin)
