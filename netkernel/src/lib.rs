@@ -4,11 +4,13 @@
 
 pub mod addr;
 pub mod error;
+pub mod ethtool;
 pub mod link;
 pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nodenat;
 pub mod overlay;
 pub mod route;
 pub mod sysctl;

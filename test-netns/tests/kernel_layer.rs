@@ -216,3 +216,67 @@ fn vxlan_overlay_between_two_nodes() {
     assert!(why.unwrap().contains("VNI"));
     assert_eq!(nl.vxlan_info("ovl.1").unwrap().unwrap().vni, Some(2));
 }
+
+#[test]
+fn node_rules_are_applied_atomically_and_resynced_only_on_drift() {
+    use netkernel::nodenat::{FamilyNets, NodeRules};
+    require_root!();
+    let ns = TestNs::new("nat");
+    let rules = NodeRules {
+        table: "ferrocni_test".into(),
+        v4: Some(FamilyNets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pods: "10.244.3.0/24".parse().unwrap(),
+        }),
+        v6: Some(FamilyNets {
+            network: "fd00:244::/56".parse().unwrap(),
+            pods: "fd00:244:0:3::/64".parse().unwrap(),
+        }),
+        masquerade: true,
+        forward: true,
+    };
+    ns.run(|| {
+        assert!(!rules.in_place().unwrap());
+        assert!(rules.ensure().unwrap(), "first ensure writes");
+        assert!(rules.in_place().unwrap());
+        assert!(!rules.ensure().unwrap(), "nothing drifted: no write");
+    });
+    let listing = ns.exec(&["nft", "list", "table", "inet", "ferrocni_test"]);
+    assert!(listing.contains("meta mark & 0x00004000 == 0x00004000 return"), "{listing}");
+    assert!(
+        listing.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"),
+        "{listing}"
+    );
+    assert!(listing.contains("ip6 daddr fd00:244::/56 accept"), "{listing}");
+    // Someone deletes a rule: the next ensure puts the whole set back.
+    let json = ns.exec(&["nft", "-j", "list", "chain", "inet", "ferrocni_test", "forward"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let handle = v["nftables"].as_array().unwrap().iter().find_map(|o| o["rule"]["handle"].as_u64()).unwrap();
+    ns.exec(&["nft", "delete", "rule", "inet", "ferrocni_test", "forward", "handle", &handle.to_string()]);
+    ns.run(|| {
+        assert!(!rules.in_place().unwrap());
+        assert!(rules.ensure().unwrap());
+        assert!(rules.in_place().unwrap());
+        // A change of subnet is drift too.
+        let mut moved = rules.clone();
+        moved.v4.as_mut().unwrap().pods = "10.244.9.0/24".parse().unwrap();
+        assert!(!moved.in_place().unwrap());
+        NodeRules::remove("ferrocni_test").unwrap();
+        NodeRules::remove("ferrocni_test").unwrap();
+        assert!(!rules.in_place().unwrap());
+    });
+}
+
+#[test]
+fn tx_checksum_offload_can_be_turned_off() {
+    require_root!();
+    let ns = TestNs::new("csum");
+    ns.netlink().add_veth("cs0", "cs1", None, &VethOptions::default()).unwrap();
+    ns.run(|| {
+        netkernel::ethtool::set_tx_checksum("cs0", false).unwrap();
+        assert!(!netkernel::ethtool::tx_checksum("cs0").unwrap());
+        netkernel::ethtool::set_tx_checksum("cs0", true).unwrap();
+        assert!(netkernel::ethtool::tx_checksum("cs0").unwrap());
+        assert!(netkernel::ethtool::tx_checksum("nosuchdev").is_err());
+    });
+}
