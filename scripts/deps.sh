@@ -6,6 +6,8 @@ PACKAGES=(
   iputils-ping                # connectivity checks
   nftables                    # masquerade rules
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
+  etcd-server                 # overlayd's tests and benchmark run a real etcd
+  protobuf-compiler           # protoc, needed to build etcd-client (overlayd)
 )
 
 ensure_packages() {

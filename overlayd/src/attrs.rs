@@ -1,0 +1,337 @@
+//! The value of a lease key (flannel's `LeaseAttrs` JSON plus our `NodeID`) and the
+//! checks a remote lease must pass before it becomes a peer.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{MAX_VNI, NetworkConfig};
+use crate::subnet::{KeyError, SubnetKey};
+
+/// Values larger than this are not leases (a hostile writer could store megabytes).
+pub const MAX_VALUE: usize = 16 * 1024;
+
+/// What a node publishes about itself. Field names are flannel's, so flannel and overlayd
+/// can read each other's leases; `NodeID` is ours (Go ignores unknown fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    /// Underlay IPv4 address.
+    #[serde(rename = "PublicIP", default)]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Underlay IPv6 address.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Backend type, e.g. `vxlan`.
+    #[serde(rename = "BackendType")]
+    pub backend_type: String,
+    /// Backend data for IPv4 (vxlan: `{"VNI":1,"VtepMAC":"…"}`).
+    #[serde(rename = "BackendData", default)]
+    pub backend_data: Value,
+    /// Backend data for IPv6.
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Value::is_null")]
+    pub backend_v6_data: Value,
+    /// Persistent node identity (not in flannel: it used the public IP).
+    #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+impl LeaseAttrs {
+    /// The JSON stored in the key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("lease attributes serialize")
+    }
+}
+
+/// vxlan's backend data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanData {
+    /// VNI.
+    pub vni: u32,
+    /// VTEP MAC.
+    pub vtep_mac: [u8; 6],
+}
+
+impl VxlanData {
+    /// As published: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"VNI": self.vni, "VtepMAC": format_mac(&self.vtep_mac)})
+    }
+
+    /// Parses and checks published data.
+    pub fn from_value(v: &Value) -> Result<Self, String> {
+        let o = v.as_object().ok_or_else(|| format!("not an object: {v}"))?;
+        let vni = o.get("VNI").and_then(Value::as_u64).ok_or("VNI missing or not an unsigned integer")?;
+        if vni > MAX_VNI as u64 {
+            return Err(format!("VNI {vni} does not fit in 24 bits"));
+        }
+        let mac = o.get("VtepMAC").and_then(Value::as_str).ok_or("VtepMAC missing or not a string")?;
+        let vtep_mac = parse_mac(mac).ok_or_else(|| format!("VtepMAC {mac:?} is not a MAC"))?;
+        if vtep_mac[0] & 1 == 1 || vtep_mac == [0; 6] {
+            return Err(format!("VtepMAC {mac} is not a unicast address"));
+        }
+        Ok(VxlanData { vni: vni as u32, vtep_mac })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, strictly six two-digit hex octets.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Lower-case colon form.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Why a lease under `<prefix>/subnets/` is ignored.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum InvalidLease {
+    /// The key is not a subnet key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Oversized value.
+    #[error("value is {0} bytes, more than {MAX_VALUE}")]
+    TooLarge(usize),
+    /// Not lease JSON.
+    #[error("value is not lease JSON: {0}")]
+    Json(String),
+    /// Subnet not inside the network or of the wrong length.
+    #[error("subnet {subnet} is not a /{len} inside {network}")]
+    Outside {
+        /// The subnet.
+        subnet: String,
+        /// The network.
+        network: String,
+        /// Expected length.
+        len: u8,
+    },
+    /// The network needs a family the key lacks.
+    #[error("no {0} subnet, but the network has {0} enabled")]
+    MissingFamily(&'static str),
+    /// Another backend.
+    #[error("backend type {got:?}, the network uses {want:?}")]
+    BackendType {
+        /// What the lease says.
+        got: String,
+        /// What the config says.
+        want: String,
+    },
+    /// Backend data malformed.
+    #[error("bad backend data: {0}")]
+    BackendData(String),
+    /// No usable underlay address.
+    #[error("no usable public IP")]
+    NoPublicIp,
+    /// Claims (part of) our own subnet without being us.
+    #[error("overlaps our own subnet {0}")]
+    OverlapsOwn(String),
+}
+
+/// What a valid lease is, seen from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Another node's.
+    Peer(LeaseAttrs),
+    /// One of ours (same node ID).
+    Own(LeaseAttrs),
+}
+
+/// Checks remote leases against the network config and this node's identity.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    config: NetworkConfig,
+    node_id: String,
+}
+
+impl Validator {
+    /// For `config`, as node `node_id`.
+    pub fn new(config: NetworkConfig, node_id: impl Into<String>) -> Self {
+        Validator { config, node_id: node_id.into() }
+    }
+
+    /// The config it checks against.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Checks one key/value; `own` is this node's current subnet.
+    pub fn check(
+        &self,
+        key: &SubnetKey,
+        value: &[u8],
+        own: Option<&SubnetKey>,
+    ) -> Result<Verdict, InvalidLease> {
+        if value.len() > MAX_VALUE {
+            return Err(InvalidLease::TooLarge(value.len()));
+        }
+        let attrs: LeaseAttrs =
+            serde_json::from_slice(value).map_err(|e| InvalidLease::Json(e.to_string()))?;
+        if attrs.node_id.as_deref() == Some(self.node_id.as_str()) {
+            return Ok(Verdict::Own(attrs));
+        }
+        self.check_subnets(key)?;
+        if let Some(own) = own
+            && own.overlaps(key)
+        {
+            return Err(InvalidLease::OverlapsOwn(own.to_string()));
+        }
+        let want = self.config.backend.type_name();
+        if !attrs.backend_type.eq_ignore_ascii_case(want) {
+            return Err(InvalidLease::BackendType {
+                got: attrs.backend_type.chars().take(40).collect(),
+                want: want.into(),
+            });
+        }
+        let usable4 = attrs.public_ip.is_some_and(|ip| {
+            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
+        });
+        let usable6 = attrs
+            .public_ipv6
+            .is_some_and(|ip| !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()));
+        if !usable4 && !usable6 {
+            return Err(InvalidLease::NoPublicIp);
+        }
+        if self.config.ipv4.is_some() {
+            VxlanData::from_value(&attrs.backend_data).map_err(InvalidLease::BackendData)?;
+        }
+        if self.config.ipv6.is_some() {
+            // flannel's vxlan publishes v6 data separately when dual stack; IPv6-only
+            // leases may carry it in BackendData.
+            let v =
+                if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data };
+            VxlanData::from_value(v).map_err(InvalidLease::BackendData)?;
+        }
+        Ok(Verdict::Peer(attrs))
+    }
+
+    /// The key's subnets fit the config (inside the network, the configured length).
+    pub fn check_subnets(&self, key: &SubnetKey) -> Result<(), InvalidLease> {
+        match (&self.config.ipv4, key.ipv4) {
+            (Some(p), Some(n)) if !p.fits(&n.into()) => {
+                return Err(InvalidLease::Outside {
+                    subnet: n.to_string(),
+                    network: p.network.to_string(),
+                    len: p.subnet_len,
+                });
+            }
+            (Some(_), None) => return Err(InvalidLease::MissingFamily("IPv4")),
+            _ => {}
+        }
+        match (&self.config.ipv6, key.ipv6) {
+            (Some(p), Some(n)) if !p.fits(&n.into()) => Err(InvalidLease::Outside {
+                subnet: n.to_string(),
+                network: p.network.to_string(),
+                len: p.subnet_len,
+            }),
+            (Some(_), None) => Err(InvalidLease::MissingFamily("IPv6")),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validator() -> Validator {
+        let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap().config;
+        Validator::new(c, "me")
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        SubnetKey::parse(s).unwrap()
+    }
+
+    const GOOD: &str = r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"NodeID":"n7"}"#;
+
+    #[test]
+    fn flannel_value_parses_and_round_trips() {
+        // Documentation/reservations.md, without NodeID: a flannel node's lease.
+        let v = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+        let a: LeaseAttrs = serde_json::from_str(v).unwrap();
+        assert_eq!(a.public_ip, Some(Ipv4Addr::new(192, 168, 64, 3)));
+        assert_eq!(a.node_id, None);
+        let again: Value = serde_json::from_slice(&a.to_bytes()).unwrap();
+        assert_eq!(again, serde_json::from_str::<Value>(v).unwrap());
+        assert!(matches!(validator().check(&key("10.5.3.0-24"), v.as_bytes(), None), Ok(Verdict::Peer(_))));
+    }
+
+    #[test]
+    fn hostile_values_are_rejected_with_reasons() {
+        let v = validator();
+        let own = key("10.5.9.0-24");
+        let cases: &[(&str, &str, &str)] = &[
+            ("10.5.3.0-24", "not json", "not lease JSON"),
+            ("10.5.3.0-24", "[]", "not lease JSON"),
+            ("10.5.3.0-24", r#"{"PublicIP":12,"BackendType":"vxlan"}"#, "not lease JSON"),
+            ("10.6.3.0-24", GOOD, "not a /24 inside"),
+            ("10.5.2.0-23", GOOD, "not a /24 inside"),
+            ("10.5.9.0-24", GOOD, "overlaps our own"),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"192.0.2.7","BackendType":"udp","BackendData":null}"#,
+                "backend type",
+            ),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+                "VtepMAC missing",
+            ),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"VNI":99999999,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+                "24 bits",
+            ),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}}"#,
+                "unicast",
+            ),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"192.0.2.7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f"}}"#,
+                "not a MAC",
+            ),
+            (
+                "10.5.3.0-24",
+                r#"{"PublicIP":"0.0.0.0","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+                "public IP",
+            ),
+        ];
+        for (k, val, why) in cases {
+            let e = v.check(&key(k), val.as_bytes(), Some(&own)).unwrap_err();
+            assert!(e.to_string().contains(why), "{k} {val}: {e}");
+        }
+        let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_VALUE));
+        assert!(matches!(v.check(&key("10.5.3.0-24"), big.as_bytes(), None), Err(InvalidLease::TooLarge(_))));
+    }
+
+    #[test]
+    fn own_node_id_is_recognised() {
+        let v = validator();
+        let mine = GOOD.replace("n7", "me");
+        assert!(matches!(
+            v.check(&key("10.5.9.0-24"), mine.as_bytes(), Some(&key("10.5.9.0-24"))),
+            Ok(Verdict::Own(_))
+        ));
+    }
+
+    #[test]
+    fn mac_parsing_is_strict() {
+        assert_eq!(parse_mac("aa:bb:cc:dd:ee:ff"), Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]));
+        for bad in ["aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:ff:00", "a:bb:cc:dd:ee:ff", "zz:bb:cc:dd:ee:ff"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(format_mac(&[0xaa, 1, 2, 3, 4, 0xff]), "aa:01:02:03:04:ff");
+    }
+}

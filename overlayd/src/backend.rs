@@ -1,0 +1,136 @@
+//! Where leases meet the datapath. A backend publishes its data in our lease and applies
+//! batches of changes (our own lease, peers) to the kernel. The daemon feeds it through a
+//! channel from one task, so a backend never runs two batches at once.
+//!
+//! This issue ships only [`ControlPlaneOnly`]: vxlan's lease data without a datapath
+//! (the VXLAN device, FDB and routes arrive with the next issue, behind this same trait).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::attrs::VxlanData;
+use crate::lease::OwnLease;
+use crate::metrics::Metrics;
+use crate::watcher::PeerEvent;
+
+/// One batch for the backend.
+#[derive(Debug, Clone)]
+pub enum BackendEvent {
+    /// Our lease, at start and whenever the subnet changes.
+    OwnLease(Box<OwnLease>),
+    /// Peer changes, in order.
+    Peers(Vec<PeerEvent>),
+    /// The first full listing of peers has been delivered: entries of nodes not in it may
+    /// now be removed.
+    Synced,
+    /// Periodic: check the datapath against the desired state.
+    Resync,
+}
+
+/// A backend failure; the daemon logs it and the batch is retried by the next full
+/// reconciliation (later issue).
+#[derive(Debug, thiserror::Error)]
+#[error("backend: {0}")]
+pub struct BackendError(pub String);
+
+/// A datapath driver.
+#[async_trait]
+pub trait Backend: Send + 'static {
+    /// `BackendType` published in leases.
+    fn backend_type(&self) -> &'static str;
+    /// `BackendData` published in our lease.
+    fn lease_data(&self) -> Value;
+    /// `BackendV6Data`, when dual stack needs it.
+    fn lease_v6_data(&self) -> Value {
+        Value::Null
+    }
+    /// Pod MTU, once the backend knows it.
+    fn mtu(&self) -> Option<u32>;
+    /// Applies one batch; must be idempotent.
+    async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError>;
+}
+
+/// vxlan's control plane only: publishes `{"VNI":…,"VtepMAC":…}` and counts batches.
+#[derive(Debug)]
+pub struct ControlPlaneOnly {
+    data: VxlanData,
+    mtu: Option<u32>,
+    applied: Arc<AtomicU64>,
+}
+
+impl ControlPlaneOnly {
+    /// With the VNI from the config and the node's persistent MAC.
+    pub fn new(data: VxlanData, mtu: Option<u32>) -> Self {
+        ControlPlaneOnly { data, mtu, applied: Arc::default() }
+    }
+
+    /// Batches applied so far (shared counter).
+    pub fn applied(&self) -> Arc<AtomicU64> {
+        self.applied.clone()
+    }
+}
+
+#[async_trait]
+impl Backend for ControlPlaneOnly {
+    fn backend_type(&self) -> &'static str {
+        "vxlan"
+    }
+
+    fn lease_data(&self) -> Value {
+        self.data.to_value()
+    }
+
+    fn mtu(&self) -> Option<u32> {
+        self.mtu
+    }
+
+    async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError> {
+        match event {
+            BackendEvent::OwnLease(l) => tracing::info!(subnet = %l.key, "own lease (no datapath yet)"),
+            BackendEvent::Peers(evs) => {
+                for e in evs {
+                    tracing::info!(event = ?e.key(), kind = match e {
+                        PeerEvent::Added(_) => "added",
+                        PeerEvent::Changed { .. } => "changed",
+                        PeerEvent::Removed(_) => "removed",
+                    }, "peer (no datapath yet)");
+                }
+            }
+            BackendEvent::Synced | BackendEvent::Resync => {}
+        }
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// How often the backend checks the datapath even without events.
+pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Feeds `backend` from `rx` until the channel closes, with a [`BackendEvent::Resync`]
+/// every [`RESYNC_EVERY`] in between.
+pub async fn run_backend(
+    mut backend: Box<dyn Backend>,
+    mut rx: mpsc::Receiver<BackendEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(RESYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+            _ = tick.tick() => BackendEvent::Resync,
+        };
+        metrics.inc(&metrics.backend_batches);
+        if let Err(e) = backend.apply(&ev).await {
+            tracing::error!(error = %e, "backend failed to apply a batch");
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use overlayd::options::DaemonArgs;
+
+fn main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    // Before the runtime: the kernel layer runs netlink on a runtime of its own.
+    let underlay = match overlayd::underlay::detect(args.iface.as_deref(), args.public_ip, args.public_ipv6) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot determine the underlay");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "starting the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(overlayd::daemon::run(args, underlay)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "overlayd failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! The lease manager: acquire, renew and release this node's subnet lease.
+//!
+//! Acquisition order: the node's own lease (found by node ID), then the subnet it held
+//! before (state directory or subnet file), then a random one among the first free
+//! subnets. Every write is conditional: create-if-absent for new leases, compare on
+//! `mod_revision` for adoption and release, and renewal is a store-lease keep-alive plus
+//! an ownership check, never an unconditional put. Two nodes can therefore never hold
+//! the same key; overlapping keys of another length are treated as taken.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::attrs::LeaseAttrs;
+use crate::config::NetworkConfig;
+use crate::metrics::Metrics;
+use crate::store::{Cas, Create, KeyValue, LeaseId, Revision, SharedStore, StoreError};
+use crate::subnet::{KeyLayout, SubnetKey};
+
+/// Conflicts tolerated in one round before listing again.
+const RACES_PER_ROUND: u32 = 16;
+/// Rounds before giving up (the caller retries later).
+const ROUNDS: u32 = 20;
+
+/// Lease timing and allocation knobs.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// Store-lease TTL (default 24 h).
+    pub ttl: Duration,
+    /// Time between renewals (default TTL / 3, so two renewals may fail before expiry).
+    pub renew_every: Duration,
+    /// Subnets picked from at random: the first this many free ones (flannel: 100). The
+    /// window doubles after each lost race, which spreads a crowd of starting nodes.
+    pub free_window: usize,
+}
+
+impl LeaseSettings {
+    /// Defaults for `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        LeaseSettings { ttl, renew_every: ttl / 3, free_window: 100 }
+    }
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self::with_ttl(Duration::from_secs(24 * 3600))
+    }
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLease {
+    /// The subnets.
+    pub key: SubnetKey,
+    /// What was published.
+    pub attrs: LeaseAttrs,
+    /// `mod_revision` of our last write: the ownership proof.
+    pub mod_revision: Revision,
+    /// The store lease that keeps it alive.
+    pub store_lease: LeaseId,
+}
+
+/// Why no lease could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Nothing free.
+    #[error("out of subnets: no free subnet between SubnetMin and SubnetMax")]
+    OutOfSubnets,
+    /// Lost every race (extreme contention); try again later.
+    #[error("lost {0} races for a subnet, giving up for now")]
+    Contention(u32),
+}
+
+/// Outcome of a renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, TTL refreshed.
+    Renewed,
+    /// No longer ours (expired or taken); what the key holds now.
+    Lost(Option<KeyValue>),
+}
+
+/// Acquires, renews and releases one node's lease.
+pub struct LeaseManager {
+    store: SharedStore,
+    layout: KeyLayout,
+    config: NetworkConfig,
+    attrs: LeaseAttrs,
+    settings: LeaseSettings,
+    /// The subnet held last (saved lease, then whatever we held since).
+    last: Option<SubnetKey>,
+    /// The subnet from the subnet file, tried if `last` is not usable.
+    from_subnet_file: Option<SubnetKey>,
+    /// Lost races so far (for metrics and the benchmark).
+    races: u64,
+}
+
+impl std::fmt::Debug for LeaseManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseManager")
+            .field("node_id", &self.attrs.node_id)
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+impl LeaseManager {
+    /// A manager publishing `attrs` (whose `node_id` must be set).
+    pub fn new(
+        store: SharedStore,
+        layout: KeyLayout,
+        config: NetworkConfig,
+        attrs: LeaseAttrs,
+        settings: LeaseSettings,
+    ) -> Self {
+        assert!(attrs.node_id.is_some(), "a lease manager needs a node ID");
+        LeaseManager { store, layout, config, attrs, settings, last: None, from_subnet_file: None, races: 0 }
+    }
+
+    /// The subnets held before: from the state directory (`saved`) and the subnet file.
+    pub fn with_previous(mut self, saved: Option<SubnetKey>, subnet_file: Option<SubnetKey>) -> Self {
+        self.last = saved;
+        self.from_subnet_file = subnet_file;
+        self
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    /// The node ID.
+    pub fn node_id(&self) -> &str {
+        self.attrs.node_id.as_deref().unwrap_or_default()
+    }
+
+    /// Races lost so far.
+    pub fn races_lost(&self) -> u64 {
+        self.races
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &KeyLayout {
+        &self.layout
+    }
+
+    fn is_ours(&self, kv: &KeyValue) -> bool {
+        match serde_json::from_slice::<LeaseAttrs>(&kv.value) {
+            Ok(a) if a.node_id.is_some() => a.node_id == self.attrs.node_id,
+            // Written by flannel, whose identity is the public IP: take it over when
+            // migrating (the adoption compares on mod_revision like any other).
+            Ok(a) => a.public_ip.is_some() && a.public_ip == self.attrs.public_ip,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether this node may hold `key` under the current config.
+    pub fn compatible(&self, key: &SubnetKey) -> bool {
+        let fam = |pool: &Option<crate::config::SubnetPool>, net: Option<IpNet>| match (pool, net) {
+            (Some(p), Some(n)) => p.allocatable(&n),
+            (None, None) => true,
+            _ => false,
+        };
+        fam(&self.config.ipv4, key.ipv4.map(IpNet::V4)) && fam(&self.config.ipv6, key.ipv6.map(IpNet::V6))
+    }
+
+    /// Gets a lease: own, previous, or new.
+    pub async fn acquire(&mut self) -> Result<OwnLease, LeaseError> {
+        let mut races = 0;
+        for _ in 0..ROUNDS {
+            if let Some(l) = self.try_acquire(&mut races).await? {
+                self.last = Some(l.key);
+                return Ok(l);
+            }
+        }
+        Err(LeaseError::Contention(races))
+    }
+
+    async fn try_acquire(&mut self, races: &mut u32) -> Result<Option<OwnLease>, LeaseError> {
+        // 1. Our own lease, found cheaply through the key we last held.
+        if let Some(k) = self.last.filter(|k| self.compatible(k))
+            && let Some(kv) = self.store.get(&self.layout.lease(&k)).await?
+            && self.is_ours(&kv)
+            && let Some(l) = self.adopt(k, &kv).await?
+        {
+            return Ok(Some(l));
+        }
+        // 1b. Our own lease anywhere (state lost between create and save, config change).
+        let listing = self.store.list(&self.layout.subnets()).await?;
+        let mut taken: Vec<IpNet> = Vec::new();
+        let mut adopted = None;
+        for kv in &listing.kvs {
+            let Ok(key) = self.layout.parse_lease(&kv.key) else {
+                continue;
+            };
+            if self.is_ours(kv) {
+                if adopted.is_none() && self.compatible(&key) {
+                    adopted = self.adopt(key, kv).await?;
+                    if adopted.is_some() {
+                        continue;
+                    }
+                }
+                // A stale or incompatible lease of ours: give it back.
+                tracing::info!(subnet = %key, "releasing an old lease of this node");
+                if let Cas::Done(_) = self.store.delete(&kv.key, kv.mod_revision).await? {
+                    let _ = self.store.revoke(kv.lease).await;
+                    continue;
+                }
+            }
+            taken.extend(key.nets());
+        }
+        if adopted.is_some() {
+            return Ok(adopted);
+        }
+        let value = self.attrs.to_bytes();
+        let store_lease = self.store.grant(self.settings.ttl).await?;
+        let created = self.create_new(&mut taken, &value, store_lease, races).await;
+        match created {
+            Ok(Some(l)) => Ok(Some(l)),
+            other => {
+                // Not used: give the store lease back rather than leave it to expire.
+                let _ = self.store.revoke(store_lease).await;
+                other
+            }
+        }
+    }
+
+    async fn create_new(
+        &mut self,
+        taken: &mut Vec<IpNet>,
+        value: &[u8],
+        store_lease: LeaseId,
+        races: &mut u32,
+    ) -> Result<Option<OwnLease>, LeaseError> {
+        // 2. The subnet held before, if nobody has (part of) it.
+        for prev in [self.last, self.from_subnet_file].into_iter().flatten() {
+            let free = prev.nets().all(|n| !taken.iter().any(|t| overlap(t, &n)));
+            if self.compatible(&prev) && free {
+                match self.create(prev, value, store_lease).await? {
+                    Ok(l) => return Ok(Some(l)),
+                    Err(kv) => {
+                        *races += 1;
+                        self.races += 1;
+                        tracing::debug!(subnet = %prev, holder = %String::from_utf8_lossy(&kv.value), "previous subnet taken");
+                        taken.extend(prev.nets());
+                    }
+                }
+            }
+        }
+        // 3. Random among the first free subnets.
+        let mut window = self.settings.free_window.max(1);
+        for _ in 0..RACES_PER_ROUND {
+            let key = self.pick_free(taken, window)?;
+            match self.create(key, value, store_lease).await? {
+                Ok(l) => return Ok(Some(l)),
+                Err(_) => {
+                    *races += 1;
+                    self.races += 1;
+                    taken.extend(key.nets());
+                    window = (window * 2).min(1 << 16);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn pick_free(&self, taken: &[IpNet], window: usize) -> Result<SubnetKey, LeaseError> {
+        let pick = |pool: &Option<crate::config::SubnetPool>| -> Result<Option<IpNet>, LeaseError> {
+            let Some(p) = pool else { return Ok(None) };
+            let free = p.free_subnets(taken, window);
+            if free.is_empty() {
+                return Err(LeaseError::OutOfSubnets);
+            }
+            Ok(Some(free[fastrand::usize(..free.len())]))
+        };
+        let v4 = pick(&self.config.ipv4)?;
+        let v6 = pick(&self.config.ipv6)?;
+        Ok(SubnetKey {
+            ipv4: v4.and_then(|n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            }),
+            ipv6: v6.and_then(|n| match n {
+                IpNet::V6(n) => Some(n),
+                IpNet::V4(_) => None,
+            }),
+        })
+    }
+
+    /// Create-if-absent; `Err(kv)` when someone holds the key.
+    async fn create(
+        &self,
+        key: SubnetKey,
+        value: &[u8],
+        store_lease: LeaseId,
+    ) -> Result<Result<OwnLease, KeyValue>, StoreError> {
+        match self.store.create(&self.layout.lease(&key), value, store_lease).await? {
+            Create::Created(rev) => {
+                tracing::info!(subnet = %key, "acquired a new lease");
+                Ok(Ok(OwnLease { key, attrs: self.attrs.clone(), mod_revision: rev, store_lease }))
+            }
+            Create::Exists(kv) => Ok(Err(kv)),
+        }
+    }
+
+    /// Takes over our own existing key with a fresh store lease (the configured TTL) and
+    /// our current attributes, if it has not changed since `kv` was read.
+    async fn adopt(&self, key: SubnetKey, kv: &KeyValue) -> Result<Option<OwnLease>, StoreError> {
+        let store_lease = self.store.grant(self.settings.ttl).await?;
+        let value = self.attrs.to_bytes();
+        match self.store.update(&kv.key, &value, store_lease, kv.mod_revision).await {
+            Ok(Cas::Done(rev)) => {
+                if kv.lease != 0 && kv.lease != store_lease {
+                    // The old store lease owns nothing now; revoking it is tidiness.
+                    let _ = self.store.revoke(kv.lease).await;
+                }
+                tracing::info!(subnet = %key, "kept this node's existing lease");
+                Ok(Some(OwnLease { key, attrs: self.attrs.clone(), mod_revision: rev, store_lease }))
+            }
+            Ok(Cas::Conflict(_)) => {
+                let _ = self.store.revoke(store_lease).await;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = self.store.revoke(store_lease).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Refreshes the TTL and checks the key is still ours (same `mod_revision`).
+    pub async fn renew(&self, lease: &OwnLease) -> Result<Renewal, StoreError> {
+        let key = self.layout.lease(&lease.key);
+        if self.store.keep_alive(lease.store_lease).await?.is_none() {
+            return Ok(Renewal::Lost(self.store.get(&key).await?));
+        }
+        match self.store.get(&key).await? {
+            Some(kv) if kv.mod_revision == lease.mod_revision => Ok(Renewal::Renewed),
+            other => Ok(Renewal::Lost(other)),
+        }
+    }
+
+    /// After a loss: the same subnet again if it is free (or still ours), else a new one.
+    pub async fn reacquire(&mut self, lost: &OwnLease) -> Result<OwnLease, LeaseError> {
+        self.last = Some(lost.key);
+        self.acquire().await
+    }
+
+    /// Deletes the lease (only if still ours) and revokes its store lease.
+    pub async fn release(&mut self, lease: &OwnLease) -> Result<(), StoreError> {
+        let key = self.layout.lease(&lease.key);
+        match self.store.delete(&key, lease.mod_revision).await? {
+            Cas::Done(_) | Cas::Conflict(None) => {}
+            Cas::Conflict(Some(kv)) if kv.lease == lease.store_lease => {
+                // Our own later write whose answer was lost: revoking below deletes it.
+            }
+            Cas::Conflict(Some(_)) => {
+                tracing::warn!(subnet = %lease.key, "lease changed hands before release; leaving it");
+            }
+        }
+        // Safe in every case: the store lease is ours alone, so this deletes nothing of
+        // anyone else.
+        self.store.revoke(lease.store_lease).await?;
+        self.last = None;
+        self.from_subnet_file = None;
+        tracing::info!(subnet = %lease.key, "lease released");
+        Ok(())
+    }
+}
+
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// What the keeper reports about the lease.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KeeperStatus {
+    /// The lease held (kept through store outages).
+    #[serde(skip)]
+    pub lease: Option<OwnLease>,
+    /// The last store request worked.
+    pub store_ok: bool,
+    /// The last store error.
+    pub last_error: Option<String>,
+    /// Successful renewals.
+    pub renewals: u64,
+    /// When the last renewal succeeded.
+    pub last_renewal: Option<SystemTime>,
+    /// Times the subnet changed after the first acquisition (datapath changes).
+    pub subnet_changes: u64,
+    /// The lease was released (`leave`).
+    pub released: bool,
+}
+
+/// Requests to the keeper.
+#[derive(Debug)]
+pub enum KeeperCommand {
+    /// Release the lease and stop.
+    Leave(oneshot::Sender<Result<(), String>>),
+}
+
+/// Runs the lease: acquire (retrying through outages), then renew until shutdown or
+/// `leave`. Store errors never drop the lease from the status: the datapath keeps
+/// working on what it has while the store is away.
+pub async fn run_keeper(
+    mut mgr: LeaseManager,
+    status: watch::Sender<KeeperStatus>,
+    mut cmds: mpsc::Receiver<KeeperCommand>,
+    own_touched: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut lease = loop {
+        tokio::select! {
+            r = mgr.acquire() => match r {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lease yet");
+                    status.send_modify(|s| {
+                        s.store_ok = !matches!(e, LeaseError::Store(_));
+                        s.last_error = Some(e.to_string());
+                    });
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    status.send_modify(|s| {
+        s.lease = Some(lease.clone());
+        s.store_ok = true;
+        s.last_error = None;
+    });
+    backoff.reset();
+    let renew_every = mgr.settings().renew_every.max(Duration::from_millis(200));
+    let mut next = Instant::now() + renew_every;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = own_touched.notified() => {
+                tracing::info!(subnet = %lease.key, "our lease key changed in the store; checking it");
+            }
+            cmd = cmds.recv() => {
+                let Some(KeeperCommand::Leave(reply)) = cmd else { return };
+                let r = mgr.release(&lease).await.map_err(|e| e.to_string());
+                if r.is_ok() {
+                    status.send_modify(|s| { s.lease = None; s.released = true; });
+                }
+                let _ = reply.send(r);
+                return;
+            }
+            _ = shutdown.changed() => return,
+        }
+        match mgr.renew(&lease).await {
+            Ok(Renewal::Renewed) => {
+                metrics.inc(&metrics.renewals);
+                backoff.reset();
+                status.send_modify(|s| {
+                    s.store_ok = true;
+                    s.last_error = None;
+                    s.renewals += 1;
+                    s.last_renewal = Some(SystemTime::now());
+                });
+                next = Instant::now() + renew_every;
+            }
+            Ok(Renewal::Lost(cur)) => {
+                metrics.inc(&metrics.leases_lost);
+                tracing::warn!(
+                    subnet = %lease.key,
+                    now = %cur.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).unwrap_or_else(|| "nothing".into()),
+                    "lease lost; taking the same subnet again if it is free"
+                );
+                match mgr.reacquire(&lease).await {
+                    Ok(new) => {
+                        let moved = new.key != lease.key;
+                        if moved {
+                            tracing::warn!(old = %lease.key, new = %new.key, "subnet changed");
+                        }
+                        lease = new;
+                        backoff.reset();
+                        status.send_modify(|s| {
+                            s.lease = Some(lease.clone());
+                            s.store_ok = true;
+                            s.last_error = None;
+                            s.subnet_changes += u64::from(moved);
+                        });
+                        next = Instant::now() + renew_every;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-acquiring failed; keeping the old lease for now");
+                        status.send_modify(|s| {
+                            s.store_ok = !matches!(e, LeaseError::Store(_));
+                            s.last_error = Some(e.to_string());
+                        });
+                        next = Instant::now() + backoff.delay();
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.inc(&metrics.renewal_failures);
+                tracing::warn!(error = %e, "renewal failed; lease kept, retrying");
+                status.send_modify(|s| {
+                    s.store_ok = false;
+                    s.last_error = Some(e.to_string());
+                });
+                next = Instant::now() + backoff.delay().min(renew_every);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    /// From `min` doubling to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, cur: min }
+    }
+
+    /// The next delay (±20 % jitter so that many nodes do not retry in step).
+    pub fn delay(&mut self) -> Duration {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        d.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+
+    /// Back to the minimum.
+    pub fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}

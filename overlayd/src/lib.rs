@@ -1,0 +1,20 @@
+//! overlayd: the per-node overlay daemon's library — network config, subnet leases on
+//! etcd v3 or an embedded SQLite store, peer events, subnet.env and the local API.
+
+pub mod api;
+pub mod attrs;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod lease;
+pub mod metrics;
+pub mod notify;
+pub mod options;
+pub mod state;
+pub mod store;
+pub mod subnet;
+pub mod subnet_env;
+pub mod underlay;
+pub mod vxlan;
+pub mod watcher;

@@ -1,0 +1,185 @@
+//! Command-line and environment settings (every flag also reads `OVERLAYD_<NAME>`).
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::etcd::{EtcdOptions, EtcdStore};
+use crate::store::{SharedStore, StoreError};
+
+/// Parses `24h`, `90m`, `3s`, `500ms`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (like 24h, 90m, 3s, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Which store, and how to reach it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// etcd client URLs, comma separated. Without any, the embedded store is used.
+    #[arg(long, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle that signed the etcd servers' certificates.
+    #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, env = "OVERLAYD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password (prefer --etcd-password-file: flags show in `ps`).
+    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// File holding the etcd password.
+    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Key prefix: the config is `<prefix>/config`, leases `<prefix>/subnets/…`.
+    #[arg(long, env = "OVERLAYD_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// The embedded store's database file (shared by every daemon on this machine).
+    #[arg(long, env = "OVERLAYD_STORE_FILE", default_value = "/var/lib/overlayd/store.db")]
+    pub store_file: PathBuf,
+    /// How often the embedded store is polled for changes.
+    #[arg(long, env = "OVERLAYD_STORE_POLL", default_value = "100ms", value_parser = parse_duration)]
+    pub store_poll: Duration,
+}
+
+impl StoreArgs {
+    /// Opens the configured store.
+    pub async fn open(&self) -> Result<SharedStore, StoreError> {
+        if self.etcd_endpoints.is_empty() {
+            let mut o = EmbeddedOptions::new(&self.store_file);
+            o.poll = self.store_poll;
+            let s = tokio::task::spawn_blocking(move || EmbeddedStore::open(o))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+            return Ok(Arc::new(s));
+        }
+        let password = match (&self.etcd_password, &self.etcd_password_file) {
+            (_, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| StoreError::Rejected(format!("reading {}: {e}", f.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (p, None) => p.clone(),
+        };
+        let s = EtcdStore::connect(EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password,
+            ..Default::default()
+        })
+        .await?;
+        Ok(Arc::new(s))
+    }
+}
+
+/// `overlayd`'s settings.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "overlayd", version, about = "Per-node overlay daemon: subnet leases and peers")]
+pub struct DaemonArgs {
+    /// Store settings.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Underlay interface (name or one of its addresses); default: the default route's.
+    #[arg(long, env = "OVERLAYD_IFACE")]
+    pub iface: Option<String>,
+    /// IPv4 address peers reach this node at (default: the interface's first address).
+    #[arg(long, env = "OVERLAYD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address peers reach this node at.
+    #[arg(long, env = "OVERLAYD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// State directory (node ID, last lease, VTEP MAC).
+    #[arg(long, env = "OVERLAYD_STATE_DIR", default_value = "/var/lib/overlayd")]
+    pub state_dir: PathBuf,
+    /// API socket (root only).
+    #[arg(long, env = "OVERLAYD_SOCKET", default_value = "/run/overlayd/overlayd.sock")]
+    pub socket: PathBuf,
+    /// flannel-compatible subnet file.
+    #[arg(long, env = "OVERLAYD_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// Address for /healthz, /readyz and /metrics over TCP (off when unset).
+    #[arg(long, env = "OVERLAYD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Lease TTL.
+    #[arg(long, env = "OVERLAYD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub subnet_lease_ttl: Duration,
+    /// Time between renewals (default: a third of the TTL).
+    #[arg(long, env = "OVERLAYD_SUBNET_LEASE_RENEW_INTERVAL", value_parser = parse_duration)]
+    pub subnet_lease_renew_interval: Option<Duration>,
+    /// Pod MTU to announce (default: Backend.MTU, else the underlay's minus VXLAN overhead).
+    #[arg(long, env = "OVERLAYD_MTU")]
+    pub mtu: Option<u32>,
+    /// Announce that this daemon masquerades (FLANNEL_IPMASQ=true).
+    #[arg(long, env = "OVERLAYD_IP_MASQ")]
+    pub ip_masq: bool,
+    /// Leases and peers only: program no datapath (for tests and simulations).
+    #[arg(long, env = "OVERLAYD_NO_DATAPATH")]
+    pub no_datapath: bool,
+    /// A net-conf.json to store as the network config when the store has none yet.
+    #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
+    pub net_config_file: Option<PathBuf>,
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `overlayd=debug`.
+    #[arg(long, env = "OVERLAYD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "h", "3x", "-1s", "0", "1e9d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let a = DaemonArgs::try_parse_from([
+            "overlayd",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--subnet-lease-ttl",
+            "3s",
+        ])
+        .unwrap();
+        assert_eq!(a.store.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(a.subnet_lease_ttl, Duration::from_secs(3));
+        assert_eq!(a.store.etcd_prefix, "/coreos.com/network");
+        assert_eq!(a.socket, PathBuf::from("/run/overlayd/overlayd.sock"));
+        assert!(a.metrics_addr.is_none());
+    }
+}

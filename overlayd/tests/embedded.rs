@@ -1,0 +1,205 @@
+//! The embedded store (one SQLite file): the same lease behaviours as on etcd, in-process
+//! and with several daemon processes in separate namespaces sharing the file.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::scenarios;
+use common::{Daemon, tempdir, wait_until};
+use overlayd::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use overlayd::store::{Cas, Create, SharedStore, WatchEvent, WatchMessage};
+use test_netns::{TestNs, require_root};
+
+fn open(path: &Path) -> SharedStore {
+    let mut o = EmbeddedOptions::new(path);
+    o.poll = Duration::from_millis(50);
+    Arc::new(EmbeddedStore::open(o).unwrap())
+}
+
+/// A fresh database and `n` independent connections to it (like `n` processes).
+fn stores(dir: &tempfile::TempDir, n: usize) -> Vec<SharedStore> {
+    let p = dir.path().join("store.db");
+    (0..n).map(|_| open(&p)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_fifty_managers_over_four_connections_get_distinct_subnets() {
+    let d = tempdir();
+    scenarios::concurrent_acquire(stores(&d, 4), 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_finds_the_same_subnet() {
+    let d = tempdir();
+    scenarios::restart_keeps_subnet(stores(&d, 1).remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_short_ttl_expires_silent_nodes_and_renewal_keeps_live_ones() {
+    let d = tempdir();
+    scenarios::ttl_expiry_and_renewal(stores(&d, 1).remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_lost_subnet_taken_by_another_node_is_never_shared() {
+    let d = tempdir();
+    scenarios::lost_subnet_taken_elsewhere_moves(stores(&d, 1).remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_compaction_while_the_watch_is_behind_relists_and_misses_nothing() {
+    let d = tempdir();
+    scenarios::compaction_while_behind(stores(&d, 1).remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_hostile_values_under_subnets_are_ignored() {
+    let d = tempdir();
+    scenarios::hostile_values_ignored(stores(&d, 1).remove(0), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_leave_deletes_the_lease_and_peers_see_it() {
+    let d = tempdir();
+    scenarios::leave_removes(stores(&d, 1).remove(0)).await;
+}
+
+/// The store primitives themselves, seen from two connections: revisions, create-if-
+/// absent, compare-and-swap, lease expiry as a watched delete, compaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_semantics_match_etcd() {
+    let d = tempdir();
+    let s = stores(&d, 2);
+    let (a, b) = (&s[0], &s[1]);
+    let start = a.list("/k/").await.unwrap().revision;
+    let mut w = b.watch("/k/", start + 1).await.unwrap();
+    let lease = a.grant(Duration::from_secs(1)).await.unwrap();
+    let Create::Created(r1) = a.create("/k/x", b"1", lease).await.unwrap() else { panic!("create") };
+    assert_eq!(r1, start + 1);
+    let Create::Exists(kv) = b.create("/k/x", b"2", 0).await.unwrap() else { panic!("second create won") };
+    assert_eq!((kv.value.as_slice(), kv.mod_revision, kv.lease), (&b"1"[..], r1, lease));
+    assert!(matches!(b.update("/k/x", b"3", 0, r1 - 1).await.unwrap(), Cas::Conflict(Some(_))));
+    let Cas::Done(r2) = b.update("/k/x", b"3", lease, r1).await.unwrap() else { panic!("cas") };
+    assert!(r2 > r1);
+    assert_eq!(b.get("/k/x").await.unwrap().unwrap().create_revision, r1, "create revision kept");
+    // Nobody keeps the lease alive: the key expires, and the watch sees the delete.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("events in time") {
+            Some(Ok(WatchMessage::Events(evs))) => seen.extend(evs),
+            Some(Ok(_)) => {}
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+    assert!(matches!(&seen[2], WatchEvent::Delete { key, .. } if key == "/k/x"), "{seen:?}");
+    assert_eq!(a.keep_alive(lease).await.unwrap(), None);
+    assert!(a.get("/k/x").await.unwrap().is_none());
+    // Compaction: a watch from before it is told so.
+    let now = a.put("/k/y", b"y").await.unwrap();
+    a.compact(now).await.unwrap();
+    let mut old = b.watch("/k/", start + 1).await.unwrap();
+    assert_eq!(old.next().await.unwrap().unwrap(), WatchMessage::Compacted(now));
+    // The file is root's.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.path().join("store.db")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+const NET_CONF: &str = r#"{"Network":"10.66.0.0/16"}"#;
+
+/// Three daemons in three namespaces on one machine share one store file: distinct
+/// subnets, each sees the others; restart keeps the subnet; a killed node's short lease
+/// expires for the others; leave removes the lease.
+#[test]
+fn embedded_daemons_in_three_namespaces_share_one_file() {
+    require_root!();
+    let dir = tempdir();
+    let underlay = test_netns::Underlay::new(None);
+    let nodes: Vec<TestNs> = (0..3)
+        .map(|i| {
+            let n = TestNs::new(&format!("enode{i}"));
+            underlay.attach(&n, "ul", &format!("192.0.2.{}/24", i + 1));
+            n
+        })
+        .collect();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, NET_CONF).unwrap();
+    let db = dir.path().join("shared/store.db");
+    let args = [
+        "--store-file",
+        db.to_str().unwrap(),
+        "--store-poll",
+        "50ms",
+        "--iface",
+        "ul",
+        "--net-config-file",
+        conf.to_str().unwrap(),
+        "--subnet-lease-ttl",
+        "3s",
+    ];
+    let mut ds: Vec<Daemon> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::start(n, &format!("enode{i}"), dir.path(), &args))
+        .collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), 3, "{keys:?}");
+    for (i, d) in ds.iter().enumerate() {
+        let mut others: Vec<String> =
+            keys.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, k)| k.clone()).collect();
+        others.sort();
+        assert!(
+            wait_until(Duration::from_secs(10), || d.peer_keys() == others),
+            "{}: {:?}",
+            d.name,
+            d.peer_keys()
+        );
+        let env = std::fs::read_to_string(&d.subnet_file).unwrap();
+        assert!(env.contains("FLANNEL_NETWORK=10.66.0.0/16\n"), "{env}");
+        assert!(env.contains(&format!("FLANNEL_SUBNET={}\n", keys[i].replace(".0-", ".1/"))), "{env}");
+    }
+    let health = ds[0].get("/v1/store");
+    assert_eq!(health["health"]["kind"], "embedded");
+    assert_eq!(health["health"]["healthy"], true);
+
+    // kill -9 and back before the TTL runs out: same subnet, peers saw nothing.
+    ds[1].kill9();
+    ds[1].restart();
+    ds[1].wait_ready(Duration::from_secs(20));
+    assert_eq!(ds[1].key().unwrap(), keys[1]);
+    // Renewals keep live leases over several TTLs.
+    std::thread::sleep(Duration::from_secs(4));
+    for (d, k) in ds.iter().zip(&keys) {
+        assert_eq!(d.key().as_ref(), Some(k));
+        assert!(d.status()["renewals"].as_u64().unwrap() >= 2, "{}", d.status());
+    }
+    assert_eq!(ds[0].metric("overlayd_peer_events_total{kind=\"removed\"}"), Some(0.0));
+
+    // Node 2 dies for good: its lease expires for the others (nobody writes meanwhile;
+    // the watch polls expire it).
+    ds[2].kill9();
+    for d in &ds[..2] {
+        assert!(
+            wait_until(Duration::from_secs(10), || !d.peer_keys().contains(&keys[2])),
+            "{} still sees the dead node",
+            d.name
+        );
+    }
+    // Node 1 leaves: gone from the store, node 0 sees it.
+    let out = ds[1].ctl(&["leave"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(ds[1].wait_exit(Duration::from_secs(10)).success());
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys().is_empty()));
+    let leases = ds[0].get("/v1/leases");
+    let listed: Vec<&str> =
+        leases["leases"].as_array().unwrap().iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(listed, [keys[0].as_str()]);
+    assert!(ds[0].term().success());
+}

@@ -1,0 +1,459 @@
+//! Against a real etcd (Debian's etcd-server), started per test inside a private
+//! namespace: lease behaviours in-process, then daemons in node namespaces, an etcd
+//! outage and a 3-member cluster losing members.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::scenarios;
+use common::{Cluster, Daemon, Etcd, block_on_in, etcd_store, tempdir, wait_until};
+use overlayd::store::SharedStore;
+use serde_json::Value;
+use test_netns::{TestNs, require_root};
+
+/// Runs `body` against a fresh single-member etcd on 127.0.0.1 in its own namespace.
+fn with_etcd<F: Future<Output = ()>>(body: impl FnOnce(SharedStore, Vec<SharedStore>) -> F + Send) {
+    let dir = tempdir();
+    let ns = TestNs::new("etcd");
+    ns.lo_up();
+    let _etcd = Etcd::single(&ns, "127.0.0.1", dir.path());
+    block_on_in(&ns, || async move {
+        let ep = vec!["http://127.0.0.1:2379".to_string()];
+        let main = etcd_store(&ep).await;
+        let mut more = Vec::new();
+        for _ in 0..3 {
+            more.push(etcd_store(&ep).await);
+        }
+        body(main, more).await
+    });
+}
+
+#[test]
+fn fifty_managers_get_fifty_distinct_subnets() {
+    require_root!();
+    with_etcd(|_, stores| scenarios::concurrent_acquire(stores, 50));
+}
+
+#[test]
+fn restart_finds_the_same_subnet() {
+    require_root!();
+    with_etcd(|s, _| scenarios::restart_keeps_subnet(s));
+}
+
+#[test]
+fn short_ttl_expires_silent_nodes_and_renewal_keeps_live_ones() {
+    require_root!();
+    with_etcd(|s, _| scenarios::ttl_expiry_and_renewal(s));
+}
+
+#[test]
+fn a_lost_subnet_taken_by_another_node_is_never_shared() {
+    require_root!();
+    with_etcd(|s, _| scenarios::lost_subnet_taken_elsewhere_moves(s));
+}
+
+#[test]
+fn compaction_while_the_watch_is_behind_relists_and_misses_nothing() {
+    require_root!();
+    with_etcd(|s, _| scenarios::compaction_while_behind(s));
+}
+
+#[test]
+fn hostile_values_under_subnets_are_ignored() {
+    require_root!();
+    with_etcd(|s, _| async move {
+        // etcd keys are bytes: a key that is not UTF-8 must not trouble anyone either.
+        let key = [scenarios::PREFIX.as_bytes(), b"/subnets/\xff\xfe-24"].concat();
+        let ep = vec!["http://127.0.0.1:2379".to_string()];
+        let mut c = etcd_client::Client::connect(&ep, None).await.unwrap();
+        c.put(key, "{}", None).await.unwrap();
+        scenarios::hostile_values_ignored(s, 1).await
+    });
+}
+
+#[test]
+fn leave_deletes_the_lease_and_peers_see_it() {
+    require_root!();
+    with_etcd(|s, _| scenarios::leave_removes(s));
+}
+
+const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":7}}"#;
+
+fn parse_env(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn three_daemons_get_distinct_subnets_and_see_each_other() {
+    require_root!();
+    let c = Cluster::new(3);
+    let mut ds: Vec<Daemon> = (0..3).map(|i| c.daemon(i, &[])).collect();
+    // No config yet: the daemons wait, serving health but not ready.
+    assert!(wait_until(Duration::from_secs(10), || ds[0].api("GET", "/healthz").status == 200));
+    assert!(!ds[0].ready());
+    let file = c.file("net-conf.json", NET_CONF);
+    let bad = c.file("bad.json", r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#);
+    let out = ds[0].ctl(&["network", "set", &bad]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SubnetLen"), "{out:?}");
+    let out = ds[0].ctl(&["network", "set", &file]);
+    assert!(out.status.success(), "{out:?}");
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), 3, "{keys:?}");
+    for (i, d) in ds.iter().enumerate() {
+        let mut others: Vec<String> =
+            keys.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, k)| k.clone()).collect();
+        others.sort();
+        assert!(
+            wait_until(Duration::from_secs(10), || d.peer_keys() == others),
+            "node{i} sees {:?}, expected {others:?}",
+            d.peer_keys()
+        );
+        // subnet.env as flannel writes it.
+        let env = parse_env(&std::fs::read_to_string(&d.subnet_file).unwrap());
+        let subnet = d.status()["subnet"].as_str().unwrap().to_string();
+        let first = subnet.replacen(".0/", ".1/", 1);
+        assert_eq!(env["FLANNEL_NETWORK"], "10.244.0.0/16");
+        assert_eq!(env["FLANNEL_SUBNET"], first);
+        assert_eq!(env["FLANNEL_MTU"], "1450", "underlay 1500 - 50");
+        assert_eq!(env["FLANNEL_IPMASQ"], "false");
+        assert_eq!(env.len(), 4);
+        // The lease carries the node's underlay address and vxlan data.
+        let lease = d.get("/v1/lease");
+        assert_eq!(lease["public_ip"], format!("192.0.2.{}", i + 1));
+        assert_eq!(lease["backend_data"]["VNI"], 7);
+    }
+    // Peers as a peer sees them: public IP and VTEP MAC of the others.
+    let peers = ds[0].get("/v1/peers");
+    let ips: Vec<&str> = peers.as_array().unwrap().iter().map(|p| p["public_ip"].as_str().unwrap()).collect();
+    assert!(ips.contains(&"192.0.2.2") && ips.contains(&"192.0.2.3"), "{ips:?}");
+    let mac1 = ds[1].get("/v1/lease")["backend_data"]["VtepMAC"].clone();
+    assert!(peers.as_array().unwrap().iter().any(|p| p["backend_data"]["VtepMAC"] == mac1));
+    // overlayctl, human and JSON.
+    let out = ds[0].ctl(&["peers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("192.0.2.2") && text.contains("VTEP-MAC"), "{text}");
+    let out = ds[2].ctl(&["--json", "leases"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leases"].as_array().unwrap().len(), 3);
+    assert_eq!(v["leases"].as_array().unwrap().iter().filter(|l| l["own"] == true).count(), 1);
+    let out = ds[1].ctl(&["network", "show"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"VNI\": 7"), "{out:?}");
+    let out = ds[1].ctl(&["health"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3.4."), "{out:?}");
+    let out = ds[1].ctl(&["lease"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&keys[1].replace('-', "/")), "{out:?}");
+    // The socket is root-only.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&ds[0].socket).unwrap().permissions().mode() & 0o777, 0o600);
+    for d in &mut ds {
+        assert!(d.term().success());
+    }
+}
+
+#[test]
+fn restart_keeps_the_subnet_and_leave_releases_it() {
+    require_root!();
+    let c = Cluster::new(3);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let args = ["--net-config-file", conf.as_str(), "--metrics-addr", "127.0.0.1:9101"];
+    let mut ds: Vec<Daemon> = (0..3).map(|i| c.daemon(i, &args)).collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys().len() == 2));
+
+    // Graceful restart: exit 0, socket gone, same subnet after.
+    assert!(ds[1].term().success());
+    assert!(!ds[1].socket.exists());
+    ds[1].restart();
+    ds[1].wait_ready(Duration::from_secs(20));
+    assert_eq!(ds[1].key().unwrap(), keys[1]);
+    // kill -9: same again.
+    ds[2].kill9();
+    ds[2].restart();
+    ds[2].wait_ready(Duration::from_secs(20));
+    assert_eq!(ds[2].key().unwrap(), keys[2]);
+    // Node 0 saw its peers restart without losing them.
+    assert_eq!(ds[0].metric("overlayd_peer_events_total{kind=\"removed\"}"), Some(0.0));
+    assert_eq!(ds[0].peer_keys().len(), 2);
+    // Metrics over TCP too, with nothing else there.
+    let m = ds[0].get_tcp("127.0.0.1:9101", "/metrics");
+    assert!(m.contains("overlayd_ready 1"), "{m}");
+    assert!(ds[0].get_tcp("127.0.0.1:9101", "/v1/lease").contains("404"));
+
+    // Leave: the daemon exits 0, the lease and subnet.env are gone, peers see it.
+    let out = ds[2].ctl(&["leave"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(ds[2].wait_exit(Duration::from_secs(10)).success());
+    assert!(!ds[2].subnet_file.exists());
+    for d in &ds[..2] {
+        assert!(
+            wait_until(Duration::from_secs(10), || !d.peer_keys().contains(&keys[2])),
+            "{} still sees the node that left",
+            d.name
+        );
+    }
+    let leases = ds[0].get("/v1/leases");
+    assert!(leases["leases"].as_array().unwrap().iter().all(|l| l["key"] != keys[2].as_str()));
+    assert_eq!(ds[0].metric("overlayd_peer_events_total{kind=\"removed\"}"), Some(1.0));
+}
+
+#[test]
+fn ttl_expiry_seen_by_peers_and_renewal_keeps_live_daemons() {
+    require_root!();
+    let c = Cluster::new(2);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let args = ["--net-config-file", conf.as_str(), "--subnet-lease-ttl", "3s"];
+    let mut ds: Vec<Daemon> = (0..2).map(|i| c.daemon(i, &args)).collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys() == [keys[1].clone()]));
+    // Several TTLs pass: both keep their leases through renewals.
+    std::thread::sleep(Duration::from_secs(7));
+    for (d, k) in ds.iter().zip(&keys) {
+        let s = d.status();
+        assert_eq!(s["key"], k.as_str());
+        assert!(s["renewals"].as_u64().unwrap() >= 4, "{s}");
+        assert_eq!(s["subnet_changes"], 0);
+    }
+    assert_eq!(ds[0].peer_keys(), [keys[1].clone()]);
+    // Node 1 dies without a word: its lease expires and node 0 sees it go.
+    ds[1].kill9();
+    let t = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || ds[0].peer_keys().is_empty()),
+        "expired lease still a peer"
+    );
+    assert!(t.elapsed() < Duration::from_secs(7), "took {:?} for a 3 s TTL", t.elapsed());
+    // Back: its subnet was free, so it gets the same one.
+    ds[1].restart();
+    ds[1].wait_ready(Duration::from_secs(20));
+    assert_eq!(ds[1].key().unwrap(), keys[1]);
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys() == [keys[1].clone()]));
+}
+
+#[test]
+fn hostile_leases_are_skipped_with_a_warning_by_a_running_daemon() {
+    require_root!();
+    let c = Cluster::new(1);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let d = c.daemon(0, &["--net-config-file", conf.as_str()]);
+    d.wait_ready(Duration::from_secs(20));
+    let own = d.key().unwrap();
+    let own4: ipnet::Ipv4Net = own.replace('-', "/").parse().unwrap();
+    let over = own4.supernet().unwrap().trunc();
+    let valid = r#"{"PublicIP":"192.0.2.77","BackendType":"vxlan","BackendData":{"VNI":7,"VtepMAC":"02:11:22:33:44:55"},"NodeID":"x"}"#;
+    let writes = vec![
+        ("10.244.250.0-24".to_string(), "{garbage".to_string()),
+        ("10.9.0.0-24".to_string(), valid.to_string()),
+        (format!("{}-{}", over.addr(), over.prefix_len()), valid.to_string()),
+        ("10.244.251.0-24".to_string(), valid.replace("02:11", "01:11")),
+        ("10.244.252.0-24".to_string(), valid.to_string()),
+    ];
+    c.with_store(|s| async move {
+        for (k, v) in writes {
+            s.put(&format!("/coreos.com/network/subnets/{k}"), v.as_bytes()).await.unwrap();
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || d.peer_keys() == ["10.244.252.0-24"]),
+        "{:?}",
+        d.peer_keys()
+    );
+    assert!(wait_until(Duration::from_secs(5), || d.metric("overlayd_invalid_leases_total") == Some(4.0)));
+    let log = d.log_text();
+    for why in ["not lease JSON", "not a /24 inside", "not a unicast address"] {
+        assert!(log.contains("ignoring invalid lease") && log.contains(why), "no warning about {why}");
+    }
+    let leases = d.get("/v1/leases");
+    let invalid = leases["leases"].as_array().unwrap().iter().filter(|l| l["valid"] == false).count();
+    assert_eq!(invalid, 4);
+    // Still alive, still ours.
+    assert_eq!(d.key().unwrap(), own);
+    assert!(d.ready());
+}
+
+#[test]
+fn etcd_stopped_for_30s_changes_nothing_and_the_lease_is_kept() {
+    require_root!();
+    let mut c = Cluster::new(2);
+    let conf = c.file("net-conf.json", NET_CONF);
+    // A TTL shorter than the outage: etcd itself keeps leases while it is down.
+    let args = ["--net-config-file", conf.as_str(), "--subnet-lease-ttl", "10s"];
+    let ds: Vec<Daemon> = (0..2).map(|i| c.daemon(i, &args)).collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys() == [keys[1].clone()]));
+    let events: Vec<u64> = ds.iter().map(|d| d.status()["peer_events"].as_u64().unwrap()).collect();
+    let env_before: Vec<(String, std::time::SystemTime)> = ds
+        .iter()
+        .map(|d| {
+            (
+                std::fs::read_to_string(&d.subnet_file).unwrap(),
+                std::fs::metadata(&d.subnet_file).unwrap().modified().unwrap(),
+            )
+        })
+        .collect();
+
+    c.etcd.stop();
+    let t = std::time::Instant::now();
+    let mut saw_down = [false, false];
+    while t.elapsed() < Duration::from_secs(30) {
+        for (i, d) in ds.iter().enumerate() {
+            let s = d.status();
+            assert_eq!(s["key"], keys[i].as_str(), "lease dropped during the outage: {s}");
+            assert_eq!(s["peer_events"], events[i], "peer events during the outage: {s}");
+            assert_eq!(s["subnet_changes"], 0);
+            assert_eq!(s["ready"], true);
+            saw_down[i] |= s["store_ok"] == false;
+        }
+        assert_eq!(ds[0].peer_keys(), [keys[1].clone()]);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(saw_down, [true, true], "the daemons never noticed the outage");
+    let renewals: Vec<u64> = ds.iter().map(|d| d.status()["renewals"].as_u64().unwrap()).collect();
+    c.etcd.restart();
+    c.etcd.wait_healthy(Duration::from_secs(20));
+    for (i, d) in ds.iter().enumerate() {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let s = d.status();
+                s["store_ok"] == true && s["renewals"].as_u64().unwrap() > renewals[i]
+            }),
+            "{} did not renew after the outage: {}",
+            d.name,
+            d.status()
+        );
+        let s = d.status();
+        assert_eq!(s["key"], keys[i].as_str());
+        assert_eq!(s["subnet_changes"], 0);
+        assert_eq!(s["peer_events"], events[i], "the outage produced peer events");
+        let (text, mtime) = &env_before[i];
+        assert_eq!(&std::fs::read_to_string(&d.subnet_file).unwrap(), text);
+        assert_eq!(&std::fs::metadata(&d.subnet_file).unwrap().modified().unwrap(), mtime);
+    }
+    // The watch is back: a change after the outage still arrives.
+    let leases = ds[0].get("/v1/leases");
+    assert_eq!(leases["leases"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn three_member_cluster_survives_losing_the_leader_then_a_follower() {
+    require_root!();
+    let dir = tempdir();
+    let underlay = test_netns::Underlay::new(None);
+    let infra = TestNs::new("etcdc");
+    underlay.attach(&infra, "ul", "192.0.2.201/24");
+    infra.exec(&["ip", "addr", "add", "192.0.2.202/24", "dev", "ul"]);
+    infra.exec(&["ip", "addr", "add", "192.0.2.203/24", "dev", "ul"]);
+    let ips = ["192.0.2.201", "192.0.2.202", "192.0.2.203"];
+    let initial: Vec<String> =
+        ips.iter().enumerate().map(|(i, ip)| format!("m{i}=http://{ip}:2380")).collect();
+    let initial = initial.join(",");
+    let mut members: Vec<Etcd> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| Etcd::member(&infra, &format!("m{i}"), ip, &initial, dir.path()))
+        .collect();
+    for m in &members {
+        m.wait_healthy(Duration::from_secs(30));
+    }
+    let nodes: Vec<TestNs> = (0..2)
+        .map(|i| {
+            let n = TestNs::new(&format!("cn{i}"));
+            underlay.attach(&n, "ul", &format!("192.0.2.{}/24", i + 1));
+            n
+        })
+        .collect();
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, NET_CONF).unwrap();
+    let endpoints = members.iter().map(Etcd::endpoint).collect::<Vec<_>>().join(",");
+    let args = [
+        "--etcd-endpoints",
+        endpoints.as_str(),
+        "--iface",
+        "ul",
+        "--net-config-file",
+        conf.to_str().unwrap(),
+        "--subnet-lease-ttl",
+        "6s",
+    ];
+    let ds: Vec<Daemon> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Daemon::start(n, &format!("cn{i}"), dir.path(), &args))
+        .collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(30));
+    }
+    let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
+    assert_ne!(keys[0], keys[1]);
+    let events: Vec<Value> = ds.iter().map(|d| d.status()["peer_events"].clone()).collect();
+    let renewed_since = |d: &Daemon, base: u64, more: u64| {
+        wait_until(Duration::from_secs(30), || {
+            let s = d.status();
+            s["store_ok"] == true && s["renewals"].as_u64().unwrap_or(0) >= base + more
+        })
+    };
+    let renewals = |d: &Daemon| d.status()["renewals"].as_u64().unwrap();
+
+    // Who leads? Ask the daemon's store health.
+    let leader = || -> Option<usize> {
+        let h = ds[0].get("/v1/store");
+        let eps = h["health"]["endpoints"].as_array()?.clone();
+        eps.iter().position(|e| e["is_leader"] == true)
+    };
+    let l = (0..50).find_map(|_| {
+        leader().or_else(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+    });
+    let l = l.expect("no leader reported");
+    members[l].kill();
+    for d in &ds {
+        let base = renewals(d);
+        assert!(renewed_since(d, base, 2), "{} did not renew after the leader died: {}", d.name, d.status());
+    }
+    // Now a follower: two of three gone, no quorum. Leases are served unchanged.
+    let f = (0..3).find(|&i| i != l).unwrap();
+    members[f].kill();
+    std::thread::sleep(Duration::from_secs(8));
+    for (d, k) in ds.iter().zip(&keys) {
+        let s = d.status();
+        assert_eq!(s["key"], k.as_str(), "{s}");
+        assert_eq!(s["store_ok"], false, "no quorum but the store looks fine: {s}");
+        assert_eq!(s["ready"], true);
+    }
+    // Back to three: renewals resume, nothing duplicated, no peer churn.
+    members[l].restart();
+    members[f].restart();
+    for d in &ds {
+        let base = renewals(d);
+        assert!(renewed_since(d, base, 1), "{} did not renew after quorum came back: {}", d.name, d.status());
+    }
+    for ((d, k), e) in ds.iter().zip(&keys).zip(&events) {
+        let s = d.status();
+        assert_eq!(s["key"], k.as_str());
+        assert_eq!(s["subnet_changes"], 0);
+        assert_eq!(&s["peer_events"], e, "peer churn: {s}");
+    }
+    let leases = ds[0].get("/v1/leases");
+    let listed: Vec<&str> =
+        leases["leases"].as_array().unwrap().iter().map(|l| l["key"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = keys.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(listed, want, "duplicated or lost leases");
+}

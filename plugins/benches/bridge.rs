@@ -1,0 +1,127 @@
+//! The full ADD+DEL cycle of a bridge + host-local list, driven by the cni-spec runtime,
+//! ours against the reference Go plugins from Debian (`/usr/lib/cni`), in the same run.
+//!
+//! `cargo bench -p plugins --bench bridge` (as root; the reference's `ipMasq` needs the
+//! `iptables` package). `BENCH_CYCLES` sets the cycles per variant (default 150); under
+//! `cargo test` it runs a 2-cycle smoke pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use cni_spec::NetConfList;
+use cni_spec::runtime::{Attach, Runtime};
+use serde_json::json;
+use test_netns::TestNs;
+
+const REFERENCE: &str = "/usr/lib/cni";
+
+fn ours() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_bridge")).parent().unwrap().to_path_buf()
+}
+
+/// One variant's cycles in this process; prints the samples (ms) and the peak RSS (KiB) of
+/// every plugin process it ran.
+fn run_variant(which: &str, masq: bool, cycles: usize) {
+    let host = TestNs::new("benchhost");
+    let pod = TestNs::new("benchpod");
+    let dir = tempfile::tempdir().unwrap();
+    let path = if which == "ours" { ours() } else { PathBuf::from(REFERENCE) };
+    let list = json!({"cniVersion": "1.0.0", "name": "bench", "plugins": [{
+        "type": "bridge", "bridge": "bench0", "isGateway": true, "ipMasq": masq,
+        "ipam": {"type": "host-local", "subnet": "10.201.0.0/16", "dataDir": dir.path().join("ipam")}
+    }]});
+    let list = NetConfList::parse(list.to_string().as_bytes()).unwrap();
+    let rt = Runtime::new(vec![path]).with_cache_dir(dir.path().join("cache"));
+    let att = Attach::new("benchpod", pod.path(), "eth0");
+    let mut samples = Vec::with_capacity(cycles);
+    host.run(|| {
+        for _ in 0..cycles {
+            let t = Instant::now();
+            rt.add(&list, &att).expect("ADD");
+            rt.del(&list, &att).expect("DEL");
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    });
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let samples: Vec<String> = samples.iter().map(|s| format!("{s:.3}")).collect();
+    println!("{} {}", usage.ru_maxrss, samples.join(","));
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn size_kib(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--variant") {
+        run_variant(&args[i + 1], args[i + 2] == "masq", args[i + 3].parse().unwrap());
+        return;
+    }
+    if !test_netns::is_root() {
+        eprintln!("SKIPPED: the bridge benchmark needs root");
+        return;
+    }
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let cycles: usize = if smoke {
+        2
+    } else {
+        std::env::var("BENCH_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(150)
+    };
+    let have_iptables = Path::new("/usr/sbin/iptables").exists();
+    let rounds = if smoke { 1 } else { 3 };
+    println!(
+        "| variant | ours median ms | reference median ms | ratio | ours peak RSS KiB | reference peak RSS KiB | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for masq in [true, false] {
+        if masq && !have_iptables {
+            println!(
+                "| ipMasq | skipped: the reference needs iptables (apt-get install iptables) | | | | | |"
+            );
+            continue;
+        }
+        let mut samples = [Vec::new(), Vec::new()];
+        let mut rss = [0u64, 0u64];
+        // Alternate the two in rounds so drift on a busy machine hits both alike.
+        for _ in 0..rounds {
+            for (k, which) in ["ours", "reference"].iter().enumerate() {
+                let out = Command::new(&args[0])
+                    .args([
+                        "--variant",
+                        which,
+                        if masq { "masq" } else { "plain" },
+                        &(cycles / rounds).max(1).to_string(),
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{which}: {}", String::from_utf8_lossy(&out.stderr));
+                let text = String::from_utf8_lossy(&out.stdout);
+                let (kb, list) = text.trim().split_once(' ').unwrap();
+                rss[k] = rss[k].max(kb.parse().unwrap());
+                samples[k].extend(list.split(',').map(|s| s.parse::<f64>().unwrap()));
+            }
+        }
+        let (m0, m1) = (median(&mut samples[0]), median(&mut samples[1]));
+        println!(
+            "| {} | {m0:.2} | {m1:.2} | {:.2} | {} | {} | {:.2} |",
+            if masq { "ipMasq" } else { "no ipMasq" },
+            m0 / m1,
+            rss[0],
+            rss[1],
+            rss[0] as f64 / rss[1] as f64
+        );
+    }
+    let dir = ours();
+    for bin in ["bridge", "host-local"] {
+        let (a, b) = (size_kib(&dir.join(bin)), size_kib(&Path::new(REFERENCE).join(bin)));
+        println!("\n`{bin}` binary: ours {a} KiB, reference {b} KiB, ratio {:.2}", a as f64 / b as f64);
+    }
+}

@@ -1,0 +1,4 @@
+//! The `vxlan` CNI plugin.
+fn main() -> std::process::ExitCode {
+    cni_spec::plugin::run(&plugins::vxlan::Vxlan)
+}

@@ -1,0 +1,359 @@
+//! The `vxlan` plugin (the role of flannel's CNI plugin): it asks the node daemon for the
+//! node's subnet(s), the cluster network(s), the MTU and the masquerade setting, builds a
+//! bridge + host-local config from them, saves it, and delegates every command to it.
+//!
+//! The saved config makes DEL independent of the daemon: a pod can be torn down while the
+//! daemon is down or after the network config changed.
+
+pub mod http;
+mod saved;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use cni_spec::delegate::Delegate;
+use cni_spec::{Code, Error, Plugin, Request, SuccessResult};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use self::saved::SavedConfigs;
+
+/// The daemon's socket, unless the config says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
+/// Where delegate configs are saved, unless the config says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vxlan";
+
+/// The plugin's own options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Options {
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    /// Keys for the delegate; they win over what the plugin derives (but not `name`, `ipam`).
+    #[serde(default)]
+    delegate: Option<Map<String, Value>>,
+    /// Extra IPAM routes for the pods.
+    #[serde(default)]
+    routes: Option<Vec<cni_spec::Route>>,
+    /// host-local's `dataDir` (its default otherwise); lets several nodes share one machine.
+    #[serde(default)]
+    ipam_data_dir: Option<PathBuf>,
+}
+
+/// What the daemon tells a plugin (`GET /v1/cni`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The daemon holds a lease and has programmed the datapath.
+    pub ready: bool,
+    /// The node's IPv4 pod subnet.
+    #[serde(default)]
+    pub subnet: Option<IpNet>,
+    /// The node's IPv6 pod subnet.
+    #[serde(default)]
+    pub ipv6_subnet: Option<IpNet>,
+    /// The cluster's IPv4 network.
+    #[serde(default)]
+    pub network: Option<IpNet>,
+    /// The cluster's IPv6 network.
+    #[serde(default)]
+    pub ipv6_network: Option<IpNet>,
+    /// The pods' MTU.
+    pub mtu: u32,
+    /// Whether the daemon masquerades pod traffic itself (then the bridge must not).
+    pub ip_masq: bool,
+}
+
+/// The plugin.
+pub struct Vxlan;
+
+impl Options {
+    fn load(req: &Request) -> Result<Self, Error> {
+        let o: Options = req.parse_config()?;
+        if let Some(d) = &o.delegate {
+            for key in ["name", "ipam"] {
+                if d.contains_key(key) {
+                    return Err(Error::invalid_config(
+                        &format!("delegate.{key}"),
+                        "must not be set: the plugin sets it",
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    fn socket(&self) -> &Path {
+        self.socket.as_deref().unwrap_or(Path::new(DEFAULT_SOCKET))
+    }
+
+    fn saved(&self) -> SavedConfigs {
+        SavedConfigs::new(self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
+    }
+
+    fn delegate_type(&self) -> String {
+        self.delegate
+            .as_ref()
+            .and_then(|d| d.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("bridge")
+            .to_string()
+    }
+}
+
+/// Asks the daemon, with brief retries; code 11 (try again later) if it never answers.
+fn ask_daemon(socket: &Path) -> Result<NodeInfo, Error> {
+    let mut last = String::new();
+    for attempt in 0..5u32 {
+        if attempt > 0 {
+            thread::sleep(Duration::from_millis(100 << attempt));
+        }
+        match http::get(socket, "/v1/cni", Duration::from_secs(2)) {
+            Ok((200, body)) => {
+                return serde_json::from_slice(&body).map_err(|e| {
+                    Error::new(
+                        Code::DecodingFailure,
+                        format!("the node daemon's answer is not understood: {e}"),
+                    )
+                });
+            }
+            Ok((status, body)) => {
+                last = format!("status {status}: {}", String::from_utf8_lossy(&body).trim())
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(Error::new(Code::TryAgainLater, format!("the node daemon (overlayd) does not answer: {last}")))
+}
+
+/// The delegate config, as flannel's plugin builds it: bridge + host-local over the node's
+/// subnets, a route per cluster network, the daemon's MTU; the user's `delegate` keys win.
+fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Value, Error> {
+    let mut ranges = Vec::new();
+    let mut routes: Vec<Value> =
+        opts.routes.iter().flatten().map(|r| serde_json::to_value(r).expect("routes serialize")).collect();
+    for (subnet, network) in [(node.subnet, node.network), (node.ipv6_subnet, node.ipv6_network)] {
+        if let Some(s) = subnet {
+            ranges.push(json!([{ "subnet": s.trunc().to_string() }]));
+        }
+        if let Some(n) = network {
+            routes.push(json!({ "dst": n.trunc().to_string() }));
+        }
+    }
+    if ranges.is_empty() {
+        return Err(Error::new(Code::TryAgainLater, "the node daemon has no subnet for this node yet"));
+    }
+    let kind = opts.delegate_type();
+    let mut conf = json!({
+        "cniVersion": req.version.as_str(),
+        "name": req.network_name()?,
+        "type": kind,
+        "ipMasq": !node.ip_masq,
+        "mtu": node.mtu,
+    });
+    if kind == "bridge" {
+        conf["isGateway"] = json!(true);
+    }
+    if let Some(user) = &opts.delegate {
+        for (k, v) in user {
+            conf[k] = v.clone();
+        }
+    }
+    if let Some(rc) = &req.config.runtime_config {
+        conf["runtimeConfig"] = serde_json::to_value(rc).expect("runtime config serializes");
+    }
+    if let Some(caps) = &req.config.capabilities {
+        conf["capabilities"] = json!(caps);
+    }
+    conf["ipam"] = json!({ "type": "host-local", "ranges": ranges, "routes": routes });
+    if let Some(dir) = &opts.ipam_data_dir {
+        conf["ipam"]["dataDir"] = json!(dir);
+    }
+    Ok(conf)
+}
+
+/// The saved config with this request's `prevResult` (CHECK, DEL) put in.
+fn with_prev_result(saved: &[u8], req: &Request) -> Result<Vec<u8>, Error> {
+    let mut conf: Value = serde_json::from_slice(saved).map_err(|e| {
+        Error::new(Code::DecodingFailure, format!("the saved delegate config is damaged: {e}"))
+    })?;
+    if let Some(prev) = &req.config.prev_result {
+        conf["prevResult"] = prev.clone();
+    }
+    Ok(serde_json::to_vec(&conf).expect("configs serialize"))
+}
+
+impl Plugin for Vxlan {
+    fn about(&self) -> String {
+        "vxlan: attach pods to the overlay network of overlayd".into()
+    }
+
+    fn add(&self, req: &Request) -> Result<SuccessResult, Error> {
+        let opts = Options::load(req)?;
+        let node = ask_daemon(opts.socket())?;
+        let conf = serde_json::to_vec(&delegate_config(req, &opts, &node)?).expect("configs serialize");
+        let saved = opts.saved();
+        // Saved before the delegate runs: if ADD fails half-way, the runtime's DEL needs it.
+        saved.store(req.network_name()?, &req.env.container_id, &req.env.ifname, &conf)?;
+        Delegate::for_request(req, &opts.delegate_type()).add(&conf)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        let opts = Options::load(req)?;
+        let saved = opts.saved();
+        let (net, cid, ifname) = (req.network_name()?, &req.env.container_id, &req.env.ifname);
+        let Some(conf) = saved.load(net, cid, ifname)? else {
+            return Ok(()); // nothing was set up, or DEL already ran
+        };
+        let kind = serde_json::from_slice::<Value>(&conf)
+            .ok()
+            .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| opts.delegate_type());
+        Delegate::for_request(req, &kind).del(&with_prev_result(&conf, req)?)?;
+        saved.remove(net, cid, ifname)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        let opts = Options::load(req)?;
+        let conf =
+            opts.saved().load(req.network_name()?, &req.env.container_id, &req.env.ifname)?.ok_or_else(
+                || Error::new(Code::UnknownContainer, "no saved config: this attachment was never added"),
+            )?;
+        Delegate::for_request(req, &opts.delegate_type()).check(&with_prev_result(&conf, req)?)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), Error> {
+        let opts = Options::load(req)?;
+        let node = match http::get(opts.socket(), "/v1/cni", Duration::from_secs(2)) {
+            Ok((200, body)) => serde_json::from_slice::<NodeInfo>(&body).ok(),
+            _ => None,
+        };
+        match node {
+            Some(n) if n.ready => {
+                let conf = serde_json::to_vec(&delegate_config(req, &opts, &n)?).expect("configs serialize");
+                Delegate::for_request(req, &opts.delegate_type()).status(&conf)
+            }
+            _ => Err(Error::new(Code::NotAvailable, "the node daemon (overlayd) is not ready")),
+        }
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        let opts = Options::load(req)?;
+        let valid = req.valid_attachments()?.unwrap_or_default();
+        let saved = opts.saved();
+        let net = req.network_name()?;
+        let mut errors = Vec::new();
+        // Stale attachments first: DEL with their own saved config.
+        for (cid, ifname) in saved.attachments(net)? {
+            if valid.iter().any(|a| a.container_id == cid && a.ifname == ifname) {
+                continue;
+            }
+            if let Some(conf) = saved.load(net, &cid, &ifname)? {
+                let mut env = req.env.clone();
+                env.container_id = cid.clone();
+                env.ifname = ifname.clone();
+                env.netns = None;
+                match Delegate::new(&opts.delegate_type(), env, req.version).del(&conf) {
+                    Ok(()) => saved.remove(net, &cid, &ifname)?,
+                    Err(e) => errors.push(format!("{cid}/{ifname}: {e}")),
+                }
+            }
+        }
+        // Then GC to the delegate, with any saved config of this network (or none left).
+        let template =
+            saved.attachments(net)?.into_iter().find_map(|(c, i)| saved.load(net, &c, &i).ok().flatten());
+        if let Some(conf) = template {
+            let mut v: Value = serde_json::from_slice(&conf).unwrap_or_default();
+            for key in [cni_spec::plugin::VALID_ATTACHMENTS_KEY, cni_spec::plugin::LEGACY_ATTACHMENTS_KEY] {
+                v[key] = serde_json::to_value(&valid).expect("attachments serialize");
+            }
+            if let Err(e) =
+                Delegate::for_request(req, &opts.delegate_type()).gc(&serde_json::to_vec(&v).unwrap())
+            {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(Error::internal(errors.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni_spec::Environment;
+
+    fn req(conf: &str) -> Request {
+        let env = Environment::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some("ADD".into()),
+            "CNI_CONTAINERID" => Some("c1".into()),
+            "CNI_NETNS" => Some("/run/netns/x".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            _ => None,
+        })
+        .unwrap();
+        Request::new(env, conf.as_bytes().to_vec()).unwrap()
+    }
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            ready: true,
+            subnet: Some("10.1.17.1/24".parse().unwrap()),
+            ipv6_subnet: Some("fd00:1:0:11::/64".parse().unwrap()),
+            network: Some("10.1.0.0/16".parse().unwrap()),
+            ipv6_network: Some("fd00:1::/56".parse().unwrap()),
+            mtu: 1450,
+            ip_masq: true,
+        }
+    }
+
+    #[test]
+    fn delegate_config_is_flannels() {
+        let r = req(r#"{"cniVersion":"1.0.0","name":"mynet","type":"vxlan"}"#);
+        let opts = Options::load(&r).unwrap();
+        let c = delegate_config(&r, &opts, &node()).unwrap();
+        assert_eq!(c["type"], "bridge");
+        assert_eq!(c["name"], "mynet");
+        assert_eq!(c["mtu"], 1450);
+        assert_eq!(c["ipMasq"], false);
+        assert_eq!(c["isGateway"], true);
+        assert_eq!(c["ipam"]["ranges"][0][0]["subnet"], "10.1.17.0/24");
+        assert_eq!(c["ipam"]["ranges"][1][0]["subnet"], "fd00:1:0:11::/64");
+        assert_eq!(c["ipam"]["routes"], json!([{"dst": "10.1.0.0/16"}, {"dst": "fd00:1::/56"}]));
+    }
+
+    #[test]
+    fn user_delegate_keys_win_but_not_name_or_ipam() {
+        let r = req(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"vxlan","delegate":{"bridge":"mynet0","mtu":1400,"isGateway":false}}"#,
+        );
+        let c = delegate_config(&r, &Options::load(&r).unwrap(), &node()).unwrap();
+        assert_eq!(
+            (c["bridge"].as_str(), c["mtu"].as_u64(), c["isGateway"].as_bool()),
+            (Some("mynet0"), Some(1400), Some(false))
+        );
+        for bad in [r#"{"name":"x"}"#, r#"{"ipam":{}}"#] {
+            let r = req(&format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"vxlan","delegate":{bad}}}"#));
+            let e = Options::load(&r).unwrap_err();
+            assert_eq!(e.code, 7);
+            assert!(e.msg.contains("delegate."), "{e}");
+        }
+    }
+
+    #[test]
+    fn no_subnet_yet_is_try_again() {
+        let r = req(r#"{"cniVersion":"1.0.0","name":"n","type":"vxlan"}"#);
+        let mut n = node();
+        n.subnet = None;
+        n.ipv6_subnet = None;
+        assert_eq!(delegate_config(&r, &Options::load(&r).unwrap(), &n).unwrap_err().code, 11);
+    }
+
+    #[test]
+    fn unreachable_daemon_is_code_11() {
+        let e = ask_daemon(Path::new("/nonexistent/overlayd.sock")).unwrap_err();
+        assert_eq!(e.code, 11);
+    }
+}

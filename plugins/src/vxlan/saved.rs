@@ -1,0 +1,113 @@
+//! Delegate configs saved per attachment: `<dataDir>/<network>/<containerID>:<ifname>`
+//! (0600, written atomically), so DEL needs neither the daemon nor an unchanged config.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use cni_spec::Error;
+
+pub struct SavedConfigs {
+    dir: PathBuf,
+}
+
+impl SavedConfigs {
+    pub fn new(dir: PathBuf) -> Self {
+        SavedConfigs { dir }
+    }
+
+    fn path(&self, net: &str, cid: &str, ifname: &str) -> PathBuf {
+        // ':' appears in neither a container ID nor an interface name.
+        self.dir.join(net).join(format!("{cid}:{ifname}"))
+    }
+
+    pub fn store(&self, net: &str, cid: &str, ifname: &str, conf: &[u8]) -> Result<(), Error> {
+        let path = self.path(net, cid, ifname);
+        let dir = path.parent().expect("a file in a directory");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        let tmp = dir.join(format!(".{cid}:{ifname}.tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f =
+                fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(conf)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("saving {}", path.display()), &e)
+        })
+    }
+
+    pub fn load(&self, net: &str, cid: &str, ifname: &str) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.path(net, cid, ifname);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), &e)),
+        }
+    }
+
+    pub fn remove(&self, net: &str, cid: &str, ifname: &str) -> Result<(), Error> {
+        let path = self.path(net, cid, ifname);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", path.display()), &e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every saved attachment of `net`: (container ID, ifname).
+    pub fn attachments(&self, net: &str) -> Result<Vec<(String, String)>, Error> {
+        let dir = self.dir.join(net);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), &e)),
+        };
+        let mut out: Vec<(String, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    return None;
+                }
+                let (cid, ifname) = name.split_once(':')?;
+                Some((cid.to_string(), ifname.to_string()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_load_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SavedConfigs::new(dir.path().to_path_buf());
+        s.store("net", "c-1.x", "eth0", b"{}").unwrap();
+        s.store("net", "c2", "net1", b"{\"a\":1}").unwrap();
+        assert_eq!(s.load("net", "c2", "net1").unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            s.attachments("net").unwrap(),
+            vec![("c-1.x".into(), "eth0".into()), ("c2".into(), "net1".into())]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("net/c2:net1")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        s.remove("net", "c2", "net1").unwrap();
+        s.remove("net", "c2", "net1").unwrap();
+        assert_eq!(s.load("net", "c2", "net1").unwrap(), None);
+        assert!(s.attachments("other").unwrap().is_empty());
+    }
+}
