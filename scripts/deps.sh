@@ -8,6 +8,7 @@ PACKAGES=(
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
   etcd-server                 # overlayd's tests and benchmark run a real etcd
   protobuf-compiler           # protoc, needed to build etcd-client (overlayd)
+  openssl                     # overlayd's TLS test makes its certificates
 )
 
 ensure_packages() {

@@ -528,6 +528,18 @@ impl SubnetPool {
         out
     }
 
+    /// The position of `net` in SubnetMin..=SubnetMax, when it is allocatable.
+    pub fn ordinal(&self, net: &IpNet) -> Option<u128> {
+        self.allocatable(net)
+            .then(|| (addr_to_u128(net.network()) - addr_to_u128(self.subnet_min)) / self.step())
+    }
+
+    /// The `i`-th subnet of SubnetMin..=SubnetMax.
+    pub fn nth(&self, i: u128) -> Option<IpNet> {
+        let x = i.checked_mul(self.step())?.checked_add(addr_to_u128(self.subnet_min))?;
+        (x <= addr_to_u128(self.subnet_max)).then(|| self.subnet_at(x))
+    }
+
     /// How many subnets SubnetMin..=SubnetMax holds (saturating).
     pub fn capacity(&self) -> u128 {
         (addr_to_u128(self.subnet_max) - addr_to_u128(self.subnet_min)) / self.step() + 1
@@ -693,6 +705,11 @@ mod tests {
         assert!(p.allocatable(&"10.0.10.0/24".parse().unwrap()));
         assert!(!p.allocatable(&"10.0.9.0/24".parse().unwrap()));
         assert!(p.fits(&"10.0.9.0/24".parse().unwrap()));
+        let n: IpNet = "10.0.12.0/24".parse().unwrap();
+        assert_eq!(p.ordinal(&n), Some(2));
+        assert_eq!(p.nth(2), Some(n));
+        assert_eq!(p.nth(10).unwrap().to_string(), "10.0.20.0/24");
+        assert_eq!(p.nth(11), None);
         assert!(!p.fits(&"10.0.9.0/25".parse().unwrap()));
         assert!(!p.fits(&"10.1.9.0/24".parse().unwrap()));
     }

@@ -259,10 +259,15 @@ impl LeaseManager {
             let key = self.pick_free(taken, window)?;
             match self.create(key, value, store_lease).await? {
                 Ok(l) => return Ok(Some(l)),
-                Err(_) => {
+                Err(kv) => {
                     *races += 1;
                     self.races += 1;
-                    taken.extend(key.nets());
+                    // What is taken is the holder's subnets (the same key, or an older
+                    // dual-stack lease sharing one family).
+                    match self.layout.parse_lease(&kv.key) {
+                        Ok(k) if k != key => taken.extend(k.nets()),
+                        _ => taken.extend(key.nets()),
+                    }
                     window = (window * 2).min(1 << 16);
                 }
             }
@@ -280,7 +285,15 @@ impl LeaseManager {
             Ok(Some(free[fastrand::usize(..free.len())]))
         };
         let v4 = pick(&self.config.ipv4)?;
-        let v6 = pick(&self.config.ipv6)?;
+        // Dual stack: the IPv6 subnet with the IPv4 one's ordinal when it is free, so that
+        // distinct IPv4 subnets mostly mean distinct IPv6 ones (the key guards only the pair).
+        let v6 = match (&self.config.ipv4, &self.config.ipv6, v4) {
+            (Some(p4), Some(p6), Some(n4)) => match p4.ordinal(&n4).and_then(|i| p6.nth(i)) {
+                Some(n6) if !taken.iter().any(|t| overlap(t, &n6)) => Some(n6),
+                _ => pick(&self.config.ipv6)?,
+            },
+            _ => pick(&self.config.ipv6)?,
+        };
         Ok(SubnetKey {
             ipv4: v4.and_then(|n| match n {
                 IpNet::V4(n) => Some(n),
@@ -302,11 +315,38 @@ impl LeaseManager {
     ) -> Result<Result<OwnLease, KeyValue>, StoreError> {
         match self.store.create(&self.layout.lease(&key), value, store_lease).await? {
             Create::Created(rev) => {
+                if self.config.ipv4.is_some()
+                    && self.config.ipv6.is_some()
+                    && let Some(older) = self.older_overlap(&key, rev).await?
+                {
+                    // Back off; the store lease is reused for the next attempt.
+                    self.store.delete(&self.layout.lease(&key), rev).await?;
+                    tracing::debug!(subnet = %key, older = %older.key, "an older lease holds one of these subnets");
+                    return Ok(Err(older));
+                }
                 tracing::info!(subnet = %key, "acquired a new lease");
                 Ok(Ok(OwnLease { key, attrs: self.attrs.clone(), mod_revision: rev, store_lease }))
             }
             Create::Exists(kv) => Ok(Err(kv)),
         }
+    }
+
+    /// Dual stack: the key protects the (IPv4, IPv6) pair, not each subnet, so after
+    /// creating one, look for an older lease (lower create revision) overlapping either
+    /// subnet. The oldest keeps it and every younger one backs off: of racing nodes
+    /// exactly one stays.
+    async fn older_overlap(
+        &self,
+        key: &SubnetKey,
+        created: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let own = self.layout.lease(key);
+        let listing = self.store.list(&self.layout.subnets()).await?;
+        Ok(listing.kvs.into_iter().find(|kv| {
+            kv.key != own
+                && kv.create_revision < created
+                && self.layout.parse_lease(&kv.key).is_ok_and(|k| k.overlaps(key))
+        }))
     }
 
     /// Takes over our own existing key with a fresh store lease (the configured TTL) and

@@ -125,7 +125,12 @@ impl VxlanBackend {
                     if p.attrs.backend_type != "vxlan" || data.vni != s.vni {
                         return None;
                     }
-                    Some(PeerEntry { subnet: psub?.trunc(), mac: data.vtep_mac, public: public? })
+                    let psub = psub?.trunc();
+                    // Defense in depth: whatever the store says, our own subnet is never a peer's.
+                    if psub.contains(&subnet.network()) || subnet.contains(&psub.network()) {
+                        return None;
+                    }
+                    Some(PeerEntry { subnet: psub, mac: data.vtep_mac, public: public? })
                 })
                 .collect();
             let spec_mtu =

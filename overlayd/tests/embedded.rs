@@ -140,11 +140,22 @@ fn embedded_daemons_in_three_namespaces_share_one_file() {
         "--subnet-lease-ttl",
         "3s",
     ];
+    // Node 0 runs as under systemd Type=notify.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let env = [("NOTIFY_SOCKET", notify_path.to_str().unwrap())];
     let mut ds: Vec<Daemon> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| Daemon::start(n, &format!("enode{i}"), dir.path(), &args))
+        .map(|(i, n)| {
+            Daemon::start_env(n, &format!("enode{i}"), dir.path(), &args, if i == 0 { &env } else { &[] })
+        })
         .collect();
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from overlayd");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(ds[0].ready(), "READY=1 came before /readyz said so");
     for d in &ds {
         d.wait_ready(Duration::from_secs(20));
     }
@@ -202,4 +213,53 @@ fn embedded_daemons_in_three_namespaces_share_one_file() {
         leases["leases"].as_array().unwrap().iter().map(|l| l["key"].as_str().unwrap()).collect();
     assert_eq!(listed, [keys[0].as_str()]);
     assert!(ds[0].term().success());
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from overlayd");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+/// Dual stack and IPv6 only: both families leased together, keys in flannel's `&` form
+/// (and the IPv6-only form), no duplicates in either family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dual_stack_and_ipv6_only_leases() {
+    use overlayd::lease::{LeaseManager, LeaseSettings};
+    let d = tempdir();
+    let store = stores(&d, 1).remove(0);
+    for (prefix, conf) in [
+        (
+            "/ds",
+            r#"{"Network":"10.80.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:80::/48","IPv6SubnetLen":64}"#,
+        ),
+        ("/v6", r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:81::/56"}"#),
+    ] {
+        let cfg = scenarios::config(conf);
+        let layout = overlayd::subnet::KeyLayout::new(prefix);
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let mut a = scenarios::attrs(&format!("n{i}"), scenarios::node_ip(i));
+                a.public_ipv6 = Some(format!("2001:db8::{}", i + 1).parse().unwrap());
+                let mut m = LeaseManager::new(
+                    store.clone(),
+                    layout.clone(),
+                    cfg.clone(),
+                    a,
+                    LeaseSettings::with_ttl(Duration::from_secs(60)),
+                );
+                tokio::spawn(async move { m.acquire().await.unwrap() })
+            })
+            .collect();
+        let mut v4 = std::collections::BTreeSet::new();
+        let mut v6 = std::collections::BTreeSet::new();
+        for t in tasks {
+            let l = t.await.unwrap();
+            assert_eq!(l.key.ipv4.is_some(), cfg.ipv4.is_some(), "{}", l.key);
+            if let Some(n) = l.key.ipv4 {
+                assert!(v4.insert(n), "duplicate IPv4 subnet {}", l.key);
+            }
+            assert!(v6.insert(l.key.ipv6.expect("an IPv6 subnet")), "duplicate IPv6 subnet {}", l.key);
+            let k = layout.lease(&l.key);
+            assert!(store.get(&k).await.unwrap().is_some(), "{k}");
+            assert_eq!(k.contains('&'), cfg.ipv4.is_some(), "{k}");
+        }
+        assert_eq!(v6.len(), 10);
+    }
 }

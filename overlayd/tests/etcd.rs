@@ -457,3 +457,172 @@ fn three_member_cluster_survives_losing_the_leader_then_a_follower() {
     want.sort();
     assert_eq!(listed, want, "duplicated or lost leases");
 }
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out =
+        std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for `ips` and a client certificate with CN `client`.
+fn make_certs(dir: &std::path::Path, ips: &[&str], client: &str) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca"],
+    ];
+    openssl(dir, &ca.concat());
+    let sans: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName={}\nextendedKeyUsage=serverAuth\n", sans.join(",")),
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "etcd"), ("client", client)] {
+        let subj = format!("/CN={cn}");
+        let (key, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &subj]].concat());
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_client_certificates_and_password_authentication() {
+    require_root!();
+    let dir = tempdir();
+    let d = dir.path();
+    // The client certificate's CN is no etcd user: only the password can authenticate.
+    make_certs(d, &["192.0.2.254", "127.0.0.1"], "overlayd-node");
+    let underlay = test_netns::Underlay::new(None);
+    let infra = TestNs::new("tlsinfra");
+    underlay.attach(&infra, "ul", "192.0.2.254/24");
+    let f = |n: &str| d.join(n).display().to_string();
+    let (ca, cert, key, skey, spem) =
+        (f("ca.pem"), f("client.pem"), f("client.key"), f("server.key"), f("server.pem"));
+    let etcd = Etcd::single_with(
+        &infra,
+        "192.0.2.254",
+        d,
+        "https",
+        &["--cert-file", &spem, "--key-file", &skey, "--client-cert-auth", "--trusted-ca-file", &ca],
+    );
+    // Users and a role limited to the prefix, then authentication on.
+    let (ca2, cert2, key2) = (ca.clone(), cert.clone(), key.clone());
+    let ep = etcd.endpoint();
+    block_on_in(&infra, || async move {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&ca2).unwrap()))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&cert2).unwrap(),
+                std::fs::read(&key2).unwrap(),
+            ));
+        let mut c =
+            etcd_client::Client::connect([ep], Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+                .await
+                .expect("TLS connection with a client certificate");
+        c.user_add("root", "rootpw", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.user_add("overlayd", "s3cret", None).await.unwrap();
+        c.role_add("overlayd").await.unwrap();
+        let perm = etcd_client::Permission::read_write("/coreos.com/network/").with_prefix();
+        c.role_grant_permission("overlayd", perm).await.unwrap();
+        c.user_grant_role("overlayd", "overlayd").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    std::fs::write(d.join("pw"), "s3cret\n").unwrap();
+    std::fs::write(d.join("badpw"), "nope\n").unwrap();
+    std::fs::write(d.join("net-conf.json"), NET_CONF).unwrap();
+    let nodes: Vec<TestNs> = (0..3)
+        .map(|i| {
+            let n = TestNs::new(&format!("tls{i}"));
+            underlay.attach(&n, "ul", &format!("192.0.2.{}/24", i + 1));
+            n
+        })
+        .collect();
+    let base = [
+        "--etcd-endpoints",
+        "https://192.0.2.254:2379",
+        "--etcd-cafile",
+        ca.as_str(),
+        "--iface",
+        "ul",
+        "--net-config-file",
+        "NETCONF",
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .map(|s| if *s == "NETCONF" { f("net-conf.json") } else { s.to_string() })
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let start = |i: usize, a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        Daemon::start(&nodes[i], &format!("tls{i}"), d, &refs)
+    };
+    let (pw, badpw) = (f("pw"), f("badpw"));
+    let good = start(
+        0,
+        args(&[
+            "--etcd-certfile",
+            &cert,
+            "--etcd-keyfile",
+            &key,
+            "--etcd-username",
+            "overlayd",
+            "--etcd-password-file",
+            &pw,
+        ]),
+    );
+    good.wait_ready(Duration::from_secs(20));
+    assert!(good.key().is_some());
+    let h = good.get("/v1/store");
+    assert_eq!(h["health"]["healthy"], true, "{h}");
+    assert!(h["health"]["endpoints"][0]["version"].as_str().unwrap().starts_with("3.4"), "{h}");
+
+    // Without a client certificate the server refuses the handshake: never ready.
+    let mut nocert = start(1, args(&["--etcd-username", "overlayd", "--etcd-password-file", &pw]));
+    // A wrong password is refused when logging in: the daemon stops with an error.
+    let mut wrong = start(
+        2,
+        args(&[
+            "--etcd-certfile",
+            &cert,
+            "--etcd-keyfile",
+            &key,
+            "--etcd-username",
+            "overlayd",
+            "--etcd-password-file",
+            &badpw,
+        ]),
+    );
+    let status = wrong.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(wrong.log_text().contains("authentication failed"), "{}", wrong.log_tail());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(nocert.running());
+    assert!(!nocert.ready());
+    assert!(good.ready());
+}

@@ -7,6 +7,7 @@
 //! assert!(out.contains("\"lo\""));
 //! ```
 
+pub mod cluster;
 mod connectivity;
 mod topology;
 

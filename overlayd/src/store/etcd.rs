@@ -527,9 +527,14 @@ impl Store for EtcdStore {
             client.get("health", Some(GetOptions::new().with_count_only())),
         )
         .await;
-        let revision = match quorum {
-            Ok(Ok(r)) => Some(header_rev(r.header())),
-            _ => None,
+        let (healthy, revision) = match quorum {
+            Ok(Ok(r)) => (true, Some(header_rev(r.header()))),
+            // etcd checks permissions after the quorum read: a refusal still proves one
+            // (a user restricted to the prefix may not read "health").
+            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == tonic::Code::PermissionDenied => {
+                (true, None)
+            }
+            _ => (false, None),
         };
         let checks = self.opts.endpoints.iter().map(|ep| {
             let o = self.single_endpoint(ep);
@@ -570,7 +575,7 @@ impl Store for EtcdStore {
             }
         });
         let endpoints = futures_util::future::join_all(checks).await;
-        StoreHealth { kind: "etcd".into(), healthy: revision.is_some(), revision, endpoints }
+        StoreHealth { kind: "etcd".into(), healthy, revision, endpoints }
     }
 }
 

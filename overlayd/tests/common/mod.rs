@@ -99,6 +99,9 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 pub struct Etcd {
     pub name: String,
     pub ip: String,
+    /// `http` or `https` (then `extra` carries the TLS flags).
+    pub scheme: &'static str,
+    extra: Vec<String>,
     ns: NetNs,
     data: PathBuf,
     log: PathBuf,
@@ -110,7 +113,15 @@ impl Etcd {
     /// A single-member cluster on `ip` (which also listens on 127.0.0.1 when `ip` is not
     /// loopback), data under `dir`.
     pub fn single(ns: &TestNs, ip: &str, dir: &Path) -> Etcd {
-        let e = Etcd::member(ns, "m0", ip, &format!("m0=http://{ip}:2380"), dir);
+        Etcd::single_with(ns, ip, dir, "http", &[])
+    }
+
+    /// [`Etcd::single`] with the client URLs on `scheme` and extra flags (TLS files).
+    pub fn single_with(ns: &TestNs, ip: &str, dir: &Path, scheme: &'static str, extra: &[&str]) -> Etcd {
+        let mut e = Etcd::new(ns, "m0", ip, &format!("m0=http://{ip}:2380"), dir);
+        e.scheme = scheme;
+        e.extra = extra.iter().map(|s| s.to_string()).collect();
+        e.spawn();
         e.wait_healthy(Duration::from_secs(20));
         e
     }
@@ -118,25 +129,32 @@ impl Etcd {
     /// One member of a cluster described by `initial_cluster` (not waited for: members
     /// of a new cluster only become healthy together).
     pub fn member(ns: &TestNs, name: &str, ip: &str, initial_cluster: &str, dir: &Path) -> Etcd {
+        let mut e = Etcd::new(ns, name, ip, initial_cluster, dir);
+        e.spawn();
+        e
+    }
+
+    fn new(ns: &TestNs, name: &str, ip: &str, initial_cluster: &str, dir: &Path) -> Etcd {
         let data = dir.join(format!("etcd-{name}"));
-        let mut e = Etcd {
+        Etcd {
             name: name.to_string(),
             ip: ip.to_string(),
+            scheme: "http",
+            extra: Vec::new(),
             ns: NetNs::open(ns.path()).expect("open the test namespace"),
             log: dir.join(format!("etcd-{name}.log")),
             data,
             initial_cluster: initial_cluster.to_string(),
             child: None,
-        };
-        e.spawn();
-        e
+        }
     }
 
     fn spawn(&mut self) {
         let ip = &self.ip;
-        let mut client = format!("http://{ip}:2379");
+        let scheme = self.scheme;
+        let mut client = format!("{scheme}://{ip}:2379");
         if ip != "127.0.0.1" && !self.initial_cluster.contains(',') {
-            client += ",http://127.0.0.1:2379";
+            client += &format!(",{scheme}://127.0.0.1:2379");
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("etcd log");
         let mut cmd = self.ns.command("etcd");
@@ -144,13 +162,16 @@ impl Etcd {
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data)
             .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+            .args(["--advertise-client-urls", &format!("{scheme}://{ip}:2379")])
+            // Plain-HTTP /health whatever the client URLs use.
+            .args(["--listen-metrics-urls", &format!("http://{ip}:2381")])
             .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
             .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", "overlayd-test"])
             // Quick elections keep the cluster test short.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -158,14 +179,14 @@ impl Etcd {
         self.child = Some(child);
     }
 
-    /// `http://ip:2379`.
+    /// `http://ip:2379` (or https).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("{}://{}:2379", self.scheme, self.ip)
     }
 
     /// Whether `/health` answers true (from inside the member's namespace).
     pub fn healthy(&self) -> bool {
-        let addr: std::net::SocketAddr = format!("{}:2379", self.ip).parse().unwrap();
+        let addr: std::net::SocketAddr = format!("{}:2381", self.ip).parse().unwrap();
         self.ns
             .run(|| {
                 let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -239,12 +260,18 @@ pub struct Daemon {
     pub subnet_file: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Daemon {
     /// Starts `overlayd` in `ns` with its files under `dir/<name>` plus `args`.
     pub fn start(ns: &TestNs, name: &str, dir: &Path, args: &[&str]) -> Daemon {
+        Daemon::start_env(ns, name, dir, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(ns: &TestNs, name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut d = Daemon {
@@ -254,6 +281,7 @@ impl Daemon {
             subnet_file: dir.join("run/subnet.env"),
             log: dir.join("overlayd.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dir,
             child: None,
         };
@@ -274,6 +302,7 @@ impl Daemon {
             .args(["--log", "overlayd=debug,info"])
             .args(&self.args)
             .env_remove("NOTIFY_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

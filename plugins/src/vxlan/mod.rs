@@ -155,7 +155,10 @@ fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Val
         "mtu": node.mtu,
     });
     if kind == "bridge" {
+        // Pods reach the cluster through the overlay routes, and everything else through the
+        // node (masqueraded by the daemon): the bridge is their default gateway.
         conf["isGateway"] = json!(true);
+        conf["isDefaultGateway"] = json!(true);
     }
     if let Some(user) = &opts.delegate {
         for (k, v) in user {

@@ -1,0 +1,328 @@
+//! The overlay end to end: node namespaces on an underlay, `overlayd` in each, pods through
+//! the `vxlan` plugin and the cni-spec runtime.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use netkernel::overlay::FdbEntry;
+use overlayd::store::Store;
+use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, StoreKind, wait_for};
+use test_netns::{TestNs, ping, require_root, veth_between};
+
+/// target/debug (or release): where the workspace's binaries are, built when missing.
+fn bin_dir() -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
+    if needed.iter().any(|b| !dir.join(b).exists()) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the binaries");
+    }
+    dir
+}
+
+fn all_pairs(pods: &[ClusterPod]) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
+    for a in pods {
+        for b in pods {
+            if a.ip != b.ip && !ping(&a.ns, &b.ip, 2) {
+                failed.push((a.ip.clone(), b.ip.clone()));
+            }
+        }
+    }
+    failed
+}
+
+/// The overlay entries node `i` has for the subnet starting at `vtep` (neighbour, route,
+/// FDB entries to `public`).
+fn entries_for(c: &Cluster, i: usize, vtep: &str, public: &str) -> (bool, bool, bool) {
+    let nl = c.nodes[i].ns.netlink();
+    let Some(dev) = nl.link("flannel.1").unwrap() else { return (false, false, false) };
+    let vtep: std::net::IpAddr = vtep.parse().unwrap();
+    let public: std::net::IpAddr = public.parse().unwrap();
+    let neigh = nl.neighbours(dev.index).unwrap().iter().any(|n| n.ip == vtep);
+    let route =
+        nl.routes(false, None).unwrap().iter().any(|r| r.gateway == Some(vtep) && r.oif == Some(dev.index));
+    let fdb = nl.fdb(dev.index).unwrap().iter().any(|f: &FdbEntry| f.dst == public);
+    (neigh, route, fdb)
+}
+
+fn node_subnet(c: &Cluster, i: usize) -> String {
+    let env = std::fs::read_to_string(c.nodes[i].dir.join("subnet.env")).unwrap();
+    let line = env.lines().find(|l| l.starts_with("FLANNEL_SUBNET=")).unwrap();
+    // FLANNEL_SUBNET=10.244.7.1/24: the subnet's first address is .0.
+    let ip = line.trim_start_matches("FLANNEL_SUBNET=").split('/').next().unwrap();
+    let mut parts: Vec<&str> = ip.split('.').collect();
+    parts[3] = "0";
+    parts.join(".")
+}
+
+#[test]
+fn three_nodes_reach_each_other_a_node_leaves_and_one_joins() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(3, bin_dir())).unwrap();
+    let mut pods = Vec::new();
+    for n in 0..3 {
+        for p in 0..2 {
+            pods.push(c.add_pod(n, &format!("p{n}{p}")).unwrap());
+        }
+    }
+    assert_eq!(all_pairs(&pods), vec![]);
+
+    // Node 2 leaves: its entries disappear everywhere.
+    let (vtep2, public2) = (node_subnet(&c, 2), c.nodes[2].underlay_ip.clone());
+    assert_eq!(entries_for(&c, 0, &vtep2, &public2), (true, true, true));
+    let (ok, out) = c.overlayctl(2, &["leave"]).unwrap();
+    assert!(ok, "{out}");
+    for i in 0..2 {
+        wait_for(Duration::from_secs(15), "node2's entries to go", || {
+            entries_for(&c, i, &vtep2, &public2) == (false, false, false)
+        })
+        .unwrap();
+    }
+    for p in pods.iter().filter(|p| p.node == 2) {
+        let _ = c.del_pod(p);
+    }
+    pods.retain(|p| p.node != 2);
+
+    // A node joins: everyone reaches its pod.
+    let j = c.add_node().unwrap();
+    c.wait_ready(j).unwrap();
+    pods.push(c.add_pod(j, "joined").unwrap());
+    wait_for(Duration::from_secs(15), "everyone to reach the new pod", || all_pairs(&pods).is_empty())
+        .unwrap();
+    for p in &pods {
+        c.del_pod(p).unwrap();
+    }
+}
+
+#[test]
+fn ten_nodes_on_etcd() {
+    require_root!();
+    let mut opts = ClusterOptions::new(10, bin_dir());
+    opts.store = StoreKind::Etcd;
+    let c = Cluster::start(opts).unwrap();
+    let mut pods = Vec::new();
+    for n in 0..10 {
+        for p in 0..2 {
+            pods.push(c.add_pod(n, &format!("e{n}{p}")).unwrap());
+        }
+    }
+    assert_eq!(all_pairs(&pods), vec![]);
+    for p in &pods {
+        c.del_pod(p).unwrap();
+    }
+}
+
+/// Sends 100 pings a second from `from` to `to` for `secs`; returns (sent, received).
+fn ping_flood(from: &TestNs, to: &str, secs: u32) -> std::process::Child {
+    from.command("ping")
+        .args(["-i", "0.01", "-c", &(secs * 100).to_string(), "-q", to])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn ping_result(child: std::process::Child) -> (u32, u32) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn daemon_restarts_lose_no_packets() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let a = c.add_pod(0, "ra").unwrap();
+    let b = c.add_pod(1, "rb").unwrap();
+    assert!(ping(&a.ns, &b.ip, 2));
+    let flood = ping_flood(&a.ns, &b.ip, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    c.stop_daemon(1, libc::SIGTERM);
+    c.start_daemon(1).unwrap();
+    c.wait_ready(1).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    c.stop_daemon(0, libc::SIGKILL);
+    c.start_daemon(0).unwrap();
+    c.wait_ready(0).unwrap();
+    let (sent, received) = ping_result(flood);
+    assert_eq!(sent, 800);
+    assert_eq!(sent - received, 0, "lost {} of {sent} packets across daemon restarts", sent - received);
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+#[test]
+fn hand_deleted_entries_come_back_and_a_changed_mac_leaves_no_stale_fdb() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let a = c.add_pod(0, "ha").unwrap();
+    let b = c.add_pod(1, "hb").unwrap();
+    let vtep1 = node_subnet(&c, 1);
+    let public1 = c.nodes[1].underlay_ip.clone();
+    let node0 = &c.nodes[0].ns;
+    node0.exec(&["ip", "route", "del", &format!("{vtep1}/24")]);
+    node0.exec(&["ip", "neigh", "del", &vtep1, "dev", "flannel.1"]);
+    wait_for(Duration::from_secs(15), "the route and neighbour to come back", || {
+        entries_for(&c, 0, &vtep1, &public1) == (true, true, true)
+    })
+    .unwrap();
+    assert!(ping(&a.ns, &b.ip, 2));
+    // The whole device.
+    node0.exec(&["ip", "link", "del", "flannel.1"]);
+    wait_for(Duration::from_secs(15), "the device and its entries to come back", || {
+        entries_for(&c, 0, &vtep1, &public1) == (true, true, true)
+    })
+    .unwrap();
+    assert!(ping(&a.ns, &b.ip, 3));
+
+    // Node 1 gets a new VTEP MAC (e.g. its state was lost): node 0 keeps no FDB entry
+    // for the old one.
+    let old_mac = std::fs::read_to_string(c.nodes[1].dir.join("state/vtep-mac")).unwrap().trim().to_string();
+    c.stop_daemon(1, libc::SIGTERM);
+    std::fs::write(c.nodes[1].dir.join("state/vtep-mac"), "0e:11:22:33:44:55\n").unwrap();
+    c.start_daemon(1).unwrap();
+    c.wait_ready(1).unwrap();
+    let old = netkernel::link::parse_mac(&old_mac).unwrap();
+    wait_for(Duration::from_secs(15), "the old MAC's FDB entry to go", || {
+        let nl = c.nodes[0].ns.netlink();
+        let dev = nl.require_link("flannel.1").unwrap();
+        let fdb = nl.fdb(dev.index).unwrap();
+        !fdb.iter().any(|f| f.mac == old) && fdb.iter().any(|f| f.mac == [0x0e, 0x11, 0x22, 0x33, 0x44, 0x55])
+    })
+    .unwrap();
+    wait_for(Duration::from_secs(10), "traffic over the new MAC", || ping(&a.ns, &b.ip, 1)).unwrap();
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+fn datapath_snapshot(c: &Cluster) -> Vec<String> {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let routes = n.ns.exec(&["ip", "route"]);
+            let neigh = n.ns.exec(&["ip", "neigh", "show", "dev", "flannel.1"]);
+            let fdb = n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+            format!("{routes}\n{neigh}\n{fdb}")
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_leases_leave_the_datapath_untouched() {
+    require_root!();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    for (i, j) in [(0, 1), (1, 0)] {
+        let (vtep, public) = (node_subnet(&c, j), c.nodes[j].underlay_ip.clone());
+        wait_for(Duration::from_secs(15), "the nodes to know each other", || {
+            entries_for(&c, i, &vtep, &public) == (true, true, true)
+        })
+        .unwrap();
+    }
+    let before = datapath_snapshot(&c);
+    let own0 = node_subnet(&c, 0);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = overlayd::store::embedded::EmbeddedStore::open(overlayd::store::embedded::EmbeddedOptions::new(
+            c.work_dir().join("store.db"),
+        ))
+        .unwrap();
+        let p = "/coreos.com/network/subnets/";
+        let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:de:ad:be:ef:01"}"#;
+        for (key, value) in [
+            ("10.244.200.0-24", "not json".to_string()),
+            ("10.99.0.0-24", format!(r#"{{"PublicIP":"198.18.0.77",{mac}}}"#)),
+            ("10.244.201.0-26", format!(r#"{{"PublicIP":"198.18.0.78",{mac}}}"#)),
+            ("10.244.202.0-24", r#"{"PublicIP":"198.18.0.80","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}}"#.to_string()),
+            ("garbage-key", "{}".to_string()),
+        ] {
+            store.put(&format!("{p}{key}"), value.as_bytes()).await.unwrap();
+        }
+    });
+    // Two resync periods for anything to (wrongly) happen.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(datapath_snapshot(&c), before);
+    for n in 0..2 {
+        assert!(c.nodes[n].ready(), "node{n} must keep running");
+    }
+
+    // A writer overwrites node 0's own key. Node 0 sees it no longer owns the key (renewal
+    // compares revisions), moves to another subnet rather than share one, and never routes
+    // its own subnet into the overlay. (Peers cannot tell such an overwrite from a real
+    // change, and follow it.)
+    rt.block_on(async {
+        let store = overlayd::store::embedded::EmbeddedStore::open(overlayd::store::embedded::EmbeddedOptions::new(
+            c.work_dir().join("store.db"),
+        ))
+        .unwrap();
+        let value = r#"{"PublicIP":"198.18.0.79","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:de:ad:be:ef:02"}}"#;
+        store.put(&format!("/coreos.com/network/subnets/{own0}-24"), value.as_bytes()).await.unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    wait_for(Duration::from_secs(20), "node0 to be ready again", || c.nodes[0].ready()).unwrap();
+    let own_now = node_subnet(&c, 0);
+    let node0 = c.nodes[0].ns.exec(&["ip", "route"]);
+    assert!(!node0.contains(&format!("{own_now}/24 via")), "node0 routes its own subnet away: {node0}");
+}
+
+#[test]
+fn vxlan_plugin_with_the_daemon_down() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
+    let existing = c.add_pod(0, "dd").unwrap();
+    c.stop_daemon(0, libc::SIGTERM);
+    let e = c.add_pod(0, "late").unwrap_err();
+    assert!(e.contains("code 11"), "{e}");
+    let rt =
+        cni_spec::runtime::Runtime::new(vec![bin_dir()]).with_cache_dir(c.nodes[0].dir.join("cni-cache"));
+    let list = c.nodes[0].conflist();
+    let status = c.nodes[0].ns.run(|| rt.status(&list)).unwrap_err();
+    assert_eq!(status.code, 50, "{status}");
+    // DEL works from the saved config.
+    c.del_pod(&existing).unwrap();
+    assert!(!existing.ns.try_exec(&["ip", "link", "show", "eth0"]));
+    let ipam = c.nodes[0].dir.join("ipam/cluster");
+    let leases: Vec<_> = std::fs::read_dir(&ipam)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+}
+
+#[test]
+fn pods_egress_masqueraded_but_talk_to_each_other_unmasqueraded() {
+    require_root!();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let a = c.add_pod(0, "ma").unwrap();
+    let b = c.add_pod(1, "mb").unwrap();
+    let outside = TestNs::new("world");
+    veth_between(&c.nodes[0].ns, "world", &outside, "up");
+    c.nodes[0].ns.add_address("world", "203.0.113.1/24");
+    outside.add_address("up", "203.0.113.2/24");
+
+    let listen = |ns: &TestNs, addr: &str| -> TcpListener {
+        let addr = addr.to_string();
+        ns.run(move || TcpListener::bind(addr)).unwrap()
+    };
+    let world = listen(&outside, "203.0.113.2:0");
+    let target = world.local_addr().unwrap();
+    a.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))).unwrap();
+    let (_s, peer) = world.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), "203.0.113.1", "egress must leave as the node");
+
+    let inside = listen(&b.ns, &format!("{}:0", b.ip));
+    let target = inside.local_addr().unwrap();
+    a.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))).unwrap();
+    let (_s, peer) = inside.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), a.ip, "pod-to-pod traffic keeps the pod's address");
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
