@@ -47,14 +47,7 @@ impl Delegate {
 
     fn call(&self, command: Command, config: &[u8]) -> Result<Vec<u8>, Error> {
         let binary: PathBuf = find_plugin(&self.plugin, &self.env.path)?;
-        let inv = Invocation {
-            command,
-            container_id: self.env.container_id.clone(),
-            netns: self.env.netns.clone(),
-            ifname: self.env.ifname.clone(),
-            args: self.env.args.clone(),
-            path: self.env.path.clone(),
-        };
+        let inv = Invocation { command, ..self.env.clone() };
         inv.run(&binary, config)
     }
 

@@ -7,7 +7,7 @@ use std::process::{Command as Process, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use crate::env::{CniArgs, Command};
+use crate::env::{CniArgs, Command, Environment};
 use crate::error::{Code, Error};
 
 /// Finds `plugin` (a binary name without `/`) in the search path.
@@ -34,7 +34,8 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The `CNI_*` variables of one plugin invocation.
+/// The `CNI_*` variables of one plugin invocation: the same fields a plugin reads back as
+/// its [`Environment`], here to be set for a child.
 ///
 /// ```
 /// use cni_spec::exec::Invocation;
@@ -42,26 +43,12 @@ fn is_executable(p: &Path) -> bool {
 /// let inv = Invocation::new(Command::Add).container("c1", Some("/run/netns/a".into()), "eth0");
 /// assert!(inv.env().contains(&("CNI_IFNAME", "eth0".to_string())));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    /// `CNI_COMMAND`.
-    pub command: Command,
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_NETNS`.
-    pub netns: Option<PathBuf>,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// `CNI_ARGS`.
-    pub args: CniArgs,
-    /// `CNI_PATH`.
-    pub path: Vec<PathBuf>,
-}
+pub type Invocation = Environment;
 
-impl Invocation {
+impl Environment {
     /// An invocation of `command` with nothing else set.
     pub fn new(command: Command) -> Self {
-        Invocation {
+        Environment {
             command,
             container_id: String::new(),
             netns: None,

@@ -34,7 +34,7 @@ fn ethtool(ifname: &str, value: &mut EthtoolValue) -> Result<()> {
         *d = s as libc::c_char;
     }
     // SAFETY: `req` is a valid ifreq whose data pointer outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
     if rc < 0 {
         return Err(KernelError::io(format!("ethtool ioctl on {ifname}"))(std::io::Error::last_os_error()));
     }

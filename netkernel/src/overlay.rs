@@ -197,19 +197,7 @@ impl Netlink {
             .filter(|m| m.header.ifindex == index && m.header.family != AddressFamily::Bridge)
             .filter(|m| m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                let (mut ip, mut mac) = (None, None);
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                            ip = Some(IpAddr::V4(*v4))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                            ip = Some(IpAddr::V6(*v6))
-                        }
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
-                        _ => {}
-                    }
-                }
+                let (ip, mac) = address_and_mac(m);
                 Some(Neighbour { ip: ip?, mac: mac? })
             })
             .collect())
@@ -224,21 +212,7 @@ impl Netlink {
             .iter()
             .filter(|m| m.header.ifindex == index)
             .filter_map(|m| {
-                let (mut dst, mut mac) = (None, None);
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                            dst = Some(IpAddr::V4(*v4))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                            dst = Some(IpAddr::V6(*v6))
-                        }
-                        // In AF_BRIDGE messages the parser cannot tell the family: go by length.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => dst = raw_ip(raw),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
-                        _ => {}
-                    }
-                }
+                let (dst, mac) = address_and_mac(m);
                 Some(FdbEntry { mac: mac?, dst: dst? })
             })
             .collect())
@@ -329,6 +303,22 @@ impl Netlink {
         .collect::<Vec<_>>();
         self.block_on(run)
     }
+}
+
+/// The destination address and the link-layer address of a neighbour or FDB message.
+fn address_and_mac(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
+    let (mut ip, mut mac) = (None, None);
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(*v6)),
+            // In AF_BRIDGE messages the parser cannot tell the family: go by length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => ip = raw_ip(raw),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
+            _ => {}
+        }
+    }
+    (ip, mac)
 }
 
 fn raw_ip(raw: &[u8]) -> Option<IpAddr> {

@@ -230,6 +230,12 @@ async fn embedded_dual_stack_and_ipv6_only_leases() {
             r#"{"Network":"10.80.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:80::/48","IPv6SubnetLen":64}"#,
         ),
         ("/v6", r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:81::/56"}"#),
+        // Exactly ten IPv6 subnets for ten nodes while IPv4 has 255: IPv6 picks collide
+        // and the older-lease rule has to sort them out.
+        (
+            "/tight",
+            r#"{"Network":"10.82.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:82::/48","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:82:0:1::","IPv6SubnetMax":"fd00:82:0:a::"}"#,
+        ),
     ] {
         let cfg = scenarios::config(conf);
         let layout = overlayd::subnet::KeyLayout::new(prefix);

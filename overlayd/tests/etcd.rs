@@ -297,6 +297,20 @@ fn etcd_stopped_for_30s_changes_nothing_and_the_lease_is_kept() {
     let keys: Vec<String> = ds.iter().map(|d| d.key().unwrap()).collect();
     assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys() == [keys[1].clone()]));
     let events: Vec<u64> = ds.iter().map(|d| d.status()["peer_events"].as_u64().unwrap()).collect();
+    // The datapath as the kernel has it: the VXLAN device, routes, permanent neighbours, FDB.
+    let kernel = |i: usize| -> String {
+        let n = &c.nodes[i];
+        [
+            n.exec(&["ip", "-d", "-o", "link", "show", "type", "vxlan"]),
+            n.exec(&["ip", "-o", "route", "show"]),
+            n.exec(&["ip", "neigh", "show", "nud", "permanent"]),
+            n.exec(&["bridge", "fdb", "show", "dev", "flannel.7"]),
+        ]
+        .join("\n")
+    };
+    assert!(wait_until(Duration::from_secs(10), || kernel(0).contains("flannel.7")
+        && kernel(0).contains("dst 192.0.2.2")));
+    let kernel_before: Vec<String> = (0..2).map(kernel).collect();
     let env_before: Vec<(String, std::time::SystemTime)> = ds
         .iter()
         .map(|d| {
@@ -320,6 +334,9 @@ fn etcd_stopped_for_30s_changes_nothing_and_the_lease_is_kept() {
             saw_down[i] |= s["store_ok"] == false;
         }
         assert_eq!(ds[0].peer_keys(), [keys[1].clone()]);
+        for (i, k) in kernel_before.iter().enumerate() {
+            assert_eq!(&kernel(i), k, "node{i}'s datapath changed during the outage");
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
     assert_eq!(saw_down, [true, true], "the daemons never noticed the outage");
@@ -340,6 +357,7 @@ fn etcd_stopped_for_30s_changes_nothing_and_the_lease_is_kept() {
         assert_eq!(s["key"], keys[i].as_str());
         assert_eq!(s["subnet_changes"], 0);
         assert_eq!(s["peer_events"], events[i], "the outage produced peer events");
+        assert_eq!(kernel(i), kernel_before[i], "node{i}'s datapath changed after the outage");
         let (text, mtime) = &env_before[i];
         assert_eq!(&std::fs::read_to_string(&d.subnet_file).unwrap(), text);
         assert_eq!(&std::fs::metadata(&d.subnet_file).unwrap().modified().unwrap(), mtime);
