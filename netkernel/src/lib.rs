@@ -6,6 +6,7 @@ pub mod addr;
 pub mod error;
 pub mod ethtool;
 pub mod link;
+pub mod macspoof;
 pub mod masq;
 pub mod netlink;
 pub mod netns;

@@ -562,3 +562,41 @@ fn cnictl_path() -> PathBuf {
     }
     path
 }
+
+#[test]
+fn macspoofchk_drops_frames_with_another_source_mac() {
+    require_root!();
+    let host = Host::new();
+    let pod = TestNs::new("spoof");
+    let conf = host.conf("1.1.0", json!({"macspoofchk": true}), &["10.72.0.0/24"]);
+    let result = host.ok("ADD", &conf, "sp", &pod);
+    let mac = result["interfaces"][2]["mac"].as_str().unwrap().to_string();
+    let rules = host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]);
+    assert!(rules.contains(&format!("ether saddr != {mac} drop")), "{rules}");
+    assert!(ping(&pod, "10.72.0.1", 2));
+    let mut checked = conf.clone();
+    checked["prevResult"] = result.clone();
+    host.ok("CHECK", &checked, "sp", &pod);
+    // The container changes its MAC: its frames no longer pass.
+    pod.exec(&["ip", "neigh", "flush", "all"]);
+    pod.exec(&["ip", "link", "set", "eth0", "address", "0a:58:00:00:00:99"]);
+    assert!(!ping(&pod, "10.72.0.1", 1), "a spoofed source MAC got through");
+    // GC with the attachment still valid keeps the rule; DEL removes it.
+    let mut gc = json!({"cniVersion": "1.1.0", "name": "brnet", "type": "bridge", "bridge": "tbr0", "macspoofchk": true,
+        "ipam": conf["ipam"].clone()});
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "sp", "ifname": "eth0"}]);
+    let out = host.exec("GC", &gc, "", "", "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]).contains("drop"));
+    host.ok("DEL", &conf, "sp", &pod);
+    let rules = host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]);
+    assert!(!rules.contains("drop"), "{rules}");
+
+    // GC without the attachment removes a leftover rule.
+    host.ok("ADD", &conf, "sp2", &pod);
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = host.exec("GC", &gc, "", "", "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let rules = host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]);
+    assert!(!rules.contains("drop"), "{rules}");
+}

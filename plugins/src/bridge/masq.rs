@@ -31,7 +31,13 @@ pub fn tag(network: &str, container_id: &str, ifname: &str) -> String {
     if full.len() <= MAX_TAG && full.chars().all(|c| c.is_ascii_graphic()) {
         full
     } else {
-        format!("h:{:016x}:{:016x}", fnv64(&full), fnv64(&full.chars().rev().collect::<String>()))
+        // The network's group stays readable so GC can tell which network a tag is of.
+        format!(
+            "h:{}:{:016x}{:016x}",
+            group(network),
+            fnv64(&full),
+            fnv64(&full.chars().rev().collect::<String>())
+        )
     }
 }
 
@@ -65,6 +71,11 @@ pub fn entries_of(
     Ok(all.into_iter().filter(|e| e.tag == wanted).collect())
 }
 
+/// Whether `tag` belongs to an attachment of `network`.
+pub fn tag_of_network(tag: &str, network: &str) -> bool {
+    tag.starts_with(&format!("{network}/")) || tag.starts_with(&format!("h:{}:", group(network)))
+}
+
 /// Removes the entries of `network` that belong to no attachment in `valid`.
 pub fn gc(network: &str, valid: &[Attachment]) -> Result<usize, cni_spec::Error> {
     let keep: HashSet<String> = valid.iter().map(|a| tag(network, &a.container_id, &a.ifname)).collect();
@@ -90,6 +101,8 @@ mod tests {
         assert_eq!(short, "net/c1/eth0");
         let long = tag("net", &"a".repeat(200), "eth0");
         assert!(long.len() < 128 && long.starts_with("h:"));
+        assert!(tag_of_network(&long, "net") && tag_of_network(&short, "net"));
+        assert!(!tag_of_network(&long, "other") && !tag_of_network(&short, "ne"));
         assert_ne!(long, tag("net", &"a".repeat(201), "eth0"));
         assert_ne!(group("a"), group("b"));
         assert_eq!(group("a").len(), 17);

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod masq;
+pub mod spoof;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -60,6 +61,9 @@ impl Plugin for Bridge {
         if let Err(e) = masq::gc(req.network_name()?, &valid) {
             errors.push(e.to_string());
         }
+        if let Err(e) = spoof::gc(req.network_name()?, &valid) {
+            errors.push(e.to_string());
+        }
         if errors.is_empty() { Ok(()) } else { Err(Error::internal(errors.join("; "))) }
     }
 }
@@ -69,12 +73,14 @@ struct Undo<'a> {
     host: &'a Netlink,
     veth: Option<u32>,
     masq: Option<(&'a str, &'a str, &'a str)>,
+    spoof: Option<(&'a str, &'a str, &'a str)>,
 }
 
 impl Undo<'_> {
     fn disarm(mut self) {
         self.veth = None;
         self.masq = None;
+        self.spoof = None;
     }
 }
 
@@ -82,6 +88,9 @@ impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if let Some((net, cid, ifname)) = self.masq {
             let _ = masq::remove(net, cid, ifname);
+        }
+        if let Some((net, cid, ifname)) = self.spoof {
+            let _ = spoof::remove(net, cid, ifname);
         }
         if let Some(index) = self.veth {
             // Deleting the host end deletes the container end with it.
@@ -107,11 +116,16 @@ fn add(req: &Request) -> Result<SuccessResult, Error> {
     }
 
     let br = setup_bridge(&host, &conf)?;
-    let mut undo = Undo { host: &host, veth: None, masq: None };
+    let mut undo = Undo { host: &host, veth: None, masq: None, spoof: None };
     let host_veth = create_veth(&host, &ns, &conf, ifname)?;
     undo.veth = Some(host_veth.index);
     setup_host_port(&host, &conf, &host_veth, &br)?;
     let cont_link = cont.require_link(ifname).map_err(kernel_error("reading the container interface"))?;
+    if conf.macspoofchk {
+        let mac = cont_link.mac.ok_or_else(|| Error::internal("the container interface has no MAC"))?;
+        undo.spoof = Some((network, &req.env.container_id, ifname));
+        spoof::add(network, &req.env.container_id, ifname, &host_veth.name, mac)?;
+    }
 
     let mut result = SuccessResult::default();
     let ipam = conf.ipam_type.as_deref().map(|t| Delegate::for_request(req, t));
@@ -384,6 +398,9 @@ fn del(req: &Request) -> Result<(), Error> {
     if conf.ip_masq {
         masq::remove(network, &req.env.container_id, &req.env.ifname)?;
     }
+    if conf.macspoofchk {
+        spoof::remove(network, &req.env.container_id, &req.env.ifname)?;
+    }
     Ok(())
 }
 
@@ -459,6 +476,9 @@ fn check(req: &Request) -> Result<(), Error> {
         if !found {
             return Err(mismatch(format!("route to {} is missing", r.dst)));
         }
+    }
+    if conf.macspoofchk && !spoof::present(req.network_name()?, &req.env.container_id, ifname)? {
+        return Err(mismatch(format!("the MAC spoof rule for {ifname:?} is missing")));
     }
     if conf.ip_masq {
         let entries = masq::entries_of(req.network_name()?, &req.env.container_id, ifname)?;
