@@ -74,24 +74,8 @@ impl VxlanData {
     }
 }
 
-/// `aa:bb:cc:dd:ee:ff`, strictly six two-digit hex octets.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-/// Lower-case colon form.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
+/// MACs are read and written by the kernel layer's helpers (one implementation).
+pub use netkernel::link::{format_mac, parse_mac};
 
 /// Why a lease under `<prefix>/subnets/` is ignored.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

@@ -239,10 +239,10 @@ fn reconcile(
         }
         // The UDP checksum bug (kubernetes#92035): let the kernel checksum in software.
         let dev_name = dev.name.clone();
-        if netkernel::ethtool::tx_checksum(&dev_name).unwrap_or(false) {
-            if let Err(e) = netkernel::ethtool::set_tx_checksum(&dev_name, false) {
-                tracing::warn!(device = %dev_name, error = %e, "could not turn tx checksum offload off");
-            }
+        if netkernel::ethtool::tx_checksum(&dev_name).unwrap_or(false)
+            && let Err(e) = netkernel::ethtool::set_tx_checksum(&dev_name, false)
+        {
+            tracing::warn!(device = %dev_name, error = %e, "could not turn tx checksum offload off");
         }
         let _ = netkernel::sysctl::write(&format!("net/ipv6/conf/{dev_name}/accept_ra"), "0");
 
