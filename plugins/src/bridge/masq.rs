@@ -54,10 +54,20 @@ pub fn add(network: &str, container_id: &str, ifname: &str, ips: &[IpNet]) -> Re
         .map_err(kernel_error("adding masquerade entries"))
 }
 
-/// Removes the entries of one attachment, whatever its addresses were.
-pub fn remove(network: &str, container_id: &str, ifname: &str) -> Result<usize, cni_spec::Error> {
+/// Removes the entries of one attachment, whatever its addresses were. With the addresses
+/// known (`prevResult`) that is one `nft` run; the tag lookup is the fallback.
+pub fn remove(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    known: &[IpAddr],
+) -> Result<usize, cni_spec::Error> {
+    let t = table()?;
+    if !known.is_empty() && t.remove_ips(known).is_ok() {
+        return Ok(known.len());
+    }
     let wanted = tag(network, container_id, ifname);
-    table()?.remove_where(|t| t == wanted).map_err(kernel_error("removing masquerade entries"))
+    t.remove_where(|t| t == wanted).map_err(kernel_error("removing masquerade entries"))
 }
 
 /// The entries of one attachment.

@@ -87,7 +87,7 @@ impl Undo<'_> {
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if let Some((net, cid, ifname)) = self.masq {
-            let _ = masq::remove(net, cid, ifname);
+            let _ = masq::remove(net, cid, ifname, &[]);
         }
         if let Some((net, cid, ifname)) = self.spoof {
             let _ = spoof::remove(net, cid, ifname);
@@ -392,11 +392,19 @@ fn del(req: &Request) -> Result<(), Error> {
             Err(e) => return Err(Error::invalid_env("CNI_NETNS", e)),
         }
     }
+    // Masquerade entries go before the address is released, so they can be removed by
+    // address without racing a new owner of it.
+    if conf.ip_masq {
+        let known: Vec<IpAddr> = req
+            .prev_result()
+            .ok()
+            .flatten()
+            .map(|r| r.ips.iter().map(|ip| ip.address.addr()).collect())
+            .unwrap_or_default();
+        masq::remove(network, &req.env.container_id, &req.env.ifname, &known)?;
+    }
     if let Some(t) = &conf.ipam_type {
         Delegate::for_request(req, t).del(&req.raw)?;
-    }
-    if conf.ip_masq {
-        masq::remove(network, &req.env.container_id, &req.env.ifname)?;
     }
     if conf.macspoofchk {
         spoof::remove(network, &req.env.container_id, &req.env.ifname)?;
