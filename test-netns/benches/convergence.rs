@@ -24,7 +24,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -154,9 +154,11 @@ fn run_variant(
 
     let store_kind = v.store;
     let db = c.work_dir().join("store.db");
+    let nls_ref = &nls;
+    let targets_ref = &targets;
     let writer_ns = &c.nodes[0].ns;
     // The writer runs inside node0 (etcd is reachable only on the underlay).
-    let (per_lease, put_s) = writer_ns.run(|| {
+    let (per_lease, put_s) = writer_ns.run(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let store: Box<dyn Store> = rt.block_on(async {
             match store_kind {
@@ -177,7 +179,7 @@ fn run_variant(
         let mut per_lease = Vec::new();
         let mut put_s = Vec::new();
         let mut early: Vec<Arrival> = Vec::new();
-        for (k, dst) in targets.iter().enumerate() {
+        for (k, dst) in targets_ref.iter().enumerate() {
             std::thread::sleep(Duration::from_millis(fastrand_range(50, 250)));
             // Anything that arrived in between is not for this lease.
             while let Ok(a) = rx.try_recv() {
@@ -199,7 +201,7 @@ fn run_variant(
             while got.iter().any(Option::is_none) && Instant::now() < deadline {
                 if poll_method {
                     for i in 0..nodes {
-                        if got[i].is_none() && has_route(&nls[i], *dst) {
+                        if got[i].is_none() && has_route(&nls_ref[i], *dst) {
                             got[i] = Some(t0.elapsed().as_secs_f64());
                         }
                     }
@@ -281,7 +283,7 @@ fn main() {
     let _ = writeln!(env, "start: {}; load average {}", utc_now(), loadavg());
     let _ = writeln!(env, "top processes at start:\n{}", top_processes());
     eprintln!("{env}");
-    let bin = bin_dir();
+    let bin = bin_dir(&run);
     let mut outcomes = Vec::new();
     for v in &variants {
         eprintln!("variant {} ({} nodes, {leases} leases, {})", v.name, nodes, utc_now());

@@ -598,7 +598,7 @@ fn main() {
     let _ = writeln!(env, "top processes at start:\n{}", top_processes());
     eprintln!("{env}");
 
-    let bin = bin_dir();
+    let bin = bin_dir(&run);
     let c = Cluster::start(ClusterOptions::new(2, &bin)).expect("starting the cluster");
     let pods = vec![c.add_pod(0, "dp0").expect("pod 0"), c.add_pod(1, "dp1").expect("pod 1")];
     let sub = [node_subnet(&c, 0), node_subnet(&c, 1)];

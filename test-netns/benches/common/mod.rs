@@ -67,11 +67,20 @@ pub fn gate(name: &str) -> Option<Run> {
     Some(Run { smoke: args.iter().any(|a| a == "--smoke"), args })
 }
 
-/// target/release: where the daemon and plugin binaries are. Builds them first (a no-op when
-/// they are up to date) so that a bench never measures stale binaries.
-pub fn bin_dir() -> PathBuf {
+/// target/release: where the daemon and plugin binaries are. Unless `--no-build` was given,
+/// builds them first (a no-op when they are up to date) so that a bench never measures stale
+/// binaries.
+pub fn bin_dir(run: &Run) -> PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
     let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
+    if run.flag("--no-build") {
+        assert!(
+            needed.iter().all(|b| dir.join(b).exists()),
+            "--no-build: {} lacks the binaries",
+            dir.display()
+        );
+        return private_copy(&dir, &needed);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release").to_string();
     let mut cmd = Command::new(cargo);
@@ -88,7 +97,41 @@ pub fn bin_dir() -> PathBuf {
         );
         eprintln!("warning: building the binaries failed; using the ones in {}", dir.display());
     }
-    dir
+    private_copy(&dir, &needed)
+}
+
+/// Copies the binaries to a directory of this run, so that other builds in the shared
+/// target directory cannot swap them in the middle of a measurement.
+fn private_copy(dir: &Path, names: &[&str]) -> PathBuf {
+    let to = std::env::temp_dir().join(format!("test-netns-bench-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&to).expect("a directory for the binaries");
+    for n in names {
+        std::fs::copy(dir.join(n), to.join(n)).unwrap_or_else(|e| panic!("copying {n}: {e}"));
+    }
+    to
+}
+
+/// The binaries' build time and the source revision, for the record.
+pub fn bin_info(bin: &Path) -> String {
+    let mtime = Command::new("stat")
+        .args(["-c", "%y", bin.join("overlayd").to_str().unwrap_or_default()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let dirty = git(&["status", "--short", "--", "../overlayd", "../netkernel", "../plugins"]);
+    format!(
+        "overlayd built {mtime}; HEAD {}; uncommitted changes under overlayd/netkernel/plugins: {}",
+        git(&["rev-parse", "--short", "HEAD"]),
+        if dirty.is_empty() { "none".to_string() } else { dirty.lines().collect::<Vec<_>>().join(", ") }
+    )
 }
 
 /// Where raw results go: `$BENCH_OUT` or a fresh directory under /tmp.
