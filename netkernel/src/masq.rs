@@ -79,16 +79,28 @@ impl MasqTable {
         let _ = writeln!(s, "flush chain inet {t} postrouting");
         let _ = writeln!(s, "add rule inet {t} postrouting ip saddr vmap @src4");
         let _ = writeln!(s, "add rule inet {t} postrouting ip6 saddr vmap @src6");
-        for net in exempt {
-            let set = if matches!(net, IpNet::V4(_)) { "d4" } else { "d6" };
-            let _ = writeln!(s, "add element inet {t} {group}_{set} {{ {} }}", net.trunc());
+        // The shared part (table, maps, chains, rules) exists after the first ADD on a host:
+        // then adding the elements alone is a much smaller transaction. Only when that fails
+        // (something missing) is the whole structure (re)built, elements included.
+        let mut elements = String::new();
+        {
+            let s = &mut elements;
+            for net in exempt {
+                let set = if matches!(net, IpNet::V4(_)) { "d4" } else { "d6" };
+                let _ = writeln!(s, "add element inet {t} {group}_{set} {{ {} }}", net.trunc());
+            }
+            let comment = nft::quote(tag);
+            for ip in sources {
+                let map = if ip.is_ipv4() { "src4" } else { "src6" };
+                let _ = writeln!(s, "add element inet {t} {map} {{ {ip} comment {comment} : jump {group} }}");
+            }
         }
-        let comment = nft::quote(tag);
-        for ip in sources {
-            let map = if ip.is_ipv4() { "src4" } else { "src6" };
-            let _ = writeln!(s, "add element inet {t} {map} {{ {ip} comment {comment} : jump {group} }}");
+        let what = format!("adding masquerade entries tagged {tag:?}");
+        if nft::apply(&elements, &what).is_ok() {
+            return Ok(());
         }
-        nft::apply(&s, &format!("adding masquerade entries tagged {tag:?}"))
+        s.push_str(&elements);
+        nft::apply(&s, &what)
     }
 
     /// Every masqueraded source.
