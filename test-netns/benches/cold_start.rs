@@ -281,20 +281,63 @@ fn cold_start(c: &mut Cluster, fakes: &[Fake]) -> Start {
     s
 }
 
-fn warm_restart(c: &mut Cluster, fakes: &[Fake]) -> (f64, usize, f64) {
+/// A restart with the device and every entry in place.
+struct Warm {
+    /// Seconds from spawn to ready.
+    ready: f64,
+    /// Entry notifications during the restart, by kind.
+    churn: Vec<(String, usize)>,
+    /// Routes deleted: from the first deletion to the last re-addition, seconds (0: none).
+    blip: f64,
+    cpu: f64,
+    log: Vec<(String, f64)>,
+}
+
+fn warm_restart(c: &mut Cluster, fakes: &[Fake]) -> Warm {
     c.stop_daemon(0, libc::SIGTERM);
     let ns = &c.nodes[0].ns;
+    let logf = c.nodes[0].dir.join("overlayd.log");
+    let log_from = std::fs::metadata(&logf).map(|m| m.len()).unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     // Any route/neighbour/FDB notification during a warm restart is churn.
     let mut m = Monitor::open(ns, GRP_IPV4_ROUTE | GRP_NEIGH, Duration::from_millis(20)).unwrap();
     let st = stop.clone();
     let churn = std::thread::spawn(move || {
         let mut evs = Vec::new();
+        let (mut first_del, mut last_new) = (None, None);
         while !st.load(Ordering::Relaxed) {
+            let before = evs.len();
             let _ = m.recv(&mut evs);
+            let now = Instant::now();
+            for e in &evs[before..] {
+                match e {
+                    Event::Route { new: false, .. } => {
+                        first_del.get_or_insert(now);
+                    }
+                    Event::Route { new: true, .. } if first_del.is_some() => last_new = Some(now),
+                    _ => {}
+                }
+            }
         }
-        evs.iter().filter(|e| matches!(e, Event::Route { .. } | Event::Neigh { .. })).count()
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in &evs {
+            let k = match e {
+                Event::Route { new, .. } => format!("route {}", if *new { "new" } else { "del" }),
+                Event::Neigh { new, bridge, .. } => {
+                    format!("{} {}", if *bridge { "fdb" } else { "neigh" }, if *new { "new" } else { "del" })
+                }
+                Event::Overrun => "overrun".into(),
+            };
+            *by.entry(k).or_default() += 1;
+        }
+        let blip = match (first_del, last_new) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            (Some(_), None) => f64::INFINITY,
+            _ => 0.0,
+        };
+        (by.into_iter().collect::<Vec<_>>(), blip)
     });
+    let wall0 = SystemTime::now();
     let t0 = Instant::now();
     c.start_daemon(0).unwrap();
     let ns = &c.nodes[0].ns;
@@ -302,35 +345,77 @@ fn warm_restart(c: &mut Cluster, fakes: &[Fake]) -> (f64, usize, f64) {
     let ready = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
-    let n = churn.join().unwrap();
+    let (churn, blip) = churn.join().unwrap();
     let cpu = pid_cpu(&pids_in(ns, "overlayd"));
     assert_eq!(count_entries(ns, fakes), (fakes.len(), fakes.len(), fakes.len()));
-    (ready, n, cpu)
+    Warm { ready, churn, blip, cpu, log: log_since(&logf, log_from, wall0) }
 }
 
-/// `ip -batch` + `bridge -batch` for the same entries on a fresh device in `ns`: seconds.
-fn ip_batch(ns: &TestNs, fakes: &[Fake], dir: &Path) -> f64 {
-    let ipf = dir.join(format!("ip-{}.batch", fakes.len()));
-    let brf = dir.join(format!("bridge-{}.batch", fakes.len()));
-    let mut ip = String::new();
-    let mut br = String::new();
-    for f in fakes {
-        let m = mac_str(&f.mac);
-        let _ = writeln!(ip, "neigh replace {} lladdr {m} dev flannel.1 nud permanent", f.subnet);
-        let _ = writeln!(ip, "route replace {}/24 via {} dev flannel.1 onlink", f.subnet, f.subnet);
-        let _ = writeln!(br, "fdb replace {m} dev flannel.1 dst {} self permanent", f.public);
+/// Routes through nexthop objects (`ip nexthop replace id K via <vtep> dev flannel.1
+/// onlink`, then `ip route replace <subnet> nhid K`) instead of one gateway per route:
+/// seconds for the nexthops and for the routes.
+fn ip_batch_nexthops(ns: &TestNs, fakes: &[Fake], dir: &Path) -> (f64, f64) {
+    let nhf = dir.join(format!("nexthops-{}.batch", fakes.len()));
+    let rf = dir.join(format!("nh-routes-{}.batch", fakes.len()));
+    let mut nh = String::new();
+    let mut r = String::new();
+    for (k, f) in fakes.iter().enumerate() {
+        let _ = writeln!(nh, "nexthop replace id {} via {} dev flannel.1 onlink", k + 1, f.subnet);
+        let _ = writeln!(r, "route replace {}/24 nhid {}", f.subnet, k + 1);
     }
-    std::fs::write(&ipf, ip).unwrap();
-    std::fs::write(&brf, br).unwrap();
+    std::fs::write(&nhf, nh).unwrap();
+    std::fs::write(&rf, r).unwrap();
     let _ = sh(ns, &["ip", "link", "del", "flannel.1"]);
     shl(ns, "ip link add flannel.1 address 0e:ff:00:00:00:01 type vxlan id 1 local 198.18.1.1 dev ul dstport 8472 nolearning").unwrap();
     shl(ns, "ip addr add 10.0.0.0/32 dev flannel.1").unwrap();
     shl(ns, "ip link set flannel.1 up").unwrap();
     let t0 = Instant::now();
-    sh(ns, &["ip", "-batch", ipf.to_str().unwrap()]).unwrap();
-    sh(ns, &["bridge", "-batch", brf.to_str().unwrap()]).unwrap();
+    sh(ns, &["ip", "-batch", nhf.to_str().unwrap()]).unwrap();
+    let t1 = Instant::now();
+    sh(ns, &["ip", "-batch", rf.to_str().unwrap()]).unwrap();
+    let t2 = Instant::now();
+    let _ = sh(ns, &["ip", "link", "del", "flannel.1"]);
+    let _ = sh(ns, &["ip", "nexthop", "flush"]);
+    ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64())
+}
+
+/// `ip -batch` + `bridge -batch` for the same entries on a fresh device in `ns`: seconds.
+/// `ip -batch` + `bridge -batch` for the same entries on a fresh device in `ns`: seconds.
+/// `kinds`: 1 neighbours, 2 FDB, 4 routes (7 = all, as perf-baselines.sh does it).
+fn ip_batch(ns: &TestNs, fakes: &[Fake], dir: &Path, kinds: u8) -> f64 {
+    let ipf = dir.join(format!("ip-{}-{kinds}.batch", fakes.len()));
+    let brf = dir.join(format!("bridge-{}-{kinds}.batch", fakes.len()));
+    let mut ip = String::new();
+    let mut br = String::new();
+    for f in fakes {
+        let m = mac_str(&f.mac);
+        if kinds & 1 != 0 {
+            let _ = writeln!(ip, "neigh replace {} lladdr {m} dev flannel.1 nud permanent", f.subnet);
+        }
+        if kinds & 4 != 0 {
+            let _ = writeln!(ip, "route replace {}/24 via {} dev flannel.1 onlink", f.subnet, f.subnet);
+        }
+        if kinds & 2 != 0 {
+            let _ = writeln!(br, "fdb replace {m} dev flannel.1 dst {} self permanent", f.public);
+        }
+    }
+    std::fs::write(&ipf, &ip).unwrap();
+    std::fs::write(&brf, &br).unwrap();
+    let _ = sh(ns, &["ip", "link", "del", "flannel.1"]);
+    shl(ns, "ip link add flannel.1 address 0e:ff:00:00:00:01 type vxlan id 1 local 198.18.1.1 dev ul dstport 8472 nolearning").unwrap();
+    shl(ns, "ip addr add 10.0.0.0/32 dev flannel.1").unwrap();
+    shl(ns, "ip link set flannel.1 up").unwrap();
+    let t0 = Instant::now();
+    if !ip.is_empty() {
+        sh(ns, &["ip", "-batch", ipf.to_str().unwrap()]).unwrap();
+    }
+    if !br.is_empty() {
+        sh(ns, &["bridge", "-batch", brf.to_str().unwrap()]).unwrap();
+    }
     let t = t0.elapsed().as_secs_f64();
-    assert_eq!(count_entries(ns, fakes), (fakes.len(), fakes.len(), fakes.len()));
+    if kinds == 7 {
+        assert_eq!(count_entries(ns, fakes), (fakes.len(), fakes.len(), fakes.len()));
+    }
     t
 }
 
@@ -569,25 +654,54 @@ fn main() {
             }
             starts.push(s);
         }
-        let warm = warm_restart(&mut c, &fk);
-        eprintln!(
-            "N={n} warm restart: ready after {:.3} s, {} entry notifications (churn), daemon CPU {:.2} s",
-            warm.0, warm.1, warm.2
-        );
-        let batch: Vec<f64> = (0..reps).map(|_| ip_batch(&scratch, &fk, &out)).collect();
+        let mut warms = Vec::new();
+        for r in 0..reps {
+            let w = warm_restart(&mut c, &fk);
+            eprintln!(
+                "N={n} warm restart {r}: ready after {:.3} s, entry notifications {:?}, routes gone for {:.3} s, daemon CPU {:.2} s",
+                w.ready, w.churn, w.blip, w.cpu
+            );
+            for (m, t) in &w.log {
+                eprintln!("    {t:8.3} s  {m}");
+            }
+            warms.push(w);
+        }
+        let batch: Vec<f64> = (0..reps).map(|_| ip_batch(&scratch, &fk, &out, 7)).collect();
         eprintln!("N={n} ip -batch + bridge -batch: {:?}", batch);
-        let prof = profile(&scratch, &db, own, &fk, prof_reps);
+        let mut prof = profile(&scratch, &db, own, &fk, prof_reps);
+        for _ in 0..prof_reps {
+            for (what, kinds) in [
+                ("ip -batch: neighbours only", 1),
+                ("bridge -batch: FDB only", 2),
+                ("ip -batch: routes only", 4),
+            ] {
+                prof.add(
+                    &format!("reference: {what} ({n} entries, process included)"),
+                    ip_batch(&scratch, &fk, &out, kinds),
+                );
+            }
+            let (nh, r) = ip_batch_nexthops(&scratch, &fk, &out);
+            prof.add(
+                &format!("reference: ip -batch: {n} nexthop objects (nexthop replace id K via … onlink)"),
+                nh,
+            );
+            prof.add(
+                &format!("reference: ip -batch: {n} routes via those nexthops (route replace … nhid K)"),
+                r,
+            );
+            prof.add("reference: nexthop objects + their routes, total", nh + r);
+        }
         for (w, v) in &prof.rows {
             eprintln!("N={n} profile {w}: {:.1} ms", median(v) * 1e3);
         }
-        results.push((n, starts, warm, batch, prof));
+        results.push((n, starts, warms, batch, prof));
     }
     let _ = writeln!(env, "end: {}; load average {}", utc_now(), loadavg());
 
     let mut md = String::new();
     let _ = writeln!(md, "## cold start: one daemon, N fake remote leases, {reps} reps (median, min–max)\n");
     let mut rows = Vec::new();
-    for (n, starts, warm, batch, _) in &results {
+    for (n, starts, warms, batch, _) in &results {
         let col = |g: &dyn Fn(&Start) -> f64| -> Vec<f64> { starts.iter().map(g).collect() };
         let all = col(&|s| s.all);
         let b = median(batch);
@@ -610,7 +724,26 @@ fn main() {
             format!("{} ({}–{})", f(b, 3), f(range(batch).0, 3), f(range(batch).1, 3)),
             doc.to_string(),
             format!("{:.1}×", median(&all) / b),
-            format!("{} s, churn {}", f(warm.0, 3), warm.1),
+            format!("{} s", f(median(&warms.iter().map(|w| w.ready).collect::<Vec<_>>()), 3)),
+            {
+                let flushed: Vec<&Warm> = warms.iter().filter(|w| w.blip > 0.0).collect();
+                if flushed.is_empty() {
+                    format!("0 of {}", warms.len())
+                } else {
+                    format!(
+                        "**{} of {}** (routes gone up to {} s; {})",
+                        flushed.len(),
+                        warms.len(),
+                        f(flushed.iter().map(|w| w.blip).fold(0.0, f64::max), 3),
+                        flushed[0]
+                            .churn
+                            .iter()
+                            .map(|(k, v)| format!("{v} {k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            },
         ]);
     }
     md += &table(
@@ -627,10 +760,11 @@ fn main() {
             "perf-baselines.md, s",
             "daemon / batch",
             "warm restart → ready",
+            "warm restarts that flushed the datapath",
         ],
         &rows,
     );
-    for (n, starts, _, _, prof) in &results {
+    for (n, starts, warms, _, prof) in &results {
         let _ = writeln!(md, "\n### N = {n}: where the time goes\n");
         let _ = writeln!(md, "Daemon log of the median run (seconds from spawn):\n");
         let mut sorted: Vec<&Start> = starts.iter().collect();
@@ -638,6 +772,16 @@ fn main() {
         if let Some(s) = sorted.get(sorted.len() / 2) {
             let _ = writeln!(md, "```");
             for (m, t) in &s.log {
+                let _ = writeln!(md, "{t:8.3}  {m}");
+            }
+            let _ = writeln!(md, "```");
+        }
+        if let Some(w) = warms.iter().find(|w| w.blip > 0.0) {
+            let _ = writeln!(
+                md,
+                "\nDaemon log of a warm restart that flushed the datapath (seconds from spawn):\n\n```"
+            );
+            for (m, t) in &w.log {
                 let _ = writeln!(md, "{t:8.3}  {m}");
             }
             let _ = writeln!(md, "```");

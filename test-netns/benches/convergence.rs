@@ -361,4 +361,5 @@ fn main() {
     std::fs::write(out.join("env.txt"), &env).unwrap();
     std::fs::write(out.join("summary.md"), &md).unwrap();
     println!("{env}\n{md}");
+    let _ = std::fs::remove_dir_all(&bin);
 }

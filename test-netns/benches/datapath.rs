@@ -373,9 +373,18 @@ impl Topo {
             if !self.datapath_ok(i) {
                 return Err(format!("node{i} lost the daemon's datapath"));
             }
-            let mtu = sh(self.pod(i), &["cat", "/sys/class/net/eth0/mtu"])?;
-            if mtu.trim() != self.pod_mtu.to_string() {
-                return Err(format!("pod{i} MTU is {}", mtu.trim()));
+            // (Not /sys/class/net: sysfs shows the namespace that mounted it, not ours.)
+            for (ns, dev) in
+                [(self.pod(i), "eth0"), (self.node(i), "cni0"), (self.node(i), self.veth[i].as_str())]
+            {
+                let mtu = link_mtu(ns, dev)?;
+                if mtu != self.pod_mtu {
+                    return Err(format!("{dev} of node{i}/pod{i} has MTU {mtu}, not {}", self.pod_mtu));
+                }
+            }
+            let m = link_mtu(self.node(i), "flannel.1")?;
+            if m != self.pod_mtu {
+                return Err(format!("flannel.1 of node{i} has MTU {m}"));
             }
         }
         Ok(())
@@ -407,6 +416,18 @@ struct Lat {
     ping_ms: f64,
     loss: String,
     sockperf_us: f64,
+}
+
+/// A link's MTU, from `ip -o link` inside the namespace.
+fn link_mtu(ns: &TestNs, dev: &str) -> Result<u32, String> {
+    let out = sh(ns, &["ip", "-o", "link", "show", "dev", dev])?;
+    let mut w = out.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "mtu" {
+            return w.next().and_then(|m| m.parse().ok()).ok_or_else(|| format!("no MTU in {out:?}"));
+        }
+    }
+    Err(format!("no MTU in {out:?}"))
 }
 
 fn ping_median(text: &str) -> f64 {
@@ -611,7 +632,18 @@ fn main() {
         let name = l.lines().next().and_then(|l| l.split(':').nth(1)).unwrap_or("").trim();
         name.split('@').next().unwrap().to_string()
     });
-    let pod_mtu: u32 = sh(&pods[0].ns, &["cat", "/sys/class/net/eth0/mtu"]).unwrap().trim().parse().unwrap();
+    // The daemon's MTU (subnet.env), which the plugin gave the pods.
+    let pod_mtu: u32 = std::fs::read_to_string(c.nodes[0].dir.join("subnet.env"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_MTU="))
+        .expect("FLANNEL_MTU in subnet.env")
+        .trim()
+        .parse()
+        .unwrap();
+    for p in &pods {
+        assert_eq!(link_mtu(&p.ns, "eth0").unwrap(), pod_mtu, "the pod's MTU is the daemon's");
+    }
     let gro0 = [0, 1].map(|i| {
         let k = sh(&c.nodes[i].ns, &["ethtool", "-k", "ul"]).unwrap();
         let on = k.lines().any(|l| l.starts_with("generic-receive-offload: on"));
@@ -636,17 +668,19 @@ fn main() {
         "cluster: pods {} (node0, subnet {}/24) and {} (node1, subnet {}/24); underlay {} / {}; pod MTU {}; ul GRO {:?}",
         t.pods[0].ip, t.sub[0], t.pods[1].ip, t.sub[1], t.ul[0], t.ul[1], t.pod_mtu, t.gro0
     );
+    let mut details = String::new();
     let _ = writeln!(
-        env,
+        details,
         "flannel.1 as the daemon made it:\n{}",
         sh(t.node(0), &["ip", "-d", "link", "show", "flannel.1"]).unwrap()
     );
     let _ = writeln!(
-        env,
+        details,
         "ethtool -k flannel.1 (daemon):\n{}",
         sh(t.node(0), &["ethtool", "-k", "flannel.1"]).unwrap()
     );
-    let _ = writeln!(env, "ethtool -k ul:\n{}", sh(t.node(0), &["ethtool", "-k", "ul"]).unwrap());
+    let _ = writeln!(details, "ethtool -k ul:\n{}", sh(t.node(0), &["ethtool", "-k", "ul"]).unwrap());
+    let _ = writeln!(env, "{}", bin_info(&bin));
     let _ = writeln!(
         env,
         "tcp_congestion_control: {}",
@@ -679,6 +713,8 @@ fn main() {
             if let Err(e) = t.check_base() {
                 eprintln!("  base state broken ({e}); restoring");
                 t.restore_vxlan().expect("restoring the daemons' datapath");
+                t.set_pod_mtu(t.pod_mtu).expect("restoring the pod MTU");
+                t.check_base().expect("the base state after restoring it");
             }
             let r = t.setup(case).and_then(|_| measure(&t, case, rep, &cfg, &raw));
             match r {
@@ -825,7 +861,8 @@ fn main() {
         let _ = writeln!(md, "\nFailures:\n- {}", failures.join("\n- "));
     }
     let _ = writeln!(md, "\nRaw data: {}", out.display());
-    std::fs::write(out.join("env.txt"), &env).unwrap();
+    std::fs::write(out.join("env.txt"), format!("{env}\n{details}")).unwrap();
     std::fs::write(out.join("summary.md"), &md).unwrap();
     println!("{env}\n{md}");
+    let _ = std::fs::remove_dir_all(&bin);
 }

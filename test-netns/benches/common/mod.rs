@@ -79,7 +79,9 @@ pub fn bin_dir(run: &Run) -> PathBuf {
             "--no-build: {} lacks the binaries",
             dir.display()
         );
-        return private_copy(&dir, &needed);
+        let to = private_copy(&dir, &needed);
+        override_overlayd(run, &to);
+        return to;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release").to_string();
@@ -97,7 +99,18 @@ pub fn bin_dir(run: &Run) -> PathBuf {
         );
         eprintln!("warning: building the binaries failed; using the ones in {}", dir.display());
     }
-    private_copy(&dir, &needed)
+    let to = private_copy(&dir, &needed);
+    override_overlayd(run, &to);
+    to
+}
+
+/// `--overlayd PATH`: run that binary (or wrapper script) as the daemon instead, e.g. an
+/// unstripped build under `perf record`.
+fn override_overlayd(run: &Run, to: &Path) {
+    if let Some(p) = run.value("--overlayd") {
+        std::fs::copy(&p, to.join("overlayd")).unwrap_or_else(|e| panic!("--overlayd {p}: {e}"));
+        eprintln!("using {p} as overlayd");
+    }
 }
 
 /// Copies the binaries to a directory of this run, so that other builds in the shared
