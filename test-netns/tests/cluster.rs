@@ -185,6 +185,11 @@ fn hand_deleted_entries_come_back_and_a_changed_mac_leaves_no_stale_fdb() {
     let vtep1 = node_subnet(&c, 1);
     let public1 = c.nodes[1].underlay_ip.clone();
     let node0 = &c.nodes[0].ns;
+    // Node 0 must have programmed node 1 before the entries can be deleted by hand.
+    wait_for(Duration::from_secs(15), "node 0 to learn node 1", || {
+        entries_for(&c, 0, &vtep1, &public1) == (true, true, true)
+    })
+    .unwrap();
     node0.exec(&["ip", "route", "del", &format!("{vtep1}/24")]);
     node0.exec(&["ip", "neigh", "del", &vtep1, "dev", "flannel.1"]);
     wait_for(Duration::from_secs(15), "the route and neighbour to come back", || {
