@@ -14,7 +14,9 @@ pub mod nft;
 pub mod nodenat;
 pub mod overlay;
 pub mod route;
+pub mod strict;
 pub mod sysctl;
+pub mod tun;
 
 pub use error::KernelError;
 pub use link::Link;

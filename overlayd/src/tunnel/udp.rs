@@ -1,0 +1,511 @@
+//! The UDP side: sockets bound with SO_REUSEPORT (one per worker), batched receive with
+//! `recvmmsg` (+ UDP GRO: one read may carry many same-size datagrams) and batched send with
+//! `sendmmsg` where consecutive same-size datagrams to one endpoint go out as one UDP GSO
+//! message (`UDP_SEGMENT`). Buffers are allocated once per worker.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Socket buffers: deep enough for a few GSO batches per worker.
+const SOCK_BUF: libc::c_int = 4 << 20;
+/// The most datagrams one GSO message may carry (the kernel's UDP_MAX_SEGMENTS is ≥ 64).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// The most bytes one GSO message may carry (a UDP payload fits in 65507 bytes over IPv4).
+const MAX_GSO_BYTES: usize = 65_000;
+/// Space for one cmsg carrying an int, 8-byte aligned.
+const CMSG_SPACE: usize = 32;
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt(2) with a pointer to a live int and its size.
+    let rc = unsafe {
+        libc::setsockopt(fd, level, name, (&val as *const libc::c_int).cast(), size_of::<libc::c_int>() as _)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// A socket address in the kernel's layout and its length.
+fn to_raw(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as _;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            size_of::<libc::sockaddr_in>() as _
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as _;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as _
+        }
+    }
+}
+
+fn from_raw(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            // An IPv4 peer reaching the IPv6 socket is impossible (V6ONLY), but be tidy.
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Some(SocketAddr::V4(SocketAddrV4::new(v4, u16::from_be(sin6.sin6_port))));
+            }
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A bound UDP socket and what the kernel let us switch on.
+#[derive(Debug)]
+pub(crate) struct UdpSocket {
+    fd: OwnedFd,
+    pub gro: bool,
+    pub gso: bool,
+}
+
+impl UdpSocket {
+    /// Binds `addr` with SO_REUSEPORT (every worker binds the same port), large buffers,
+    /// and UDP GRO if `offload` and the kernel has it. Blocking: a full send buffer slows the
+    /// sender down instead of dropping; receives pass MSG_DONTWAIT.
+    pub fn bind(addr: SocketAddr, offload: bool) -> io::Result<UdpSocket> {
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: socket(2) with constant arguments.
+        let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        if family == libc::AF_INET6 {
+            setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        // FORCE ignores rmem_max/wmem_max (read-only in a child netns); plain is the fallback.
+        if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_BUF).is_err() {
+            let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF);
+        }
+        if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCK_BUF).is_err() {
+            let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCK_BUF);
+        }
+        // SAFETY: zeroed sockaddr_storage is a valid (empty) value.
+        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = to_raw(&addr, &mut ss);
+        // SAFETY: bind(2) with the address we just laid out and its length.
+        if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let gro = offload && setsockopt_int(raw, SOL_UDP, UDP_GRO, 1).is_ok();
+        Ok(UdpSocket { fd, gro, gso: offload })
+    }
+
+    /// The bound port.
+    pub fn local_port(&self) -> io::Result<u16> {
+        // SAFETY: getsockname(2) into a zeroed storage of the stated size.
+        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockname(self.fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len)
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        from_raw(&ss).map(|a| a.port()).ok_or_else(|| io::Error::other("unknown address family"))
+    }
+
+    /// A second handle on the same socket (for the control path's sends).
+    pub fn try_clone(&self) -> io::Result<UdpSocket> {
+        Ok(UdpSocket { fd: self.fd.try_clone()?, gro: self.gro, gso: self.gso })
+    }
+
+    /// Sends one datagram.
+    pub fn send_to(&self, buf: &[u8], dst: &SocketAddr) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_storage is a valid (empty) value.
+        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = to_raw(dst, &mut ss);
+        // SAFETY: sendto(2) from a borrowed buffer to an address we laid out.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&ss as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// One received message: where from, the bytes, and the GRO segment size (0: one datagram).
+pub(crate) struct Received<'a> {
+    pub from: SocketAddr,
+    pub data: &'a [u8],
+    pub segment: usize,
+}
+
+impl<'a> Received<'a> {
+    /// The datagrams it holds (GRO glued same-size datagrams from one sender together).
+    pub fn datagrams(&self) -> std::slice::Chunks<'a, u8> {
+        let seg = if self.segment == 0 { self.data.len().max(1) } else { self.segment };
+        self.data.chunks(seg)
+    }
+}
+
+/// Preallocated `recvmmsg` state.
+pub(crate) struct RecvBatch {
+    bufs: Vec<u8>,
+    slot: usize,
+    addrs: Vec<libc::sockaddr_storage>,
+    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+impl RecvBatch {
+    /// `n` messages of up to `slot` bytes each (64 KiB with GRO).
+    pub fn new(n: usize, slot: usize) -> RecvBatch {
+        RecvBatch {
+            bufs: vec![0; n * slot],
+            slot,
+            // SAFETY (both): all-zero is a valid value of these plain C structs.
+            addrs: vec![unsafe { zeroed() }; n],
+            ctrl: vec![[0; CMSG_SPACE / 8]; n],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            hdrs: vec![unsafe { zeroed() }; n],
+            count: 0,
+        }
+    }
+
+    /// Receives what is queued, without waiting; returns how many messages.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let n = self.hdrs.len();
+        // The pointers are set afresh each time: the Vecs never move, but this keeps the
+        // self-references obviously valid.
+        for i in 0..n {
+            self.iovs[i] =
+                libc::iovec { iov_base: self.bufs[i * self.slot..].as_mut_ptr().cast(), iov_len: self.slot };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as _;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE as _;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+        // SAFETY: every header points at buffers owned by self, sized as stated.
+        let rc = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as _,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.count = rc as usize;
+        Ok(self.count)
+    }
+
+    /// Message `i` of the last `recv`; `None` for an unknown address family.
+    pub fn get(&self, i: usize) -> Option<Received<'_>> {
+        if i >= self.count {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot);
+        let from = from_raw(&self.addrs[i])?;
+        let mut segment = 0;
+        // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros,
+        // bounded by msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    segment = v.max(0) as usize;
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        Some(Received { from, data: &self.bufs[i * self.slot..i * self.slot + len], segment })
+    }
+}
+
+/// A run of datagrams laid end to end in the arena, all `seg` bytes but maybe the last.
+#[derive(Clone, Copy)]
+struct Run {
+    dst: SocketAddr,
+    start: usize,
+    len: usize,
+    seg: usize,
+    count: usize,
+}
+
+/// Outgoing datagrams of one worker: written into `arena` by the encrypter, then sent with
+/// as few system calls as possible.
+pub(crate) struct SendBatch {
+    arena: Vec<u8>,
+    used: usize,
+    runs: Vec<Run>,
+    addrs: Vec<libc::sockaddr_storage>,
+    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// Indices into `runs` of the messages being sent (one address family at a time).
+    sel: Vec<usize>,
+    /// Datagrams sent and dropped (send errors) since the last `take_counts`.
+    pub sent: u64,
+    pub failed: u64,
+}
+
+impl SendBatch {
+    pub fn new(arena: usize, max_runs: usize) -> SendBatch {
+        SendBatch {
+            arena: vec![0; arena],
+            used: 0,
+            runs: Vec::with_capacity(max_runs),
+            // SAFETY (both): all-zero is a valid value of these plain C structs.
+            addrs: vec![unsafe { zeroed() }; max_runs],
+            ctrl: vec![[0; CMSG_SPACE / 8]; max_runs],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; max_runs],
+            hdrs: vec![unsafe { zeroed() }; max_runs],
+            sel: Vec::with_capacity(max_runs),
+            sent: 0,
+            failed: 0,
+        }
+    }
+
+    /// Whether `need` bytes fit and another run can be started.
+    pub fn has_room(&self, need: usize) -> bool {
+        self.arena.len() - self.used >= need && self.runs.len() < self.runs.capacity()
+    }
+
+    /// The free part of the arena, to encrypt into.
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.arena[self.used..]
+    }
+
+    /// Takes the first `len` bytes of `space()` as a datagram to `dst`.
+    pub fn commit(&mut self, dst: SocketAddr, len: usize, gso: bool) {
+        let len = len.min(self.arena.len() - self.used);
+        if let Some(r) = self.runs.last_mut() {
+            // Extend the run if GSO can carry it: same endpoint, same size as the others
+            // (a shorter one ends the run), within the kernel's limits.
+            let full = r.len == r.seg * r.count;
+            if gso
+                && r.dst == dst
+                && full
+                && len <= r.seg
+                && r.count < MAX_GSO_SEGMENTS
+                && r.len + len <= MAX_GSO_BYTES
+            {
+                r.len += len;
+                r.count += 1;
+                self.used += len;
+                return;
+            }
+        }
+        if self.runs.len() == self.runs.capacity() {
+            self.failed += 1;
+            return;
+        }
+        self.runs.push(Run { dst, start: self.used, len, seg: len, count: 1 });
+        self.used += len;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Sends everything: IPv4 runs on `v4`, IPv6 runs on `v6` (dropped when there is none).
+    pub fn flush(&mut self, v4: &mut UdpSocket, v6: Option<&mut UdpSocket>) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let has_v6 = self.runs.iter().any(|r| r.dst.is_ipv6());
+        self.flush_family(v4, false);
+        if has_v6 {
+            match v6 {
+                Some(s) => self.flush_family(s, true),
+                None => {
+                    self.failed +=
+                        self.runs.iter().filter(|r| r.dst.is_ipv6()).map(|r| r.count as u64).sum::<u64>()
+                }
+            }
+        }
+        self.runs.clear();
+        self.used = 0;
+    }
+
+    fn flush_family(&mut self, sock: &mut UdpSocket, v6: bool) {
+        let mut n = 0;
+        self.sel.clear();
+        for (ri, r) in self.runs.iter().enumerate().filter(|(_, r)| r.dst.is_ipv6() == v6) {
+            self.sel.push(ri);
+            let alen = to_raw(&r.dst, &mut self.addrs[n]);
+            self.iovs[n] =
+                libc::iovec { iov_base: self.arena[r.start..].as_mut_ptr().cast(), iov_len: r.len };
+            let h = &mut self.hdrs[n].msg_hdr;
+            h.msg_name = (&mut self.addrs[n] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = alen;
+            h.msg_iov = &mut self.iovs[n];
+            h.msg_iovlen = 1;
+            h.msg_flags = 0;
+            if r.count > 1 {
+                h.msg_control = self.ctrl[n].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE/LEN are pure arithmetic; the cmsg is written inside
+                // ctrl[n], which is CMSG_SPACE bytes and 8-byte aligned.
+                unsafe {
+                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), r.seg as u16);
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            n += 1;
+        }
+        let mut off = 0;
+        while off < n {
+            // SAFETY: headers [off, n) point at the arena, addresses and cmsgs owned by self.
+            let rc =
+                unsafe { libc::sendmmsg(sock.as_raw_fd(), self.hdrs[off..].as_mut_ptr(), (n - off) as _, 0) };
+            if rc > 0 {
+                for i in off..off + rc as usize {
+                    self.sent += self.runs[self.sel[i]].count as u64;
+                }
+                off += rc as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The message at `off` failed. A GSO message the kernel refuses (no GSO, or a
+            // segment over the path MTU) goes out datagram by datagram instead.
+            let r = self.runs[self.sel[off]];
+            if r.count > 1 {
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EIO) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+                ) {
+                    sock.gso = false;
+                }
+                for chunk in self.arena[r.start..r.start + r.len].chunks(r.seg) {
+                    match sock.send_to(chunk, &r.dst) {
+                        Ok(()) => self.sent += 1,
+                        Err(_) => self.failed += 1,
+                    }
+                }
+            } else {
+                self.failed += 1;
+            }
+            off += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(b: &SendBatch) -> Vec<(u16, usize, usize, usize)> {
+        b.runs.iter().map(|r| (r.dst.port(), r.seg, r.count, r.len)).collect()
+    }
+
+    #[test]
+    fn same_size_datagrams_to_one_endpoint_form_gso_runs() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let c: SocketAddr = "192.0.2.1:2".parse().unwrap();
+        let mut b = SendBatch::new(1 << 20, 16);
+        for _ in 0..3 {
+            b.commit(a, 1000, true);
+        }
+        // A shorter one ends the run as its last member.
+        b.commit(a, 500, true);
+        b.commit(a, 1000, true);
+        // Another endpoint, and a datagram that must not be glued.
+        b.commit(c, 1000, true);
+        b.commit(c, 1000, false);
+        assert_eq!(
+            runs(&b),
+            vec![(1, 1000, 4, 3500), (1, 1000, 1, 1000), (2, 1000, 1, 1000), (2, 1000, 1, 1000)]
+        );
+    }
+
+    #[test]
+    fn runs_respect_kernel_limits() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut b = SendBatch::new(1 << 20, 16);
+        for _ in 0..100 {
+            b.commit(a, 100, true);
+        }
+        assert_eq!(runs(&b)[0].2, MAX_GSO_SEGMENTS);
+        let mut b = SendBatch::new(1 << 20, 16);
+        for _ in 0..60 {
+            b.commit(a, 1472, true);
+        }
+        let r = runs(&b);
+        assert!(r.iter().all(|r| r.3 <= MAX_GSO_BYTES), "{r:?}");
+        assert_eq!(r.iter().map(|r| r.2).sum::<usize>(), 60);
+        // When runs are exhausted, datagrams are counted as failed, not lost silently.
+        let mut b = SendBatch::new(1 << 20, 1);
+        b.commit(a, 100, false);
+        b.commit(a, 100, false);
+        assert_eq!(b.failed, 1);
+        assert!(!b.has_room(10));
+    }
+
+    #[test]
+    fn socket_addresses_roundtrip() {
+        for s in ["192.0.2.7:51820", "[2001:db8::1]:4242"] {
+            let a: SocketAddr = s.parse().unwrap();
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+            to_raw(&a, &mut ss);
+            assert_eq!(from_raw(&ss), Some(a));
+        }
+    }
+}

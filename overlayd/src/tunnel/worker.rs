@@ -1,0 +1,553 @@
+//! A worker: one TUN queue and one UDP socket (per address family), polled together.
+//! TUN → look up the peer by destination → segment (TSO) → encrypt into the send arena →
+//! `sendmmsg`/UDP GSO. UDP (`recvmmsg`, GRO) → look up the peer by receiver index or, for a
+//! handshake initiation, by the initiator's static key → decrypt → check the inner source
+//! → TUN. All buffers are allocated once, here.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use netkernel::tun::TunQueue;
+
+use super::coalesce::Coalescer;
+use super::offload::{self, F_DATA_VALID, GSO_NONE, VNET_HDR_LEN, VnetHdr};
+use super::peers::{PeerTable, Session, dst_addr};
+use super::udp::{RecvBatch, SendBatch, UdpSocket};
+use super::{KEY_OVERLAP, Shared};
+
+/// The largest TUN read (a 64 KB super-packet plus its vnet header).
+const TUN_BUF: usize = 65_536 + VNET_HDR_LEN + 64;
+/// Messages per `recvmmsg`.
+const RX_BATCH: usize = 32;
+/// One received message (a GRO batch of datagrams can be 64 KB).
+const RX_SLOT: usize = 65_536;
+/// Send arena: many TUN reads' worth of encrypted datagrams per `sendmmsg`.
+const TX_ARENA: usize = 1 << 20;
+const TX_RUNS: usize = 256;
+/// Room a TUN read may need in the arena (a 64 KB super-packet in small segments, with the
+/// per-datagram overhead) and in runs.
+const TX_NEED: usize = 2 * 65_536;
+/// TUN reads per wake-up before looking at the socket again.
+const TUN_READS: usize = 64;
+/// What `encapsulate`/`decapsulate` need beyond the packet (boringtun panics without it).
+const WG_OVERHEAD: usize = 32;
+const WG_MIN_DST: usize = 148;
+
+pub(crate) struct WorkerSetup {
+    pub shared: Arc<Shared>,
+    pub tun: TunQueue,
+    /// Reads and writes carry a virtio-net header.
+    pub vnet: bool,
+    /// The TUN hands us super-packets (TSO on).
+    pub tso: bool,
+    /// Coalesce TCP segments for the TUN write.
+    pub gro: bool,
+    pub udp4: UdpSocket,
+    pub udp6: Option<UdpSocket>,
+    pub stop: OwnedFd,
+}
+
+/// Counters of one wake-up, added to the shared ones at its end.
+#[derive(Default)]
+struct Local {
+    rx: u64,
+    tx: u64,
+    no_peer: u64,
+    bad_source: u64,
+    invalid: u64,
+    io: u64,
+    handshakes: u64,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    tun: TunQueue,
+    vnet: bool,
+    tso: bool,
+    udp4: UdpSocket,
+    udp6: Option<UdpSocket>,
+    stop: OwnedFd,
+    table: Arc<PeerTable>,
+    table_gen: u64,
+    rbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    dbuf: Vec<u8>,
+    tx: SendBatch,
+    rx: RecvBatch,
+    gro: Option<Coalescer>,
+    c: Local,
+    tun_dead: bool,
+}
+
+pub(crate) fn run(s: WorkerSetup) {
+    let gro = s.gro.then(Coalescer::new);
+    let mut w = Worker {
+        table: s.shared.table(),
+        table_gen: s.shared.table_gen.load(Ordering::Acquire),
+        shared: s.shared,
+        tun: s.tun,
+        vnet: s.vnet,
+        tso: s.tso,
+        udp4: s.udp4,
+        udp6: s.udp6,
+        stop: s.stop,
+        rbuf: vec![0; TUN_BUF],
+        scratch: vec![0; TUN_BUF],
+        dbuf: vec![0; RX_SLOT + VNET_HDR_LEN + WG_MIN_DST],
+        tx: SendBatch::new(TX_ARENA, TX_RUNS),
+        rx: RecvBatch::new(RX_BATCH, RX_SLOT),
+        gro,
+        c: Local::default(),
+        tun_dead: false,
+    };
+    w.run();
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let udp6 = self.udp6.as_ref().map_or(-1, |s| s.as_raw_fd());
+        let mut fds = [
+            libc::pollfd { fd: self.tun.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.udp4.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: udp6, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        loop {
+            // SAFETY: poll(2) on an array of pollfds we own, with its length.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "tunnel worker: poll failed; stopping");
+                return;
+            }
+            if fds[3].revents != 0 || self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            self.refresh_table();
+            if fds[0].revents != 0 {
+                self.on_tun_readable();
+                if self.tun_dead {
+                    // Stop polling a TUN that errors (deleted device) instead of spinning.
+                    fds[0].fd = -1;
+                }
+            }
+            if fds[1].revents != 0 {
+                self.on_udp_readable(false);
+            }
+            if fds[2].revents != 0 {
+                self.on_udp_readable(true);
+            }
+            self.flush_counters();
+        }
+    }
+
+    fn refresh_table(&mut self) {
+        let generation = self.shared.table_gen.load(Ordering::Acquire);
+        if generation != self.table_gen {
+            self.table = self.shared.table();
+            self.table_gen = generation;
+        }
+    }
+
+    fn flush_counters(&mut self) {
+        let c = std::mem::take(&mut self.c);
+        let s = &self.shared.counters;
+        let add = |a: &AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&s.rx_packets, c.rx);
+        add(&s.tx_packets, c.tx);
+        add(&s.dropped_no_peer, c.no_peer);
+        add(&s.dropped_bad_source, c.bad_source);
+        add(&s.dropped_invalid, c.invalid);
+        add(&s.dropped_io, c.io);
+        add(&s.handshakes_completed, c.handshakes);
+    }
+
+    fn flush_tx(&mut self) {
+        if self.tx.is_empty() {
+            return;
+        }
+        self.tx.flush(&mut self.udp4, self.udp6.as_mut());
+        self.c.io += std::mem::take(&mut self.tx.failed);
+        self.tx.sent = 0;
+    }
+
+    // ---- TUN → network ----
+
+    fn on_tun_readable(&mut self) {
+        for _ in 0..TUN_READS {
+            if !self.tx.has_room(TX_NEED) {
+                self.flush_tx();
+            }
+            let n = match self.tun.read(&mut self.rbuf) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "tunnel worker: TUN read failed; no longer reading it");
+                    self.tun_dead = true;
+                    break;
+                }
+            };
+            self.encrypt(n);
+        }
+        self.flush_tx();
+    }
+
+    /// Encrypts what one TUN read returned (`rbuf[..n]`) into the send arena.
+    fn encrypt(&mut self, n: usize) {
+        let (hdr, pkt) = if self.vnet {
+            match VnetHdr::parse(&self.rbuf[..n]) {
+                Some(h) => (h, &mut self.rbuf[VNET_HDR_LEN..n]),
+                None => {
+                    self.c.invalid += 1;
+                    return;
+                }
+            }
+        } else {
+            (VnetHdr::default(), &mut self.rbuf[..n])
+        };
+        let Some(dst) = dst_addr(pkt) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let Some(entry) = self.table.route(dst) else {
+            self.c.no_peer += 1;
+            return;
+        };
+        let mut st = entry.peer.lock();
+        let ep = st.endpoint;
+        let gso = if ep.is_ipv4() { self.udp4.gso } else { self.udp6.as_ref().is_some_and(|s| s.gso) };
+        let Some(sess) = st.active.as_mut() else {
+            self.c.no_peer += 1;
+            return;
+        };
+        let tx = &mut self.tx;
+        let c = &mut self.c;
+        let mut bytes = 0u64;
+        if hdr.gso_type != GSO_NONE && self.tso {
+            let r = offload::segment_tcp(pkt, &hdr, &mut self.scratch, |seg| {
+                encap(&mut sess.tunn, seg, tx, ep, gso, c, &mut bytes)
+            });
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "tunnel worker: super-packet dropped");
+                c.invalid += 1;
+            }
+        } else {
+            match offload::finish_single(pkt, &hdr) {
+                Ok(p) => encap(&mut sess.tunn, p, tx, ep, gso, c, &mut bytes),
+                Err(_) => c.invalid += 1,
+            }
+        }
+        drop(st);
+        entry.peer.add_tx(bytes);
+    }
+
+    // ---- network → TUN ----
+
+    fn on_udp_readable(&mut self, v6: bool) {
+        // The batch is moved out so its buffers can be read while `self` is mutated.
+        let mut rx = std::mem::replace(&mut self.rx, RecvBatch::new(0, 0));
+        let sock = if v6 { self.udp6.as_ref() } else { Some(&self.udp4) };
+        let got = match sock.map(|s| rx.recv(s)) {
+            Some(Ok(n)) => n,
+            Some(Err(e)) if would_block(&e) => 0,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "tunnel worker: recvmmsg failed");
+                0
+            }
+            None => 0,
+        };
+        for i in 0..got {
+            match rx.get(i) {
+                Some(m) => {
+                    for d in m.datagrams() {
+                        self.datagram(m.from, d);
+                    }
+                }
+                None => self.c.invalid += 1,
+            }
+        }
+        self.rx = rx;
+        self.flush_tun();
+        self.flush_tx();
+    }
+
+    fn datagram(&mut self, from: SocketAddr, d: &[u8]) {
+        if !self.tx.has_room(2048) {
+            self.flush_tx();
+        }
+        let le = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        if d.len() < 4 {
+            self.c.invalid += 1;
+            return;
+        }
+        match (le(0), d.len()) {
+            (4, 32..) => self.data(from, d, le(4)),
+            (2, 92) => self.handshake_reply(from, d, le(8)),
+            (3, 64) => self.handshake_reply(from, d, le(4)),
+            (1, 148) => self.initiation(from, d),
+            _ => self.c.invalid += 1,
+        }
+    }
+
+    /// A data message: decrypt, check the source, write to the TUN.
+    fn data(&mut self, from: SocketAddr, d: &[u8], receiver: u32) {
+        let Some(entry) = self.table.by_receiver(receiver) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let mut st = entry.peer.lock();
+        let on_active = st.active.as_ref().is_some_and(|s| s.index == receiver >> 8);
+        let Some(s) = st.session_mut(receiver >> 8) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let mut reply = 0;
+        let (len, src) = match s.tunn.decapsulate(Some(from.ip()), d, &mut self.dbuf[VNET_HDR_LEN..]) {
+            TunnResult::WriteToTunnelV4(p, a) => (p.len(), IpAddr::V4(a)),
+            TunnResult::WriteToTunnelV6(p, a) => (p.len(), IpAddr::V6(a)),
+            TunnResult::Done => (0, from.ip()),
+            TunnResult::WriteToNetwork(p) => {
+                reply = p.len();
+                (0, from.ip())
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, "tunnel worker: data message dropped");
+                self.c.invalid += 1;
+                return;
+            }
+        };
+        s.confirmed = true;
+        if reply > 0 && self.tx.has_room(reply + WG_MIN_DST) {
+            // Not expected for data, but never lose what boringtun wants sent.
+            let r = self.dbuf[VNET_HDR_LEN..VNET_HDR_LEN + reply].to_vec();
+            self.tx.space()[..reply].copy_from_slice(&r);
+            self.tx.commit(from, reply, false);
+        }
+        // Authenticated: this is where the peer is now (WireGuard roaming).
+        if st.endpoint != from {
+            st.endpoint = from;
+        }
+        // The common case (established, active session) skips this: a pending session's
+        // first data makes it the active one.
+        if !on_active || !st.established {
+            self.after_handshake(&mut st);
+        }
+        drop(st);
+        if len == 0 {
+            return;
+        }
+        if !entry.allows_source(src) {
+            self.c.bad_source += 1;
+            return;
+        }
+        entry.peer.add_rx(len as u64);
+        self.c.rx += 1;
+        self.write_tun(len);
+    }
+
+    /// Promotes/re-evaluates after a handshake step, and tells the control plane on a flip.
+    fn after_handshake(&self, st: &mut super::peers::PeerState) {
+        let generation = self.shared.key_gen.load(Ordering::Acquire);
+        if st.refresh(generation, Instant::now() + KEY_OVERLAP) {
+            self.shared.bump_changes();
+        }
+    }
+
+    /// A handshake response or cookie reply, for the session owning `receiver`.
+    fn handshake_reply(&mut self, from: SocketAddr, d: &[u8], receiver: u32) {
+        let Some(entry) = self.table.by_receiver(receiver) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let mut st = entry.peer.lock();
+        let Some(s) = st.session_mut(receiver >> 8) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let is_response = d[0] == 2;
+        match s.tunn.decapsulate(Some(from.ip()), d, self.tx.space()) {
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                self.tx.commit(from, n, false);
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, "tunnel worker: handshake reply dropped");
+                self.c.invalid += 1;
+                return;
+            }
+            _ => {}
+        }
+        if is_response {
+            s.confirmed = true;
+            self.c.handshakes += 1;
+            st.endpoint = from;
+            // Packets boringtun queued while it had no session go out now.
+            if let Some(s) = st.session_mut(receiver >> 8) {
+                drain_queue(s, &mut self.tx, from, &mut self.c);
+            }
+        }
+        self.after_handshake(&mut st);
+    }
+
+    /// A handshake initiation: find the initiator by its static key (trying our current,
+    /// then our previous key) and let the matching session answer.
+    fn initiation(&mut self, from: SocketAddr, d: &[u8]) {
+        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(d) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let keys = self.shared.keys();
+        let mut cookie = [0u8; 64];
+        let candidates = [Some(&keys.current), keys.previous.as_ref().map(|(k, _)| k)];
+        for k in candidates.into_iter().flatten() {
+            // mac1 (cheap, and names the key it was sent to) and the load check before the
+            // Diffie-Hellman.
+            match k.limiter.verify_packet(Some(from.ip()), d, &mut cookie) {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(c)) => {
+                    let n = c.len();
+                    self.tx.space()[..n].copy_from_slice(c);
+                    self.tx.commit(from, n, false);
+                    return;
+                }
+                Err(_) => continue,
+            }
+            let Ok(half) = parse_handshake_anon(&k.secret, &k.public, &init) else {
+                continue;
+            };
+            let Some(entry) = self.table.by_key(&half.peer_static_public) else {
+                tracing::trace!("tunnel worker: handshake from an unknown key dropped");
+                self.c.invalid += 1;
+                return;
+            };
+            let mut st = entry.peer.lock();
+            let fits = |s: &Session| s.key_gen == k.generation && s.peer_public == half.peer_static_public;
+            let st_ref = &mut *st;
+            let s = match (st_ref.pending.as_mut(), st_ref.active.as_mut(), st_ref.old.as_mut()) {
+                (Some(s), _, _) if fits(s) => s,
+                (_, Some(s), _) if fits(s) => s,
+                (_, _, Some((s, _))) if fits(s) => s,
+                _ => {
+                    self.c.invalid += 1;
+                    return;
+                }
+            };
+            match s.tunn.decapsulate(Some(from.ip()), d, self.tx.space()) {
+                TunnResult::WriteToNetwork(p) => {
+                    let n = p.len();
+                    self.tx.commit(from, n, false);
+                    self.c.handshakes += 1;
+                }
+                TunnResult::Err(e) => {
+                    tracing::trace!(error = ?e, "tunnel worker: handshake initiation dropped");
+                    self.c.invalid += 1;
+                    return;
+                }
+                _ => {}
+            }
+            drain_queue(s, &mut self.tx, from, &mut self.c);
+            st.endpoint = from;
+            self.after_handshake(&mut st);
+            return;
+        }
+        self.c.invalid += 1;
+    }
+
+    /// Writes the decrypted packet at `dbuf[VNET_HDR_LEN..][..len]` to the TUN (or hands it
+    /// to the coalescer).
+    fn write_tun(&mut self, len: usize) {
+        if let Some(g) = self.gro.as_mut()
+            && g.push(&self.dbuf[VNET_HDR_LEN..VNET_HDR_LEN + len], &self.tun)
+        {
+            return;
+        }
+        let buf = if self.vnet {
+            // Authenticated by the AEAD: no need for the kernel to verify checksums again
+            // (what the kernel's WireGuard does too).
+            let h = VnetHdr { flags: F_DATA_VALID, ..Default::default() };
+            h.write(&mut self.dbuf[..VNET_HDR_LEN]);
+            &self.dbuf[..VNET_HDR_LEN + len]
+        } else {
+            &self.dbuf[VNET_HDR_LEN..VNET_HDR_LEN + len]
+        };
+        if let Err(e) = self.tun.write(buf) {
+            tracing::trace!(error = %e, "tunnel worker: TUN write failed");
+            self.c.io += 1;
+        }
+    }
+
+    fn flush_tun(&mut self) {
+        if let Some(g) = self.gro.as_mut() {
+            self.c.io += g.flush(&self.tun);
+        }
+    }
+}
+
+/// Encrypts one packet into the arena as a datagram to `ep`.
+fn encap(
+    tunn: &mut Tunn,
+    pkt: &[u8],
+    tx: &mut SendBatch,
+    ep: SocketAddr,
+    gso: bool,
+    c: &mut Local,
+    bytes: &mut u64,
+) {
+    let out = tx.space();
+    if out.len() < (pkt.len() + WG_OVERHEAD).max(WG_MIN_DST) {
+        // Cannot happen with TX_NEED headroom; boringtun would panic, so drop instead.
+        c.io += 1;
+        return;
+    }
+    match tunn.encapsulate(pkt, out) {
+        TunnResult::WriteToNetwork(p) => {
+            let n = p.len();
+            // A handshake initiation (no session yet) is never glued to data datagrams.
+            let data = p.first() == Some(&4);
+            tx.commit(ep, n, gso && data);
+            if data {
+                c.tx += 1;
+                *bytes += pkt.len() as u64;
+            }
+        }
+        // Queued inside boringtun until the handshake completes.
+        TunnResult::Done => {}
+        _ => c.io += 1,
+    }
+}
+
+/// Sends what boringtun queued while it had no session (call after a handshake step).
+fn drain_queue(s: &mut Session, tx: &mut SendBatch, ep: SocketAddr, c: &mut Local) {
+    for _ in 0..256 {
+        // A queued packet is at most one TUN MTU (≤ 64 KB); boringtun panics without room.
+        if !tx.has_room(TX_NEED) {
+            // The rest stays queued; the next handshake step or packet sends it.
+            return;
+        }
+        match s.tunn.decapsulate(None, &[], tx.space()) {
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                tx.commit(ep, n, false);
+                c.tx += 1;
+            }
+            _ => return,
+        }
+    }
+}
