@@ -428,15 +428,16 @@ fn check(req: &Request) -> Result<(), Error> {
     let br = br
         .filter(|l| l.is("bridge"))
         .ok_or_else(|| mismatch(format!("bridge {:?} is missing", conf.bridge)))?;
-    if let Some(want) = prev.interfaces.iter().find(|i| i.name == conf.bridge && i.sandbox.is_none()) {
-        if want.mac.is_some() && want.mac != br.mac.map(|m| format_mac(&m)) {
-            return Err(mismatch(format!(
-                "bridge {:?} has MAC {:?}, the result says {:?}",
-                br.name,
-                br.mac.map(|m| format_mac(&m)),
-                want.mac
-            )));
-        }
+    if let Some(want) = prev.interfaces.iter().find(|i| i.name == conf.bridge && i.sandbox.is_none())
+        && want.mac.is_some()
+        && want.mac != br.mac.map(|m| format_mac(&m))
+    {
+        return Err(mismatch(format!(
+            "bridge {:?} has MAC {:?}, the result says {:?}",
+            br.name,
+            br.mac.map(|m| format_mac(&m)),
+            want.mac
+        )));
     }
     if conf.promisc_mode && !br.promisc {
         return Err(mismatch(format!("bridge {:?} is not promiscuous", br.name)));
