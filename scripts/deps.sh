@@ -9,7 +9,14 @@ PACKAGES=(
   etcd-server                 # overlayd's tests and benchmark run a real etcd
   protobuf-compiler           # protoc, needed to build etcd-client (overlayd)
   openssl                     # overlayd's TLS test makes its certificates
+  wireguard-go                # a standard WireGuard peer: interop tests, the wireguard-go bench case
+  wireguard-tools             # wg: keys and configuration of that peer
+  tcpdump                     # captures proving the encrypted underlay carries no plaintext
+  iperf3                      # the datapath bench (throughput)
 )
+# Installed without their recommends: wireguard-tools recommends wireguard-modules, which apt
+# satisfies with a whole kernel image package (useless here: the tests use wireguard-go).
+NO_RECOMMENDS=(wireguard-tools)
 
 ensure_packages() {
   local missing=()
@@ -20,7 +27,12 @@ ensure_packages() {
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    local plain=() bare=()
+    for p in "${missing[@]}"; do
+      if [[ " ${NO_RECOMMENDS[*]} " == *" $p "* ]]; then bare+=("$p"); else plain+=("$p"); fi
+    done
+    [ ${#plain[@]} -eq 0 ] || apt-get install -y -qq "${plain[@]}" >/dev/null
+    [ ${#bare[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
   fi
   command -v cargo >/dev/null || { echo "cargo is required (rustup.rs)" >&2; exit 1; }
   if [ "$(id -u)" != 0 ]; then

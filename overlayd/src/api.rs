@@ -108,7 +108,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
                     "ipv6_network": c.ipv6_network().map(|n| n.to_string()),
                     "mtu": shared.mtu.read().ok().and_then(|m| *m),
                     "backend_type": c.backend.type_name(),
-                    "config": c.to_json(),
+                    "config": crate::encryption::settings::redact(c.to_json()),
                 }),
             ),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no network config yet"),
@@ -139,6 +139,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         },
         (&Method::PUT, "/v1/config") => put_config(req, &shared).await,
+        (&Method::GET, "/v1/encryption") => {
+            let v = shared.encryption.read().map(|v| v.clone()).unwrap_or(Value::Null);
+            json_reply(StatusCode::OK, &v)
+        }
+        (&Method::POST, "/v1/encryption") => post_encryption(req, &shared).await,
         (&Method::POST, "/v1/leave") => leave(&shared).await,
         _ => error(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
     };
@@ -245,7 +250,7 @@ async fn put_config(req: Request<Incoming>, shared: &Shared) -> Reply {
                 &json!({
                     "revision": rev,
                     "warnings": parsed.warnings,
-                    "config": parsed.config.to_json(),
+                    "config": crate::encryption::settings::redact(parsed.config.to_json()),
                     // Like flannel, a running daemon applies a new config on restart.
                     "restart_needed": restart,
                 }),
@@ -253,6 +258,51 @@ async fn put_config(req: Request<Incoming>, shared: &Shared) -> Reply {
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// `overlayctl encryption …`: rewrites the stored config's `Encryption` section with a
+/// compare-and-swap (a concurrent writer makes us re-read, never lose its change).
+async fn post_encryption(req: Request<Incoming>, shared: &Shared) -> Reply {
+    use crate::encryption::admin;
+    let body = match Limited::new(req.into_body(), 4 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    };
+    let request: admin::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+    };
+    let key = shared.layout.config();
+    for _ in 0..5 {
+        let kv = match shared.store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return error(StatusCode::NOT_FOUND, "no network config in the store"),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        };
+        let (text, settings) = match admin::apply(&String::from_utf8_lossy(&kv.value), &request) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        match shared.store.update(&key, text.as_bytes(), kv.lease, kv.mod_revision).await {
+            Ok(crate::store::Cas::Done(rev)) => {
+                tracing::info!(action = ?request.action, settings = ?settings, "encryption settings stored");
+                return json_reply(
+                    StatusCode::OK,
+                    &json!({
+                        "revision": rev,
+                        "enabled": settings.enabled,
+                        "strict": settings.strict,
+                        "port": settings.port,
+                        "key_generation": settings.key_generation,
+                        "preshared_key": settings.preshared_key.is_some(),
+                    }),
+                );
+            }
+            Ok(crate::store::Cas::Conflict(_)) => continue,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+    error(StatusCode::CONFLICT, "the network config kept changing; try again")
 }
 
 async fn leave(shared: &Shared) -> Reply {

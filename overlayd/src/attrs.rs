@@ -34,6 +34,11 @@ pub struct LeaseAttrs {
     /// Persistent node identity (not in flannel: it used the public IP).
     #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// The node's tunnel (`{"Type":"wireguard","PublicKey":…,"Port":…}`), when it takes part
+    /// in encryption. Kept raw here: a malformed one must cost only the tunnel to that node,
+    /// never the lease (see `encryption::lease_data`).
+    #[serde(rename = "Encryption", default, skip_serializing_if = "Value::is_null")]
+    pub encryption: Value,
 }
 
 impl LeaseAttrs {

@@ -96,9 +96,9 @@ impl BackendConfig {
     }
 }
 
-/// The `Encryption` section: kept typed only as far as "an object with an optional
-/// `Type`", so that the issue that implements encryption can define the rest without
-/// breaking configs written before it.
+/// The `Encryption` section as stored: `Type` plus the other keys untouched (typed and
+/// validated by [`crate::encryption::EncryptionSettings`]), so unknown future keys survive
+/// a round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncryptionConfig {
     /// `Type`, e.g. `wireguard`.
@@ -240,8 +240,18 @@ impl NetworkConfig {
                 return Err(ConfigError::field("Encryption", format!("expected an object, got {v}")));
             }
         };
+        // Validated here so that `overlayctl network set` refuses a bad section up front.
+        let (_, enc_warnings) = crate::encryption::EncryptionSettings::from_config(encryption.as_ref())?;
+        warnings.extend(enc_warnings);
         let enable_nftables = f.bool("EnableNFTables", false)?;
         Ok(Parsed { config: NetworkConfig { ipv4, ipv6, backend, encryption, enable_nftables }, warnings })
+    }
+
+    /// The typed `Encryption` settings (the section was validated by the parser).
+    pub fn encryption_settings(&self) -> crate::encryption::EncryptionSettings {
+        crate::encryption::EncryptionSettings::from_config(self.encryption.as_ref())
+            .map(|(s, _)| s)
+            .unwrap_or_else(|_| crate::encryption::EncryptionSettings::off())
     }
 
     /// The config as flannel-style JSON, with every default written out.

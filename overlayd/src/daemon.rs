@@ -16,6 +16,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::attrs::{LeaseAttrs, Validator, VxlanData};
 use crate::backend::{Backend, BackendEvent, ControlPlaneOnly, run_backend};
 use crate::config::NetworkConfig;
+use crate::encryption::controller::{
+    Controller, ControllerIo, ControllerSettings, encrypted_mtu, initial_publication,
+};
+use crate::encryption::routes::SharedRoutes;
 use crate::lease::{KeeperCommand, KeeperStatus, LeaseManager, LeaseSettings, run_keeper};
 use crate::metrics::{Gauges, Metrics};
 use crate::options::DaemonArgs;
@@ -82,6 +86,8 @@ pub struct Shared {
     pub ip_masq: bool,
     /// Start time.
     pub started: Instant,
+    /// The encryption controller's status (for `overlayctl encryption status`).
+    pub encryption: RwLock<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -210,6 +216,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         ip_masq: args.ip_masq,
         underlay: underlay.clone(),
         started: Instant::now(),
+        encryption: RwLock::new(serde_json::Value::Null),
     });
 
     spawn_signal_handler(shutdown_tx.clone());
@@ -227,31 +234,64 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         let Some(config) = wait_for_config(&store, &layout, &mut shutdown_rx).await else {
             return Ok(());
         };
-        tracing::info!(config = %config.to_json(), "network config");
+        tracing::info!(config = %crate::encryption::settings::redact(config.to_json()), "network config");
         *shared.config.write().expect("config lock") = Some(config.clone());
+        let encryption = config.encryption_settings();
+        let encrypting = encryption.enabled && !args.no_encryption && !args.no_datapath;
+        let underlay_mtu = underlay.mtu.unwrap_or(1500);
         let mtu = args
             .mtu
             .or((config.vxlan().mtu > 0).then_some(config.vxlan().mtu))
-            .or(underlay.mtu.map(|m| m.saturating_sub(VXLAN_V4_OVERHEAD)));
+            .or(underlay.mtu.map(|m| m.saturating_sub(VXLAN_V4_OVERHEAD)))
+            // Pods must fit the tunnel too when the cluster encrypts.
+            .map(|m| if encrypting && args.mtu.is_none() { m.min(encrypted_mtu(underlay_mtu)) } else { m });
         *shared.mtu.write().expect("mtu lock") = mtu;
+        let tunnel_routes: SharedRoutes = Arc::default();
+        let vx = config.vxlan();
+        let vxlan_devices = vec![format!("flannel.{}", vx.vni), format!("flannel-v6.{}", vx.vni)];
+        let controller = (!args.no_datapath).then(|| {
+            let c = Controller::new(
+                ControllerSettings {
+                    state_dir: args.state_dir.clone(),
+                    underlay_mtu,
+                    vxlan_devices: vxlan_devices.clone(),
+                    opt_out: args.no_encryption,
+                    threads: args.tunnel_threads,
+                },
+                tunnel_routes.clone(),
+            );
+            if encrypting {
+                c.seed_routes();
+            }
+            c
+        });
         let backend: Box<dyn Backend> = if args.no_datapath {
             Box::new(ControlPlaneOnly::new(VxlanData { vni: config.vxlan().vni, vtep_mac }, mtu))
         } else {
-            let vx = config.vxlan();
-            Box::new(crate::vxlan::VxlanBackend::new(crate::vxlan::VxlanSettings {
-                vni: vx.vni,
-                port: if vx.port == 0 { crate::vxlan::DEFAULT_PORT } else { vx.port },
-                direct_routing: vx.direct_routing,
-                underlay: underlay.iface.clone().unwrap_or_default(),
-                public_ip: underlay.public_ip.map(std::net::IpAddr::V4),
-                public_ipv6: underlay.public_ipv6.map(std::net::IpAddr::V6),
-                network: config.ipv4_network().map(ipnet::IpNet::V4),
-                ipv6_network: config.ipv6_network().map(ipnet::IpNet::V6),
-                mac: vtep_mac,
-                mac_v6: crate::vxlan::v6_mac(vtep_mac),
-                mtu: mtu.unwrap_or(crate::vxlan::FALLBACK_MTU),
-                ip_masq: args.ip_masq,
-            }))
+            Box::new(
+                crate::vxlan::VxlanBackend::new(crate::vxlan::VxlanSettings {
+                    vni: vx.vni,
+                    port: if vx.port == 0 { crate::vxlan::DEFAULT_PORT } else { vx.port },
+                    direct_routing: vx.direct_routing,
+                    underlay: underlay.iface.clone().unwrap_or_default(),
+                    public_ip: underlay.public_ip.map(std::net::IpAddr::V4),
+                    public_ipv6: underlay.public_ipv6.map(std::net::IpAddr::V6),
+                    network: config.ipv4_network().map(ipnet::IpNet::V4),
+                    ipv6_network: config.ipv6_network().map(ipnet::IpNet::V6),
+                    mac: vtep_mac,
+                    mac_v6: crate::vxlan::v6_mac(vtep_mac),
+                    mtu: mtu.unwrap_or(crate::vxlan::FALLBACK_MTU),
+                    ip_masq: args.ip_masq,
+                })
+                .with_tunnel_routes(tunnel_routes.clone()),
+            )
+        };
+        // The key is in the lease from its first write, so a restart publishes the same value.
+        let published = if args.no_datapath {
+            serde_json::Value::Null
+        } else {
+            initial_publication(&args.state_dir, &encryption, args.no_encryption)
+                .map_err(io_err("the WireGuard key file"))?
         };
         let attrs = LeaseAttrs {
             public_ip: underlay.public_ip,
@@ -264,6 +304,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
                 backend.lease_v6_data()
             },
             node_id: Some(node_id.clone()),
+            encryption: published,
         };
         let mut settings = LeaseSettings::with_ttl(args.subnet_lease_ttl);
         if let Some(r) = args.subnet_lease_renew_interval {
@@ -284,7 +325,24 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         )));
         let (btx, brx) = mpsc::channel(256);
         tasks.push(tokio::spawn(run_backend(backend, brx, metrics.clone())));
-        follow(shared.clone(), state, config, args.ip_masq, btx, own_touched, &mut tasks).await
+        let (config_tx, config_rx) = watch::channel(Some(config.clone()));
+        tasks.push(tokio::spawn(crate::config_watch::follow_config(shared.clone(), config_tx)));
+        let (own_tx, own_rx) = watch::channel::<Option<SubnetKey>>(None);
+        let (peers_tx, peers_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        if let Some(c) = controller {
+            let io = ControllerIo {
+                config: config_rx,
+                own: own_rx.clone(),
+                peers: peers_rx,
+                backend: btx.clone(),
+                keeper: shared.commands.clone(),
+                shared: shared.clone(),
+                shutdown: shutdown_rx.clone(),
+            };
+            tasks.push(tokio::spawn(c.run(io)));
+        }
+        let outputs = Outputs { own_tx, own_rx, peers_tx };
+        follow(shared.clone(), state, config, args.ip_masq, btx, own_touched, outputs, &mut tasks).await
     }
     .await;
 
@@ -322,8 +380,17 @@ async fn seed_config(store: &SharedStore, layout: &KeyLayout, file: &Path) -> Re
     Ok(())
 }
 
+/// Where `follow` announces our subnets and the peers (the watcher and the encryption
+/// controller listen).
+struct Outputs {
+    own_tx: watch::Sender<Option<SubnetKey>>,
+    own_rx: watch::Receiver<Option<SubnetKey>>,
+    peers_tx: watch::Sender<Arc<BTreeMap<String, Peer>>>,
+}
+
 /// Follows the keeper: writes outputs when the lease changes, starts the watcher once
 /// there is a lease, forwards peer events, flips readiness, and stops after `leave`.
+#[expect(clippy::too_many_arguments, reason = "the daemon's wiring, called once")]
 async fn follow(
     shared: Arc<Shared>,
     state: StateDir,
@@ -331,11 +398,12 @@ async fn follow(
     ip_masq: bool,
     backend: mpsc::Sender<BackendEvent>,
     own_touched: Arc<Notify>,
+    outputs: Outputs,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(), DaemonError> {
     let mut status = shared.keeper.clone();
     let mut shutdown = shared.shutdown.subscribe();
-    let (own_tx, own_rx) = watch::channel::<Option<SubnetKey>>(None);
+    let Outputs { own_tx, own_rx, peers_tx } = outputs;
     let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let mut watcher_io = Some(WatcherIo {
@@ -396,27 +464,16 @@ async fn follow(
                     }
                 }
             }
-            Some(batch) = peer_rx.recv() => {
-                if let Ok(mut peers) = shared.peers.write() {
-                    for e in &batch {
-                        let key = shared.layout.lease(e.key());
-                        match e {
-                            PeerEvent::Added(p) | PeerEvent::Changed { new: p, .. } => {
-                                peers.insert(key, p.clone());
-                            }
-                            PeerEvent::Removed(_) => {
-                                peers.remove(&key);
-                            }
-                        }
-                    }
-                }
-                let _ = backend.send(BackendEvent::Peers(batch)).await;
-            }
+            Some(batch) = peer_rx.recv() => forward_peers(&shared, &peers_tx, &backend, batch).await,
             r = synced_rx.changed(), if synced_open => {
                 // Closed when the watcher stops (shutdown); stop polling it then.
                 synced_open = r.is_ok();
                 if synced_open && *synced_rx.borrow() && !synced_sent {
                     synced_sent = true;
+                    // Batches queued before the flag went up belong to the full listing.
+                    while let Ok(batch) = peer_rx.try_recv() {
+                        forward_peers(&shared, &peers_tx, &backend, batch).await;
+                    }
                     let _ = backend.send(BackendEvent::Synced).await;
                 }
             }
@@ -431,6 +488,30 @@ async fn follow(
             }
         }
     }
+}
+
+/// Records a batch of peer events and passes it on to the controller and the backend.
+async fn forward_peers(
+    shared: &Shared,
+    peers_tx: &watch::Sender<Arc<BTreeMap<String, Peer>>>,
+    backend: &mpsc::Sender<BackendEvent>,
+    batch: Vec<PeerEvent>,
+) {
+    if let Ok(mut peers) = shared.peers.write() {
+        for e in &batch {
+            let key = shared.layout.lease(e.key());
+            match e {
+                PeerEvent::Added(p) | PeerEvent::Changed { new: p, .. } => {
+                    peers.insert(key, p.clone());
+                }
+                PeerEvent::Removed(_) => {
+                    peers.remove(&key);
+                }
+            }
+        }
+        peers_tx.send_replace(Arc::new(peers.clone()));
+    }
+    let _ = backend.send(BackendEvent::Peers(batch)).await;
 }
 
 fn spawn_signal_handler(shutdown: watch::Sender<bool>) {

@@ -374,6 +374,25 @@ impl LeaseManager {
         }
     }
 
+    /// Changes the `Encryption` value published from now on; [`LeaseManager::republish`]
+    /// writes it into a lease already held.
+    pub fn set_encryption(&mut self, value: serde_json::Value) {
+        self.attrs.encryption = value;
+    }
+
+    /// Rewrites our lease with the current attributes, keeping its store lease, if it has
+    /// not changed since we last wrote it. `Ok(None)`: it had (the renewal finds out).
+    pub async fn republish(&self, lease: &OwnLease) -> Result<Option<OwnLease>, StoreError> {
+        let key = self.layout.lease(&lease.key);
+        let value = self.attrs.to_bytes();
+        match self.store.update(&key, &value, lease.store_lease, lease.mod_revision).await? {
+            Cas::Done(rev) => {
+                Ok(Some(OwnLease { mod_revision: rev, attrs: self.attrs.clone(), ..lease.clone() }))
+            }
+            Cas::Conflict(_) => Ok(None),
+        }
+    }
+
     /// Refreshes the TTL and checks the key is still ours (same `mod_revision`).
     pub async fn renew(&self, lease: &OwnLease) -> Result<Renewal, StoreError> {
         let key = self.layout.lease(&lease.key);
@@ -443,6 +462,9 @@ pub struct KeeperStatus {
 pub enum KeeperCommand {
     /// Release the lease and stop.
     Leave(oneshot::Sender<Result<(), String>>),
+    /// Publish this `Encryption` value in our lease (`Null` = none), now if we hold the
+    /// lease, else with the lease when we get it.
+    SetEncryption(serde_json::Value, oneshot::Sender<Result<(), String>>),
 }
 
 /// Runs the lease: acquire (retrying through outages), then renew until shutdown or
@@ -490,15 +512,35 @@ pub async fn run_keeper(
             _ = own_touched.notified() => {
                 tracing::info!(subnet = %lease.key, "our lease key changed in the store; checking it");
             }
-            cmd = cmds.recv() => {
-                let Some(KeeperCommand::Leave(reply)) = cmd else { return };
-                let r = mgr.release(&lease).await.map_err(|e| e.to_string());
-                if r.is_ok() {
-                    status.send_modify(|s| { s.lease = None; s.released = true; });
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(KeeperCommand::Leave(reply)) => {
+                    let r = mgr.release(&lease).await.map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        status.send_modify(|s| { s.lease = None; s.released = true; });
+                    }
+                    let _ = reply.send(r);
+                    return;
                 }
-                let _ = reply.send(r);
-                return;
-            }
+                Some(KeeperCommand::SetEncryption(value, reply)) => {
+                    if lease.attrs.encryption == value {
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
+                    mgr.set_encryption(value);
+                    let r = match mgr.republish(&lease).await {
+                        Ok(Some(new)) => {
+                            lease = new;
+                            status.send_modify(|s| s.lease = Some(lease.clone()));
+                            Ok(())
+                        }
+                        // Changed under us: the renewal below re-acquires with the new value.
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(r);
+                }
+            },
             _ = shutdown.changed() => return,
         }
         match mgr.renew(&lease).await {

@@ -141,6 +141,13 @@ pub struct DaemonArgs {
     /// Leases and peers only: program no datapath (for tests and simulations).
     #[arg(long, env = "OVERLAYD_NO_DATAPATH")]
     pub no_datapath: bool,
+    /// This node takes no part in encryption, whatever the network config says: it never
+    /// publishes a key (for nodes that cannot run the tunnel; strict peers refuse it).
+    #[arg(long, env = "OVERLAYD_NO_ENCRYPTION")]
+    pub no_encryption: bool,
+    /// Worker threads of the encryption tunnel (0 = one per CPU, at most 4).
+    #[arg(long, env = "OVERLAYD_TUNNEL_THREADS", default_value_t = 0)]
+    pub tunnel_threads: usize,
     /// A net-conf.json to store as the network config when the store has none yet.
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
     pub net_config_file: Option<PathBuf>,

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::attrs::{VxlanData, format_mac};
 use crate::backend::{Backend, BackendError, BackendEvent};
+use crate::encryption::routes::{SharedRoutes, TunnelRoutes};
 use crate::subnet::SubnetKey;
 use crate::watcher::{Peer, PeerEvent};
 
@@ -79,12 +80,19 @@ pub struct VxlanBackend {
     own: Option<SubnetKey>,
     peers: BTreeMap<String, Peer>,
     synced: bool,
+    tunnel: Option<SharedRoutes>,
 }
 
 impl VxlanBackend {
     /// A backend that has seen nothing yet.
     pub fn new(settings: VxlanSettings) -> Self {
-        VxlanBackend { settings, own: None, peers: BTreeMap::new(), synced: false }
+        VxlanBackend { settings, own: None, peers: BTreeMap::new(), synced: false, tunnel: None }
+    }
+
+    /// Routes the subnets the encryption controller names into its tunnel instead.
+    pub fn with_tunnel_routes(mut self, routes: SharedRoutes) -> Self {
+        self.tunnel = Some(routes);
+        self
     }
 
     fn desired(&self) -> Vec<Family> {
@@ -174,9 +182,12 @@ impl VxlanBackend {
         let underlay = self.settings.underlay.clone();
         let direct = self.settings.direct_routing;
         let prune = self.synced;
-        tokio::task::spawn_blocking(move || reconcile(&underlay, &families, rules.as_ref(), direct, prune))
-            .await
-            .map_err(|e| BackendError(format!("reconciliation task: {e}")))?
+        let tunnel = self.tunnel.as_ref().and_then(|t| t.read().ok().map(|t| t.clone())).unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            reconcile(&underlay, &families, rules.as_ref(), direct, prune, &tunnel)
+        })
+        .await
+        .map_err(|e| BackendError(format!("reconciliation task: {e}")))?
     }
 }
 
@@ -221,6 +232,7 @@ fn reconcile(
     rules: Option<&NodeRules>,
     direct_routing: bool,
     prune: bool,
+    tunnel: &TunnelRoutes,
 ) -> Result<Report, BackendError> {
     let err = |what: &str| {
         let what = what.to_string();
@@ -269,7 +281,11 @@ fn reconcile(
         let have_routes: Vec<Route> = routes
             .into_iter()
             .filter(|r| fam.network.contains(&r.dst.network()) && r.dst != fam.network)
-            .filter(|r| r.oif == Some(dev.index) || (r.oif == Some(ul.index) && r.gateway.is_some()))
+            .filter(|r| {
+                r.oif == Some(dev.index)
+                    || (r.oif == Some(ul.index) && r.gateway.is_some())
+                    || (r.oif.is_some() && r.oif == tunnel.ifindex)
+            })
             .collect();
 
         let mut want_neigh = BTreeSet::new();
@@ -277,6 +293,16 @@ fn reconcile(
         let mut want_routes = Vec::new();
         for p in &fam.peers {
             let vtep = first_addr(&p.subnet);
+            if let Some(tun) = tunnel.via_tunnel(&p.subnet) {
+                // Encrypted: the route points into the tunnel; the neighbour and FDB entries
+                // stay so that moving back to VXLAN is one route replace.
+                want_neigh.insert(Neighbour { ip: vtep, mac: p.mac });
+                want_fdb.insert(FdbEntry { mac: p.mac, dst: p.public });
+                let mut r = Route::new(p.subnet, None, Some(tun));
+                r.scope = Some(253);
+                want_routes.push(r);
+                continue;
+            }
             if direct_routing && on_same_l2(p.public, &ul_addrs) {
                 want_routes.push(Route::new(p.subnet, Some(p.public), Some(ul.index)));
                 continue;

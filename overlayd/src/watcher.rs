@@ -336,10 +336,13 @@ impl Watcher {
             if !self.synced {
                 match self.sync().await {
                     Ok(applied) => {
-                        io.synced.send_replace(true);
+                        // The listing's events first: `synced` lets the backend remove what
+                        // is not in it, so it must never arrive before them (that flushed
+                        // the datapath of a restarted daemon).
                         if !self.emit(applied, io).await {
                             return;
                         }
+                        io.synced.send_replace(true);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "listing leases failed; retrying");

@@ -269,3 +269,9 @@ async fn embedded_dual_stack_and_ipv6_only_leases() {
         assert_eq!(v6.len(), 10);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_synced_is_raised_only_after_the_listings_events() {
+    let d = tempdir();
+    scenarios::synced_comes_after_the_listings_events(stores(&d, 1).remove(0)).await;
+}

@@ -6,6 +6,7 @@
 //! cargo bench -p test-netns --bench datapath                 # 3 reps x 10 s, every case
 //! cargo bench -p test-netns --bench datapath -- --smoke      # a short sanity pass
 //! cargo bench -p test-netns --bench datapath -- --reps 3 --secs 10 --cases underlay,host-gw,overlay
+//! cargo bench -p test-netns --bench datapath -- --cases host-gw,overlay,wireguard-go,encrypted
 //! ```
 //!
 //! Topology: the `Cluster` harness with 2 nodes (namespaces on the underlay switch, `overlayd`
@@ -16,6 +17,12 @@
 //! - `host-gw`: both daemons stopped; on each node `ip route replace <remote pod subnet> via
 //!   <remote underlay ip> dev ul`; pod `eth0`, the node's pod veth and `cni0` at MTU 1500.
 //! - `overlay`: the datapath exactly as the daemons program it, daemons running.
+//! - `wireguard-go`: daemons stopped; Debian's wireguard-go on each node (a [`WgGoPeer`]), the
+//!   remote pod subnet routed through it, pods/veth/cni0 at MTU 1420, as perf-baselines.md case
+//!   d; the VXLAN routes are put back in teardown.
+//! - `encrypted` (not in the default list yet): daemons running, `overlayctl encryption enable`
+//!   on node 0, until every node routes the remote pod subnet `dev ferro-wg`; pod MTU set to
+//!   ferro-wg's. Teardown: `overlayctl encryption disable`, until the routes are on flannel.1.
 //! - the others: the daemons' datapath (daemons stopped so that their reconciliation does not
 //!   undo the change) with one setting changed, see [`Case::what`].
 //!
@@ -32,8 +39,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use test_netns::TestNs;
 use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, wait_for};
+use test_netns::{TestNs, WgGoPeer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
@@ -46,9 +53,13 @@ enum Case {
     SrcPort,
     NoUdpCsum,
     Jumbo,
+    WireguardGo,
+    Encrypted,
 }
 
-const ALL: [Case; 9] = [
+/// The default cases. `encrypted` is left out until overlayd's encryption works end to end;
+/// ask for it with `--cases`.
+const ALL: [Case; 10] = [
     Case::Underlay,
     Case::HostGw,
     Case::Overlay,
@@ -58,7 +69,31 @@ const ALL: [Case; 9] = [
     Case::SrcPort,
     Case::NoUdpCsum,
     Case::Jumbo,
+    Case::WireguardGo,
 ];
+
+/// Every case `--cases` accepts.
+const KNOWN: [Case; 11] = [
+    Case::Underlay,
+    Case::HostGw,
+    Case::Overlay,
+    Case::TxOn,
+    Case::Gro,
+    Case::TxOnGro,
+    Case::SrcPort,
+    Case::NoUdpCsum,
+    Case::Jumbo,
+    Case::WireguardGo,
+    Case::Encrypted,
+];
+
+/// The tunnel MTU of the wireguard-go case, as perf-baselines.md case d (and wg-quick's
+/// default): 1500 less 80 bytes of IPv6 + UDP + WireGuard overhead.
+const WG_MTU: u32 = 1420;
+/// The UDP port of the wireguard-go devices.
+const WG_PORT: u16 = 51820;
+/// overlayd's tunnel device when encryption is on.
+const FERRO_WG: &str = "ferro-wg";
 
 impl Case {
     fn name(self) -> &'static str {
@@ -72,6 +107,8 @@ impl Case {
             Case::SrcPort => "overlay+srcport",
             Case::NoUdpCsum => "overlay+noudpcsum",
             Case::Jumbo => "overlay+jumbo",
+            Case::WireguardGo => "wireguard-go",
+            Case::Encrypted => "encrypted",
         }
     }
 
@@ -81,8 +118,10 @@ impl Case {
             Case::HostGw => {
                 "`ip route replace <remote subnet> via <remote ul ip> dev ul` on both nodes, pods/veth/cni0 MTU 1500, daemons stopped"
             }
-            Case::Overlay => "as overlayd programs it (flannel.1 `tx off`, pod MTU 1450), daemons running",
-            Case::TxOn => "`ethtool -K flannel.1 tx on` on both nodes",
+            Case::Overlay => "as overlayd programs it (pod MTU 1450), daemons running",
+            Case::TxOn => {
+                "`ethtool -K flannel.1 tx on` on both nodes (the same as overlay if the daemon leaves it on)"
+            }
             Case::Gro => "`ethtool -K ul gro on` on both nodes",
             Case::TxOnGro => "`ethtool -K flannel.1 tx on` + `ethtool -K ul gro on` on both nodes",
             Case::SrcPort => {
@@ -92,11 +131,17 @@ impl Case {
                 "flannel.1 recreated with `noudpcsum` (no outer UDP checksum; IPv4's udp6zerocsumtx)"
             }
             Case::Jumbo => "underlay MTU 9000 (switch, ul), flannel.1 8950, pods/veth/cni0 8950",
+            Case::WireguardGo => {
+                "Debian's wireguard-go per node (`wg set … peer <remote> endpoint <remote ul>:51820 allowed-ips <remote subnet>`), `ip route replace <remote subnet> dev <wg dev>`, wg and pods/veth/cni0 MTU 1420, daemons stopped (perf-baselines case d)"
+            }
+            Case::Encrypted => {
+                "`overlayctl encryption enable` on node0, daemons running, remote subnet routed `dev ferro-wg` on every node, pods/veth/cni0 at ferro-wg's MTU"
+            }
         }
     }
 
     fn parse(s: &str) -> Option<Case> {
-        ALL.iter().copied().find(|c| c.name() == s)
+        KNOWN.iter().copied().find(|c| c.name() == s)
     }
 }
 
@@ -113,6 +158,8 @@ struct Cfg {
 struct Topo {
     // Dropped first: the servers live in the cluster's namespaces.
     servers: Vec<Server>,
+    /// The wireguard-go case's devices, while it runs.
+    wg: Vec<WgGoPeer>,
     pods: Vec<ClusterPod>,
     c: Cluster,
     running: [bool; 2],
@@ -122,6 +169,8 @@ struct Topo {
     veth: [String; 2],
     pod_mtu: u32,
     gro0: [String; 2],
+    /// flannel.1's `tx-checksumming` as the daemon leaves it (`on`/`off`); empty until known.
+    tx0: String,
     switch: Option<PathBuf>,
 }
 
@@ -155,7 +204,7 @@ impl Topo {
             && route.contains("onlink")
             && neigh.contains("PERMANENT")
             && fdb.contains(&format!("{} dst {}", self.mac[r], self.ul[r]))
-            && offl.contains("tx-checksumming: off")
+            && (self.tx0.is_empty() || offl.contains(&format!("tx-checksumming: {}", self.tx0)))
     }
 
     fn daemons_up(&mut self) -> Result<(), String> {
@@ -199,7 +248,7 @@ impl Topo {
             shl(n, &format!("ip link set flannel.1 mtu {}", self.pod_mtu))?;
             shl(n, &format!("ip addr add {}/32 dev flannel.1", self.sub[i]))?;
             shl(n, "ip link set flannel.1 up")?;
-            shl(n, "ethtool -K flannel.1 tx off")?;
+            shl(n, &format!("ethtool -K flannel.1 tx {}", self.tx0))?;
             shl(
                 n,
                 &format!(
@@ -307,7 +356,68 @@ impl Topo {
                 self.each_node("ip link set flannel.1 mtu 8950")?;
                 self.set_pod_mtu(8950)
             }
+            Case::WireguardGo => self.wireguard_go_up(),
+            Case::Encrypted => self.encryption_on(),
         }
+    }
+
+    fn wireguard_go_up(&mut self) -> Result<(), String> {
+        for i in 0..2 {
+            let peer = WgGoPeer::start(self.node(i), WG_PORT)?;
+            self.wg.push(peer);
+        }
+        for i in 0..2 {
+            let r = 1 - i;
+            let (me, remote) = (&self.wg[i], &self.wg[r]);
+            let endpoint = format!("{}:{WG_PORT}", self.ul[r]);
+            let subnet = format!("{}/24", self.sub[r]);
+            me.set_peer(remote.public_key(), Some(&endpoint), &[&subnet], None)?;
+            me.add_address(&format!("{}/32", self.sub[i]))?;
+            me.up(WG_MTU)?;
+            me.route(&subnet)?;
+        }
+        self.set_pod_mtu(WG_MTU)
+    }
+
+    /// Whether node `i` routes the remote pod subnet through `dev`.
+    fn routed_via(&self, i: usize, dev: &str) -> bool {
+        let subnet = format!("{}/24", self.sub[1 - i]);
+        sh(self.node(i), &["ip", "route", "show", &subnet]).is_ok_and(|r| {
+            r.contains(&format!("dev {dev} ")) || r.trim_end().ends_with(&format!("dev {dev}"))
+        })
+    }
+
+    fn encryption_on(&mut self) -> Result<(), String> {
+        self.daemons_up()?;
+        let (ok, out) = self.c.overlayctl(0, &["encryption", "enable"])?;
+        if !ok {
+            return Err(format!("overlayctl encryption enable: {}", out.trim()));
+        }
+        wait_for(Duration::from_secs(60), "the remote pod subnets routed dev ferro-wg", || {
+            self.routed_via(0, FERRO_WG) && self.routed_via(1, FERRO_WG)
+        })?;
+        // Like the wireguard-go case: the pods get the tunnel's MTU (the daemon gave them
+        // the VXLAN one when they were attached).
+        let mtu = link_mtu(self.node(0), FERRO_WG)?.min(link_mtu(self.node(1), FERRO_WG)?);
+        if mtu < self.pod_mtu {
+            self.set_pod_mtu(mtu)?;
+        }
+        Ok(())
+    }
+
+    fn encryption_off(&mut self) -> Result<(), String> {
+        let r = self.c.overlayctl(0, &["encryption", "disable"]).and_then(|(ok, out)| {
+            if ok { Ok(()) } else { Err(format!("overlayctl encryption disable: {}", out.trim())) }
+        });
+        let back = r.and_then(|_| {
+            wait_for(Duration::from_secs(60), "the daemons' VXLAN datapath back", || {
+                self.datapath_ok(0) && self.datapath_ok(1)
+            })
+        });
+        // Whatever happened, leave the base state's MTU and stopped daemons behind.
+        let mtu = self.set_pod_mtu(self.pod_mtu);
+        self.daemons_down();
+        back.and(mtu)
     }
 
     fn teardown(&mut self, case: Case) -> Result<(), String> {
@@ -315,26 +425,16 @@ impl Topo {
             Case::Underlay => Ok(()),
             Case::HostGw => {
                 self.set_pod_mtu(self.pod_mtu)?;
-                for i in 0..2 {
-                    let r = 1 - i;
-                    shl(
-                        self.node(i),
-                        &format!(
-                            "ip route replace {}/24 via {} dev flannel.1 onlink",
-                            self.sub[r], self.sub[r]
-                        ),
-                    )?;
-                }
-                Ok(())
+                self.vxlan_routes()
             }
             Case::Overlay => {
                 self.daemons_down();
                 Ok(())
             }
-            Case::TxOn => self.each_node("ethtool -K flannel.1 tx off"),
+            Case::TxOn => self.each_node(&format!("ethtool -K flannel.1 tx {}", self.tx0)),
             Case::Gro => self.restore_gro(),
             Case::TxOnGro => {
-                self.each_node("ethtool -K flannel.1 tx off")?;
+                self.each_node(&format!("ethtool -K flannel.1 tx {}", self.tx0))?;
                 self.restore_gro()
             }
             Case::SrcPort | Case::NoUdpCsum => self.restore_vxlan(),
@@ -343,7 +443,28 @@ impl Topo {
                 self.each_node(&format!("ip link set flannel.1 mtu {}", self.pod_mtu))?;
                 self.set_underlay_mtu(1500)
             }
+            Case::WireguardGo => {
+                // Runs also after a failed setup: every step is idempotent.
+                let mtu = self.set_pod_mtu(self.pod_mtu);
+                let routes = self.vxlan_routes();
+                // Stops wireguard-go and removes the devices and their sockets.
+                self.wg.clear();
+                mtu.and(routes)
+            }
+            Case::Encrypted => self.encryption_off(),
         }
+    }
+
+    /// The daemons' route to the remote pod subnet, on both nodes.
+    fn vxlan_routes(&self) -> Result<(), String> {
+        for i in 0..2 {
+            let r = 1 - i;
+            shl(
+                self.node(i),
+                &format!("ip route replace {}/24 via {} dev flannel.1 onlink", self.sub[r], self.sub[r]),
+            )?;
+        }
+        Ok(())
     }
 
     fn each_node(&self, line: &str) -> Result<(), String> {
@@ -460,7 +581,10 @@ fn run_iperf(
     let mut best: Option<Tput> = None;
     for attempt in 1..=cfg.tries {
         let pre = if cfg.quiet.is_zero() { f64::NAN } else { wait_quiet(cfg.quiet) };
-        let daemons: Vec<u32> = (0..2).flat_map(|i| pids_in(t.node(i), "overlayd")).collect();
+        // The tunnel daemons' CPU: overlayd (also its encryption datapath) and wireguard-go.
+        let daemons: Vec<u32> = (0..2)
+            .flat_map(|i| [pids_in(t.node(i), "overlayd"), pids_in(t.node(i), "wireguard-go")].concat())
+            .collect();
         let (k0, d0, c0, w0) = (pid_cpu(&ksoft), pid_cpu(&daemons), cpu_ticks(), Instant::now());
         let out = src
             .command("iperf3")
@@ -582,7 +706,7 @@ fn main() {
             sockperf_secs: 1,
             tries: 1,
             quiet: Duration::ZERO,
-            cases: vec![Case::Underlay, Case::HostGw, Case::Overlay, Case::TxOn],
+            cases: vec![Case::Underlay, Case::HostGw, Case::Overlay, Case::TxOn, Case::WireguardGo],
         }
     } else {
         Cfg {
@@ -651,6 +775,7 @@ fn main() {
     });
     let mut t = Topo {
         servers: Vec::new(),
+        wg: Vec::new(),
         pods,
         c,
         running: [true, true],
@@ -660,13 +785,18 @@ fn main() {
         veth,
         pod_mtu,
         gro0,
+        tx0: String::new(),
         switch: own_netns_named("switch"),
     };
     t.daemons_up().expect("the daemons' datapath");
+    // The base state keeps the daemon's checksum offload setting, whichever it is.
+    let offl = sh(t.node(0), &["ethtool", "-k", "flannel.1"]).unwrap();
+    let tx_on = offl.lines().any(|l| l.starts_with("tx-checksumming: on"));
+    t.tx0 = if tx_on { "on" } else { "off" }.to_string();
     let _ = writeln!(
         env,
-        "cluster: pods {} (node0, subnet {}/24) and {} (node1, subnet {}/24); underlay {} / {}; pod MTU {}; ul GRO {:?}",
-        t.pods[0].ip, t.sub[0], t.pods[1].ip, t.sub[1], t.ul[0], t.ul[1], t.pod_mtu, t.gro0
+        "cluster: pods {} (node0, subnet {}/24) and {} (node1, subnet {}/24); underlay {} / {}; pod MTU {}; ul GRO {:?}; flannel.1 tx-checksumming {}",
+        t.pods[0].ip, t.sub[0], t.pods[1].ip, t.sub[1], t.ul[0], t.ul[1], t.pod_mtu, t.gro0, t.tx0
     );
     let mut details = String::new();
     let _ = writeln!(
@@ -853,6 +983,48 @@ fn main() {
         ],
         &rows,
     );
+    // The encrypted cases against the unencrypted overlay and against the reference
+    // userspace WireGuard, measured in this same run.
+    let enc: Vec<Case> =
+        cfg.cases.iter().copied().filter(|c| matches!(c, Case::WireguardGo | Case::Encrypted)).collect();
+    if !enc.is_empty() {
+        let ratio = |a: f64, b: f64| {
+            if a.is_finite() && b.is_finite() && b != 0.0 { format!("{:.2}×", a / b) } else { "–".into() }
+        };
+        let (ov, wg) = (Case::Overlay, Case::WireguardGo);
+        let rows: Vec<Vec<String>> = enc
+            .iter()
+            .map(|&c| {
+                let (m1, m4) = (median(&g(c, 1)), median(&g(c, 4)));
+                vec![
+                    format!("**{}**", c.name()),
+                    pct(m1, median(&g(ov, 1))),
+                    pct(m1, median(&g(wg, 1))),
+                    pct(m4, median(&g(ov, 4))),
+                    pct(m4, median(&g(wg, 4))),
+                    ratio(sock(c), sock(ov)),
+                    ratio(sock(c), sock(wg)),
+                    ratio(cpu_gb(c, 1), cpu_gb(ov, 1)),
+                    ratio(cpu_gb(c, 1), cpu_gb(wg, 1)),
+                ]
+            })
+            .collect();
+        md += "\nEncryption, relative to the overlay and to wireguard-go in this run:\n\n";
+        md += &table(
+            &[
+                "case",
+                "TCP 1 str vs overlay",
+                "vs wireguard-go",
+                "TCP 4 str vs overlay",
+                "vs wireguard-go",
+                "sockperf p50 vs overlay",
+                "vs wireguard-go",
+                "CPU s/GB (1 str) vs overlay",
+                "vs wireguard-go",
+            ],
+            &rows,
+        );
+    }
     md += "\nCases:\n";
     for &case in &cfg.cases {
         let _ = writeln!(md, "- `{}`: {}", case.name(), case.what());

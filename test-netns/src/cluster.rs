@@ -59,6 +59,7 @@ pub struct ClusterNode {
     /// Its files: state, socket, subnet.env, IPAM, saved configs, result cache, log.
     pub dir: PathBuf,
     daemon: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl ClusterNode {
@@ -171,7 +172,7 @@ impl Cluster {
         self.underlay.attach(&ns, "ul", &format!("{underlay_ip}/24"));
         let dir = self.work.path().join(format!("node{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        self.nodes.push(ClusterNode { ns, underlay_ip, dir, daemon: None });
+        self.nodes.push(ClusterNode { ns, underlay_ip, dir, daemon: None, extra_args: Vec::new() });
         self.start_daemon(i)?;
         Ok(i)
     }
@@ -201,6 +202,7 @@ impl Cluster {
             .arg(node.socket())
             .arg("--subnet-file")
             .arg(node.dir.join("subnet.env"))
+            .args(&node.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -208,6 +210,28 @@ impl Cluster {
             .map_err(|e| format!("starting overlayd on node{i}: {e}"))?;
         node.daemon = Some(child);
         Ok(())
+    }
+
+    /// A namespace of its own on the cluster's underlay with `addr` (e.g. a hand-made peer).
+    pub fn attach_to_underlay(&self, label: &str, addr: &str) -> TestNs {
+        let ns = TestNs::new(label);
+        self.underlay.attach(&ns, "ul", addr);
+        ns
+    }
+
+    /// Node `i`'s pod subnet from its subnet.env (`10.244.7.0/24`).
+    pub fn pod_subnet(&self, i: usize) -> Result<String, String> {
+        let env = std::fs::read_to_string(self.nodes[i].dir.join("subnet.env")).map_err(|e| e.to_string())?;
+        let line = env.lines().find(|l| l.starts_with("FLANNEL_SUBNET=")).ok_or("no FLANNEL_SUBNET")?;
+        // FLANNEL_SUBNET=10.244.7.1/24 names the gateway; the subnet starts at .0.
+        let net: ipnet::IpNet =
+            line.trim_start_matches("FLANNEL_SUBNET=").parse().map_err(|e| format!("{line}: {e}"))?;
+        Ok(net.trunc().to_string())
+    }
+
+    /// Extra `overlayd` arguments for node `i`, used from its next (re)start.
+    pub fn set_daemon_args(&mut self, i: usize, args: &[&str]) {
+        self.nodes[i].extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Stops node `i`'s daemon with `signal` (SIGTERM: graceful; SIGKILL: a crash).
@@ -321,4 +345,38 @@ fn stop(child: &mut Child, signal: i32) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// target/debug (or release) of the running test: where the workspace's binaries are,
+/// built when missing.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
+    if needed.iter().any(|b| !dir.join(b).exists()) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the binaries");
+    }
+    dir
+}
+
+/// A 100-packets-per-second ping from `from` to `to` for `secs` seconds, running.
+pub fn ping_flood(from: &TestNs, to: &str, secs: u32) -> Child {
+    from.command("ping")
+        .args(["-i", "0.01", "-c", &(secs * 100).to_string(), "-q", to])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a [`ping_flood`]: (sent, received).
+pub fn ping_result(child: Child) -> (u32, u32) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+    (nums[0], nums[1])
 }

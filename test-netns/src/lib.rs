@@ -7,18 +7,22 @@
 //! assert!(out.contains("\"lo\""));
 //! ```
 
+mod capture;
 pub mod cluster;
 mod connectivity;
 mod topology;
+mod wgpeer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use capture::{Capture, CaptureOptions, Packet, Packets, Protocol, VXLAN_PORTS};
 pub use connectivity::{EchoServer, ping, tcp_echo};
 use netkernel::netns::NETNS_RUN_DIR;
 pub use netkernel::{NetNs, Netlink};
 pub use topology::{Underlay, veth_between};
+pub use wgpeer::{WgGoPeer, WgPeerStatus, WgShow};
 
 /// The prefix of every namespace this crate makes: `tn<pid>-<n>-<label>`.
 const PREFIX: &str = "tn";

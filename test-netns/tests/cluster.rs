@@ -2,29 +2,14 @@
 //! the `vxlan` plugin and the cni-spec runtime.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use netkernel::overlay::FdbEntry;
 use overlayd::store::Store;
-use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, StoreKind, wait_for};
+use test_netns::cluster::{
+    Cluster, ClusterOptions, ClusterPod, StoreKind, bin_dir, ping_flood, ping_result, wait_for,
+};
 use test_netns::{TestNs, ping, require_root, veth_between};
-
-/// target/debug (or release): where the workspace's binaries are, built when missing.
-fn bin_dir() -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
-    if needed.iter().any(|b| !dir.join(b).exists()) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the binaries");
-    }
-    dir
-}
 
 fn all_pairs(pods: &[ClusterPod]) -> Vec<(String, String)> {
     let mut failed = Vec::new();
@@ -53,13 +38,7 @@ fn entries_for(c: &Cluster, i: usize, vtep: &str, public: &str) -> (bool, bool, 
 }
 
 fn node_subnet(c: &Cluster, i: usize) -> String {
-    let env = std::fs::read_to_string(c.nodes[i].dir.join("subnet.env")).unwrap();
-    let line = env.lines().find(|l| l.starts_with("FLANNEL_SUBNET=")).unwrap();
-    // FLANNEL_SUBNET=10.244.7.1/24: the subnet's first address is .0.
-    let ip = line.trim_start_matches("FLANNEL_SUBNET=").split('/').next().unwrap();
-    let mut parts: Vec<&str> = ip.split('.').collect();
-    parts[3] = "0";
-    parts.join(".")
+    c.pod_subnet(i).unwrap().split('/').next().unwrap().to_string()
 }
 
 #[test]
@@ -120,22 +99,6 @@ fn ten_nodes_on_etcd() {
 }
 
 /// Sends 100 pings a second from `from` to `to` for `secs`; returns (sent, received).
-fn ping_flood(from: &TestNs, to: &str, secs: u32) -> std::process::Child {
-    from.command("ping")
-        .args(["-i", "0.01", "-c", &(secs * 100).to_string(), "-q", to])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn ping_result(child: std::process::Child) -> (u32, u32) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
-    let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
-    (nums[0], nums[1])
-}
-
 #[test]
 fn daemon_restarts_lose_no_packets() {
     require_root!();

@@ -41,6 +41,42 @@ enum Cmd {
     Status,
     /// Release this node's lease and stop the daemon.
     Leave,
+    /// Encryption between nodes (WireGuard in userspace), for the whole cluster.
+    Encryption {
+        #[command(subcommand)]
+        cmd: EncryptionCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EncryptionCmd {
+    /// This node's tunnel: key, peers, sessions, counters.
+    Status,
+    /// Turn encryption on for every node (or change its options).
+    Enable {
+        /// Drop pod traffic between nodes that is not encrypted.
+        #[arg(long)]
+        strict: bool,
+        /// Tunnel UDP port (default 51820).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Hand out a new random pre-shared key through the store.
+        #[arg(long)]
+        psk: bool,
+        /// Remove the pre-shared key.
+        #[arg(long, conflicts_with = "psk")]
+        no_psk: bool,
+        /// Rotate every node's key this often (e.g. 24h; at least 60s).
+        #[arg(long, value_parser = overlayd::options::parse_duration)]
+        rotation_period: Option<Duration>,
+        /// Keepalive for peers behind NAT (e.g. 25s).
+        #[arg(long, value_parser = overlayd::options::parse_duration)]
+        keepalive: Option<Duration>,
+    },
+    /// Turn encryption off for every node (traffic moves back to VXLAN).
+    Disable,
+    /// Give every node a new key (no traffic is lost).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +88,30 @@ enum NetworkCmd {
         /// The file.
         file: PathBuf,
     },
+}
+
+fn encryption_request(cmd: &EncryptionCmd) -> Value {
+    match cmd {
+        EncryptionCmd::Status => Value::Null,
+        EncryptionCmd::Enable { strict, port, psk, no_psk, rotation_period, keepalive } => {
+            let mut v = serde_json::json!({"action": "enable", "strict": strict});
+            if let Some(p) = port {
+                v["port"] = (*p).into();
+            }
+            if *psk || *no_psk {
+                v["preshared_key"] = Value::Bool(*psk);
+            }
+            if let Some(r) = rotation_period {
+                v["rotation_period"] = r.as_secs().into();
+            }
+            if let Some(k) = keepalive {
+                v["persistent_keepalive"] = k.as_secs().min(u16::MAX as u64).into();
+            }
+            v
+        }
+        EncryptionCmd::Disable => serde_json::json!({"action": "disable"}),
+        EncryptionCmd::Rotate => serde_json::json!({"action": "rotate"}),
+    }
 }
 
 fn main() -> ExitCode {
@@ -131,6 +191,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Health => call(cli, "GET", "/v1/store", None)?,
         Cmd::Status => call(cli, "GET", "/v1/status", None)?,
         Cmd::Leave => call(cli, "POST", "/v1/leave", None)?,
+        Cmd::Encryption { cmd: EncryptionCmd::Status } => call(cli, "GET", "/v1/encryption", None)?,
+        Cmd::Encryption { cmd } => {
+            let body = encryption_request(cmd);
+            call(cli, "POST", "/v1/encryption", Some(body.to_string().into_bytes()))?
+        }
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&out).expect("json serializes"));
@@ -232,6 +297,39 @@ fn run(cli: &Cli) -> Result<(), String> {
             ],
         ),
         Cmd::Leave => println!("lease released; overlayd is stopping"),
+        Cmd::Encryption { cmd: EncryptionCmd::Status } => {
+            fields(&out, &["phase", "enabled", "strict", "port", "device", "public_key", "key_generation"]);
+            table(
+                &["LEASE", "ENDPOINT", "ESTABLISHED", "ROUTED", "HANDSHAKE", "RX", "TX"],
+                out["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        vec![
+                            s(&p["lease"]),
+                            s(&p["endpoint"]),
+                            s(&p["established"]),
+                            s(&p["routed_through_tunnel"]),
+                            p["last_handshake_seconds_ago"]
+                                .as_u64()
+                                .map_or("-".into(), |x| format!("{x}s ago")),
+                            s(&p["rx_bytes"]),
+                            s(&p["tx_bytes"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Encryption { .. } => {
+            println!(
+                "stored at revision {}: encryption {}{}, key generation {}; every daemon follows it now",
+                s(&out["revision"]),
+                if out["enabled"] == Value::Bool(true) { "on" } else { "off" },
+                if out["strict"] == Value::Bool(true) { " (strict)" } else { "" },
+                s(&out["key_generation"]),
+            );
+        }
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ pub fn attrs(node: &str, ip: Ipv4Addr) -> LeaseAttrs {
         backend_data: VxlanData { vni: 1, vtep_mac: mac }.to_value(),
         backend_v6_data: serde_json::Value::Null,
         node_id: Some(node.to_string()),
+        encryption: serde_json::Value::Null,
     }
 }
 
@@ -157,13 +158,14 @@ struct TestIo {
     rx: mpsc::Receiver<Vec<PeerEvent>>,
     stop: watch::Sender<bool>,
     own: watch::Sender<Option<SubnetKey>>,
+    synced: watch::Receiver<bool>,
 }
 
 fn watcher_io() -> TestIo {
     let (etx, rx) = mpsc::channel(64);
     let (own, own_rx) = watch::channel(None);
     let (stop, srx) = watch::channel(false);
-    let (synced, _) = watch::channel(false);
+    let (synced, synced_rx) = watch::channel(false);
     TestIo {
         io: WatcherIo {
             events: etx,
@@ -175,7 +177,37 @@ fn watcher_io() -> TestIo {
         rx,
         stop,
         own,
+        synced: synced_rx,
     }
+}
+
+/// The backend removes what is not in the first listing once `synced` is up, so the
+/// listing's events must be queued before it: the other order flushed a restarted daemon's
+/// datapath (found by the cold-start benchmark).
+pub async fn synced_comes_after_the_listings_events(store: SharedStore) {
+    let cfg = small_config();
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        keys.push(
+            manager(&store, &cfg, &format!("n{i}"), 1 + i, Duration::from_secs(60))
+                .acquire()
+                .await
+                .unwrap()
+                .key,
+        );
+    }
+    let view = LeaseView::new(Validator::new(cfg.clone(), "observer"), layout(), None);
+    let mut w = Watcher::new(store.clone(), view, Arc::new(Metrics::default()));
+    let TestIo { mut io, mut rx, stop, own: _own, mut synced } = watcher_io();
+    let task = tokio::spawn(async move {
+        w.run(&mut io).await;
+        w
+    });
+    tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    let batch = rx.try_recv().expect("synced was raised before the listing's events were queued");
+    assert_eq!(batch.len(), keys.len());
+    stop.send(true).unwrap();
+    task.await.unwrap();
 }
 
 fn describe(evs: &[PeerEvent]) -> Vec<String> {
@@ -214,7 +246,7 @@ pub async fn ttl_expiry_and_renewal(store: SharedStore) {
     let metrics = Arc::new(Metrics::default());
     let view = LeaseView::new(Validator::new(cfg.clone(), "observer"), layout(), None);
     let mut w = Watcher::new(store.clone(), view, metrics);
-    let TestIo { mut io, mut rx, stop, own: _own } = watcher_io();
+    let TestIo { mut io, mut rx, stop, own: _own, .. } = watcher_io();
     let task = tokio::spawn(async move {
         w.run(&mut io).await;
         w
@@ -323,7 +355,7 @@ pub async fn compaction_while_behind(store: SharedStore) {
     assert!(now > behind + 3);
     store.compact(now).await.unwrap();
 
-    let TestIo { mut io, mut rx, stop, own: _own } = watcher_io();
+    let TestIo { mut io, mut rx, stop, own: _own, .. } = watcher_io();
     let task = tokio::spawn(async move {
         w.run(&mut io).await;
         w
@@ -388,7 +420,7 @@ pub async fn hostile_values_ignored(store: SharedStore, extra: usize) {
     assert_eq!(metrics.invalid_leases.load(std::sync::atomic::Ordering::Relaxed), bad as u64);
 
     // Through the watch: more garbage, then a valid change.
-    let TestIo { mut io, mut rx, stop, own: own_tx } = watcher_io();
+    let TestIo { mut io, mut rx, stop, own: own_tx, .. } = watcher_io();
     own_tx.send_replace(Some(lo.key));
     let task = tokio::spawn(async move {
         w.run(&mut io).await;
@@ -421,7 +453,7 @@ pub async fn leave_removes(store: SharedStore) {
     let lb = b.acquire().await.unwrap();
     let view = LeaseView::new(Validator::new(cfg.clone(), "b"), layout(), Some(lb.key));
     let mut w = Watcher::new(store.clone(), view, Arc::new(Metrics::default()));
-    let TestIo { mut io, mut rx, stop, own: own_tx } = watcher_io();
+    let TestIo { mut io, mut rx, stop, own: own_tx, .. } = watcher_io();
     own_tx.send_replace(Some(lb.key));
     let task = tokio::spawn(async move { w.run(&mut io).await });
     assert_eq!(collect(&mut rx, 1, Duration::from_secs(5)).await, [format!("+{}", la.key)]);

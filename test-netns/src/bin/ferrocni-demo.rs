@@ -1,8 +1,10 @@
 //! The demo cluster: N nodes as network namespaces on one underlay switch, `overlayd` in
 //! each (embedded store by default, `--store etcd` for a real etcd), pods attached with the
 //! `vxlan` plugin through the cni-spec runtime, then every pod pings and sends a TCP
-//! stream to every other pod. Prints the table; exits 0 only if every pair worked; tears
-//! everything down unless `--keep`.
+//! stream to every other pod; then encryption is switched on for the cluster (WireGuard in
+//! userspace, `overlayctl encryption enable`) and every pair is checked again through the
+//! tunnels. Prints the tables; exits 0 only if every pair worked both times; tears everything
+//! down unless `--keep`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,9 @@ struct Args {
     /// Bytes sent and echoed back per pair in the TCP check.
     #[arg(long, default_value_t = 256 * 1024)]
     bytes: usize,
+    /// Skip the encrypted round.
+    #[arg(long)]
+    no_encryption: bool,
     /// Leave everything running and print how to poke at it.
     #[arg(long)]
     keep: bool,
@@ -75,30 +80,30 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     }
 
-    // Every pod to every other: ping, and a TCP stream echoed back.
-    let servers: Vec<EchoServer> =
-        pods.iter().map(|p| EchoServer::start(&p.ns, &format!("{}:7000", p.ip))).collect();
-    let mut ok = 0;
-    println!("\n{:<20} {:<20} {:<5} {:<5}", "from", "to", "ping", "tcp");
-    for (a, pa) in pods.iter().enumerate() {
-        for (b, pb) in pods.iter().enumerate() {
-            if a == b {
-                continue;
-            }
-            let p = ping(&pa.ns, &pb.ip, 2);
-            let t = tcp_echo(&pa.ns, servers[b].addr(), args.bytes, Duration::from_secs(5)).is_ok();
-            let name = |x: &ClusterPod| format!("node{} {}", x.node, x.ip);
-            let word = |b: bool| if b { "ok" } else { "FAIL" };
-            println!("{:<20} {:<20} {:<5} {:<5}", name(pa), name(pb), word(p), word(t));
-            ok += usize::from(p && t);
-        }
-    }
-    drop(servers);
     let pairs = pods.len() * pods.len().saturating_sub(1);
-    println!(
-        "\n{ok}/{pairs} pod pairs reached each other (ping, and {} KiB echoed over TCP)",
-        args.bytes / 1024
-    );
+    let mut all_ok = all_pairs(&pods, args.bytes, "over VXLAN") == pairs;
+    if !args.no_encryption {
+        let t = Instant::now();
+        let (done, out) = cluster.overlayctl(0, &["encryption", "enable"])?;
+        if !done {
+            return Err(format!("overlayctl encryption enable: {out}"));
+        }
+        print!("\n{}", out);
+        let encrypted = |i: usize, j: usize| -> bool {
+            cluster.pod_subnet(j).is_ok_and(|net| {
+                cluster.nodes[i].ns.exec(&["ip", "route", "show", &net]).contains("dev ferro-wg")
+            })
+        };
+        let n = cluster.nodes.len();
+        test_netns::cluster::wait_for(Duration::from_secs(30), "every node's routes on its tunnel", || {
+            (0..n).all(|i| (0..n).all(|j| i == j || encrypted(i, j)))
+        })?;
+        println!(
+            "every node routes every other node's pods through its tunnel ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+        all_ok &= all_pairs(&pods, args.bytes, "encrypted (WireGuard)") == pairs;
+    }
 
     if args.keep {
         for (i, n) in cluster.nodes.iter().enumerate() {
@@ -113,7 +118,7 @@ fn run(args: &Args) -> Result<bool, String> {
         }
         std::mem::forget(pods);
         println!("kept running; files in {}", cluster.keep().display());
-        return Ok(ok == pairs);
+        return Ok(all_ok);
     }
     for p in &pods {
         if let Err(e) = cluster.del_pod(p) {
@@ -123,5 +128,33 @@ fn run(args: &Args) -> Result<bool, String> {
     drop(pods);
     drop(cluster);
     println!("torn down; {:.1} s in all", started.elapsed().as_secs_f64());
-    Ok(ok == pairs)
+    Ok(all_ok)
+}
+
+/// Every pod to every other: ping, and a TCP stream echoed back. Prints the table; returns
+/// the number of pairs that worked.
+fn all_pairs(pods: &[ClusterPod], bytes: usize, how: &str) -> usize {
+    let servers: Vec<EchoServer> =
+        pods.iter().map(|p| EchoServer::start(&p.ns, &format!("{}:7000", p.ip))).collect();
+    let mut ok = 0;
+    println!("\n{:<20} {:<20} {:<5} {:<5}", "from", "to", "ping", "tcp");
+    for (a, pa) in pods.iter().enumerate() {
+        for (b, pb) in pods.iter().enumerate() {
+            if a == b {
+                continue;
+            }
+            let p = ping(&pa.ns, &pb.ip, 2);
+            let t = tcp_echo(&pa.ns, servers[b].addr(), bytes, Duration::from_secs(5)).is_ok();
+            let name = |x: &ClusterPod| format!("node{} {}", x.node, x.ip);
+            let word = |b: bool| if b { "ok" } else { "FAIL" };
+            println!("{:<20} {:<20} {:<5} {:<5}", name(pa), name(pb), word(p), word(t));
+            ok += usize::from(p && t);
+        }
+    }
+    let pairs = pods.len() * pods.len().saturating_sub(1);
+    println!(
+        "\n{ok}/{pairs} pod pairs reached each other {how} (ping, and {} KiB echoed over TCP)",
+        bytes / 1024
+    );
+    ok
 }

@@ -1,0 +1,666 @@
+//! The encryption controller: follows the cluster's `Encryption` settings live and drives
+//! this node's tunnel.
+//!
+//! Enabling: make or load the key, start the tunnel (or re-attach to the one a previous run
+//! left: the device persists, so do the routes through it), publish the public key and port
+//! in our lease, give the tunnel every peer that publishes one, and move a peer's route onto
+//! the tunnel only once a handshake with it has completed — both ends are then ready and no
+//! packet is lost. Disabling goes back the same way: routes first, then (a little later) the
+//! key leaves the lease, and the tunnel keeps receiving for [`LINGER`] before it is removed.
+//! A key rotation keeps the old session sending until the new one is up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::keys::{KeyStore, NodeKey};
+use super::lease_data::{TunnelAttrs, endpoint};
+use super::routes::{SharedRoutes, TunnelRoutes};
+use super::settings::EncryptionSettings;
+use crate::backend::BackendEvent;
+use crate::config::NetworkConfig;
+use crate::lease::KeeperCommand;
+use crate::subnet::SubnetKey;
+use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
+use crate::watcher::Peer;
+
+/// The tunnel device.
+pub const DEVICE: &str = "ferro-wg";
+/// The nft table of strict mode.
+pub const STRICT_TABLE: &str = "ferrocni_strict";
+/// WireGuard's overhead over the underlay MTU (flannel's figure: IPv6 header, UDP, WireGuard).
+pub const OVERHEAD: u32 = 80;
+/// How long a disabled tunnel keeps receiving (peers that have not yet seen the change).
+pub const LINGER: Duration = Duration::from_secs(15);
+/// How long after moving routes back the key is taken out of the lease.
+const UNPUBLISH_AFTER: Duration = Duration::from_secs(2);
+/// A route stays on the tunnel this long after the peer's session was last seen up
+/// (rotations and a peer's restart re-handshake within it).
+const GRACE: Duration = Duration::from_secs(10);
+/// After our own restart, routes found on the tunnel stay there this long while the new
+/// sessions come up.
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+
+/// What the controller talks to.
+pub struct ControllerIo {
+    /// The live network config.
+    pub config: watch::Receiver<Option<NetworkConfig>>,
+    /// Our lease's subnets.
+    pub own: watch::Receiver<Option<SubnetKey>>,
+    /// The valid peers (bumped on every change).
+    pub peers: watch::Receiver<Arc<BTreeMap<String, Peer>>>,
+    /// To the backend: `Resync` when the routing choice changed.
+    pub backend: mpsc::Sender<BackendEvent>,
+    /// To the lease keeper: what to publish.
+    pub keeper: mpsc::Sender<KeeperCommand>,
+    /// The daemon's shared state: the pod MTU handed to the CNI plugin, and where the
+    /// status goes.
+    pub shared: Arc<crate::daemon::Shared>,
+    /// Shutdown switch.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Fixed for the daemon's lifetime.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// The state directory (key file).
+    pub state_dir: std::path::PathBuf,
+    /// The underlay MTU.
+    pub underlay_mtu: u32,
+    /// The VXLAN devices (strict mode drops plaintext on them).
+    pub vxlan_devices: Vec<String>,
+    /// This node does not take part (`--no-encryption`): it never publishes a key.
+    pub opt_out: bool,
+    /// Tunnel worker threads (0 = one per CPU).
+    pub threads: usize,
+}
+
+struct Running {
+    tunnel: Tunnel,
+    key: NodeKey,
+    port: u16,
+    ifindex: u32,
+    own: SubnetKey,
+}
+
+enum Phase {
+    Off,
+    On(Running),
+    Leaving { run: Running, since: Instant, unpublished: bool },
+}
+
+/// The controller's state.
+pub struct Controller {
+    cfg: ControllerSettings,
+    keys: KeyStore,
+    routes: SharedRoutes,
+    phase: Phase,
+    published: Option<Value>,
+    last_peers: Vec<PeerSpec>,
+    last_good: HashMap<String, Instant>,
+    warned: HashMap<String, String>,
+    seeded: BTreeSet<IpNet>,
+    started: Instant,
+    strict_on: Option<bool>,
+    strict_checked: Instant,
+    cleaned_leftover: bool,
+}
+
+/// The `Encryption` value for our lease and the key to run with, computed before the lease
+/// is first written so that a restart publishes the same value (no flap).
+pub fn initial_publication(
+    state_dir: &Path,
+    settings: &EncryptionSettings,
+    opt_out: bool,
+) -> std::io::Result<Value> {
+    if !settings.enabled || opt_out {
+        return Ok(Value::Null);
+    }
+    let (key, _) = KeyStore::new(state_dir).current(settings.key_generation, settings.rotation_period)?;
+    Ok(TunnelAttrs { public_key: key.public, port: settings.port }.to_value())
+}
+
+/// The pod MTU with encryption on: the underlay's minus [`OVERHEAD`].
+pub fn encrypted_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(OVERHEAD)
+}
+
+impl Controller {
+    /// A controller writing its routing choice into `routes`. Routes a previous run left on
+    /// the tunnel are kept there for a moment (see [`RESTART_GRACE`]).
+    pub fn new(cfg: ControllerSettings, routes: SharedRoutes) -> Self {
+        let seeded = tokio::task::block_in_place(routes_on_device).unwrap_or_default();
+        if !seeded.is_empty() {
+            tracing::info!(routes = seeded.len(), "found routes on the tunnel from a previous run");
+        }
+        Controller {
+            keys: KeyStore::new(&cfg.state_dir),
+            cfg,
+            routes,
+            phase: Phase::Off,
+            published: None,
+            last_peers: Vec::new(),
+            last_good: HashMap::new(),
+            warned: HashMap::new(),
+            seeded,
+            started: Instant::now(),
+            strict_on: None,
+            strict_checked: Instant::now(),
+            cleaned_leftover: false,
+        }
+    }
+
+    /// The routing choice to use before the first step (so the backend's first
+    /// reconciliation does not pull a restarted node's routes off the tunnel).
+    pub fn seed_routes(&self) {
+        if self.seeded.is_empty() {
+            return;
+        }
+        let ifindex = tokio::task::block_in_place(|| {
+            netkernel::Netlink::current().ok()?.link(DEVICE).ok()?.map(|l| l.index)
+        });
+        if let Ok(mut r) = self.routes.write() {
+            *r = TunnelRoutes { ifindex, encrypted: self.seeded.clone(), strict: false };
+        }
+    }
+
+    /// Runs until shutdown. The tunnel device outlives the daemon (so do its routes), so
+    /// a restart does not drop encrypted traffic to plaintext or to nothing for long.
+    pub async fn run(mut self, mut io: ControllerIo) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.step(&mut io).await;
+            let mut changes = match &self.phase {
+                Phase::On(r) | Phase::Leaving { run: r, .. } => Some(r.tunnel.changes()),
+                Phase::Off => None,
+            };
+            tokio::select! {
+                r = io.config.changed() => if r.is_err() { break },
+                r = io.own.changed() => if r.is_err() { break },
+                r = io.peers.changed() => if r.is_err() { break },
+                _ = async { changes.as_mut().unwrap().changed().await }, if changes.is_some() => {}
+                _ = tick.tick() => {}
+                _ = io.shutdown.changed() => break,
+            }
+        }
+        let left = io.shared.keeper.borrow().released;
+        match std::mem::replace(&mut self.phase, Phase::Off) {
+            Phase::On(r) | Phase::Leaving { run: r, .. } => {
+                tokio::task::block_in_place(|| r.tunnel.stop());
+            }
+            Phase::Off => {}
+        }
+        if left {
+            // This node left the network: nothing of the tunnel stays behind.
+            tokio::task::block_in_place(delete_device);
+            let _ = tokio::task::block_in_place(|| netkernel::strict::remove(STRICT_TABLE));
+        }
+        tracing::info!("encryption controller stopped");
+    }
+
+    async fn step(&mut self, io: &mut ControllerIo) {
+        let config = io.config.borrow().clone();
+        let Some(config) = config else { return };
+        let settings = config.encryption_settings();
+        let own = *io.own.borrow();
+        let peers = io.peers.borrow().clone();
+        let want = settings.enabled && !self.cfg.opt_out;
+
+        let phase = std::mem::replace(&mut self.phase, Phase::Off);
+        self.phase = match (phase, want, own) {
+            (Phase::Off, true, Some(own)) => match self.start(&settings, own) {
+                Ok(r) => Phase::On(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the encryption tunnel; traffic stays on VXLAN");
+                    Phase::Off
+                }
+            },
+            (Phase::Leaving { run, .. }, true, Some(_)) => {
+                tracing::info!("encryption enabled again while leaving; keeping the tunnel");
+                Phase::On(run)
+            }
+            (Phase::On(run), false, _) => {
+                tracing::info!("encryption disabled: moving traffic back to VXLAN");
+                Phase::Leaving { run, since: Instant::now(), unpublished: false }
+            }
+            (p, _, _) => p,
+        };
+
+        let mut publish = None;
+        let mut choice = TunnelRoutes::default();
+        let mut stop = false;
+        let mut phase = std::mem::replace(&mut self.phase, Phase::Off);
+        match &mut phase {
+            Phase::Off => {
+                // Only when off by choice: while waiting for a lease (or after a failed
+                // start) a restarted node's published key stays, so peers see no flap.
+                if !want {
+                    publish = Some(Value::Null);
+                }
+                if !want && !self.cleaned_leftover {
+                    // A tunnel left by a run that had encryption on, which is off now.
+                    self.cleaned_leftover = true;
+                    tokio::task::block_in_place(delete_device);
+                }
+            }
+            Phase::On(run) => {
+                if let Some(own) = own
+                    && own != run.own
+                {
+                    // A new subnet: the device's address follows.
+                    run.own = own;
+                    let _ =
+                        tokio::task::block_in_place(|| setup_device(run, self.cfg.underlay_mtu, &self.cfg));
+                }
+                if let Err(e) = self.follow_settings(run, &settings) {
+                    tracing::error!(error = %e, "updating the tunnel's key");
+                }
+                let wanted = TunnelAttrs { public_key: run.key.public, port: run.port }.to_value();
+                if self.published.as_ref() != Some(&wanted) {
+                    publish = Some(wanted);
+                }
+                let specs = self.peer_specs(&peers, &settings, &run.key);
+                if specs != self.last_peers {
+                    run.tunnel.set_peers(specs.clone());
+                    self.last_peers = specs;
+                }
+                choice = self.choose_routes(run, &settings);
+                if let Ok(mut m) = io.shared.mtu.write() {
+                    // New pods get the encrypted MTU; older ones learn it by path MTU discovery.
+                    let enc = encrypted_mtu(self.cfg.underlay_mtu);
+                    if m.is_none_or(|cur| cur > enc) {
+                        *m = Some(enc);
+                    }
+                }
+            }
+            Phase::Leaving { run, since, unpublished } => {
+                // Routes go back at once (choice stays empty); the key leaves the lease a
+                // little later, once our routes no longer point into the tunnel.
+                choice.ifindex = Some(run.ifindex);
+                if !*unpublished && since.elapsed() >= UNPUBLISH_AFTER {
+                    publish = Some(Value::Null);
+                    *unpublished = true;
+                }
+                stop = since.elapsed() >= LINGER;
+            }
+        }
+        self.phase = phase;
+        self.set_routes(choice, io).await;
+        self.set_strict(want && settings.strict).await;
+        if let Ok(mut st) = io.shared.encryption.write() {
+            *st = self.status_json(&settings, want);
+        }
+        if let Some(v) = publish {
+            self.publish(v, io).await;
+        }
+        if stop && let Phase::Leaving { run, .. } = std::mem::replace(&mut self.phase, Phase::Off) {
+            tracing::info!("removing the encryption tunnel");
+            self.last_peers.clear();
+            self.last_good.clear();
+            tokio::task::block_in_place(|| {
+                run.tunnel.stop();
+                delete_device();
+            });
+            self.set_routes(TunnelRoutes::default(), io).await;
+        }
+    }
+
+    fn status_json(&self, s: &EncryptionSettings, want: bool) -> Value {
+        let on_tunnel = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        let (run, phase) = match &self.phase {
+            Phase::Off => (None, "off"),
+            Phase::On(r) => (Some(r), "on"),
+            Phase::Leaving { run, .. } => (Some(run), "leaving"),
+        };
+        let mut v = serde_json::json!({
+            "enabled": s.enabled,
+            "participating": want,
+            "phase": phase,
+            "strict": s.strict,
+            "port": s.port,
+            "key_generation": s.key_generation,
+            "preshared_key": s.preshared_key.is_some(),
+            "device": DEVICE,
+        });
+        if let Some(r) = run {
+            let now = Instant::now();
+            let peers: Vec<Value> = r
+                .tunnel
+                .status()
+                .into_iter()
+                .map(|p| {
+                    let subnets: Vec<String> = self
+                        .last_peers
+                        .iter()
+                        .find(|sp| sp.id == p.id)
+                        .map(|sp| sp.allowed.iter().map(|n| n.to_string()).collect())
+                        .unwrap_or_default();
+                    let routed = self
+                        .last_peers
+                        .iter()
+                        .find(|sp| sp.id == p.id)
+                        .is_some_and(|sp| sp.allowed.iter().any(|n| on_tunnel.contains(n)));
+                    serde_json::json!({
+                        "lease": p.id,
+                        "public_key": super::settings::encode_key(&p.public_key),
+                        "endpoint": p.endpoint.map(|e| e.to_string()),
+                        "established": p.established,
+                        "routed_through_tunnel": routed,
+                        "subnets": subnets,
+                        "last_handshake_seconds_ago": p.last_handshake.map(|t| now.duration_since(t).as_secs()),
+                        "rx_bytes": p.rx_bytes,
+                        "tx_bytes": p.tx_bytes,
+                    })
+                })
+                .collect();
+            v["public_key"] = Value::String(super::settings::encode_key(&r.key.public));
+            v["key_age_seconds"] = r.key.age().as_secs().into();
+            v["peers"] = Value::Array(peers);
+            let st = r.tunnel.stats();
+            v["stats"] = serde_json::json!({
+                "rx_packets": st.rx_packets,
+                "tx_packets": st.tx_packets,
+                "dropped_no_peer": st.dropped_no_peer,
+                "dropped_bad_source": st.dropped_bad_source,
+                "dropped_invalid": st.dropped_invalid,
+                "dropped_io": st.dropped_io,
+                "handshakes_completed": st.handshakes_completed,
+            });
+        }
+        v
+    }
+
+    fn start(&mut self, s: &EncryptionSettings, own: SubnetKey) -> Result<Running, String> {
+        let (key, new) = self
+            .keys
+            .current(s.key_generation, s.rotation_period)
+            .map_err(|e| format!("key file {}: {e}", self.keys.path().display()))?;
+        if new {
+            tracing::info!(generation = key.generation, "made a new WireGuard key");
+        }
+        let cfg =
+            TunnelConfig { name: DEVICE.into(), port: s.port, threads: self.cfg.threads, persist: true };
+        let tunnel = tokio::task::block_in_place(|| Tunnel::start(cfg, key.private))
+            .map_err(|e| format!("starting the tunnel: {e}"))?;
+        let mut run = Running { ifindex: tunnel.ifindex(), tunnel, key, port: s.port, own };
+        tokio::task::block_in_place(|| setup_device(&mut run, self.cfg.underlay_mtu, &self.cfg))
+            .map_err(|e| format!("setting up {DEVICE}: {e}"))?;
+        tracing::info!(device = DEVICE, port = s.port, public_key = %super::settings::encode_key(&run.key.public), "encryption tunnel up");
+        Ok(run)
+    }
+
+    /// Key rotation (a new generation or an expired period) and port changes.
+    fn follow_settings(&mut self, run: &mut Running, s: &EncryptionSettings) -> Result<(), String> {
+        if s.port != run.port {
+            // A new port needs a new socket: restart the tunnel on it (sessions re-handshake).
+            tracing::info!(old = run.port, new = s.port, "tunnel port changed; restarting the tunnel");
+            let cfg =
+                TunnelConfig { name: DEVICE.into(), port: s.port, threads: self.cfg.threads, persist: true };
+            let old = std::mem::replace(
+                &mut run.tunnel,
+                tokio::task::block_in_place(|| {
+                    // The old one must release the port range first only if equal; ports differ here.
+                    Tunnel::start(cfg, run.key.private)
+                })
+                .map_err(|e| format!("restarting the tunnel: {e}"))?,
+            );
+            tokio::task::block_in_place(|| old.stop());
+            run.port = s.port;
+            self.last_peers.clear();
+        }
+        let (key, new) = self
+            .keys
+            .current(s.key_generation, s.rotation_period)
+            .map_err(|e| format!("key file {}: {e}", self.keys.path().display()))?;
+        if new || key.private != run.key.private {
+            tracing::info!(generation = key.generation, public_key = %super::settings::encode_key(&key.public), "rotating this node's WireGuard key");
+            run.tunnel.set_private_key(key.private);
+            run.key = key;
+        }
+        Ok(())
+    }
+
+    fn warn_once(&mut self, id: &str, why: String) {
+        if self.warned.get(id) != Some(&why) {
+            tracing::warn!(lease = %id, reason = %why, "peer's tunnel data ignored; its traffic stays off the tunnel");
+            self.warned.insert(id.to_string(), why);
+        }
+    }
+
+    fn peer_specs(
+        &mut self,
+        peers: &BTreeMap<String, Peer>,
+        s: &EncryptionSettings,
+        me: &NodeKey,
+    ) -> Vec<PeerSpec> {
+        let mut specs = Vec::new();
+        let mut seen_keys: HashMap<[u8; 32], usize> = HashMap::new();
+        for p in peers.values() {
+            let id = p.key.to_string();
+            let attrs = match TunnelAttrs::from_value(&p.attrs.encryption) {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    self.warned.remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    self.warn_once(&id, e);
+                    continue;
+                }
+            };
+            let ep = match endpoint(p, &attrs) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    self.warn_once(&id, e);
+                    continue;
+                }
+            };
+            if attrs.public_key == me.public {
+                self.warn_once(&id, "publishes this node's own public key".into());
+                continue;
+            }
+            self.warned.remove(&id);
+            *seen_keys.entry(attrs.public_key).or_default() += 1;
+            let allowed: Vec<IpNet> = p
+                .key
+                .ipv4
+                .map(IpNet::V4)
+                .into_iter()
+                .chain(p.key.ipv6.map(IpNet::V6))
+                .map(|n| n.trunc())
+                .collect();
+            specs.push(PeerSpec {
+                id,
+                public_key: attrs.public_key,
+                endpoint: ep,
+                allowed,
+                preshared_key: s.preshared_key,
+                keepalive: s.persistent_keepalive,
+            });
+        }
+        // One key is one node: a key claimed by two leases is trusted for neither.
+        specs.retain(|sp| {
+            let dup = seen_keys.get(&sp.public_key).copied().unwrap_or(0) > 1;
+            if dup {
+                tracing::warn!(lease = %sp.id, "public key published by more than one lease; ignored");
+            }
+            !dup
+        });
+        specs
+    }
+
+    fn choose_routes(&mut self, run: &Running, s: &EncryptionSettings) -> TunnelRoutes {
+        let now = Instant::now();
+        let status: HashMap<String, (bool, bool)> =
+            run.tunnel.status().into_iter().map(|st| (st.id, (st.established, st.can_send))).collect();
+        let before = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        let restarting = self.started.elapsed() < RESTART_GRACE;
+        let mut encrypted = BTreeSet::new();
+        for spec in &self.last_peers {
+            // `established`: a session for the current keys; `can_send`: some session still
+            // carries traffic (the old one, during a key change).
+            let (up, can_send) = status.get(&spec.id).copied().unwrap_or((false, false));
+            if up {
+                self.last_good.insert(spec.id.clone(), now);
+            }
+            let recently = self.last_good.get(&spec.id).is_some_and(|t| now.duration_since(*t) < GRACE);
+            for net in &spec.allowed {
+                let was = before.contains(net);
+                // Onto the tunnel only with a session for the current keys; it stays while
+                // traffic can flow or the peer re-handshakes (after its restart).
+                let keep = up || (was && (can_send || recently)) || (restarting && self.seeded.contains(net));
+                if keep {
+                    encrypted.insert(*net);
+                }
+            }
+        }
+        self.last_good.retain(|id, _| self.last_peers.iter().any(|p| &p.id == id));
+        TunnelRoutes { ifindex: Some(run.ifindex), encrypted, strict: s.strict }
+    }
+
+    async fn set_routes(&mut self, choice: TunnelRoutes, io: &ControllerIo) {
+        let changed = match self.routes.write() {
+            Ok(mut r) if *r != choice => {
+                let moved_on = choice.encrypted.difference(&r.encrypted).count();
+                let moved_off = r.encrypted.difference(&choice.encrypted).count();
+                if moved_on + moved_off > 0 {
+                    tracing::info!(
+                        onto_tunnel = moved_on,
+                        off_tunnel = moved_off,
+                        encrypted = choice.encrypted.len(),
+                        "moving routes"
+                    );
+                }
+                *r = choice;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let _ = io.backend.send(BackendEvent::Resync).await;
+        }
+    }
+
+    async fn set_strict(&mut self, on: bool) {
+        // Checked every 10 s too, so a hand-deleted table comes back.
+        let recheck = self.strict_checked.elapsed() >= crate::backend::RESYNC_EVERY;
+        if self.strict_on == Some(on) && !recheck {
+            return;
+        }
+        let devices = self.cfg.vxlan_devices.clone();
+        let r = tokio::task::block_in_place(|| {
+            if on {
+                if self.strict_on == Some(true) && netkernel::strict::present(STRICT_TABLE)? {
+                    return Ok(());
+                }
+                netkernel::strict::ensure(STRICT_TABLE, &devices)
+            } else {
+                netkernel::strict::remove(STRICT_TABLE)
+            }
+        });
+        self.strict_checked = Instant::now();
+        match r {
+            Ok(()) => {
+                if self.strict_on != Some(on) {
+                    tracing::info!(strict = on, "strict encryption rules");
+                }
+                self.strict_on = Some(on);
+            }
+            Err(e) => tracing::error!(error = %e, "strict encryption rules"),
+        }
+    }
+
+    async fn publish(&mut self, value: Value, io: &ControllerIo) {
+        if self.published.as_ref() == Some(&value) {
+            return;
+        }
+        if io.shared.keeper.borrow().lease.is_none() {
+            // The keeper is acquiring and reads no commands; the next step tries again.
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if io.keeper.try_send(KeeperCommand::SetEncryption(value.clone(), tx)).is_err() {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(Ok(()))) => {
+                if value.is_null() {
+                    tracing::info!("took our tunnel out of the lease");
+                } else {
+                    tracing::info!("published our tunnel in the lease");
+                }
+                self.published = Some(value);
+            }
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "publishing the tunnel in our lease; retrying"),
+            _ => {}
+        }
+    }
+}
+
+/// MTU, up, our subnet's first address (as on the VXLAN device), loose reverse-path
+/// filtering (during a move a peer's packets may arrive on either device).
+fn setup_device(
+    run: &mut Running,
+    underlay_mtu: u32,
+    cfg: &ControllerSettings,
+) -> Result<(), netkernel::KernelError> {
+    let nl = netkernel::Netlink::current()?;
+    let dev = nl.require_link(DEVICE)?;
+    run.ifindex = dev.index;
+    nl.set_mtu(dev.index, encrypted_mtu(underlay_mtu))?;
+    let own: Vec<IpNet> = run
+        .own
+        .ipv4
+        .map(|n| IpNet::new(IpAddr::V4(n.network()), 32).expect("host prefix"))
+        .into_iter()
+        .chain(run.own.ipv6.map(|n| IpNet::new(IpAddr::V6(n.network()), 128).expect("host prefix")))
+        .collect();
+    let link_local = |a: &IpNet| matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    for stale in nl.addresses(dev.index)?.into_iter().filter(|a| !own.contains(a) && !link_local(a)) {
+        nl.del_address(dev.index, stale)?;
+    }
+    for a in &own {
+        nl.ensure_address(dev.index, *a)?;
+    }
+    nl.set_up(dev.index)?;
+    for d in std::iter::once(DEVICE.to_string()).chain(cfg.vxlan_devices.iter().cloned()) {
+        let _ = netkernel::sysctl::write(&format!("net/ipv4/conf/{d}/rp_filter"), "2");
+    }
+    let _ = netkernel::sysctl::write(&format!("net/ipv6/conf/{DEVICE}/accept_ra"), "0");
+    Ok(())
+}
+
+fn delete_device() {
+    let r = (|| {
+        let nl = netkernel::Netlink::current()?;
+        if let Some(l) = nl.link(DEVICE)? {
+            nl.delete_link(l.index)?;
+        }
+        Ok::<_, netkernel::KernelError>(())
+    })();
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "removing the tunnel device");
+    }
+}
+
+/// Destinations of the routes a previous run left on the tunnel device.
+fn routes_on_device() -> Option<BTreeSet<IpNet>> {
+    let nl = netkernel::Netlink::current().ok()?;
+    let dev = nl.link(DEVICE).ok()??;
+    let mut out = BTreeSet::new();
+    for v6 in [false, true] {
+        for r in nl.routes(v6, None).ok()? {
+            if r.oif == Some(dev.index) && r.dst.prefix_len() < r.dst.max_prefix_len() {
+                out.insert(r.dst);
+            }
+        }
+    }
+    Some(out)
+}
