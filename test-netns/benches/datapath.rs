@@ -57,9 +57,8 @@ enum Case {
     Encrypted,
 }
 
-/// The default cases. `encrypted` is left out until overlayd's encryption works end to end;
-/// ask for it with `--cases`.
-const ALL: [Case; 10] = [
+/// The default cases.
+const ALL: [Case; 11] = [
     Case::Underlay,
     Case::HostGw,
     Case::Overlay,
@@ -70,6 +69,7 @@ const ALL: [Case; 10] = [
     Case::NoUdpCsum,
     Case::Jumbo,
     Case::WireguardGo,
+    Case::Encrypted,
 ];
 
 /// Every case `--cases` accepts.
@@ -706,7 +706,14 @@ fn main() {
             sockperf_secs: 1,
             tries: 1,
             quiet: Duration::ZERO,
-            cases: vec![Case::Underlay, Case::HostGw, Case::Overlay, Case::TxOn, Case::WireguardGo],
+            cases: vec![
+                Case::Underlay,
+                Case::HostGw,
+                Case::Overlay,
+                Case::TxOn,
+                Case::WireguardGo,
+                Case::Encrypted,
+            ],
         }
     } else {
         Cfg {
