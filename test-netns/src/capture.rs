@@ -429,20 +429,27 @@ fn in_prefix(a: IpAddr, net: IpAddr, len: u32) -> bool {
     }
 }
 
+impl Packet {
+    /// A record with nothing decoded yet.
+    fn undecoded(time: Duration, length: u32, data: &[u8]) -> Packet {
+        Packet {
+            time,
+            length,
+            protocol: Protocol::Other(0),
+            src: None,
+            dst: None,
+            src_port: None,
+            dst_port: None,
+            vni: None,
+            inner: None,
+            data: data.to_vec(),
+        }
+    }
+}
+
 /// Decodes one captured record of link type `link_type`.
 fn decode(link_type: u32, data: &[u8], orig: u32, time: Duration) -> Packet {
-    let mut p = Packet {
-        time,
-        length: orig,
-        protocol: Protocol::Other(0),
-        src: None,
-        dst: None,
-        src_port: None,
-        dst_port: None,
-        vni: None,
-        inner: None,
-        data: data.to_vec(),
-    };
+    let mut p = Packet::undecoded(time, orig, data);
     match link_type {
         1 => decode_ethernet(&mut p, data, 0),
         // Raw IP (TUN devices): the version nibble tells which.
@@ -538,18 +545,7 @@ fn decode_l3(p: &mut Packet, ethertype: u16, data: &[u8], depth: u8) {
             let frame = &payload[8..];
             // The inner frame's length on the wire: what the outer length leaves for it.
             let consumed = (p.data.len() - frame.len().min(p.data.len())) as u32;
-            let mut inner = Packet {
-                time: p.time,
-                length: p.length.saturating_sub(consumed),
-                protocol: Protocol::Other(0),
-                src: None,
-                dst: None,
-                src_port: None,
-                dst_port: None,
-                vni: None,
-                inner: None,
-                data: frame.to_vec(),
-            };
+            let mut inner = Packet::undecoded(p.time, p.length.saturating_sub(consumed), frame);
             decode_ethernet(&mut inner, frame, depth + 1);
             p.vni = Some(vni);
             p.inner = Some(Box::new(inner));

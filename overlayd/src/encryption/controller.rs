@@ -415,6 +415,11 @@ impl Controller {
             run.port = s.port;
             self.last_peers.clear();
         }
+        // The key in memory is the file's; only a new generation or an expired period sends
+        // us to the file (not every step).
+        if !run.key.due(s.key_generation, s.rotation_period) {
+            return Ok(());
+        }
         let (key, new) = self
             .keys
             .current(s.key_generation, s.rotation_period)
@@ -568,7 +573,8 @@ impl Controller {
         self.strict_checked = Instant::now();
         match r {
             Ok(()) => {
-                if self.strict_on != Some(on) {
+                // Quiet at start-up when off: only changes are news.
+                if self.strict_on != Some(on) && (on || self.strict_on.is_some()) {
                     tracing::info!(strict = on, "strict encryption rules");
                 }
                 self.strict_on = Some(on);
@@ -591,10 +597,10 @@ impl Controller {
         }
         match tokio::time::timeout(Duration::from_secs(5), rx).await {
             Ok(Ok(Ok(()))) => {
-                if value.is_null() {
-                    tracing::info!("took our tunnel out of the lease");
-                } else {
+                if !value.is_null() {
                     tracing::info!("published our tunnel in the lease");
+                } else if self.published.is_some() {
+                    tracing::info!("took our tunnel out of the lease");
                 }
                 self.published = Some(value);
             }

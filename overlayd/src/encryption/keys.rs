@@ -89,6 +89,12 @@ impl NodeKey {
     pub fn age(&self) -> Duration {
         SystemTime::now().duration_since(self.created).unwrap_or_default()
     }
+
+    /// Whether the key must be replaced: made for an older generation, or older than the
+    /// rotation period.
+    pub fn due(&self, generation: u64, period: Option<Duration>) -> bool {
+        self.generation < generation || period.is_some_and(|p| self.age() >= p)
+    }
 }
 
 /// Where the key lives.
@@ -159,8 +165,7 @@ impl KeyStore {
             }
         };
         if let Some(k) = saved
-            && k.generation >= generation
-            && period.is_none_or(|p| k.age() < p)
+            && !k.due(generation, period)
         {
             return Ok((k, false));
         }
