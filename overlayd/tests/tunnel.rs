@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use overlayd::tunnel::{Offloads, PeerSpec, Tunnel, TunnelConfig, public_key};
-use test_netns::{EchoServer, TestNs, require_root, tcp_echo, veth_between};
+use test_netns::{Capture, CaptureOptions, EchoServer, TestNs, require_root, tcp_echo, veth_between};
 
 const TUN: &str = "wg0";
 const PORT: u16 = 51820;
@@ -43,7 +43,11 @@ impl Node {
     }
 
     fn start(&mut self, persist: bool, off: Offloads) {
-        let cfg = TunnelConfig { name: TUN.into(), port: PORT, threads: 0, persist };
+        self.start_threads(persist, off, 0);
+    }
+
+    fn start_threads(&mut self, persist: bool, off: Offloads, threads: usize) {
+        let cfg = TunnelConfig { name: TUN.into(), port: PORT, threads, persist };
         let key = self.key;
         let t = self.ns.run(|| Tunnel::start_with(cfg, key, off)).expect("tunnel starts");
         self.tunnel = Some(t);
@@ -491,4 +495,313 @@ fn throughput() {
         eprintln!("offloads {off:?}, {streams} stream(s): {line}");
     }
     eprintln!("a: {:?}\nb: {:?}", a.t().stats(), b.t().stats());
+}
+
+/// Datagrams of `sizes` from fresh sockets (a new source port every `per_socket`, so
+/// SO_REUSEPORT spreads them over every worker), paced so the receive buffer keeps up.
+fn send_all(ns: &TestNs, to: std::net::SocketAddr, dgrams: &[Vec<u8>]) -> usize {
+    ns.run(|| {
+        let mut sent = 0;
+        for (i, chunk) in dgrams.chunks(25).enumerate() {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("attacker socket");
+            for d in chunk {
+                sent += sock.send_to(d, to).is_ok() as usize;
+            }
+            if i % 4 == 3 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sent
+    })
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|_| fastrand::u8(..)).collect()
+}
+
+/// A WireGuard message header: the type and three zero reserved bytes, then `len - 4`
+/// random bytes (or fewer bytes than a header).
+fn wg_garbage(ty: u8, len: usize) -> Vec<u8> {
+    let mut d = random_bytes(len);
+    for (i, b) in [ty, 0, 0, 0].into_iter().enumerate().take(len) {
+        d[i] = b;
+    }
+    d
+}
+
+/// A hostile host on b's underlay floods b's tunnel port with garbage, forged and replayed
+/// WireGuard messages; b keeps serving its real peer, counts the garbage as invalid and
+/// never moves a's endpoint to the attacker.
+#[test]
+fn hostile_datagrams_neither_kill_nor_hijack() {
+    require_root!();
+    let mut a = Node { ns: TestNs::new("wgha"), n: 1, key: random_key(), tunnel: None };
+    let mut b = Node { ns: TestNs::new("wghb"), n: 2, key: random_key(), tunnel: None };
+    let x = TestNs::new("wghx");
+    veth_between(&a.ns, "ul0", &b.ns, "ul0");
+    veth_between(&x, "ul0", &b.ns, "ulx");
+    a.ns.add_address("ul0", "192.0.2.1/24");
+    b.ns.add_address("ul0", "192.0.2.2/24");
+    b.ns.add_address("ulx", "198.51.100.1/24");
+    x.add_address("ul0", "198.51.100.2/24");
+    a.start(false, Offloads::default());
+    // One worker at b: every hostile datagram reaches the worker that carries a's traffic.
+    b.start_threads(false, Offloads::default(), 1);
+    configure_tun(&a, &b);
+    configure_tun(&b, &a);
+    a.t().set_peers(vec![b.spec_for_me()]);
+    b.t().set_peers(vec![a.spec_for_me()]);
+    assert!(a.wait_established(Duration::from_secs(5)) && b.wait_established(Duration::from_secs(5)));
+
+    // Real traffic a → b, captured on b's underlay for replay and its receiver index.
+    let opts =
+        CaptureOptions { filter: Some(format!("udp dst port {PORT}")), snaplen: 2048, ..Default::default() };
+    let cap = Capture::start_with(&b.ns, "ul0", &opts).expect("tcpdump");
+    assert!(ping(&a.ns, &b.pod(), 3));
+    let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
+    assert_eq!(tcp_echo(&a.ns, echo.addr(), 64 << 10, Duration::from_secs(10)).expect("TCP echo"), 64 << 10);
+    let captured: Vec<Vec<u8>> = cap
+        .stop()
+        .expect("capture")
+        .iter()
+        .filter_map(|p| {
+            // Ethernet, IPv4 (IHL), UDP: the WireGuard message.
+            let ihl = (*p.data.get(14)? & 0xf) as usize * 4;
+            p.data.get(14 + ihl + 8..).map(<[u8]>::to_vec)
+        })
+        .collect();
+    let data: Vec<&Vec<u8>> = captured.iter().filter(|d| d.len() >= 32 && d[0] == 4).collect();
+    assert!(data.len() >= 10, "captured a's data messages: {}", captured.len());
+    let receiver: [u8; 4] = data[0][4..8].try_into().unwrap();
+
+    let mut flood: Vec<Vec<u8>> = Vec::new();
+    // Random bytes: mostly short, some of any length up to the largest UDP payload.
+    for _ in 0..1500 {
+        flood.push(random_bytes(fastrand::usize(0..200)));
+    }
+    for _ in 0..60 {
+        flood.push(random_bytes(fastrand::usize(0..=65_507)));
+    }
+    flood.push(random_bytes(65_507));
+    flood.push(Vec::new());
+    // Valid type bytes at, around and far from their real sizes.
+    for ty in 1..=4u8 {
+        for len in [0, 1, 3, 4, 5, 8, 12, 16, 31, 32, 33, 63, 64, 65, 91, 92, 93, 147, 148, 149, 1500, 65_507]
+        {
+            for _ in 0..3 {
+                flood.push(wg_garbage(ty, len));
+            }
+        }
+    }
+    // Data messages for a's real receiver index with garbage counters and payloads.
+    for _ in 0..400 {
+        let mut d = wg_garbage(4, fastrand::usize(32..1600));
+        d[4..8].copy_from_slice(&receiver);
+        flood.push(d);
+    }
+    // Replays, verbatim and garbled (payload bit flips, truncation).
+    for d in &data {
+        flood.push(d.to_vec());
+        let mut g = d.to_vec();
+        let i = fastrand::usize(16..g.len());
+        g[i] ^= 0x40;
+        flood.push(g);
+        flood.push(d[..fastrand::usize(0..d.len())].to_vec());
+    }
+    // Well-formed handshake initiations (right mac1 for b's key) from a key b does not know.
+    for _ in 0..50 {
+        let mut t = boringtun::noise::Tunn::new(
+            boringtun::x25519::StaticSecret::from(random_key()),
+            boringtun::x25519::PublicKey::from(public_key(&b.key)),
+            None,
+            None,
+            fastrand::u32(..1 << 24),
+            None,
+        );
+        let mut buf = [0u8; 256];
+        if let boringtun::noise::TunnResult::WriteToNetwork(p) =
+            t.format_handshake_initiation(&mut buf, false)
+        {
+            flood.push(p.to_vec());
+        }
+    }
+    fastrand::shuffle(&mut flood);
+
+    let before = b.t().stats();
+    let to: std::net::SocketAddr = format!("198.51.100.1:{PORT}").parse().unwrap();
+    let sent = send_all(&x, to, &flood);
+    assert!(sent >= flood.len() * 9 / 10, "sent {sent} of {}", flood.len());
+    // Legitimate traffic while and after the garbage is processed.
+    assert!(ping(&a.ns, &b.pod(), 3), "a → b after the flood");
+    assert!(ping(&b.ns, &a.pod(), 3), "b → a after the flood");
+    let n = tcp_echo(&a.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo after the flood");
+    assert_eq!(n, 4 << 20);
+    let after = b.t().stats();
+    let invalid = after.dropped_invalid - before.dropped_invalid;
+    // Some may be lost in the socket buffer, but most must have been looked at and refused.
+    assert!(invalid as usize >= flood.len() / 2, "dropped_invalid grew by {invalid} for {}", flood.len());
+    assert_eq!(after.dropped_bad_source, before.dropped_bad_source, "no garbage decrypted");
+    let st = &b.t().status()[0];
+    assert!(st.established, "{st:?}");
+    assert_eq!(st.endpoint, Some("192.0.2.1:51820".parse().unwrap()), "no forged packet moved the endpoint");
+    eprintln!("flood: {} datagrams, {sent} sent, dropped_invalid +{invalid}", flood.len());
+}
+
+/// Writes raw packets into `dev` (a TUN) of `ns` through a packet socket: the tunnel reads
+/// them as if the kernel had routed them there. With `vnet` each one starts with a virtio
+/// header the kernel checks and passes on. Returns how many the kernel took.
+fn inject(ns: &TestNs, dev: &str, pkts: &[Vec<u8>], vnet: bool) -> usize {
+    let ifindex = ns.link_index(dev);
+    ns.run(|| {
+        const ETH_P_IP: u16 = 0x0800;
+        const PACKET_VNET_HDR: libc::c_int = 15;
+        // SAFETY: socket(2) with constant arguments; checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, ETH_P_IP.to_be() as i32) };
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor we just opened and own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        if vnet {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt(2) with a live int.
+            let rc = unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_PACKET,
+                    PACKET_VNET_HDR,
+                    (&one as *const libc::c_int).cast(),
+                    4,
+                )
+            };
+            assert_eq!(rc, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_IP.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        let mut ok = 0;
+        for p in pkts {
+            // SAFETY: sendto(2) from a borrowed buffer to an address we laid out.
+            let rc = unsafe {
+                libc::sendto(
+                    raw,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            ok += (rc >= 0) as usize;
+        }
+        ok
+    })
+}
+
+/// An IPv4 header to `dst` (a's pod subnet: routed to the peer) whose fields then lie.
+fn ip4_to(dst: [u8; 4], len: usize, proto: u8) -> Vec<u8> {
+    let mut p = random_bytes(len.max(20));
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = 0;
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&[10, 99, 2, 1]);
+    p[16..20].copy_from_slice(&dst);
+    p
+}
+
+/// Garbage written into b's TUN (short packets, lying IP/TCP lengths, unknown versions,
+/// virtio headers claiming TSO on packets that cannot be segmented): b's worker goes on.
+#[test]
+fn garbage_from_the_tun_does_not_kill_the_worker() {
+    require_root!();
+    let mut a = Node { ns: TestNs::new("wgta"), n: 1, key: random_key(), tunnel: None };
+    let mut b = Node { ns: TestNs::new("wgtb"), n: 2, key: random_key(), tunnel: None };
+    veth_between(&a.ns, "ul0", &b.ns, "ul0");
+    a.ns.add_address("ul0", "192.0.2.1/24");
+    b.ns.add_address("ul0", "192.0.2.2/24");
+    a.start(false, Offloads::default());
+    b.start_threads(false, Offloads::default(), 1);
+    configure_tun(&a, &b);
+    configure_tun(&b, &a);
+    a.t().set_peers(vec![b.spec_for_me()]);
+    b.t().set_peers(vec![a.spec_for_me()]);
+    assert!(a.wait_established(Duration::from_secs(5)) && b.wait_established(Duration::from_secs(5)));
+    assert!(ping(&b.ns, &a.pod(), 1));
+
+    let dst = [10, 99, 1, 1];
+    let mut pkts: Vec<Vec<u8>> = Vec::new();
+    // Too short for any IP header: b counts them as invalid.
+    let short: Vec<Vec<u8>> = (1..20).map(|n| [&[0x45u8][..], &random_bytes(n - 1)].concat()).collect();
+    pkts.extend(short.iter().cloned());
+    for _ in 0..200 {
+        // Lying total length (shorter or longer than the packet), any protocol; IHL lies.
+        let len = fastrand::usize(20..1400);
+        let mut p = ip4_to(dst, len, [6, 17, 1, fastrand::u8(..)][fastrand::usize(0..4)]);
+        p[2..4].copy_from_slice(&fastrand::u16(..).to_be_bytes());
+        if fastrand::bool() {
+            p[0] = 0x40 | fastrand::u8(0..16);
+        }
+        pkts.push(p);
+        // TCP with a data offset past the end.
+        let mut t = ip4_to(dst, fastrand::usize(20..60), 6);
+        if let Some(b) = t.get_mut(32) {
+            *b = 0xf0;
+        }
+        pkts.push(t);
+        // Other versions, random bytes.
+        pkts.push(random_bytes(fastrand::usize(1..200)));
+    }
+    let before = b.t().stats();
+    let took = inject(&b.ns, TUN, &pkts, false);
+    assert!(took >= pkts.len() / 2, "the kernel took {took} of {}", pkts.len());
+
+    // Virtio headers claiming TSO/partial checksums on packets that do not fit them; the
+    // kernel refuses some, the rest reach the tunnel.
+    let mut vpkts = Vec::new();
+    for _ in 0..200 {
+        let gso_type = [0u8, 1, 4, 0x81, fastrand::u8(..)][fastrand::usize(0..5)];
+        let mut h = vec![fastrand::u8(0..4), gso_type];
+        for _ in 0..4 {
+            h.extend_from_slice(&fastrand::u16(..2000).to_le_bytes());
+        }
+        let p = ip4_to(dst, fastrand::usize(20..200), 6);
+        vpkts.push([h, p].concat());
+    }
+    // And plausible ones the kernel passes on (TSO with a partial checksum at the TCP
+    // checksum field) over TCP headers whose lengths and data offset then lie.
+    for _ in 0..200 {
+        let len = fastrand::usize(60..1400);
+        let mut p = ip4_to(dst, len, 6);
+        p[32] = [0x50, 0xf0, 0x10, fastrand::u8(..)][fastrand::usize(0..4)];
+        if fastrand::bool() {
+            p[2..4].copy_from_slice(&fastrand::u16(..).to_be_bytes());
+        }
+        let gso_size = fastrand::u16(1..(len as u16 - 40).max(2));
+        let mut h = vec![1, [1u8, 0x81][fastrand::usize(0..2)]];
+        for v in [40u16, gso_size, 20, 16] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        vpkts.push([h, p].concat());
+    }
+    let vtook = inject(&b.ns, TUN, &vpkts, true);
+
+    assert!(ping(&b.ns, &a.pod(), 3), "b → a after the garbage");
+    assert!(ping(&a.ns, &b.pod(), 3), "a → b after the garbage");
+    let echo = EchoServer::start(&a.ns, &format!("{}:7000", a.pod()));
+    let n =
+        tcp_echo(&b.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo after the garbage");
+    assert_eq!(n, 4 << 20);
+    let after = b.t().stats();
+    assert!(
+        after.dropped_invalid >= before.dropped_invalid + short.len() as u64,
+        "short packets counted: {before:?} → {after:?}"
+    );
+    eprintln!(
+        "TUN garbage: {took}/{} plain, {vtook}/{} with virtio headers; {after:?}",
+        pkts.len(),
+        vpkts.len()
+    );
 }

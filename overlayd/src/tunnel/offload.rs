@@ -124,10 +124,12 @@ fn fill_l4_checksum(pkt: &mut [u8], l4: usize, csum_at: usize, proto: u8) {
 /// Completes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM): the field at
 /// `start + offset` holds the pseudo-header sum; the checksum covers `pkt[start..]`.
 pub fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), OffloadError> {
-    let at = start.checked_add(offset).ok_or(OffloadError::Truncated)?;
-    if at + 2 > pkt.len() {
+    // Both sums checked: the offsets come from a header the packet's sender wrote.
+    let end = start.checked_add(offset).and_then(|a| a.checked_add(2)).ok_or(OffloadError::Truncated)?;
+    if end > pkt.len() {
         return Err(OffloadError::Truncated);
     }
+    let at = end - 2;
     let c = !csum_fold(csum_add(0, &pkt[start..]));
     pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
@@ -207,6 +209,12 @@ pub fn segment_tcp(
         return Err(OffloadError::Malformed("gso_size 0"));
     }
     let (head, payload) = pkt.split_at(lay.hlen);
+    // Every segment's length must fit the IP length field (a 16-bit total for IPv4, a
+    // 16-bit payload length for IPv6), or its header would lie about it.
+    let longest = lay.hlen + gso.min(payload.len());
+    if longest - if lay.v4 { 0 } else { 40 } > u16::MAX as usize {
+        return Err(OffloadError::Malformed("segment longer than the IP length field allows"));
+    }
     if payload.is_empty() {
         let seg = scratch.get_mut(..pkt.len()).ok_or(OffloadError::TooLarge)?;
         seg.copy_from_slice(pkt);
@@ -214,7 +222,7 @@ pub fn segment_tcp(
         emit(seg);
         return Ok(1);
     }
-    if scratch.len() < lay.hlen + gso.min(payload.len()) {
+    if scratch.len() < longest {
         return Err(OffloadError::TooLarge);
     }
     let seq0 = u32::from_be_bytes([head[lay.l4 + 4], head[lay.l4 + 5], head[lay.l4 + 6], head[lay.l4 + 7]]);
@@ -410,6 +418,174 @@ mod tests {
         assert!(complete_checksum(&mut short, 8, 6).is_err());
         assert!(complete_checksum(&mut short, usize::MAX, 6).is_err());
         assert!(VnetHdr::parse(&[0; 9]).is_none());
+    }
+
+    use proptest::prelude::*;
+
+    /// The scratch size the worker uses (a 64 KB read plus header room).
+    const SCRATCH: usize = 65_536 + VNET_HDR_LEN + 64;
+
+    fn any_hdr() -> impl Strategy<Value = VnetHdr> {
+        // Mostly the GSO types the TUN uses, sometimes anything.
+        let gso_type = prop_oneof![Just(GSO_TCPV4), Just(GSO_TCPV6), Just(GSO_TCPV4 | GSO_ECN), any::<u8>()];
+        (any::<u8>(), gso_type, any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()).prop_map(
+            |(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)| VnetHdr {
+                flags,
+                gso_type,
+                hdr_len,
+                gso_size,
+                csum_start,
+                csum_offset,
+            },
+        )
+    }
+
+    /// Checks what `segment_tcp` emitted for `pkt`: bounded by the scratch and the header,
+    /// IP lengths that tell the truth, and the payload handed on whole and in order.
+    fn check_segments(pkt: &[u8], hdr: &VnetHdr, scratch_len: usize) -> Result<(), TestCaseError> {
+        let mut scratch = vec![0u8; scratch_len];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let r = segment_tcp(pkt, hdr, &mut scratch, |s| segs.push(s.to_vec()));
+        let Ok(n) = r else {
+            prop_assert!(segs.is_empty(), "nothing emitted before an error");
+            return Ok(());
+        };
+        prop_assert_eq!(n, segs.len());
+        let lay = tcp_layout(pkt, hdr).expect("segmented packets have a layout");
+        let payload = &pkt[lay.hlen..];
+        let gso = hdr.gso_size as usize;
+        prop_assert!(n >= 1 && n <= payload.len().max(1));
+        let mut joined = Vec::new();
+        for s in &segs {
+            prop_assert!(s.len() <= scratch_len && s.len() <= lay.hlen + gso);
+            let ip_len = if lay.v4 {
+                u16::from_be_bytes([s[2], s[3]]) as usize
+            } else {
+                u16::from_be_bytes([s[4], s[5]]) as usize + 40
+            };
+            prop_assert_eq!(ip_len, s.len(), "IP length field matches the segment");
+            joined.extend_from_slice(&s[lay.hlen..]);
+        }
+        prop_assert_eq!(&joined[..], payload);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes under an arbitrary virtio header: an error or sane segments.
+        #[test]
+        fn segment_tcp_survives_arbitrary_bytes(
+            pkt in proptest::collection::vec(any::<u8>(), 0..600),
+            hdr in any_hdr(),
+            scratch_len in prop_oneof![Just(SCRATCH), 0usize..700],
+        ) {
+            check_segments(&pkt, &hdr, scratch_len)?;
+        }
+
+        /// A real super-packet whose header fields then lie (IHL, version, protocol, data
+        /// offset, lengths), truncated or not, under a header with any gso_size/csum_start.
+        #[test]
+        fn segment_tcp_survives_lying_headers(
+            v6 in any::<bool>(),
+            payload_len in 0usize..4000,
+            pokes in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+            gso in prop_oneof![1u16..1500, any::<u16>()],
+            mut hdr in any_hdr(),
+        ) {
+            hdr.gso_size = gso;
+            let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+            let mut p = if v6 { tcp6(&payload, 7, 0x18) } else { tcp4(&payload, 7, 0x18, 1) };
+            hdr.gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            for (at, v) in pokes {
+                if let Some(b) = p.get_mut(at) {
+                    *b = v;
+                }
+            }
+            if truncate {
+                p.truncate(cut.index(p.len() + 1));
+            }
+            check_segments(&p, &hdr, SCRATCH)?;
+        }
+
+        /// Partial-checksum completion with offsets anywhere: an error, or exactly the two
+        /// checksum bytes changed.
+        #[test]
+        fn finish_single_survives_arbitrary_offsets(
+            pkt in proptest::collection::vec(any::<u8>(), 0..300),
+            hdr in any_hdr(),
+        ) {
+            let mut p = pkt.clone();
+            let res = finish_single(&mut p, &hdr).map(|q| q.len());
+            let at = hdr.csum_start as usize + hdr.csum_offset as usize;
+            if hdr.flags & F_NEEDS_CSUM == 0 {
+                prop_assert_eq!(res, Ok(pkt.len()));
+                prop_assert_eq!(&p, &pkt);
+            } else if at + 2 > pkt.len() {
+                prop_assert_eq!(res, Err(OffloadError::Truncated));
+                prop_assert_eq!(&p, &pkt);
+            } else {
+                prop_assert_eq!(res, Ok(pkt.len()));
+                prop_assert!(p.iter().zip(&pkt).enumerate().all(|(i, (a, b))| a == b || i == at || i == at + 1));
+            }
+        }
+
+        #[test]
+        fn complete_checksum_never_overflows(start in any::<usize>(), offset in any::<usize>(), len in 0usize..64) {
+            let mut p = vec![0u8; len];
+            let fits = start.checked_add(offset).and_then(|a| a.checked_add(2)).is_some_and(|e| e <= len);
+            prop_assert_eq!(complete_checksum(&mut p, start, offset).is_ok(), fits);
+        }
+
+        #[test]
+        fn vnet_parse_and_ip_version_take_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(VnetHdr::parse(&b).is_some(), b.len() >= VNET_HDR_LEN);
+            if let Some(v) = ip_version(&b) {
+                let min = if v == 4 { 20 } else { 40 };
+                prop_assert!(b.len() >= min);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Super-packets up to and beyond 64 KB with small and huge gso sizes.
+        #[test]
+        fn segment_tcp_oversized(
+            v6 in any::<bool>(),
+            payload_len in 60_000usize..65_520,
+            gso in prop_oneof![1u16..64, 60_000u16..=u16::MAX],
+        ) {
+            let payload = vec![0x5au8; payload_len];
+            let p = if v6 { tcp6(&payload, 1, 0x10) } else { tcp4(&payload, 1, 0x10, 1) };
+            let gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+            let hdr = VnetHdr { gso_type, gso_size: gso, csum_start: if v6 { 40 } else { 20 }, ..Default::default() };
+            check_segments(&p, &hdr, SCRATCH)?;
+        }
+    }
+
+    /// Regression: a 64 KB segment (IPv4 headers + a gso_size near 65535) used to be
+    /// emitted with a total length that wrapped around 16 bits.
+    #[test]
+    fn segment_longer_than_ip_allows_is_refused() {
+        let p = tcp4(&vec![1u8; 65_495], 1, 0x10, 1);
+        let p = [&p[..], &[0u8; 40]].concat(); // a read longer than its IP header says
+        let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: u16::MAX, ..Default::default() };
+        let mut scratch = vec![0u8; SCRATCH];
+        let mut emitted = 0;
+        let r = segment_tcp(&p, &hdr, &mut scratch, |_| emitted += 1);
+        assert!(matches!(r, Err(OffloadError::Malformed(_))), "{r:?}");
+        assert_eq!(emitted, 0);
+    }
+
+    #[test]
+    fn complete_checksum_at_the_end_of_the_address_space() {
+        let mut p = [0u8; 8];
+        assert_eq!(complete_checksum(&mut p, usize::MAX - 1, 0), Err(OffloadError::Truncated));
+        assert_eq!(complete_checksum(&mut p, 0, usize::MAX), Err(OffloadError::Truncated));
     }
 
     #[test]

@@ -302,6 +302,36 @@ mod tests {
         assert!(!a.allows_source("::ffff:10.244.1.9".parse().unwrap()));
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Any bytes from the TUN: the same destination boringtun reads, and a route lookup
+        /// (longest prefix over every length) that never panics.
+        #[test]
+        fn dst_addr_of_any_bytes(
+            first in prop_oneof![Just(0x45u8), Just(0x60), any::<u8>()],
+            rest in proptest::collection::vec(any::<u8>(), 0..60),
+        ) {
+            let p = [&[first][..], &rest].concat();
+            let dst = dst_addr(&p);
+            prop_assert_eq!(dst, Tunn::dst_address(&p));
+            if let Some(d) = dst {
+                let t = table();
+                let e = t.route(d);
+                prop_assert!(e.is_none_or(|e| e.allowed.iter().any(|n| n.contains(&d))));
+            }
+        }
+
+        #[test]
+        fn receiver_lookup_of_any_index(idx in any::<u32>()) {
+            let t = table();
+            let known = [5u32, 6, 7, 0xffffff].contains(&(idx >> 8));
+            prop_assert_eq!(t.by_receiver(idx).is_some(), known);
+        }
+    }
+
     #[test]
     fn dst_of_short_or_odd_packets() {
         assert_eq!(dst_addr(&[]), None);

@@ -252,21 +252,44 @@ impl RecvBatch {
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.slot);
         let from = from_raw(&self.addrs[i])?;
-        let mut segment = 0;
-        // SAFETY: walking the control buffer the kernel filled, with the libc CMSG macros,
-        // bounded by msg_controllen.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-            while !c.is_null() {
-                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                    segment = v.max(0) as usize;
-                }
-                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
-            }
-        }
+        // SAFETY: ctrl[i] is CMSG_SPACE bytes of plain integers, viewed as bytes.
+        let ctrl = unsafe { std::slice::from_raw_parts(self.ctrl[i].as_ptr().cast::<u8>(), CMSG_SPACE) };
+        #[allow(clippy::unnecessary_cast)] // size_t on glibc, socklen_t on musl
+        let controllen = h.msg_hdr.msg_controllen as usize;
+        let segment = gro_segment(&ctrl[..controllen.min(CMSG_SPACE)]);
         Some(Received { from, data: &self.bufs[i * self.slot..i * self.slot + len], segment })
     }
+}
+
+/// The UDP_GRO segment size in a control buffer (0: none). Parsed by hand rather than with
+/// the libc macros so that no length in it, however wrong, is trusted past the buffer.
+fn gro_segment(ctrl: &[u8]) -> usize {
+    let hdr = size_of::<libc::cmsghdr>();
+    // CMSG_ALIGN on Linux (glibc and musl): to the size of size_t.
+    let align = |n: usize| n.checked_next_multiple_of(size_of::<usize>());
+    let Some(data_at) = align(hdr) else { return 0 };
+    let mut segment = 0;
+    let mut off = 0;
+    while let Some(h) = ctrl.get(off..off + hdr) {
+        // SAFETY: `h` holds size_of::<cmsghdr>() bytes; a plain C struct, read unaligned.
+        let c = unsafe { std::ptr::read_unaligned(h.as_ptr().cast::<libc::cmsghdr>()) };
+        let len = c.cmsg_len as usize;
+        if len < hdr || len > ctrl.len() - off {
+            break;
+        }
+        if c.cmsg_level == SOL_UDP
+            && c.cmsg_type == UDP_GRO
+            && len >= data_at + 4
+            && let Some(v) = ctrl.get(off + data_at..off + data_at + 4)
+        {
+            segment = libc::c_int::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0) as usize;
+        }
+        match align(len) {
+            Some(next) => off += next,
+            None => break,
+        }
+    }
+    segment
 }
 
 /// A run of datagrams laid end to end in the arena, all `seg` bytes but maybe the last.
@@ -496,6 +519,87 @@ mod tests {
         b.commit(a, 100, false);
         assert_eq!(b.failed, 1);
         assert!(!b.has_room(10));
+    }
+
+    use proptest::prelude::*;
+
+    /// A control buffer as the kernel writes it for UDP GRO, built with the libc macros.
+    fn gro_cmsg(seg: libc::c_int) -> [u64; CMSG_SPACE / 8] {
+        let mut ctrl = [0u64; CMSG_SPACE / 8];
+        // SAFETY: a msghdr pointing at `ctrl` (CMSG_SPACE bytes, 8-aligned); the cmsg for
+        // one int fits in it.
+        unsafe {
+            let mut m: libc::msghdr = zeroed();
+            m.msg_control = ctrl.as_mut_ptr().cast();
+            m.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&m);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_GRO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), seg);
+        }
+        ctrl
+    }
+
+    fn bytes(ctrl: &[u64; CMSG_SPACE / 8]) -> Vec<u8> {
+        ctrl.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn gro_segment_from_a_kernel_style_cmsg() {
+        assert_eq!(gro_segment(&bytes(&gro_cmsg(1452))), 1452);
+        assert_eq!(gro_segment(&bytes(&gro_cmsg(-5))), 0, "a negative size is no size");
+        assert_eq!(gro_segment(&[]), 0);
+        // cmsg_len claiming more than the buffer, or less than a header: ignored.
+        let hdr = size_of::<libc::cmsghdr>();
+        for lie in [usize::MAX, CMSG_SPACE + 1, hdr - 1, 0, hdr] {
+            let mut b = bytes(&gro_cmsg(1452));
+            b[..size_of::<usize>()].copy_from_slice(&lie.to_ne_bytes());
+            assert_eq!(gro_segment(&b), 0, "cmsg_len {lie}");
+        }
+        // A controllen cut short of the data.
+        assert_eq!(gro_segment(&bytes(&gro_cmsg(1452))[..hdr + 2]), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn gro_segment_takes_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let seg = gro_segment(&b);
+            prop_assert!(seg <= i32::MAX as usize);
+        }
+
+        /// A whole `recvmmsg` result as a lying kernel could leave it: a length beyond the
+        /// slot, any control length and bytes, any address family.
+        #[test]
+        fn recv_batch_get_is_bounded(
+            msg_len in any::<u32>(),
+            controllen in prop_oneof![0usize..=CMSG_SPACE, any::<usize>()],
+            ctrl in proptest::array::uniform4(any::<u64>()),
+            seg in prop_oneof![Just(None), any::<libc::c_int>().prop_map(Some)],
+            family in prop_oneof![Just(libc::AF_INET), Just(libc::AF_INET6), any::<libc::c_int>()],
+        ) {
+            const SLOT: usize = 2048;
+            let mut b = RecvBatch::new(2, SLOT);
+            b.ctrl[0] = seg.map_or(ctrl, gro_cmsg);
+            b.hdrs[0].msg_len = msg_len;
+            b.hdrs[0].msg_hdr.msg_controllen = controllen as _;
+            b.addrs[0].ss_family = family as _;
+            b.count = 1;
+            prop_assert!(b.get(1).is_none(), "only what was received");
+            let Some(m) = b.get(0) else {
+                prop_assert!(family != libc::AF_INET && family != libc::AF_INET6);
+                return Ok(());
+            };
+            prop_assert_eq!(m.data.len(), (msg_len as usize).min(SLOT));
+            let mut total = 0;
+            for d in m.datagrams() {
+                prop_assert!(!d.is_empty() && (m.segment == 0 || d.len() <= m.segment));
+                total += d.len();
+            }
+            prop_assert_eq!(total, m.data.len());
+        }
     }
 
     #[test]

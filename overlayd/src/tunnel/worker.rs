@@ -276,6 +276,10 @@ impl Worker {
         for i in 0..got {
             match rx.get(i) {
                 Some(m) => {
+                    // An empty datagram yields no chunk below but is still one that failed.
+                    if m.data.is_empty() {
+                        self.c.invalid += 1;
+                    }
                     for d in m.datagrams() {
                         self.datagram(m.from, d);
                     }
@@ -292,17 +296,11 @@ impl Worker {
         if !self.tx.has_room(2048) {
             self.flush_tx();
         }
-        let le = |i: usize| u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-        if d.len() < 4 {
-            self.c.invalid += 1;
-            return;
-        }
-        match (le(0), d.len()) {
-            (4, 32..) => self.data(from, d, le(4)),
-            (2, 92) => self.handshake_reply(from, d, le(8)),
-            (3, 64) => self.handshake_reply(from, d, le(4)),
-            (1, 148) => self.initiation(from, d),
-            _ => self.c.invalid += 1,
+        match classify(d) {
+            Kind::Data(receiver) => self.data(from, d, receiver),
+            Kind::Reply(receiver) => self.handshake_reply(from, d, receiver),
+            Kind::Init => self.initiation(from, d),
+            Kind::Invalid => self.c.invalid += 1,
         }
     }
 
@@ -500,6 +498,30 @@ impl Worker {
     }
 }
 
+/// What a datagram is by its type and length (boringtun's rules), with the receiver index
+/// of data messages, handshake responses and cookie replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Data(u32),
+    Reply(u32),
+    Init,
+    Invalid,
+}
+
+fn classify(d: &[u8]) -> Kind {
+    let le = |i: usize| d.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let (Some(t), Some(at4), at8) = (le(0), le(4), le(8)) else {
+        return Kind::Invalid;
+    };
+    match (t, d.len(), at8) {
+        (4, 32.., _) => Kind::Data(at4),
+        (2, 92, Some(r)) => Kind::Reply(r),
+        (3, 64, _) => Kind::Reply(at4),
+        (1, 148, _) => Kind::Init,
+        _ => Kind::Invalid,
+    }
+}
+
 /// Encrypts one packet into the arena as a datagram to `ep`.
 fn encap(
     tunn: &mut Tunn,
@@ -548,6 +570,166 @@ fn drain_queue(s: &mut Session, tx: &mut SendBatch, ep: SocketAddr, c: &mut Loca
                 c.tx += 1;
             }
             _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    use proptest::prelude::*;
+
+    /// The part of `dbuf` `data()` decrypts into.
+    const DECAP_DST: usize = RX_SLOT + WG_MIN_DST;
+
+    // boringtun panics unless dst ≥ ciphertext (datagram − 16) for data and ≥ 148 bytes;
+    // the largest datagram a worker hands on is one full receive slot.
+    const _: () = assert!(DECAP_DST >= RX_SLOT + WG_OVERHEAD && DECAP_DST >= WG_MIN_DST);
+    const _: () = assert!(TX_NEED >= TUN_BUF - VNET_HDR_LEN + WG_OVERHEAD);
+
+    #[test]
+    fn classify_follows_boringtun_rules() {
+        let mut d = vec![0u8; 148];
+        d[0] = 1;
+        assert_eq!(classify(&d), Kind::Init);
+        d.truncate(147);
+        assert_eq!(classify(&d), Kind::Invalid);
+        assert_eq!(classify(&[4, 0, 0, 0]), Kind::Invalid);
+        assert_eq!(classify(&[]), Kind::Invalid);
+        let mut d = vec![0u8; 32];
+        d[0] = 4;
+        d[4..8].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+        assert_eq!(classify(&d), Kind::Data(0x0102_0304));
+        // Reserved bytes must be zero.
+        d[1] = 1;
+        assert_eq!(classify(&d), Kind::Invalid);
+    }
+
+    /// Two boringtun peers with a completed handshake: (initiator, responder).
+    fn session_pair() -> (Tunn, Tunn) {
+        let (ka, kb) = (StaticSecret::from([1u8; 32]), StaticSecret::from([2u8; 32]));
+        let (pa, pb) = (PublicKey::from(&ka), PublicKey::from(&kb));
+        let mut a = Tunn::new(ka, pb, None, None, 1, None);
+        let mut b = Tunn::new(kb, pa, None, None, 2, None);
+        let mut buf = vec![0u8; 2048];
+        let mut out = vec![0u8; 2048];
+        let TunnResult::WriteToNetwork(init) = a.format_handshake_initiation(&mut buf, false) else {
+            panic!("initiation");
+        };
+        let TunnResult::WriteToNetwork(resp) = b.decapsulate(None, init, &mut out) else {
+            panic!("response");
+        };
+        let resp = resp.to_vec();
+        let TunnResult::WriteToNetwork(keepalive) = a.decapsulate(None, &resp, &mut buf) else {
+            panic!("keepalive");
+        };
+        let keepalive = keepalive.to_vec();
+        assert!(matches!(b.decapsulate(None, &keepalive, &mut out), TunnResult::Done));
+        (a, b)
+    }
+
+    /// An IPv4 packet of `len` bytes (length field telling the truth).
+    fn ip4(len: usize) -> Vec<u8> {
+        let mut p = vec![0x33u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p
+    }
+
+    /// The biggest datagram a worker hands to `data()`: one full receive slot.
+    #[test]
+    fn full_slot_data_message_fits_the_decrypt_buffer() {
+        let (mut a, mut b) = session_pair();
+        let mut enc = vec![0u8; RX_SLOT + 64];
+        let TunnResult::WriteToNetwork(d) = a.encapsulate(&ip4(RX_SLOT - WG_OVERHEAD), &mut enc) else {
+            panic!("encapsulate");
+        };
+        assert_eq!(d.len(), RX_SLOT);
+        assert!(matches!(classify(d), Kind::Data(r) if r >> 8 == 2), "for the responder's index");
+        let mut dst = vec![0u8; DECAP_DST];
+        let r = b.decapsulate(None, d, &mut dst);
+        assert!(matches!(r, TunnResult::WriteToTunnelV4(p, _) if p.len() == RX_SLOT - WG_OVERHEAD));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// The dispatch never panics and agrees with boringtun's own parser.
+        #[test]
+        fn classify_agrees_with_boringtun(
+            t in prop_oneof![1u8..=4, any::<u8>()],
+            zeros in any::<bool>(),
+            len in prop_oneof![Just(148usize), Just(92), Just(64), Just(32), 0usize..200],
+            fill in any::<u8>(),
+        ) {
+            let mut d = vec![fill; len];
+            if let Some(b) = d.first_mut() {
+                *b = t;
+            }
+            if zeros && len >= 4 {
+                d[1..4].fill(0);
+            }
+            let want = match Tunn::parse_incoming_packet(&d) {
+                Ok(Packet::PacketData(p)) => Kind::Data(p.receiver_idx),
+                Ok(Packet::HandshakeResponse(p)) => Kind::Reply(p.receiver_idx),
+                Ok(Packet::PacketCookieReply(p)) => Kind::Reply(p.receiver_idx),
+                Ok(Packet::HandshakeInit(_)) => Kind::Init,
+                Err(_) => Kind::Invalid,
+            };
+            prop_assert_eq!(classify(&d), want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+        /// Data messages for the real session, then garbled (bytes changed, truncated,
+        /// extended, counter moved, replayed), decrypted into a buffer of the worker's size:
+        /// never a panic; only the untouched first copy decrypts.
+        #[test]
+        fn garbled_data_messages_are_refused(
+            len in prop_oneof![0usize..200, 1200usize..1500],
+            pokes in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..3),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+            extra in 0usize..64,
+            counter in prop::option::of(any::<u64>()),
+        ) {
+            // One handshake for all cases (X25519 is slow unoptimised); each case sends new
+            // counters, and nothing garbled may advance the responder's replay window.
+            static PAIR: std::sync::LazyLock<std::sync::Mutex<(Tunn, Tunn)>> =
+                std::sync::LazyLock::new(|| std::sync::Mutex::new(session_pair()));
+            let mut pair = PAIR.lock().unwrap_or_else(|p| p.into_inner());
+            let (a, b) = &mut *pair;
+            let mut enc = vec![0u8; 2048];
+            let TunnResult::WriteToNetwork(d) = a.encapsulate(&ip4(len.max(20)), &mut enc) else {
+                panic!("encapsulate");
+            };
+            let good = d.to_vec();
+            let mut bad = good.clone();
+            // Garble past the header: type and index stay valid-looking.
+            for (at, x) in &pokes {
+                let i = 16 + at.index(bad.len() - 16);
+                bad[i] ^= x;
+            }
+            if let Some(c) = counter {
+                bad[8..16].copy_from_slice(&c.to_le_bytes());
+            }
+            if let Some(c) = cut {
+                bad.truncate(c.index(bad.len() + 1));
+            }
+            bad.resize(bad.len() + extra, 0xee);
+            let garbled = bad != good;
+            let mut dst = vec![0u8; DECAP_DST];
+            if garbled && classify(&bad) != Kind::Invalid {
+                let r = b.decapsulate(None, &bad, &mut dst);
+                prop_assert!(matches!(r, TunnResult::Err(_)), "garbled message refused");
+            }
+            let r = b.decapsulate(None, &good, &mut dst);
+            prop_assert!(matches!(r, TunnResult::WriteToTunnelV4(..)), "the real one still decrypts");
+            let r = b.decapsulate(None, &good, &mut dst);
+            prop_assert!(matches!(r, TunnResult::Err(_)), "a replay is refused");
         }
     }
 }
