@@ -10,7 +10,6 @@
 //! A key rotation keeps the old session sending until the new one is up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::device;
 use super::keys::{KeyStore, NodeKey};
 use super::lease_data::{TunnelAttrs, endpoint};
 use super::routes::{SharedRoutes, TunnelRoutes};
@@ -135,7 +135,7 @@ impl Controller {
     /// A controller writing its routing choice into `routes`. Routes a previous run left on
     /// the tunnel are kept there for a moment (see [`RESTART_GRACE`]).
     pub fn new(cfg: ControllerSettings, routes: SharedRoutes) -> Self {
-        let seeded = tokio::task::block_in_place(routes_on_device).unwrap_or_default();
+        let seeded = tokio::task::block_in_place(|| device::routes_through(DEVICE)).unwrap_or_default();
         if !seeded.is_empty() {
             tracing::info!(routes = seeded.len(), "found routes on the tunnel from a previous run");
         }
@@ -199,7 +199,7 @@ impl Controller {
         }
         if left {
             // This node left the network: nothing of the tunnel stays behind.
-            tokio::task::block_in_place(delete_device);
+            tokio::task::block_in_place(|| device::delete(DEVICE));
             let _ = tokio::task::block_in_place(|| netkernel::strict::remove(STRICT_TABLE));
         }
         tracing::info!("encryption controller stopped");
@@ -247,7 +247,7 @@ impl Controller {
                 if !want && !self.cleaned_leftover {
                     // A tunnel left by a run that had encryption on, which is off now.
                     self.cleaned_leftover = true;
-                    tokio::task::block_in_place(delete_device);
+                    tokio::task::block_in_place(|| device::delete(DEVICE));
                 }
             }
             Phase::On(run) => {
@@ -256,8 +256,7 @@ impl Controller {
                 {
                     // A new subnet: the device's address follows.
                     run.own = own;
-                    let _ =
-                        tokio::task::block_in_place(|| setup_device(run, self.cfg.underlay_mtu, &self.cfg));
+                    let _ = tokio::task::block_in_place(|| self.setup_device(run));
                 }
                 if let Err(e) = self.follow_settings(run, &settings) {
                     tracing::error!(error = %e, "updating the tunnel's key");
@@ -306,7 +305,7 @@ impl Controller {
             self.last_good.clear();
             tokio::task::block_in_place(|| {
                 run.tunnel.stop();
-                delete_device();
+                device::delete(DEVICE);
             });
             self.set_routes(TunnelRoutes::default(), io).await;
         }
@@ -377,6 +376,12 @@ impl Controller {
         v
     }
 
+    fn setup_device(&self, run: &mut Running) -> Result<(), netkernel::KernelError> {
+        run.ifindex =
+            device::set_up(DEVICE, encrypted_mtu(self.cfg.underlay_mtu), &run.own, &self.cfg.vxlan_devices)?;
+        Ok(())
+    }
+
     fn start(&mut self, s: &EncryptionSettings, own: SubnetKey) -> Result<Running, String> {
         let (key, new) = self
             .keys
@@ -390,7 +395,7 @@ impl Controller {
         let tunnel = tokio::task::block_in_place(|| Tunnel::start(cfg, key.private))
             .map_err(|e| format!("starting the tunnel: {e}"))?;
         let mut run = Running { ifindex: tunnel.ifindex(), tunnel, key, port: s.port, own };
-        tokio::task::block_in_place(|| setup_device(&mut run, self.cfg.underlay_mtu, &self.cfg))
+        tokio::task::block_in_place(|| self.setup_device(&mut run))
             .map_err(|e| format!("setting up {DEVICE}: {e}"))?;
         tracing::info!(device = DEVICE, port = s.port, public_key = %super::settings::encode_key(&run.key.public), "encryption tunnel up");
         Ok(run)
@@ -608,65 +613,4 @@ impl Controller {
             _ => {}
         }
     }
-}
-
-/// MTU, up, our subnet's first address (as on the VXLAN device), loose reverse-path
-/// filtering (during a move a peer's packets may arrive on either device).
-fn setup_device(
-    run: &mut Running,
-    underlay_mtu: u32,
-    cfg: &ControllerSettings,
-) -> Result<(), netkernel::KernelError> {
-    let nl = netkernel::Netlink::current()?;
-    let dev = nl.require_link(DEVICE)?;
-    run.ifindex = dev.index;
-    nl.set_mtu(dev.index, encrypted_mtu(underlay_mtu))?;
-    let own: Vec<IpNet> = run
-        .own
-        .ipv4
-        .map(|n| IpNet::new(IpAddr::V4(n.network()), 32).expect("host prefix"))
-        .into_iter()
-        .chain(run.own.ipv6.map(|n| IpNet::new(IpAddr::V6(n.network()), 128).expect("host prefix")))
-        .collect();
-    let link_local = |a: &IpNet| matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-    for stale in nl.addresses(dev.index)?.into_iter().filter(|a| !own.contains(a) && !link_local(a)) {
-        nl.del_address(dev.index, stale)?;
-    }
-    for a in &own {
-        nl.ensure_address(dev.index, *a)?;
-    }
-    nl.set_up(dev.index)?;
-    for d in std::iter::once(DEVICE.to_string()).chain(cfg.vxlan_devices.iter().cloned()) {
-        let _ = netkernel::sysctl::write(&format!("net/ipv4/conf/{d}/rp_filter"), "2");
-    }
-    let _ = netkernel::sysctl::write(&format!("net/ipv6/conf/{DEVICE}/accept_ra"), "0");
-    Ok(())
-}
-
-fn delete_device() {
-    let r = (|| {
-        let nl = netkernel::Netlink::current()?;
-        if let Some(l) = nl.link(DEVICE)? {
-            nl.delete_link(l.index)?;
-        }
-        Ok::<_, netkernel::KernelError>(())
-    })();
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "removing the tunnel device");
-    }
-}
-
-/// Destinations of the routes a previous run left on the tunnel device.
-fn routes_on_device() -> Option<BTreeSet<IpNet>> {
-    let nl = netkernel::Netlink::current().ok()?;
-    let dev = nl.link(DEVICE).ok()??;
-    let mut out = BTreeSet::new();
-    for v6 in [false, true] {
-        for r in nl.routes(v6, None).ok()? {
-            if r.oif == Some(dev.index) && r.dst.prefix_len() < r.dst.max_prefix_len() {
-                out.insert(r.dst);
-            }
-        }
-    }
-    Some(out)
 }

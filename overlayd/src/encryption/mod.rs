@@ -6,6 +6,7 @@
 //! - [`settings`]: the section, typed and validated;
 //! - [`keys`]: this node's key pair, a 0600 file in the state directory;
 //! - [`lease_data`]: the public key and port each node publishes in its lease;
+//! - [`device`]: the tunnel device's MTU, addresses and removal;
 //! - [`routes`]: which peers' subnets are routed into the tunnel (read by the VXLAN backend,
 //!   which owns all overlay routes);
 //! - [`controller`]: runs the tunnel ([`crate::tunnel`]), feeds it the peers, and moves a
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod controller;
+pub mod device;
 pub mod keys;
 pub mod lease_data;
 pub mod routes;
