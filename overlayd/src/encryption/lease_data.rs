@@ -94,6 +94,48 @@ mod tests {
         assert_eq!(TunnelAttrs::from_value(&json!({"Type": "none"})), Ok(None));
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[ -~]{0,60}".prop_map(Value::String),
+            Just(Value::String(encode_key(&[7; 32]))),
+            Just(Value::String("wireguard".into())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("Type".to_string()),
+                            Just("PublicKey".into()),
+                            Just("Port".into()),
+                            "[a-z]{1,6}"
+                        ],
+                        inner
+                    ),
+                    0..5
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a lease holds, parsing answers (never panics) and what it accepts is usable.
+        #[test]
+        fn any_value_is_answered_and_accepted_ones_are_sound(v in any_json()) {
+            if let Ok(Some(a)) = TunnelAttrs::from_value(&v) {
+                proptest::prop_assert!(a.port > 0 && a.public_key != [0; 32]);
+                proptest::prop_assert_eq!(TunnelAttrs::from_value(&a.to_value()), Ok(Some(a)));
+            }
+        }
+    }
+
     #[test]
     fn malformed_values_are_errors_naming_the_field() {
         let key = encode_key(&[9; 32]);

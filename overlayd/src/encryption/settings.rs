@@ -259,6 +259,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any section gets an answer (never a panic); an accepted one survives its round trip.
+        #[test]
+        fn any_section_is_answered(
+            kind in proptest::option::of("(wireguard|none|WireGuard|x)"),
+            port in proptest::option::of(proptest::prelude::any::<i64>()),
+            strict in proptest::option::of(proptest::prelude::any::<bool>()),
+            period in proptest::option::of(0u64..100_000),
+            psk in proptest::option::of("[A-Za-z0-9+/=]{0,50}"),
+        ) {
+            let mut options = Map::new();
+            if let Some(p) = port { options.insert("Port".into(), json!(p)); }
+            if let Some(b) = strict { options.insert("Strict".into(), json!(b)); }
+            if let Some(r) = period { options.insert("RotationPeriod".into(), json!(r)); }
+            if let Some(k) = psk { options.insert("PresharedKey".into(), json!(k)); }
+            let section = EncryptionConfig { kind, options };
+            if let Ok((s, _)) = EncryptionSettings::from_config(Some(&section)) {
+                proptest::prop_assert!(s.port > 0);
+                let again = EncryptionConfig {
+                    kind: Some(if s.enabled { "wireguard".into() } else { "none".into() }),
+                    options: s.to_section().as_object().unwrap().clone(),
+                };
+                proptest::prop_assert_eq!(EncryptionSettings::from_config(Some(&again)).unwrap().0, s);
+            }
+        }
+    }
+
     #[test]
     fn redaction_hides_only_the_key() {
         let v = json!({"Network":"10.0.0.0/16","Encryption":{"Type":"wireguard","presharedkey":"c2VjcmV0"}});
