@@ -2,6 +2,7 @@
 //! workers read, and reporting status. Lock order: `Shared::control`, then a peer's lock.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -64,7 +65,7 @@ impl Control {
 
 /// Sends a handshake initiation for `s` now (also when one is in flight: this is the fast
 /// retry).
-pub(crate) fn send_initiation(shared: &Shared, s: &mut Session, endpoint: std::net::SocketAddr) {
+pub(crate) fn send_initiation(shared: &Shared, s: &mut Session, endpoint: SocketAddr) {
     let mut buf = [0u8; 256];
     if let TunnResult::WriteToNetwork(p) = s.tunn.format_handshake_initiation(&mut buf, true) {
         shared.send_to(p, &endpoint);
@@ -114,12 +115,27 @@ fn refresh_all(shared: &Shared, ctl: &Control) {
     }
 }
 
+/// The form of an endpoint we send to and compare: an IPv4-mapped IPv6 address is the IPv4
+/// address. The IPv6 socket is V6ONLY (it refuses to send to a mapped address), and the
+/// source of a received datagram is reported in IPv4 form, so a mapped spec endpoint would
+/// be unreachable and would differ from the same peer's roamed endpoint.
+fn canonical_endpoint(ep: SocketAddr) -> SocketAddr {
+    match ep {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => ep,
+        },
+        SocketAddr::V4(_) => ep,
+    }
+}
+
 pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
     let mut ctl = shared.control();
     let keys = shared.keys();
     let mut next: Vec<Arc<Peer>> = Vec::with_capacity(specs.len());
     let mut removed_established = false;
-    for spec in specs {
+    for mut spec in specs {
+        spec.endpoint = canonical_endpoint(spec.endpoint);
         // A repeated id: the later spec wins.
         next.retain(|p| p.id != spec.id);
         let existing = ctl.peers.iter().find(|p| p.id == spec.id).cloned();

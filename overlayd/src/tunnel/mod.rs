@@ -81,6 +81,7 @@ pub struct PeerSpec {
     /// Opaque, stable per remote node (the lease key, e.g. "10.244.3.0-24").
     pub id: String,
     pub public_key: [u8; 32],
+    /// An IPv4-mapped IPv6 address (`[::ffff:192.0.2.1]:51820`) is taken as the IPv4 one.
     pub endpoint: SocketAddr,
     /// Destinations routed to this peer AND the only inner sources accepted from it.
     pub allowed: Vec<ipnet::IpNet>,
