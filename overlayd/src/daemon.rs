@@ -17,7 +17,7 @@ use crate::attrs::{LeaseAttrs, Validator, VxlanData};
 use crate::backend::{Backend, BackendEvent, ControlPlaneOnly, run_backend};
 use crate::config::NetworkConfig;
 use crate::encryption::controller::{
-    Controller, ControllerIo, ControllerSettings, encrypted_mtu, initial_publication,
+    Controller, ControllerIo, ControllerSettings, PeerMap, encrypted_mtu, initial_publication,
 };
 use crate::encryption::routes::SharedRoutes;
 use crate::lease::{KeeperCommand, KeeperStatus, LeaseManager, LeaseSettings, run_keeper};
@@ -385,7 +385,7 @@ async fn seed_config(store: &SharedStore, layout: &KeyLayout, file: &Path) -> Re
 struct Outputs {
     own_tx: watch::Sender<Option<SubnetKey>>,
     own_rx: watch::Receiver<Option<SubnetKey>>,
-    peers_tx: watch::Sender<Arc<BTreeMap<String, Peer>>>,
+    peers_tx: watch::Sender<PeerMap>,
 }
 
 /// Follows the keeper: writes outputs when the lease changes, starts the watcher once
@@ -493,7 +493,7 @@ async fn follow(
 /// Records a batch of peer events and passes it on to the controller and the backend.
 async fn forward_peers(
     shared: &Shared,
-    peers_tx: &watch::Sender<Arc<BTreeMap<String, Peer>>>,
+    peers_tx: &watch::Sender<PeerMap>,
     backend: &mpsc::Sender<BackendEvent>,
     batch: Vec<PeerEvent>,
 ) {

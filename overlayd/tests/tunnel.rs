@@ -7,18 +7,18 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use overlayd::encryption::settings::{decode_key, encode_key};
 use overlayd::tunnel::{Offloads, PeerSpec, Tunnel, TunnelConfig, public_key};
-use test_netns::{Capture, CaptureOptions, EchoServer, TestNs, require_root, tcp_echo, veth_between};
+use test_netns::cluster::{ping_flood, ping_result};
+use test_netns::{
+    Capture, CaptureOptions, EchoServer, TestNs, WgGoPeer, require_root, tcp_echo, veth_between,
+};
 
 const TUN: &str = "wg0";
 const PORT: u16 = 51820;
 
 fn random_key() -> [u8; 32] {
-    let mut k = [0u8; 32];
-    for b in &mut k {
-        *b = fastrand::u8(..);
-    }
-    k
+    overlayd::encryption::keys::random_key().expect("the kernel's random source")
 }
 
 /// One fake node: a namespace with an underlay address, a pod address on the TUN and its
@@ -129,15 +129,21 @@ fn ping(from: &TestNs, to: &str, count: u32) -> bool {
     from.try_exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", to])
 }
 
+/// A TCP stream of `bytes` from `from` to an echo server at `addr` in `server`, which
+/// must come back whole within `secs`.
+fn echo_through(from: &TestNs, server: &TestNs, addr: &str, bytes: usize, secs: u64, what: &str) {
+    let echo = EchoServer::start(server, addr);
+    let n = tcp_echo(from, echo.addr(), bytes, Duration::from_secs(secs)).expect(what);
+    assert_eq!(n, bytes, "{what}");
+}
+
 #[test]
 fn ping_and_tcp_across() {
     require_root!();
     let (a, b) = pair(Offloads::default());
     assert!(ping(&a.ns, &b.pod(), 3), "a → b ping");
     assert!(ping(&b.ns, &a.pod(), 3), "b → a ping");
-    let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-    let n = tcp_echo(&a.ns, echo.addr(), 8 << 20, Duration::from_secs(20)).expect("TCP echo");
-    assert_eq!(n, 8 << 20);
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 8 << 20, 20, "TCP echo");
     let (sa, sb) = (a.t().stats(), b.t().stats());
     assert!(sa.tx_packets > 1000 && sb.rx_packets > 1000, "{sa:?} {sb:?}");
     assert_eq!(sa.dropped_bad_source + sb.dropped_bad_source, 0);
@@ -157,9 +163,7 @@ fn pod_to_pod_through_forwarding() {
     let (pa, _) = pod_behind(&a);
     let (pb, pb_addr) = pod_behind(&b);
     assert!(ping(&pa, &pb_addr, 2), "pod → pod ping");
-    let echo = EchoServer::start(&pb, &format!("{pb_addr}:7000"));
-    let n = tcp_echo(&pa, echo.addr(), 16 << 20, Duration::from_secs(30)).expect("pod-to-pod TCP echo");
-    assert_eq!(n, 16 << 20);
+    echo_through(&pa, &pb, &format!("{pb_addr}:7000"), 16 << 20, 30, "pod-to-pod TCP echo");
     assert_eq!(a.t().stats().dropped_invalid + b.t().stats().dropped_bad_source, 0);
 }
 
@@ -168,29 +172,7 @@ fn ping_and_tcp_without_offloads() {
     require_root!();
     let (a, b) = pair(Offloads { tun_tso: false, udp: false, tun_gro: false });
     assert!(ping(&a.ns, &b.pod(), 2), "a → b ping");
-    let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-    let n = tcp_echo(&a.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo");
-    assert_eq!(n, 4 << 20);
-}
-
-/// Runs `ping` at 100 pps for `secs` in the background; returns the child.
-fn flood(from: &TestNs, to: &str, secs: u32) -> Child {
-    from.command("ping")
-        .args(["-i", "0.01", "-c", &(secs * 100).to_string(), "-W", "1", to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ping runs")
-}
-
-/// (transmitted, received) from ping's summary.
-fn ping_result(child: Child) -> (u32, u32) {
-    let out = child.wait_with_output().expect("ping finishes");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("transmitted")).unwrap_or_default().to_string();
-    let nums: Vec<u32> = line.split(',').filter_map(|f| f.split_whitespace().next()?.parse().ok()).collect();
-    assert!(nums.len() >= 2, "ping summary: {text}");
-    (nums[0], nums[1])
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 4 << 20, 20, "TCP echo");
 }
 
 #[test]
@@ -198,7 +180,7 @@ fn private_key_rotation_loses_nothing() {
     require_root!();
     let (mut a, b) = pair(Offloads::default());
     let mut changes = a.t().changes();
-    let ping = flood(&a.ns, &b.pod(), 5);
+    let ping = ping_flood(&a.ns, &b.pod(), 5);
     std::thread::sleep(Duration::from_millis(1000));
     // a rotates; b learns a's new public key a little later (as through the lease).
     let new_key = random_key();
@@ -340,42 +322,8 @@ fn persistent_device_restart_resumes_within_a_second() {
     assert!(!a.ns.try_exec(&["ip", "link", "show", TUN]), "non-persistent device removed");
 }
 
-fn base64(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
-fn unbase64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let mut out = Vec::new();
-    for q in s.trim().as_bytes().chunks(4) {
-        let pad = q.iter().filter(|&&c| c == b'=').count();
-        let n = q.iter().fold(0u32, |n, &c| n << 6 | if c == b'=' { 0 } else { val(c) as u32 });
-        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
-    }
-    out
-}
-
-/// Stops a child process on drop: SIGTERM first (wireguard-go then removes its device
-/// and UAPI socket), SIGKILL if it lingers; then removes `socket` if it is still there.
-struct Reap(Child, Option<String>);
+/// Stops a child process on drop: SIGTERM first, SIGKILL if it lingers.
+struct Reap(Child);
 
 impl Drop for Reap {
     fn drop(&mut self) {
@@ -387,9 +335,6 @@ impl Drop for Reap {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-        if let Some(s) = &self.1 {
-            let _ = std::fs::remove_file(s);
-        }
     }
 }
 
@@ -409,59 +354,20 @@ fn interop_with_wireguard_go() {
     a.start(false, Offloads::default());
     configure_tun(&a, &b);
 
-    // wireguard-go in b; its UAPI socket path is global, so the name is unique.
-    let dev = format!("wgt{}", std::process::id() % 100_000);
-    let sock = format!("/var/run/wireguard/{dev}.sock");
-    let _wg = Reap(
-        b.ns.command("wireguard-go")
-            .args(["-f", &dev])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("wireguard-go starts"),
-        Some(sock.clone()),
-    );
-    let t0 = Instant::now();
-    while !std::path::Path::new(&sock).exists() && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let keyfile = tempfile_path(&format!("wgkey-{dev}"));
-    std::fs::write(&keyfile, base64(&b.key)).unwrap();
-    b.ns.exec(&[
-        "wg",
-        "set",
-        &dev,
-        "private-key",
-        &keyfile,
-        "listen-port",
-        "51820",
-        "peer",
-        &base64(&public_key(&a.key)),
-        "endpoint",
-        "192.0.2.1:51820",
-        "allowed-ips",
-        &a.subnet(),
-    ]);
-    let _ = std::fs::remove_file(&keyfile);
-    let b_pub = unbase64(&b.ns.exec(&["wg", "show", &dev, "public-key"]));
-    assert_eq!(b_pub, public_key(&b.key), "same public key computed by wg");
-    b.ns.exec(&["ip", "addr", "add", &format!("{}/32", b.pod()), "dev", &dev]);
-    b.ns.exec(&["ip", "link", "set", &dev, "mtu", "1420", "up"]);
-    b.ns.exec(&["ip", "route", "add", &a.subnet(), "dev", &dev, "src", &b.pod()]);
+    // wireguard-go in b, configured with `wg` (its device name is unique on the machine).
+    let wgo = WgGoPeer::start_with_key(&b.ns, PORT, &encode_key(&b.key)).expect("wireguard-go starts");
+    wgo.set_peer(&encode_key(&public_key(&a.key)), Some("192.0.2.1:51820"), &[&a.subnet()], None).unwrap();
+    assert_eq!(decode_key(wgo.public_key()), Some(public_key(&b.key)), "same public key computed by wg");
+    wgo.add_address(&format!("{}/32", b.pod())).unwrap();
+    wgo.up(1420).unwrap();
+    wgo.route(&a.subnet()).unwrap();
 
     a.t().set_peers(vec![b.spec_for_me()]);
     assert!(a.wait_established(Duration::from_secs(5)), "handshake with wireguard-go: {:?}", a.t().status());
     assert!(ping(&a.ns, &b.pod(), 3), "ours → wireguard-go");
     assert!(ping(&b.ns, &a.pod(), 3), "wireguard-go → ours");
-    let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-    let n =
-        tcp_echo(&a.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo via wireguard-go");
-    assert_eq!(n, 4 << 20);
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 4 << 20, 20, "TCP echo via wireguard-go");
     a.tunnel.take().unwrap().stop();
-}
-
-fn tempfile_path(name: &str) -> String {
-    std::env::temp_dir().join(name).to_string_lossy().into_owned()
 }
 
 /// iperf3 through the tunnel: `cargo test --release -p overlayd --test tunnel -- --ignored
@@ -487,7 +393,6 @@ fn throughput() {
             .stderr(Stdio::null())
             .spawn()
             .expect("iperf3 server"),
-        None,
     );
     std::thread::sleep(Duration::from_millis(300));
     for streams in ["1", "4"] {
@@ -559,8 +464,7 @@ fn hostile_datagrams_neither_kill_nor_hijack() {
         CaptureOptions { filter: Some(format!("udp dst port {PORT}")), snaplen: 2048, ..Default::default() };
     let cap = Capture::start_with(&b.ns, "ul0", &opts).expect("tcpdump");
     assert!(ping(&a.ns, &b.pod(), 3));
-    let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-    assert_eq!(tcp_echo(&a.ns, echo.addr(), 64 << 10, Duration::from_secs(10)).expect("TCP echo"), 64 << 10);
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 64 << 10, 10, "TCP echo");
     let captured: Vec<Vec<u8>> = cap
         .stop()
         .expect("capture")
@@ -635,8 +539,7 @@ fn hostile_datagrams_neither_kill_nor_hijack() {
     // Legitimate traffic while and after the garbage is processed.
     assert!(ping(&a.ns, &b.pod(), 3), "a → b after the flood");
     assert!(ping(&b.ns, &a.pod(), 3), "b → a after the flood");
-    let n = tcp_echo(&a.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo after the flood");
-    assert_eq!(n, 4 << 20);
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 4 << 20, 20, "TCP echo after the flood");
     let after = b.t().stats();
     let invalid = after.dropped_invalid - before.dropped_invalid;
     // Some may be lost in the socket buffer, but most must have been looked at and refused.
@@ -791,10 +694,7 @@ fn garbage_from_the_tun_does_not_kill_the_worker() {
 
     assert!(ping(&b.ns, &a.pod(), 3), "b → a after the garbage");
     assert!(ping(&a.ns, &b.pod(), 3), "a → b after the garbage");
-    let echo = EchoServer::start(&a.ns, &format!("{}:7000", a.pod()));
-    let n =
-        tcp_echo(&b.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP echo after the garbage");
-    assert_eq!(n, 4 << 20);
+    echo_through(&b.ns, &a.ns, &format!("{}:7000", a.pod()), 4 << 20, 20, "TCP echo after the garbage");
     let after = b.t().stats();
     assert!(
         after.dropped_invalid >= before.dropped_invalid + short.len() as u64,
@@ -909,12 +809,8 @@ fn ipv6_underlay_ping_and_tcp() {
     connect(&mut a, &mut b, b_at, a_at);
     assert!(ping(&a.ns, &b.pod(), 3), "a → b ping over IPv6");
     assert!(ping(&b.ns, &a.pod(), 3), "b → a ping over IPv6");
-    let echo_b = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-    let n = tcp_echo(&a.ns, echo_b.addr(), 8 << 20, Duration::from_secs(20)).expect("TCP a → b");
-    assert_eq!(n, 8 << 20);
-    let echo_a = EchoServer::start(&a.ns, &format!("{}:7000", a.pod()));
-    let n = tcp_echo(&b.ns, echo_a.addr(), 8 << 20, Duration::from_secs(20)).expect("TCP b → a");
-    assert_eq!(n, 8 << 20);
+    echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 8 << 20, 20, "TCP a → b");
+    echo_through(&b.ns, &a.ns, &format!("{}:7000", a.pod()), 8 << 20, 20, "TCP b → a");
     let packets = cap.stop().expect("capture");
     let (v4, v6) = underlay_families(&packets);
     assert!(v4 == 0 && v6 > 100, "underlay: {v4} IPv4, {v6} IPv6 packets");
@@ -961,12 +857,8 @@ fn ipv6_inner_traffic_and_spoofed_source() {
     connect(&mut a, &mut b, b_at, a_at);
     assert!(ping6(&a.ns, &b.pod6(), 3), "a → b ping -6");
     assert!(ping6(&b.ns, &a.pod6(), 3), "b → a ping -6");
-    let echo_b = EchoServer::start(&b.ns, &format!("[{}]:7000", b.pod6()));
-    let n = tcp_echo(&a.ns, echo_b.addr(), 8 << 20, Duration::from_secs(20)).expect("TCP/IPv6 a → b");
-    assert_eq!(n, 8 << 20);
-    let echo_a = EchoServer::start(&a.ns, &format!("[{}]:7000", a.pod6()));
-    let n = tcp_echo(&b.ns, echo_a.addr(), 8 << 20, Duration::from_secs(20)).expect("TCP/IPv6 b → a");
-    assert_eq!(n, 8 << 20);
+    echo_through(&a.ns, &b.ns, &format!("[{}]:7000", b.pod6()), 8 << 20, 20, "TCP/IPv6 a → b");
+    echo_through(&b.ns, &a.ns, &format!("[{}]:7000", a.pod6()), 8 << 20, 20, "TCP/IPv6 b → a");
     let (sa, sb) = (a.t().stats(), b.t().stats());
     assert!(sa.tx_packets > 1000 && sb.rx_packets > 1000, "{sa:?} {sb:?}");
     assert_eq!(sa.dropped_bad_source + sb.dropped_bad_source, 0, "{sa:?} {sb:?}");
@@ -1046,10 +938,10 @@ fn ipv4_and_ipv6_peers_at_once() {
 
     // Floods to both (and back from both), then TCP to both and from both, all at once.
     let floods = [
-        flood(&a.ns, &b.pod(), 2),
-        flood(&a.ns, &c.pod6(), 2),
-        flood(&b.ns, &a.pod6(), 2),
-        flood(&c.ns, &a.pod(), 2),
+        ping_flood(&a.ns, &b.pod(), 2),
+        ping_flood(&a.ns, &c.pod6(), 2),
+        ping_flood(&b.ns, &a.pod6(), 2),
+        ping_flood(&c.ns, &a.pod(), 2),
     ];
     let echo_b = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
     let echo_c = EchoServer::start(&c.ns, &format!("[{}]:7000", c.pod6()));
@@ -1106,9 +998,7 @@ fn endpoint_roams_between_families() {
         )
         .expect("tcpdump");
         assert!(ping6(&a.ns, &b.pod6(), 2), "a → b at the roamed endpoint {want}");
-        let echo = EchoServer::start(&b.ns, &format!("{}:7000", b.pod()));
-        let n = tcp_echo(&a.ns, echo.addr(), 4 << 20, Duration::from_secs(20)).expect("TCP after roaming");
-        assert_eq!(n, 4 << 20);
+        echo_through(&a.ns, &b.ns, &format!("{}:7000", b.pod()), 4 << 20, 20, "TCP after roaming");
         let (v4, v6) = underlay_families(&cap.stop().expect("capture"));
         let (on, off) = if want.is_ipv6() { (v6, v4) } else { (v4, v6) };
         assert!(on > 100 && off == 0, "after roaming to {want}: {v4} IPv4, {v6} IPv6 datagrams");

@@ -206,10 +206,11 @@ fn run_variant(
                         }
                     }
                     std::thread::sleep(Duration::from_millis(1));
-                } else if let Ok((i, d, when)) = rx.recv_timeout(Duration::from_millis(100)) {
-                    if d == *dst && got[i].is_none() {
-                        got[i] = Some(when.saturating_duration_since(t0).as_secs_f64());
-                    }
+                } else if let Ok((i, d, when)) = rx.recv_timeout(Duration::from_millis(100))
+                    && d == *dst
+                    && got[i].is_none()
+                {
+                    got[i] = Some(when.saturating_duration_since(t0).as_secs_f64());
                 }
             }
             let worst = got.iter().map(|x| x.unwrap_or(f64::NAN)).fold(0.0, f64::max);

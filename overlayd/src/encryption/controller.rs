@@ -47,14 +47,17 @@ const GRACE: Duration = Duration::from_secs(10);
 /// sessions come up.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
 
+/// The valid peers by store key, as the daemon shares them.
+pub type PeerMap = Arc<BTreeMap<String, Peer>>;
+
 /// What the controller talks to.
 pub struct ControllerIo {
     /// The live network config.
     pub config: watch::Receiver<Option<NetworkConfig>>,
     /// Our lease's subnets.
     pub own: watch::Receiver<Option<SubnetKey>>,
-    /// The valid peers (bumped on every change).
-    pub peers: watch::Receiver<Arc<BTreeMap<String, Peer>>>,
+    /// The valid peers (a new map on every change).
+    pub peers: watch::Receiver<PeerMap>,
     /// To the backend: `Resync` when the routing choice changed.
     pub backend: mpsc::Sender<BackendEvent>,
     /// To the lease keeper: what to publish.
@@ -103,6 +106,8 @@ pub struct Controller {
     phase: Phase,
     published: Option<Value>,
     last_peers: Vec<PeerSpec>,
+    /// What `last_peers` was computed from: the peer map (by identity), settings, our key.
+    specs_from: Option<(PeerMap, EncryptionSettings, [u8; 32])>,
     last_good: HashMap<String, Instant>,
     warned: HashMap<String, String>,
     seeded: BTreeSet<IpNet>,
@@ -146,6 +151,7 @@ impl Controller {
             phase: Phase::Off,
             published: None,
             last_peers: Vec::new(),
+            specs_from: None,
             last_good: HashMap::new(),
             warned: HashMap::new(),
             seeded,
@@ -265,10 +271,18 @@ impl Controller {
                 if self.published.as_ref() != Some(&wanted) {
                     publish = Some(wanted);
                 }
-                let specs = self.peer_specs(&peers, &settings, &run.key);
-                if specs != self.last_peers {
-                    run.tunnel.set_peers(specs.clone());
-                    self.last_peers = specs;
+                // Leases are parsed again only when the peers, the settings or our key changed,
+                // not on every tick.
+                let unchanged = self.specs_from.as_ref().is_some_and(|(p, s, k)| {
+                    Arc::ptr_eq(p, &peers) && *s == settings && *k == run.key.public
+                });
+                if !unchanged {
+                    let specs = self.peer_specs(&peers, &settings, &run.key);
+                    if specs != self.last_peers {
+                        run.tunnel.set_peers(specs.clone());
+                        self.last_peers = specs;
+                    }
+                    self.specs_from = Some((peers.clone(), settings.clone(), run.key.public));
                 }
                 choice = self.choose_routes(run, &settings);
                 if let Ok(mut m) = io.shared.mtu.write() {
@@ -302,6 +316,7 @@ impl Controller {
         if stop && let Phase::Leaving { run, .. } = std::mem::replace(&mut self.phase, Phase::Off) {
             tracing::info!("removing the encryption tunnel");
             self.last_peers.clear();
+            self.specs_from = None;
             self.last_good.clear();
             tokio::task::block_in_place(|| {
                 run.tunnel.stop();
@@ -419,6 +434,7 @@ impl Controller {
             tokio::task::block_in_place(|| old.stop());
             run.port = s.port;
             self.last_peers.clear();
+            self.specs_from = None;
         }
         // The key in memory is the file's; only a new generation or an expired period sends
         // us to the file (not every step).
@@ -559,8 +575,9 @@ impl Controller {
     }
 
     async fn set_strict(&mut self, on: bool) {
-        // Checked every 10 s too, so a hand-deleted table comes back.
-        let recheck = self.strict_checked.elapsed() >= crate::backend::RESYNC_EVERY;
+        // While on, checked every 10 s too, so a hand-deleted table comes back; once known
+        // removed there is nothing to watch (no nft process per tick on plain clusters).
+        let recheck = on && self.strict_checked.elapsed() >= crate::backend::RESYNC_EVERY;
         if self.strict_on == Some(on) && !recheck {
             return;
         }

@@ -189,6 +189,32 @@ impl EtcdStore {
 
     /// Runs `f` until it succeeds, fails for good, or the retry window closes. `counter`
     /// is bumped once per attempt.
+    /// One transaction: put `key` (attached to `lease`, 0 = none) if `cmp` holds, else read
+    /// it back (the caller tells a lost answer to its own write from a conflict).
+    async fn put_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+        cmp: Compare,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.retry(
+            |c| &c.txn,
+            |mut c| {
+                let (k, v, cmp) = (key.to_string(), value.to_vec(), cmp.clone());
+                async move {
+                    let put = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+                    let txn = Txn::new()
+                        .when([cmp])
+                        .and_then([TxnOp::put(k.clone(), v, put)])
+                        .or_else([TxnOp::get(k, None)]);
+                    c.txn(txn).await
+                }
+            },
+        )
+        .await
+    }
+
     async fn retry<T, F, Fut>(
         &self,
         counter: fn(&OpCounters) -> &std::sync::atomic::AtomicU64,
@@ -355,22 +381,7 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<Create, StoreError> {
-        let r = self
-            .retry(
-                |c| &c.txn,
-                |mut c| {
-                    let (k, v) = (key.to_string(), value.to_vec());
-                    async move {
-                        let put = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-                        let txn = Txn::new()
-                            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-                            .and_then([TxnOp::put(k.clone(), v, put)])
-                            .or_else([TxnOp::get(k, None)]);
-                        c.txn(txn).await
-                    }
-                },
-            )
-            .await?;
+        let r = self.put_if(key, value, lease, Compare::create_revision(key, CompareOp::Equal, 0)).await?;
         if r.succeeded() {
             return Ok(Create::Created(header_rev(r.header())));
         }
@@ -391,22 +402,7 @@ impl Store for EtcdStore {
         lease: LeaseId,
         expect: Revision,
     ) -> Result<Cas, StoreError> {
-        let r = self
-            .retry(
-                |c| &c.txn,
-                |mut c| {
-                    let (k, v) = (key.to_string(), value.to_vec());
-                    async move {
-                        let put = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-                        let txn = Txn::new()
-                            .when([Compare::mod_revision(k.clone(), CompareOp::Equal, expect)])
-                            .and_then([TxnOp::put(k.clone(), v, put)])
-                            .or_else([TxnOp::get(k, None)]);
-                        c.txn(txn).await
-                    }
-                },
-            )
-            .await?;
+        let r = self.put_if(key, value, lease, Compare::mod_revision(key, CompareOp::Equal, expect)).await?;
         if r.succeeded() {
             return Ok(Cas::Done(header_rev(r.header())));
         }

@@ -35,9 +35,9 @@ impl Run {
     }
 
     /// A comma-separated list after `--name`, or `default`.
-    pub fn list<T: std::str::FromStr>(&self, name: &str, default: &[T]) -> Vec<T>
+    pub fn list<T>(&self, name: &str, default: &[T]) -> Vec<T>
     where
-        T: Clone,
+        T: std::str::FromStr + Clone,
         T::Err: std::fmt::Debug,
     {
         match self.value(name) {
