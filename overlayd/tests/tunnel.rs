@@ -82,13 +82,18 @@ impl Node {
     }
 }
 
-/// Two nodes joined by a veth, tunnels up, addresses and routes set, peers set both ways.
-fn pair(off: Offloads) -> (Node, Node) {
-    let mut a = Node { ns: TestNs::new("wga"), n: 1, key: random_key(), tunnel: None };
-    let mut b = Node { ns: TestNs::new("wgb"), n: 2, key: random_key(), tunnel: None };
+/// Nodes 1 and 2, joined by a veth `ul0` with 192.0.2.1 and 192.0.2.2; no tunnels yet.
+fn linked_v4(a: &str, b: &str) -> (Node, Node) {
+    let (a, b) = (Node::new(a, 1), Node::new(b, 2));
     veth_between(&a.ns, "ul0", &b.ns, "ul0");
     a.ns.add_address("ul0", "192.0.2.1/24");
     b.ns.add_address("ul0", "192.0.2.2/24");
+    (a, b)
+}
+
+/// Two nodes joined by a veth, tunnels up, addresses and routes set, peers set both ways.
+fn pair(off: Offloads) -> (Node, Node) {
+    let (mut a, mut b) = linked_v4("wga", "wgb");
     a.start(false, off);
     b.start(false, off);
     configure_tun(&a, &b);
@@ -282,11 +287,7 @@ fn removing_a_peer_stops_traffic() {
 #[test]
 fn persistent_device_restart_resumes_within_a_second() {
     require_root!();
-    let mut a = Node { ns: TestNs::new("wgpa"), n: 1, key: random_key(), tunnel: None };
-    let mut b = Node { ns: TestNs::new("wgpb"), n: 2, key: random_key(), tunnel: None };
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
+    let (mut a, mut b) = linked_v4("wgpa", "wgpb");
     a.start(true, Offloads::default());
     configure_tun(&a, &b);
     b.start(false, Offloads::default());
@@ -346,11 +347,7 @@ fn interop_with_wireguard_go() {
         eprintln!("SKIPPED: wireguard-go and wg are not installed");
         return;
     }
-    let mut a = Node { ns: TestNs::new("wgia"), n: 1, key: random_key(), tunnel: None };
-    let b = Node { ns: TestNs::new("wgib"), n: 2, key: random_key(), tunnel: None };
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
+    let (mut a, b) = linked_v4("wgia", "wgib");
     a.start(false, Offloads::default());
     configure_tun(&a, &b);
 
@@ -441,13 +438,9 @@ fn wg_garbage(ty: u8, len: usize) -> Vec<u8> {
 #[test]
 fn hostile_datagrams_neither_kill_nor_hijack() {
     require_root!();
-    let mut a = Node { ns: TestNs::new("wgha"), n: 1, key: random_key(), tunnel: None };
-    let mut b = Node { ns: TestNs::new("wghb"), n: 2, key: random_key(), tunnel: None };
+    let (mut a, mut b) = linked_v4("wgha", "wghb");
     let x = TestNs::new("wghx");
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
     veth_between(&x, "ul0", &b.ns, "ulx");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
     b.ns.add_address("ulx", "198.51.100.1/24");
     x.add_address("ul0", "198.51.100.2/24");
     a.start(false, Offloads::default());
@@ -621,11 +614,7 @@ fn ip4_to(dst: [u8; 4], len: usize, proto: u8) -> Vec<u8> {
 #[test]
 fn garbage_from_the_tun_does_not_kill_the_worker() {
     require_root!();
-    let mut a = Node { ns: TestNs::new("wgta"), n: 1, key: random_key(), tunnel: None };
-    let mut b = Node { ns: TestNs::new("wgtb"), n: 2, key: random_key(), tunnel: None };
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
+    let (mut a, mut b) = linked_v4("wgta", "wgtb");
     a.start(false, Offloads::default());
     b.start_threads(false, Offloads::default(), 1);
     configure_tun(&a, &b);
@@ -848,11 +837,7 @@ fn icmp6_echo(src: &str, dst: &str, seq: u16) -> Vec<u8> {
 #[test]
 fn ipv6_inner_traffic_and_spoofed_source() {
     require_root!();
-    let mut a = Node::new("wgi6a", 1);
-    let mut b = Node::new("wgi6b", 2);
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
+    let (mut a, mut b) = linked_v4("wgi6a", "wgi6b");
     let (b_at, a_at) = (b.endpoint4(), a.endpoint4());
     connect(&mut a, &mut b, b_at, a_at);
     assert!(ping6(&a.ns, &b.pod6(), 3), "a → b ping -6");
@@ -1016,11 +1001,7 @@ fn endpoint_roams_between_families() {
 #[test]
 fn ipv4_mapped_endpoint_is_an_ipv4_endpoint() {
     require_root!();
-    let mut a = Node::new("wgva", 1);
-    let mut b = Node::new("wgvb", 2);
-    veth_between(&a.ns, "ul0", &b.ns, "ul0");
-    a.ns.add_address("ul0", "192.0.2.1/24");
-    b.ns.add_address("ul0", "192.0.2.2/24");
+    let (mut a, mut b) = linked_v4("wgva", "wgvb");
     let mapped = |ep: SocketAddr| match ep.ip() {
         std::net::IpAddr::V4(v4) => SocketAddr::from((v4.to_ipv6_mapped(), ep.port())),
         _ => ep,
