@@ -293,8 +293,48 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// What each node's kernel and daemon say: routes, overlay neighbours and FDB, the
+    /// masquerade table, conntrack and the end of the daemon's log. Printed when a test
+    /// fails with the cluster still up, so a failure in CI can be read afterwards.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            out.push_str(&format!("===== node{i} ({}) =====\n", n.underlay_ip));
+            for argv in [
+                &["ip", "-d", "route", "show", "table", "all"][..],
+                &["ip", "neigh"],
+                &["bridge", "fdb", "show"],
+                &["nft", "list", "ruleset"],
+                &["conntrack", "-L"],
+            ] {
+                let text = match n.ns.command(argv[0]).args(&argv[1..]).output() {
+                    Ok(o) => format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => format!("{e}\n"),
+                };
+                out.push_str(&format!("--- {}\n{text}", argv.join(" ")));
+            }
+            let log = std::fs::read_to_string(n.dir.join("overlayd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            out.push_str("--- overlayd.log (end)\n");
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
         for n in &mut self.nodes {
             if let Some(mut child) = n.daemon.take() {
                 stop(&mut child, libc::SIGTERM);
