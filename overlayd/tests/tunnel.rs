@@ -344,7 +344,7 @@ fn interop_with_wireguard_go() {
     require_root!();
     let have = |p: &str| Command::new("which").arg(p).output().is_ok_and(|o| o.status.success());
     if !have("wireguard-go") || !have("wg") {
-        eprintln!("SKIPPED: wireguard-go and wg are not installed");
+        test_netns::skip("interop_with_wireguard_go", "wireguard-go and wg are not installed");
         return;
     }
     let (mut a, b) = linked_v4("wgia", "wgib");

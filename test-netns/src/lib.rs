@@ -35,15 +35,25 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns from the calling test, with a message on stderr, when not running as root.
+/// Returns from the calling test, with a message on stderr, when not running as root; under
+/// `CI=true` a test that cannot run fails instead (see [`skip`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!("SKIPPED {}: needs root to create network namespaces", module_path!());
+            $crate::skip(module_path!(), "needs root to create network namespaces");
             return;
         }
     };
+}
+
+/// Says why a test does not run. A skipped test passes on a developer's machine, but in CI
+/// (`CI=true`) it fails: a suite that silently runs nothing must not look green.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test} cannot run: {why} (CI=true: a skipped test fails)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
 }
 
 /// A named network namespace owned by a test; deleted on drop.
