@@ -13,6 +13,7 @@ pub mod netns;
 pub mod nft;
 pub mod nodenat;
 pub mod overlay;
+pub mod probe;
 pub mod route;
 pub mod strict;
 pub mod sysctl;

@@ -179,6 +179,12 @@ fn status(shared: &Shared) -> Reply {
             "subnet": k.lease.as_ref().and_then(|l| l.key.ipv4).map(|n| n.to_string()),
             "ipv6_subnet": k.lease.as_ref().and_then(|l| l.key.ipv6).map(|n| n.to_string()),
             "peers": shared.peers.read().map(|p| p.len()).unwrap_or(0),
+            "readiness": *shared.readiness.borrow(),
+            "datapath": {
+                "listing_applied": shared.datapath.borrow().listing_applied,
+                "failing_batches": shared.datapath.borrow().failing,
+                "last_error": shared.datapath.borrow().last_error,
+            },
             "store": shared.store.describe(),
             "store_ok": k.store_ok,
             "last_error": k.last_error,

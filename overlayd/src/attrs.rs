@@ -1,12 +1,15 @@
 //! The value of a lease key (flannel's `LeaseAttrs` JSON plus our `NodeID`) and the
 //! checks a remote lease must pass before it becomes a peer.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{MAX_VNI, NetworkConfig};
+use crate::encryption::lease_data::TunnelAttrs;
+use crate::peer::{Peer, PeerFamily};
 use crate::subnet::{KeyError, SubnetKey};
 
 /// Values larger than this are not leases (a hostile writer could store megabytes).
@@ -118,6 +121,14 @@ pub enum InvalidLease {
     /// Backend data malformed.
     #[error("bad backend data: {0}")]
     BackendData(String),
+    /// Another VXLAN network.
+    #[error("VNI {got}, the network uses {want}")]
+    Vni {
+        /// What the lease says.
+        got: u32,
+        /// What the config says.
+        want: u32,
+    },
     /// No usable underlay address.
     #[error("no usable public IP")]
     NoPublicIp,
@@ -129,8 +140,8 @@ pub enum InvalidLease {
 /// What a valid lease is, seen from this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Another node's.
-    Peer(LeaseAttrs),
+    /// Another node's, typed.
+    Peer(Box<Peer>),
     /// One of ours (same node ID).
     Own(LeaseAttrs),
 }
@@ -181,26 +192,42 @@ impl Validator {
                 want: want.into(),
             });
         }
-        let usable4 = attrs.public_ip.is_some_and(|ip| {
+        let usable4 = attrs.public_ip.filter(|ip| {
             !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
         });
-        let usable6 = attrs
-            .public_ipv6
-            .is_some_and(|ip| !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()));
-        if !usable4 && !usable6 {
+        let usable6 =
+            attrs.public_ipv6.filter(|ip| !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()));
+        if usable4.is_none() && usable6.is_none() {
             return Err(InvalidLease::NoPublicIp);
         }
-        if self.config.ipv4.is_some() {
-            VxlanData::from_value(&attrs.backend_data).map_err(InvalidLease::BackendData)?;
-        }
-        if self.config.ipv6.is_some() {
-            // flannel's vxlan publishes v6 data separately when dual stack; IPv6-only
-            // leases may carry it in BackendData.
-            let v =
-                if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data };
-            VxlanData::from_value(v).map_err(InvalidLease::BackendData)?;
-        }
-        Ok(Verdict::Peer(attrs))
+        let vni = self.config.vxlan().vni;
+        let family = |subnet: Option<IpNet>, data: &Value, public: Option<IpAddr>| {
+            let Some(subnet) = subnet else { return Ok(None) };
+            let d = VxlanData::from_value(data).map_err(InvalidLease::BackendData)?;
+            if d.vni != vni {
+                return Err(InvalidLease::Vni { got: d.vni, want: vni });
+            }
+            let public = public.ok_or(InvalidLease::NoPublicIp)?;
+            Ok(Some(PeerFamily { subnet: subnet.trunc(), public, vtep_mac: d.vtep_mac }))
+        };
+        // Only the families the network uses count; the IPv4 overlay runs over an IPv4
+        // underlay, the IPv6 one over either.
+        let v4 = match self.config.ipv4 {
+            Some(_) => family(key.ipv4.map(IpNet::V4), &attrs.backend_data, usable4.map(IpAddr::V4))?,
+            None => None,
+        };
+        let v6 = match self.config.ipv6 {
+            // flannel's vxlan publishes v6 data separately when dual stack; IPv6-only leases
+            // may carry it in BackendData.
+            Some(_) => family(
+                key.ipv6.map(IpNet::V6),
+                if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data },
+                usable6.map(IpAddr::V6).or(usable4.map(IpAddr::V4)),
+            )?,
+            None => None,
+        };
+        let tunnel = TunnelAttrs::from_value(&attrs.encryption);
+        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, tunnel, attrs })))
     }
 
     /// The key's subnets fit the config (inside the network, the configured length).
@@ -303,6 +330,51 @@ mod tests {
         }
         let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_VALUE));
         assert!(matches!(v.check(&key("10.5.3.0-24"), big.as_bytes(), None), Err(InvalidLease::TooLarge(_))));
+    }
+
+    fn peer(v: &Validator, key_s: &str, value: &str) -> Peer {
+        match v.check(&key(key_s), value.as_bytes(), None) {
+            Ok(Verdict::Peer(p)) => *p,
+            other => panic!("{value}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_lease_is_typed_once_and_the_same_rules_hold_everywhere() {
+        let v = validator();
+        // flannel writes "vxlan"; any case is the same backend, and the peer it gives is typed:
+        // nothing downstream reads the JSON again.
+        let upper = GOOD.replace("\"vxlan\"", "\"VXLAN\"");
+        let p = peer(&v, "10.5.3.0-24", &upper);
+        let f = p.v4.expect("the IPv4 family");
+        assert_eq!(f.subnet, "10.5.3.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(f.public, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(f.vtep_mac, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
+        assert_eq!(p.v6, None, "the network has no IPv6");
+        assert_eq!(p.tunnel, Ok(None));
+
+        // Another VNI is another network: refused here, not dropped later.
+        let other_vni = GOOD.replace("\"VNI\":1", "\"VNI\":2");
+        let e = v.check(&key("10.5.3.0-24"), other_vni.as_bytes(), None).unwrap_err();
+        assert_eq!(e, InvalidLease::Vni { got: 2, want: 1 });
+
+        // An IPv4 overlay needs an IPv4 underlay address.
+        let v6_only =
+            GOOD.replace("\"PublicIP\":\"192.0.2.7\",\"PublicIPv6\":null", "\"PublicIPv6\":\"2001:db8::7\"");
+        let e = v.check(&key("10.5.3.0-24"), v6_only.as_bytes(), None).unwrap_err();
+        assert_eq!(e, InvalidLease::NoPublicIp);
+
+        // A family the network does not use gives the peer nothing in it.
+        let p = peer(&v, "10.5.3.0-24&fd00::-64", GOOD);
+        assert_eq!((p.v4.map(|f| f.subnet.to_string()), p.v6), (Some("10.5.3.0/24".into()), None));
+
+        // Malformed tunnel data is carried as the reason; the lease itself stays valid.
+        let bad_tunnel = GOOD.replace(
+            "\"NodeID\"",
+            "\"Encryption\":{\"Type\":\"wireguard\",\"PublicKey\":\"x\",\"Port\":1},\"NodeID\"",
+        );
+        let p = peer(&v, "10.5.3.0-24", &bad_tunnel);
+        assert!(p.tunnel.is_err() && p.v4.is_some(), "{p:?}");
     }
 
     #[test]

@@ -7,14 +7,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use netkernel::probe::EchoTarget;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::attrs::VxlanData;
-use crate::lease::OwnLease;
+use crate::lease::{Backoff, OwnLease};
 use crate::metrics::Metrics;
+use crate::subnet::SubnetKey;
 use crate::watcher::PeerEvent;
 
 /// One batch for the backend.
@@ -50,8 +53,29 @@ pub trait Backend: Send + 'static {
     }
     /// Pod MTU, once the backend knows it.
     fn mtu(&self) -> Option<u32>;
-    /// Applies one batch; must be idempotent.
+    /// Applies one batch; must be idempotent. An error means some of the datapath is not
+    /// as the leases say: the batch is retried soon.
     async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError>;
+    /// Round trips that prove the datapath programmed for the current peers: one per peer and
+    /// family, from our end of the overlay to theirs (none for a backend without a datapath).
+    fn echo_targets(&self) -> Vec<EchoTarget> {
+        Vec::new()
+    }
+}
+
+/// What the backend has done, for readiness and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatapathReport {
+    /// The own lease the datapath is programmed for.
+    pub own: Option<SubnetKey>,
+    /// The first full peer listing has been applied for `own`, without a failure.
+    pub listing_applied: bool,
+    /// The round trips that prove it (see [`Backend::echo_targets`]).
+    pub echo: Vec<EchoTarget>,
+    /// Batches that failed in a row (0 after a success), and the last error.
+    pub failing: u32,
+    /// The last failure, while `failing > 0`.
+    pub last_error: Option<String>,
 }
 
 /// vxlan's control plane only: publishes `{"VNI":…,"VtepMAC":…}` and counts batches.
@@ -110,16 +134,24 @@ impl Backend for ControlPlaneOnly {
 /// How often the backend checks the datapath even without events.
 pub const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The first retry after a failed batch; doubling up to [`RESYNC_EVERY`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
 /// Feeds `backend` from `rx` until the channel closes, with a [`BackendEvent::Resync`]
-/// every [`RESYNC_EVERY`] in between.
+/// every [`RESYNC_EVERY`] in between, and sooner after a failed batch. Reports what is
+/// programmed on `report` after every batch.
 pub async fn run_backend(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<BackendEvent>,
+    report: watch::Sender<DatapathReport>,
     metrics: Arc<Metrics>,
 ) {
     let mut tick = tokio::time::interval(RESYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut backoff = Backoff::new(RETRY_FIRST, RESYNC_EVERY);
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut synced = false;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => match ev {
@@ -127,10 +159,52 @@ pub async fn run_backend(
                 None => return,
             },
             _ = tick.tick() => BackendEvent::Resync,
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {
+                BackendEvent::Resync
+            }
         };
         metrics.inc(&metrics.backend_batches);
-        if let Err(e) = backend.apply(&ev).await {
-            tracing::error!(error = %e, "backend failed to apply a batch");
+        match &ev {
+            BackendEvent::OwnLease(l) => {
+                // A new subnet is a new datapath: readiness starts over for it.
+                if report.borrow().own != Some(l.key) {
+                    report.send_modify(|r| {
+                        r.own = Some(l.key);
+                        r.listing_applied = false;
+                    });
+                }
+            }
+            BackendEvent::Synced => synced = true,
+            _ => {}
+        }
+        match backend.apply(&ev).await {
+            Ok(()) => {
+                retry = None;
+                backoff.reset();
+                let echo = backend.echo_targets();
+                report.send_if_modified(|r| {
+                    let next = DatapathReport {
+                        own: r.own,
+                        listing_applied: r.own.is_some() && synced,
+                        echo,
+                        failing: 0,
+                        last_error: None,
+                    };
+                    let changed = *r != next;
+                    *r = next;
+                    changed
+                });
+            }
+            Err(e) => {
+                metrics.inc(&metrics.backend_failures);
+                let delay = backoff.delay();
+                tracing::error!(error = %e, retry_in = ?delay, "backend failed to apply a batch");
+                retry = Some(tokio::time::Instant::now() + delay);
+                report.send_modify(|r| {
+                    r.failing += 1;
+                    r.last_error = Some(e.to_string());
+                });
+            }
         }
     }
 }

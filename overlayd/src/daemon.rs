@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::attrs::{LeaseAttrs, Validator, VxlanData};
-use crate::backend::{Backend, BackendEvent, ControlPlaneOnly, run_backend};
+use crate::backend::{Backend, BackendEvent, ControlPlaneOnly, DatapathReport, run_backend};
 use crate::config::NetworkConfig;
 use crate::encryption::controller::{
     Controller, ControllerIo, ControllerSettings, PeerMap, encrypted_mtu, initial_publication,
@@ -23,6 +23,7 @@ use crate::encryption::routes::SharedRoutes;
 use crate::lease::{KeeperCommand, KeeperStatus, LeaseManager, LeaseSettings, run_keeper};
 use crate::metrics::{Gauges, Metrics};
 use crate::options::DaemonArgs;
+use crate::readiness::{Confirmation, confirm_datapath};
 use crate::state::{SavedLease, StateDir};
 use crate::store::{Create, SharedStore, StoreError};
 use crate::subnet::{KeyLayout, SubnetKey};
@@ -70,8 +71,13 @@ pub struct Shared {
     pub peers: RwLock<BTreeMap<String, Peer>>,
     /// Pod MTU.
     pub mtu: RwLock<Option<u32>>,
-    /// Lease held, subnet.env written, peers listed.
+    /// Lease held, subnet.env written, peers listed, programmed and confirmed
+    /// (see [`crate::readiness`]).
     pub ready: AtomicBool,
+    /// What the datapath has applied so far.
+    pub datapath: watch::Receiver<DatapathReport>,
+    /// The readiness check's outcome for the current lease.
+    pub readiness: watch::Receiver<Option<Confirmation>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// To the keeper (`leave`).
@@ -200,6 +206,8 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(KeeperStatus::default());
     let (cmd_tx, cmd_rx) = mpsc::channel(4);
+    let (datapath_tx, datapath_rx) = watch::channel(DatapathReport::default());
+    let (readiness_tx, readiness_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         node_id: node_id.clone(),
         store: store.clone(),
@@ -209,6 +217,8 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         peers: RwLock::new(BTreeMap::new()),
         mtu: RwLock::new(None),
         ready: AtomicBool::new(false),
+        datapath: datapath_rx.clone(),
+        readiness: readiness_rx,
         metrics: metrics.clone(),
         commands: cmd_tx,
         shutdown: shutdown_tx.clone(),
@@ -324,7 +334,14 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
             metrics.clone(),
         )));
         let (btx, brx) = mpsc::channel(256);
-        tasks.push(tokio::spawn(run_backend(backend, brx, metrics.clone())));
+        tasks.push(tokio::spawn(run_backend(backend, brx, datapath_tx, metrics.clone())));
+        tasks.push(tokio::spawn(confirm_datapath(
+            datapath_rx,
+            readiness_tx,
+            args.ready_timeout,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        )));
         let (config_tx, config_rx) = watch::channel(Some(config.clone()));
         tasks.push(tokio::spawn(crate::config_watch::follow_config(shared.clone(), config_tx)));
         let (own_tx, own_rx) = watch::channel::<Option<SubnetKey>>(None);
@@ -418,6 +435,7 @@ async fn follow(
     let mut saved: Option<SavedLease> = None;
     let mut env_written = false;
     let mut notified = false;
+    let mut confirmed = shared.readiness.clone();
     loop {
         tokio::select! {
             r = status.changed() => {
@@ -477,10 +495,18 @@ async fn follow(
                     let _ = backend.send(BackendEvent::Synced).await;
                 }
             }
+            r = confirmed.changed() => if r.is_err() { return Ok(()) },
             _ = shutdown.changed() => return Ok(()),
         }
-        if !notified && env_written && *synced_rx.borrow() {
-            shared.ready.store(true, Ordering::Relaxed);
+        let own = *own_tx.borrow();
+        let ready = env_written
+            && *synced_rx.borrow()
+            && own.is_some()
+            && confirmed.borrow().as_ref().map(|c| c.own) == own;
+        if shared.ready.swap(ready, Ordering::Relaxed) != ready && !ready {
+            tracing::info!("not ready: the datapath for the new subnet is being confirmed");
+        }
+        if ready && !notified {
             notified = true;
             tracing::info!(subnet = ?saved.as_ref().map(|s| &s.key), "ready");
             if let Err(e) = crate::notify::sd_notify("READY=1") {

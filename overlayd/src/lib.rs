@@ -13,6 +13,8 @@ pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod options;
+pub mod peer;
+pub mod readiness;
 pub mod state;
 pub mod store;
 pub mod subnet;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub watch_restarts: AtomicU64,
     /// Batches handed to the backend.
     pub backend_batches: AtomicU64,
+    /// Batches the backend failed to apply (retried).
+    pub backend_failures: AtomicU64,
+    /// Peers that did not answer the readiness probe in time (last probe).
+    pub ready_silent_peers: AtomicU64,
 }
 
 /// Values that are read from elsewhere at scrape time.
@@ -80,7 +84,7 @@ impl Metrics {
         metric(
             "overlayd_ready",
             "gauge",
-            "1 once the lease is held and subnet.env written.",
+            "1 once the lease is held, subnet.env written and the peers confirmed reachable.",
             &[("", g.ready as u64)],
         );
         metric(
@@ -147,6 +151,21 @@ impl Metrics {
             "counter",
             "Watches resumed after a broken stream.",
             &[("", l(&self.watch_restarts))],
+        );
+        metric(
+            "overlayd_backend_batches_total",
+            "counter",
+            "Batches applied to the datapath, and those that failed (retried).",
+            &[
+                ("{result=\"any\"}", l(&self.backend_batches)),
+                ("{result=\"failed\"}", l(&self.backend_failures)),
+            ],
+        );
+        metric(
+            "overlayd_ready_silent_peers",
+            "gauge",
+            "Peers that did not answer the last readiness probe before its deadline.",
+            &[("", l(&self.ready_silent_peers))],
         );
         let o = &g.ops;
         metric(

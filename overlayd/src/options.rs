@@ -151,6 +151,10 @@ pub struct DaemonArgs {
     /// A net-conf.json to store as the network config when the store has none yet.
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
     pub net_config_file: Option<PathBuf>,
+    /// How long readiness waits for the peers to answer across the overlay (peers still
+    /// silent then are named in `overlayctl status`; the node becomes ready without them).
+    #[arg(long, env = "OVERLAYD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `overlayd=debug`.
     #[arg(long, env = "OVERLAYD_LOG", default_value = "info")]
     pub log: String,

@@ -91,6 +91,13 @@ fn parse_v6(ip: &str, len: u8) -> Result<Ipv6Net, &'static str> {
     Ok(n)
 }
 
+/// Serialized as its key form (`10.5.3.0-24`), as the API shows it.
+impl serde::Serialize for SubnetKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.ipv4, self.ipv6) {

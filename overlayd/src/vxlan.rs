@@ -17,6 +17,7 @@ use netkernel::Netlink;
 use netkernel::link::Mac;
 use netkernel::nodenat::{FamilyNets, NodeRules};
 use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
+use netkernel::probe::EchoTarget;
 use netkernel::route::Route;
 use serde_json::Value;
 
@@ -112,34 +113,16 @@ impl VxlanBackend {
         ];
         for (subnet, network, local, mac, prefix, v6) in families {
             let (Some(subnet), Some(network), Some(local)) = (subnet, network, local) else { continue };
+            // Peers come validated and typed (crate::attrs): VNI, MAC and address checked once.
             let peers = self
                 .peers
                 .values()
-                .filter_map(|p| {
-                    let (psub, data, public): (Option<IpNet>, &Value, Option<IpAddr>) = if v6 {
-                        (
-                            p.key.ipv6.map(IpNet::V6),
-                            if p.attrs.backend_v6_data.is_null() {
-                                &p.attrs.backend_data
-                            } else {
-                                &p.attrs.backend_v6_data
-                            },
-                            p.attrs.public_ipv6.map(IpAddr::V6).or(p.attrs.public_ip.map(IpAddr::V4)),
-                        )
-                    } else {
-                        (p.key.ipv4.map(IpNet::V4), &p.attrs.backend_data, p.attrs.public_ip.map(IpAddr::V4))
-                    };
-                    let data = VxlanData::from_value(data).ok()?;
-                    if p.attrs.backend_type != "vxlan" || data.vni != s.vni {
-                        return None;
-                    }
-                    let psub = psub?.trunc();
+                .filter_map(|p| if v6 { p.v6 } else { p.v4 })
+                .filter(|f| {
                     // Defense in depth: whatever the store says, our own subnet is never a peer's.
-                    if psub.contains(&subnet.network()) || subnet.contains(&psub.network()) {
-                        return None;
-                    }
-                    Some(PeerEntry { subnet: psub, mac: data.vtep_mac, public: public? })
+                    !(f.subnet.contains(&subnet.network()) || subnet.contains(&f.subnet.network()))
                 })
+                .map(|f| PeerEntry { subnet: f.subnet, mac: f.vtep_mac, public: f.public })
                 .collect();
             let spec_mtu =
                 if local.is_ipv6() { s.mtu.saturating_sub(V6_OVERHEAD - V4_OVERHEAD) } else { s.mtu };
@@ -384,6 +367,18 @@ impl Backend for VxlanBackend {
         Some(self.settings.mtu)
     }
 
+    fn echo_targets(&self) -> Vec<EchoTarget> {
+        // Our VTEP address to theirs: the first address of each subnet, on the VXLAN devices
+        // (or the tunnel's, which holds the same address).
+        self.desired()
+            .iter()
+            .flat_map(|fam| {
+                let src = first_addr(&fam.own);
+                fam.peers.iter().map(move |p| EchoTarget { src: Some(src), dst: first_addr(&p.subnet) })
+            })
+            .collect()
+    }
+
     async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError> {
         match event {
             BackendEvent::OwnLease(l) => self.own = Some(l.key),
@@ -406,6 +401,12 @@ impl Backend for VxlanBackend {
             return Ok(());
         }
         let report = self.reconcile().await?;
+        if report.failed > 0 {
+            return Err(BackendError(format!(
+                "{} of {} overlay changes failed (logged above)",
+                report.failed, report.applied
+            )));
+        }
         if report.applied > 0 || report.rules_written {
             tracing::info!(
                 changes = report.applied,

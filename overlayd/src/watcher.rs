@@ -9,20 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::attrs::{InvalidLease, LeaseAttrs, Validator, Verdict};
+use crate::attrs::{InvalidLease, Validator, Verdict};
 use crate::lease::Backoff;
 use crate::metrics::Metrics;
+pub use crate::peer::Peer;
 use crate::store::{KeyValue, Revision, SharedStore, StoreError, WatchEvent, WatchMessage};
 use crate::subnet::{KeyLayout, SubnetKey};
-
-/// Another node's valid lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// Its subnets.
-    pub key: SubnetKey,
-    /// What it published.
-    pub attrs: LeaseAttrs,
-}
 
 /// A change in the set of peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,9 +115,9 @@ impl LeaseView {
             .map_err(InvalidLease::from)
             .and_then(|key| self.validator.check(&key, &kv.value, self.own.as_ref()).map(|v| (key, v)));
         match verdict {
-            Ok((key, Verdict::Peer(attrs))) => {
+            Ok((_, Verdict::Peer(peer))) => {
                 self.invalid.remove(&kv.key);
-                Some(Ok(Peer { key, attrs }))
+                Some(Ok(*peer))
             }
             Ok((_, Verdict::Own(_))) => {
                 self.invalid.remove(&kv.key);

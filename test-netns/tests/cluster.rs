@@ -80,6 +80,40 @@ fn three_nodes_reach_each_other_a_node_leaves_and_one_joins() {
     }
 }
 
+/// What "ready" promises (docs/overlayd.md): a pod created on a node right after it became
+/// ready reaches every pod of every node that was ready before it, and is reached by them,
+/// from its first packet. One echo request each way, no second chance.
+#[test]
+fn a_pod_on_a_node_just_ready_reaches_everyone_from_its_first_packet() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
+    let mut pods = vec![c.add_pod(0, "first0").unwrap()];
+    for round in 1..=4 {
+        let j = c.add_node().unwrap();
+        c.wait_ready(j).unwrap();
+        let new = c.add_pod(j, &format!("first{round}")).unwrap();
+        let mut lost = Vec::new();
+        for old in &pods {
+            if !ping(&new.ns, &old.ip, 1) {
+                lost.push((new.ip.clone(), old.ip.clone()));
+            }
+            if !ping(&old.ns, &new.ip, 1) {
+                lost.push((old.ip.clone(), new.ip.clone()));
+            }
+        }
+        assert_eq!(lost, vec![], "round {round}: first packets lost");
+        pods.push(new);
+    }
+    let (ok, status) = c.overlayctl(4, &["status", "--json"]).unwrap();
+    assert!(ok, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["readiness"]["probed"], 4, "{status}");
+    assert_eq!(status["readiness"]["silent"], serde_json::json!([]), "{status}");
+    for p in &pods {
+        c.del_pod(p).unwrap();
+    }
+}
+
 #[test]
 fn ten_nodes_on_etcd() {
     require_root!();

@@ -280,3 +280,40 @@ fn tx_checksum_offload_can_be_turned_off() {
         assert!(netkernel::ethtool::tx_checksum("nosuchdev").is_err());
     });
 }
+
+#[test]
+fn echo_probe_counts_only_real_answers_in_both_families() {
+    use netkernel::probe::{EchoTarget, echo_all};
+    require_root!();
+    let (a, b) = (TestNs::new("proba"), TestNs::new("probb"));
+    veth_between(&a, "p0", &b, "p0");
+    a.add_address("p0", "10.77.0.1/24");
+    b.add_address("p0", "10.77.0.2/24");
+    a.exec(&["ip", "addr", "add", "fd77::1/64", "dev", "p0", "nodad"]);
+    b.exec(&["ip", "addr", "add", "fd77::2/64", "dev", "p0", "nodad"]);
+    let t = |src: &str, dst: &str| EchoTarget { src: Some(src.parse().unwrap()), dst: dst.parse().unwrap() };
+    let targets = [
+        t("10.77.0.1", "10.77.0.2"),
+        // Nobody holds .9: it must stay silent, whatever else answers.
+        t("10.77.0.1", "10.77.0.9"),
+        t("fd77::1", "fd77::2"),
+        t("fd77::1", "fd77::9"),
+        EchoTarget { src: None, dst: "10.77.0.2".parse().unwrap() },
+    ];
+    let started = std::time::Instant::now();
+    let out = a.run(|| echo_all(&targets, Duration::from_millis(100), Duration::from_millis(800))).unwrap();
+    assert_eq!(out.answered, [true, false, true, false, true]);
+    assert!(started.elapsed() >= Duration::from_millis(800), "waited for the silent ones until the deadline");
+    assert!(out.sent >= targets.len() + 2 * 6, "silent targets are asked again every interval: {}", out.sent);
+
+    // All answer: it returns as soon as they have, long before the deadline.
+    let live = [targets[0], targets[2]];
+    let started = std::time::Instant::now();
+    let out = a.run(|| echo_all(&live, Duration::from_millis(100), Duration::from_secs(20))).unwrap();
+    assert_eq!(out.answered, [true, true]);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // A source address that is not ours is refused, not silently replaced.
+    let bad = [t("10.77.0.2", "10.77.0.1")];
+    assert!(a.run(|| echo_all(&bad, Duration::from_millis(100), Duration::from_millis(300))).is_err());
+}

@@ -289,6 +289,8 @@ fn run(cli: &Cli) -> Result<(), String> {
                 "subnet",
                 "ipv6_subnet",
                 "peers",
+                "readiness",
+                "datapath",
                 "store",
                 "store_ok",
                 "last_error",

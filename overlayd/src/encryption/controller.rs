@@ -470,18 +470,18 @@ impl Controller {
         let mut seen_keys: HashMap<[u8; 32], usize> = HashMap::new();
         for p in peers.values() {
             let id = p.key.to_string();
-            let attrs = match TunnelAttrs::from_value(&p.attrs.encryption) {
-                Ok(Some(a)) => a,
+            let attrs = match &p.tunnel {
+                Ok(Some(a)) => *a,
                 Ok(None) => {
                     self.warned.remove(&id);
                     continue;
                 }
                 Err(e) => {
-                    self.warn_once(&id, e);
+                    self.warn_once(&id, e.clone());
                     continue;
                 }
             };
-            let ep = match endpoint(p, &attrs) {
+            let ep = match endpoint(p.public_address(), &attrs) {
                 Ok(ep) => ep,
                 Err(e) => {
                     self.warn_once(&id, e);
@@ -494,14 +494,8 @@ impl Controller {
             }
             self.warned.remove(&id);
             *seen_keys.entry(attrs.public_key).or_default() += 1;
-            let allowed: Vec<IpNet> = p
-                .key
-                .ipv4
-                .map(IpNet::V4)
-                .into_iter()
-                .chain(p.key.ipv6.map(IpNet::V6))
-                .map(|n| n.trunc())
-                .collect();
+            // Exactly the families the network uses (a key's other family is no pod range).
+            let allowed: Vec<IpNet> = p.families().map(|f| f.subnet).collect();
             specs.push(PeerSpec {
                 id,
                 public_key: attrs.public_key,

@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::{Value, json};
 
 use super::settings::{decode_key, encode_key};
-use crate::watcher::Peer;
 
 /// A node's tunnel, as published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +64,8 @@ fn short_str(s: &str) -> &str {
 
 /// Where a peer's tunnel listens: its public IP (already validated with the lease) and its
 /// published port; an address no tunnel can be at is refused.
-pub fn endpoint(peer: &Peer, attrs: &TunnelAttrs) -> Result<SocketAddr, String> {
-    let ip = peer
-        .attrs
-        .public_ip
-        .map(IpAddr::V4)
-        .or(peer.attrs.public_ipv6.map(IpAddr::V6))
-        .ok_or("no public IP")?;
+pub fn endpoint(public: Option<IpAddr>, attrs: &TunnelAttrs) -> Result<SocketAddr, String> {
+    let ip = public.ok_or("no public IP")?;
     let bad = ip.is_unspecified()
         || ip.is_multicast()
         || ip.is_loopback()

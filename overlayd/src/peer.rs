@@ -1,0 +1,51 @@
+//! Another node as the rest of the daemon sees it: validated once, when its lease is read,
+//! and typed, so that no backend or controller parses lease JSON again (two parsers with two
+//! rules once let a lease pass one and silently miss the other).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netkernel::link::Mac;
+
+use crate::attrs::LeaseAttrs;
+use crate::encryption::lease_data::TunnelAttrs;
+use crate::subnet::SubnetKey;
+
+/// One address family of a peer's overlay: where its pods are and how to reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerFamily {
+    /// Its pod subnet in this family.
+    pub subnet: IpNet,
+    /// Its underlay address that carries this family's overlay traffic.
+    pub public: IpAddr,
+    /// Its VTEP MAC for this family.
+    pub vtep_mac: Mac,
+}
+
+/// A valid remote lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its subnets (the lease's key).
+    pub key: SubnetKey,
+    /// The IPv4 overlay, when the network has IPv4.
+    pub v4: Option<PeerFamily>,
+    /// The IPv6 overlay, when the network has IPv6.
+    pub v6: Option<PeerFamily>,
+    /// Its tunnel for encryption: `Ok(None)` when it publishes none, `Err` (why) when what it
+    /// publishes is malformed — which costs only the tunnel to it, never its lease.
+    pub tunnel: Result<Option<TunnelAttrs>, String>,
+    /// The lease as published, for display.
+    pub attrs: LeaseAttrs,
+}
+
+impl Peer {
+    /// The families present, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = &PeerFamily> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// The address its tunnel is reached at: its IPv4 public address, else its IPv6 one.
+    pub fn public_address(&self) -> Option<IpAddr> {
+        self.attrs.public_ip.map(IpAddr::V4).or(self.attrs.public_ipv6.map(IpAddr::V6))
+    }
+}
