@@ -15,13 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use overlayd::attrs::{LeaseAttrs, Validator, VxlanData};
+use overlayd::attrs::{LeaseAttrs, VxlanData};
+use overlayd::backend::BackendEvent;
 use overlayd::config::NetworkConfig;
 use overlayd::lease::{LeaseManager, LeaseSettings, OwnLease, Renewal};
 use overlayd::metrics::Metrics;
+use overlayd::node::PeerSet;
 use overlayd::store::etcd::{EtcdOptions, EtcdStore};
 use overlayd::store::{OpCounts, SharedStore};
 use overlayd::subnet::KeyLayout;
+use overlayd::validate::Validator;
 use overlayd::watcher::{LeaseView, PeerEvent, Watcher, WatcherIo};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -150,17 +153,18 @@ fn spawn_watcher(
 ) {
     let view = LeaseView::new(Validator::new(cfg.clone(), node), layout.clone(), None);
     let mut w = Watcher::new(store, view, Arc::new(Metrics::default()));
-    let (tx, mut rx) = mpsc::channel::<Vec<PeerEvent>>(1024);
+    let (tx, mut rx) = mpsc::channel::<BackendEvent>(1024);
     let (own_tx, own) = watch::channel(None);
-    let (synced, _) = watch::channel(false);
-    let mut io = WatcherIo { events: tx, own, own_touched: Arc::new(Notify::new()), shutdown: stop, synced };
+    let (peers, _) = watch::channel(PeerSet::default());
+    let mut io = WatcherIo { peers, events: tx, own, own_touched: Arc::new(Notify::new()), shutdown: stop };
     tokio::spawn(async move {
         // The watcher stops when its own-subnet sender goes away: keep it alive.
         let _own = own_tx;
         w.run(&mut io).await
     });
     tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
+        while let Some(ev) = rx.recv().await {
+            let BackendEvent::Peers(b) = ev else { continue };
             for e in b {
                 match e {
                     PeerEvent::Added(_) => seen.fetch_add(1, Ordering::Relaxed),

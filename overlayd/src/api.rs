@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -14,11 +13,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
-use crate::attrs::{Validator, Verdict};
 use crate::config::NetworkConfig;
-use crate::daemon::Shared;
 use crate::lease::{KeeperCommand, OwnLease};
-use crate::watcher::Peer;
+use crate::node::Node;
+use crate::peer::Peer;
+use crate::validate::{Validator, Verdict};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -54,10 +53,10 @@ pub fn peer_json(p: &Peer) -> Value {
     })
 }
 
-fn lease_json(l: &OwnLease, shared: &Shared) -> Value {
+fn lease_json(l: &OwnLease, shared: &Node) -> Value {
     let k = shared.keeper.borrow();
     json!({
-        "node_id": shared.node_id,
+        "node_id": shared.id,
         "key": l.key.to_string(),
         "subnet": l.key.ipv4.map(|n| n.to_string()),
         "ipv6_subnet": l.key.ipv6.map(|n| n.to_string()),
@@ -74,10 +73,10 @@ fn lease_json(l: &OwnLease, shared: &Shared) -> Value {
     })
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Result<Reply, Infallible> {
+async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result<Reply, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let ready = shared.ready.load(Ordering::Relaxed);
+    let ready = shared.is_ready();
     let r = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -106,7 +105,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
                 &json!({
                     "network": c.ipv4_network().map(|n| n.to_string()),
                     "ipv6_network": c.ipv6_network().map(|n| n.to_string()),
-                    "mtu": shared.mtu.read().ok().and_then(|m| *m),
+                    "mtu": *shared.mtu.borrow(),
                     "backend_type": c.backend.type_name(),
                     "config": crate::encryption::settings::redact(c.to_json()),
                 }),
@@ -114,8 +113,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no network config yet"),
         },
         (&Method::GET, "/v1/peers") => {
-            let peers: Vec<Value> =
-                shared.peers.read().map(|p| p.values().map(peer_json).collect()).unwrap_or_default();
+            let peers: Vec<Value> = shared.peers.borrow().values().map(|p| peer_json(p)).collect();
             json_reply(StatusCode::OK, &Value::Array(peers))
         }
         (&Method::GET, "/v1/leases") => leases(&shared).await,
@@ -140,7 +138,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
         },
         (&Method::PUT, "/v1/config") => put_config(req, &shared).await,
         (&Method::GET, "/v1/encryption") => {
-            let v = shared.encryption.read().map(|v| v.clone()).unwrap_or(Value::Null);
+            let v = shared.encryption.borrow().clone();
             json_reply(StatusCode::OK, &v)
         }
         (&Method::POST, "/v1/encryption") => post_encryption(req, &shared).await,
@@ -151,34 +149,34 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>, full: bool) -> Resu
 }
 
 /// Everything the `vxlan` CNI plugin needs, in one answer.
-fn cni(shared: &Shared) -> Reply {
+fn cni(shared: &Node) -> Reply {
     let lease = shared.keeper.borrow().lease.clone();
     let config = shared.config();
     json_reply(
         StatusCode::OK,
         &json!({
-            "ready": shared.ready.load(Ordering::Relaxed),
+            "ready": shared.is_ready(),
             "subnet": lease.as_ref().and_then(|l| l.key.ipv4).map(|n| n.to_string()),
             "ipv6_subnet": lease.as_ref().and_then(|l| l.key.ipv6).map(|n| n.to_string()),
             "network": config.as_ref().and_then(|c| c.ipv4_network()).map(|n| n.to_string()),
             "ipv6_network": config.as_ref().and_then(|c| c.ipv6_network()).map(|n| n.to_string()),
-            "mtu": shared.mtu.read().ok().and_then(|m| *m).unwrap_or(crate::vxlan::FALLBACK_MTU),
+            "mtu": *shared.mtu.borrow(),
             "ip_masq": shared.ip_masq,
         }),
     )
 }
 
-fn status(shared: &Shared) -> Reply {
+fn status(shared: &Node) -> Reply {
     let k = shared.keeper.borrow().clone();
     json_reply(
         StatusCode::OK,
         &json!({
-            "ready": shared.ready.load(Ordering::Relaxed),
-            "node_id": shared.node_id,
+            "ready": shared.is_ready(),
+            "node_id": shared.id,
             "key": k.lease.as_ref().map(|l| l.key.to_string()),
             "subnet": k.lease.as_ref().and_then(|l| l.key.ipv4).map(|n| n.to_string()),
             "ipv6_subnet": k.lease.as_ref().and_then(|l| l.key.ipv6).map(|n| n.to_string()),
-            "peers": shared.peers.read().map(|p| p.len()).unwrap_or(0),
+            "peers": shared.peers.borrow().len(),
             "readiness": *shared.readiness.borrow(),
             "datapath": {
                 "listing_applied": shared.datapath.borrow().listing_applied,
@@ -205,13 +203,13 @@ fn status(shared: &Shared) -> Reply {
 
 /// Every key under `subnets/`, straight from the store, with the verdict this node
 /// gives it: the place to see hostile or broken entries.
-async fn leases(shared: &Shared) -> Reply {
+async fn leases(shared: &Node) -> Reply {
     let listing = match shared.store.list(&shared.layout.subnets()).await {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let own = shared.keeper.borrow().lease.as_ref().map(|l| l.key);
-    let validator = shared.config().map(|c| Validator::new(c, shared.node_id.clone()));
+    let validator = shared.config().map(|c| Validator::new(c, shared.id.clone()));
     let rows: Vec<Value> = listing
         .kvs
         .iter()
@@ -238,7 +236,7 @@ async fn leases(shared: &Shared) -> Reply {
     json_reply(StatusCode::OK, &json!({ "revision": listing.revision, "leases": rows }))
 }
 
-async fn put_config(req: Request<Incoming>, shared: &Shared) -> Reply {
+async fn put_config(req: Request<Incoming>, shared: &Node) -> Reply {
     let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
@@ -268,7 +266,7 @@ async fn put_config(req: Request<Incoming>, shared: &Shared) -> Reply {
 
 /// `overlayctl encryption …`: rewrites the stored config's `Encryption` section with a
 /// compare-and-swap (a concurrent writer makes us re-read, never lose its change).
-async fn post_encryption(req: Request<Incoming>, shared: &Shared) -> Reply {
+async fn post_encryption(req: Request<Incoming>, shared: &Node) -> Reply {
     use crate::encryption::admin;
     let body = match Limited::new(req.into_body(), 4 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
@@ -311,7 +309,7 @@ async fn post_encryption(req: Request<Incoming>, shared: &Shared) -> Reply {
     error(StatusCode::CONFLICT, "the network config kept changing; try again")
 }
 
-async fn leave(shared: &Shared) -> Reply {
+async fn leave(shared: &Node) -> Reply {
     let (tx, rx) = oneshot::channel();
     if shared.commands.send(KeeperCommand::Leave(tx)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the lease keeper is not running");
@@ -323,7 +321,7 @@ async fn leave(shared: &Shared) -> Reply {
     }
 }
 
-async fn serve_conn<S>(io: S, shared: Arc<Shared>, full: bool)
+async fn serve_conn<S>(io: S, shared: Arc<Node>, full: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -334,11 +332,7 @@ where
 }
 
 /// Serves the full API on the unix socket until shutdown.
-pub async fn serve_unix(
-    l: tokio::net::UnixListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_unix(l: tokio::net::UnixListener, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             a = l.accept() => match a {
@@ -354,7 +348,7 @@ pub async fn serve_unix(
 }
 
 /// Serves health and metrics on TCP until shutdown.
-pub async fn serve_tcp(l: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_tcp(l: tokio::net::TcpListener, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             a = l.accept() => match a {

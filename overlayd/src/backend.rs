@@ -1,9 +1,10 @@
-//! Where leases meet the datapath. A backend publishes its data in our lease and applies
-//! batches of changes (our own lease, peers) to the kernel. The daemon feeds it through a
-//! channel from one task, so a backend never runs two batches at once.
+//! Where leases meet the datapath. A backend publishes its data in our lease and makes the
+//! kernel match the node's peer set; [`run_backend`] feeds it batches (our own lease, peer
+//! events, the end of a full listing, a periodic resync) one at a time, with the current
+//! peer set, and reports what is programmed.
 //!
-//! This issue ships only [`ControlPlaneOnly`]: vxlan's lease data without a datapath
-//! (the VXLAN device, FDB and routes arrive with the next issue, behind this same trait).
+//! [`ControlPlaneOnly`] publishes vxlan's lease data without a datapath (`--no-datapath`,
+//! for tests and simulations); `crate::vxlan` is the datapath.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,17 +16,18 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::attrs::VxlanData;
-use crate::lease::{Backoff, OwnLease};
+use crate::lease::OwnLease;
 use crate::metrics::Metrics;
+use crate::peer::{PeerEvent, PeerSet};
+use crate::retry::Backoff;
 use crate::subnet::SubnetKey;
-use crate::watcher::PeerEvent;
 
 /// One batch for the backend.
 #[derive(Debug, Clone)]
 pub enum BackendEvent {
     /// Our lease, at start and whenever the subnet changes.
     OwnLease(Box<OwnLease>),
-    /// Peer changes, in order.
+    /// Peer changes, in order (the peer set passed along already holds them).
     Peers(Vec<PeerEvent>),
     /// The first full listing of peers has been delivered: entries of nodes not in it may
     /// now be removed.
@@ -51,14 +53,12 @@ pub trait Backend: Send + 'static {
     fn lease_v6_data(&self) -> Value {
         Value::Null
     }
-    /// Pod MTU, once the backend knows it.
-    fn mtu(&self) -> Option<u32>;
-    /// Applies one batch; must be idempotent. An error means some of the datapath is not
-    /// as the leases say: the batch is retried soon.
-    async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError>;
-    /// Round trips that prove the datapath programmed for the current peers: one per peer and
-    /// family, from our end of the overlay to theirs (none for a backend without a datapath).
-    fn echo_targets(&self) -> Vec<EchoTarget> {
+    /// Applies one batch, making the datapath match `peers`; must be idempotent. An error
+    /// means some of the datapath is not as the leases say: the batch is retried soon.
+    async fn apply(&mut self, event: &BackendEvent, peers: &PeerSet) -> Result<(), BackendError>;
+    /// Round trips that prove the datapath programmed for `peers`: one per peer and family,
+    /// from our end of the overlay to theirs (none for a backend without a datapath).
+    fn echo_targets(&self, _peers: &PeerSet) -> Vec<EchoTarget> {
         Vec::new()
     }
 }
@@ -82,14 +82,13 @@ pub struct DatapathReport {
 #[derive(Debug)]
 pub struct ControlPlaneOnly {
     data: VxlanData,
-    mtu: Option<u32>,
     applied: Arc<AtomicU64>,
 }
 
 impl ControlPlaneOnly {
     /// With the VNI from the config and the node's persistent MAC.
-    pub fn new(data: VxlanData, mtu: Option<u32>) -> Self {
-        ControlPlaneOnly { data, mtu, applied: Arc::default() }
+    pub fn new(data: VxlanData) -> Self {
+        ControlPlaneOnly { data, applied: Arc::default() }
     }
 
     /// Batches applied so far (shared counter).
@@ -108,11 +107,7 @@ impl Backend for ControlPlaneOnly {
         self.data.to_value()
     }
 
-    fn mtu(&self) -> Option<u32> {
-        self.mtu
-    }
-
-    async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError> {
+    async fn apply(&mut self, event: &BackendEvent, _peers: &PeerSet) -> Result<(), BackendError> {
         match event {
             BackendEvent::OwnLease(l) => tracing::info!(subnet = %l.key, "own lease (no datapath yet)"),
             BackendEvent::Peers(evs) => {
@@ -143,6 +138,7 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 pub async fn run_backend(
     mut backend: Box<dyn Backend>,
     mut rx: mpsc::Receiver<BackendEvent>,
+    peers: watch::Receiver<PeerSet>,
     report: watch::Sender<DatapathReport>,
     metrics: Arc<Metrics>,
 ) {
@@ -177,11 +173,12 @@ pub async fn run_backend(
             BackendEvent::Synced => synced = true,
             _ => {}
         }
-        match backend.apply(&ev).await {
+        let set = peers.borrow().clone();
+        match backend.apply(&ev, &set).await {
             Ok(()) => {
                 retry = None;
                 backoff.reset();
-                let echo = backend.echo_targets();
+                let echo = backend.echo_targets(&set);
                 report.send_if_modified(|r| {
                     let next = DatapathReport {
                         own: r.own,

@@ -1,28 +1,116 @@
-//! Follows the network config in the store after start-up. The `Encryption` section is
-//! applied live (every daemon follows `overlayctl encryption …` within a store round trip);
-//! other changes (networks, backend) need a restart and are only reported. An invalid or
-//! deleted config is reported and the last good one kept: it never reaches the datapath.
+//! The network config: the node's one source of it. At start it is read from the store
+//! (seeded from `--net-config-file` when the store has none), waiting until there is a
+//! valid one; afterwards it is followed: the `Encryption` section is applied live (every
+//! daemon follows `overlayctl encryption …` within a store round trip); other changes
+//! (networks, backend) need a restart and are only reported. An invalid or deleted config is
+//! reported and the last good one kept: it never reaches the datapath.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::config::NetworkConfig;
-use crate::daemon::Shared;
-use crate::store::{Revision, WatchEvent, WatchMessage};
+use crate::node::Node;
+use crate::retry::Backoff;
+use crate::store::{Create, Revision, SharedStore, WatchEvent, WatchMessage};
+use crate::subnet::KeyLayout;
 
-/// Runs until shutdown, publishing the effective config on `tx`.
-pub async fn follow_config(shared: Arc<Shared>, tx: watch::Sender<Option<NetworkConfig>>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let key = shared.layout.config();
+/// Why the config file given at start is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// It cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// It is not a valid network config.
+    #[error("{path}: {why}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Stores `file` as the network config unless the store has one already (best effort: the
+/// wait in [`load`] keeps reading).
+pub async fn seed(store: &SharedStore, layout: &KeyLayout, file: &Path) -> Result<(), SeedError> {
+    let path = file.display().to_string();
+    let text =
+        std::fs::read_to_string(file).map_err(|source| SeedError::Read { path: path.clone(), source })?;
+    NetworkConfig::parse(&text).map_err(|e| SeedError::Invalid { path, why: e.to_string() })?;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    for _ in 0..10 {
+        match store.create(&layout.config(), text.as_bytes(), 0).await {
+            Ok(Create::Created(_)) => {
+                tracing::info!(file = %file.display(), "stored the network config");
+                return Ok(());
+            }
+            Ok(Create::Exists(_)) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the network config failed; retrying");
+                tokio::time::sleep(backoff.delay()).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the network config, waiting (and logging) until there is a valid one; publishes it
+/// on `tx`. `None` on shutdown.
+pub async fn load(
+    node: &Node,
+    tx: &watch::Sender<Option<NetworkConfig>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<NetworkConfig> {
+    let key = node.layout.config();
+    let mut last_complaint: Option<(String, Instant)> = None;
+    loop {
+        let problem = match node.store.get(&key).await {
+            Ok(Some(kv)) => match NetworkConfig::parse(&String::from_utf8_lossy(&kv.value)) {
+                Ok(p) => {
+                    for w in &p.warnings {
+                        tracing::warn!(warning = %w, "network config");
+                    }
+                    tx.send_replace(Some(p.config.clone()));
+                    return Some(p.config);
+                }
+                Err(e) => format!("network config at {key} is invalid: {e}"),
+            },
+            Ok(None) => format!("no network config at {key} yet (overlayctl network set FILE)"),
+            Err(e) => format!("reading the network config: {e}"),
+        };
+        // Same complaint at most every 30 s: an unconfigured cluster must not flood logs.
+        let repeat = last_complaint
+            .as_ref()
+            .is_some_and(|(p, t)| *p == problem && t.elapsed() < Duration::from_secs(30));
+        if !repeat {
+            tracing::warn!("{problem}; waiting");
+            last_complaint = Some((problem, Instant::now()));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+/// Runs until shutdown, publishing the effective config on `tx` (which [`load`] filled).
+pub async fn follow_config(node: Node, tx: watch::Sender<Option<NetworkConfig>>) {
+    let mut shutdown = node.shutdown.clone();
+    let key = node.layout.config();
     loop {
         // Read, then watch from just after what was read: no change can fall in between.
-        let from = match shared.store.get(&key).await {
+        let from = match node.store.get(&key).await {
             Ok(kv) => {
                 let rev = kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0);
                 if let Some(kv) = kv {
-                    apply(&shared, &tx, &kv.value);
+                    apply(&tx, &kv.value);
                 }
                 rev
             }
@@ -34,7 +122,7 @@ pub async fn follow_config(shared: Arc<Shared>, tx: watch::Sender<Option<Network
                 continue;
             }
         };
-        if watch_from(&shared, &tx, &key, from, &mut shutdown).await {
+        if watch_from(&node, &tx, &key, from, &mut shutdown).await {
             return;
         }
         if sleep_or_shutdown(&mut shutdown, Duration::from_millis(500)).await {
@@ -52,13 +140,13 @@ async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) ->
 
 /// Watches until the stream ends; `true` on shutdown.
 async fn watch_from(
-    shared: &Shared,
+    node: &Node,
     tx: &watch::Sender<Option<NetworkConfig>>,
     key: &str,
     from: Revision,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    let mut w = match shared.store.watch(key, from + 1).await {
+    let mut w = match node.store.watch(key, from + 1).await {
         Ok(w) => w,
         Err(e) => {
             tracing::debug!(error = %e, "watching the network config");
@@ -74,7 +162,7 @@ async fn watch_from(
             Some(Ok(WatchMessage::Events(evs))) => {
                 for ev in evs.iter().filter(|e| e.key() == key) {
                     match ev {
-                        WatchEvent::Put(kv) => apply(shared, tx, &kv.value),
+                        WatchEvent::Put(kv) => apply(tx, &kv.value),
                         WatchEvent::Delete { .. } => {
                             tracing::warn!(
                                 "the network config was deleted from the store; keeping the last one"
@@ -90,7 +178,7 @@ async fn watch_from(
 }
 
 /// Adopts a new config's `Encryption` section; reports what else changed.
-fn apply(shared: &Shared, tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8]) {
+fn apply(tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8]) {
     let parsed = match NetworkConfig::parse(&String::from_utf8_lossy(value)) {
         Ok(p) => p.config,
         Err(e) => {
@@ -98,7 +186,7 @@ fn apply(shared: &Shared, tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8
             return;
         }
     };
-    let Some(mut current) = shared.config() else { return };
+    let Some(mut current) = tx.borrow().clone() else { return };
     if parsed.encryption == current.encryption {
         if !same_apart_from_encryption(&parsed, &current) {
             warn_restart_needed();
@@ -110,9 +198,6 @@ fn apply(shared: &Shared, tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8
     }
     current.encryption = parsed.encryption;
     tracing::info!(encryption = ?current.encryption_settings(), "encryption settings changed");
-    if let Ok(mut c) = shared.config.write() {
-        *c = Some(current.clone());
-    }
     tx.send_replace(Some(current));
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::attrs::LeaseAttrs;
 use crate::config::NetworkConfig;
 use crate::metrics::Metrics;
+pub use crate::retry::Backoff;
 use crate::store::{Cas, Create, KeyValue, LeaseId, Revision, SharedStore, StoreError};
 use crate::subnet::{KeyLayout, SubnetKey};
 
@@ -598,32 +599,5 @@ pub async fn run_keeper(
                 next = Instant::now() + backoff.delay().min(renew_every);
             }
         }
-    }
-}
-
-/// Exponential backoff with jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    /// From `min` doubling to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, cur: min }
-    }
-
-    /// The next delay (±20 % jitter so that many nodes do not retry in step).
-    pub fn delay(&mut self) -> Duration {
-        let d = self.cur;
-        self.cur = (self.cur * 2).min(self.max);
-        d.mul_f64(0.8 + 0.4 * fastrand::f64())
-    }
-
-    /// Back to the minimum.
-    pub fn reset(&mut self) {
-        self.cur = self.min;
     }
 }

@@ -2,7 +2,9 @@
 //! and typed, so that no backend or controller parses lease JSON again (two parsers with two
 //! rules once let a lease pass one and silently miss the other).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use netkernel::link::Mac;
@@ -10,6 +12,11 @@ use netkernel::link::Mac;
 use crate::attrs::LeaseAttrs;
 use crate::encryption::lease_data::TunnelAttrs;
 use crate::subnet::SubnetKey;
+
+/// The valid peers, by subnet: one map built once per batch of lease changes (by the
+/// watcher, its one owner) and shared by every reader; the peers themselves are shared, not
+/// copied.
+pub type PeerSet = Arc<BTreeMap<SubnetKey, Arc<Peer>>>;
 
 /// One address family of a peer's overlay: where its pods are and how to reach them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,5 +54,31 @@ impl Peer {
     /// The address its tunnel is reached at: its IPv4 public address, else its IPv6 one.
     pub fn public_address(&self) -> Option<IpAddr> {
         self.attrs.public_ip.map(IpAddr::V4).or(self.attrs.public_ipv6.map(IpAddr::V6))
+    }
+}
+
+/// A change in the set of peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// A new peer.
+    Added(Arc<Peer>),
+    /// Same subnet, new attributes (public IP, VTEP MAC …).
+    Changed {
+        /// Before.
+        old: Arc<Peer>,
+        /// After.
+        new: Arc<Peer>,
+    },
+    /// Gone (deleted, expired, or no longer valid).
+    Removed(Arc<Peer>),
+}
+
+impl PeerEvent {
+    /// The subnet concerned.
+    pub fn key(&self) -> &SubnetKey {
+        match self {
+            PeerEvent::Added(p) | PeerEvent::Removed(p) => &p.key,
+            PeerEvent::Changed { new, .. } => &new.key,
+        }
     }
 }

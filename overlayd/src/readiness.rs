@@ -103,6 +103,38 @@ pub async fn confirm_datapath(
     }
 }
 
+/// Keeps `ready` true exactly while the subnet the node has adopted is confirmed; tells
+/// systemd the first time.
+pub async fn follow_ready(
+    mut own: watch::Receiver<Option<SubnetKey>>,
+    mut confirmed: watch::Receiver<Option<Confirmation>>,
+    ready: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut notified = false;
+    loop {
+        let subnet = *own.borrow_and_update();
+        let now = subnet.is_some() && confirmed.borrow_and_update().as_ref().map(|c| c.own) == subnet;
+        let was = ready.send_replace(now);
+        if now && !was {
+            tracing::info!(subnet = ?subnet.map(|s| s.to_string()), "ready");
+            if !notified {
+                notified = true;
+                if let Err(e) = crate::notify::sd_notify("READY=1") {
+                    tracing::warn!(error = %e, "sd_notify failed");
+                }
+            }
+        } else if was && !now && subnet.is_some() {
+            tracing::info!("not ready: the datapath for the new subnet is being confirmed");
+        }
+        tokio::select! {
+            r = own.changed() => if r.is_err() { return },
+            r = confirmed.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// The addresses of `targets` that did not answer. A probe that cannot run at all (no raw
 /// sockets) counts every target as silent: readiness is then not held back by the check.
 async fn probe(targets: Vec<EchoTarget>, timeout: Duration) -> Vec<IpAddr> {

@@ -143,7 +143,13 @@ impl KeyLayout {
         let rest = key
             .strip_prefix(&self.subnets())
             .ok_or(KeyError { key: key.chars().take(200).collect(), why: "not under the subnets prefix" })?;
-        SubnetKey::parse(rest)
+        let parsed = SubnetKey::parse(rest)?;
+        // One subnet, one key: `10.5.3.0-024` or a longer spelling of an IPv6 address would
+        // be a second key for the same subnet.
+        if parsed.to_string() != rest {
+            return Err(KeyError { key: key.chars().take(200).collect(), why: "not in canonical form" });
+        }
+        Ok(parsed)
     }
 }
 
@@ -180,6 +186,21 @@ mod tests {
             "10.5.34.0-24&10.6.0.0-16",
         ] {
             assert!(SubnetKey::parse(s).is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_lease_key_is_canonical_or_refused() {
+        let l = KeyLayout::new("/p");
+        assert!(l.parse_lease("/p/subnets/10.5.34.0-24").is_ok());
+        assert!(l.parse_lease("/p/subnets/10.5.34.0-24&fd00:12:13::-56").is_ok());
+        for other_spelling in [
+            "/p/subnets/10.5.34.0-024",
+            "/p/subnets/10.5.34.0-24&fd00:12:13:0::-56",
+            "/p/subnets/fd00:0::-64",
+        ] {
+            let e = l.parse_lease(other_spelling).unwrap_err();
+            assert!(e.to_string().contains("canonical"), "{other_spelling}: {e}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! leak in flannel. Nothing is removed before the first full peer listing has arrived, so a
 //! restart does not blip the datapath.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
@@ -24,16 +24,14 @@ use serde_json::Value;
 use crate::attrs::{VxlanData, format_mac};
 use crate::backend::{Backend, BackendError, BackendEvent};
 use crate::encryption::routes::{SharedRoutes, TunnelRoutes};
+use crate::peer::PeerSet;
 use crate::subnet::SubnetKey;
-use crate::watcher::{Peer, PeerEvent};
 
 /// The nft table holding the node's masquerade and forward rules.
 pub const RULES_TABLE: &str = "ferrocni_overlay";
 
 /// The kernel's VXLAN port (flannel's default).
 pub const DEFAULT_PORT: u16 = 8472;
-/// The pod MTU when the underlay's is unknown (a 1500-byte underlay minus the overhead).
-pub const FALLBACK_MTU: u32 = 1450;
 
 /// The IPv6 device's MAC, derived from the IPv4 one so it is as stable as that.
 pub fn v6_mac(mut mac: Mac) -> Mac {
@@ -79,7 +77,6 @@ pub struct VxlanSettings {
 pub struct VxlanBackend {
     settings: VxlanSettings,
     own: Option<SubnetKey>,
-    peers: BTreeMap<String, Peer>,
     synced: bool,
     tunnel: Option<SharedRoutes>,
 }
@@ -87,7 +84,7 @@ pub struct VxlanBackend {
 impl VxlanBackend {
     /// A backend that has seen nothing yet.
     pub fn new(settings: VxlanSettings) -> Self {
-        VxlanBackend { settings, own: None, peers: BTreeMap::new(), synced: false, tunnel: None }
+        VxlanBackend { settings, own: None, synced: false, tunnel: None }
     }
 
     /// Routes the subnets the encryption controller names into its tunnel instead.
@@ -96,7 +93,7 @@ impl VxlanBackend {
         self
     }
 
-    fn desired(&self) -> Vec<Family> {
+    fn desired(&self, peers: &PeerSet) -> Vec<Family> {
         let s = &self.settings;
         let Some(own) = &self.own else { return Vec::new() };
         let mut out = Vec::new();
@@ -114,8 +111,7 @@ impl VxlanBackend {
         for (subnet, network, local, mac, prefix, v6) in families {
             let (Some(subnet), Some(network), Some(local)) = (subnet, network, local) else { continue };
             // Peers come validated and typed (crate::attrs): VNI, MAC and address checked once.
-            let peers = self
-                .peers
+            let peers = peers
                 .values()
                 .filter_map(|p| if v6 { p.v6 } else { p.v4 })
                 .filter(|f| {
@@ -159,8 +155,8 @@ impl VxlanBackend {
     }
 
     /// Runs a full reconciliation on a blocking thread (netlink calls block).
-    async fn reconcile(&self) -> Result<Report, BackendError> {
-        let families = self.desired();
+    async fn reconcile(&self, peers: &PeerSet) -> Result<Report, BackendError> {
+        let families = self.desired(peers);
         let rules = self.rules();
         let underlay = self.settings.underlay.clone();
         let direct = self.settings.direct_routing;
@@ -363,14 +359,10 @@ impl Backend for VxlanBackend {
         }
     }
 
-    fn mtu(&self) -> Option<u32> {
-        Some(self.settings.mtu)
-    }
-
-    fn echo_targets(&self) -> Vec<EchoTarget> {
+    fn echo_targets(&self, peers: &PeerSet) -> Vec<EchoTarget> {
         // Our VTEP address to theirs: the first address of each subnet, on the VXLAN devices
         // (or the tunnel's, which holds the same address).
-        self.desired()
+        self.desired(peers)
             .iter()
             .flat_map(|fam| {
                 let src = first_addr(&fam.own);
@@ -379,28 +371,17 @@ impl Backend for VxlanBackend {
             .collect()
     }
 
-    async fn apply(&mut self, event: &BackendEvent) -> Result<(), BackendError> {
+    async fn apply(&mut self, event: &BackendEvent, peers: &PeerSet) -> Result<(), BackendError> {
         match event {
             BackendEvent::OwnLease(l) => self.own = Some(l.key),
-            BackendEvent::Peers(evs) => {
-                for e in evs {
-                    match e {
-                        PeerEvent::Added(p) | PeerEvent::Changed { new: p, .. } => {
-                            self.peers.insert(p.key.to_string(), p.clone());
-                        }
-                        PeerEvent::Removed(p) => {
-                            self.peers.remove(&p.key.to_string());
-                        }
-                    }
-                }
-            }
             BackendEvent::Synced => self.synced = true,
-            BackendEvent::Resync => {}
+            // The peer set already holds the changes; every batch reconciles all of it.
+            BackendEvent::Peers(_) | BackendEvent::Resync => {}
         }
         if self.own.is_none() {
             return Ok(());
         }
-        let report = self.reconcile().await?;
+        let report = self.reconcile(peers).await?;
         if report.failed > 0 {
             return Err(BackendError(format!(
                 "{} of {} overlay changes failed (logged above)",
@@ -412,7 +393,7 @@ impl Backend for VxlanBackend {
                 changes = report.applied,
                 failed = report.failed,
                 rules_written = report.rules_written,
-                peers = self.peers.len(),
+                peers = peers.len(),
                 mac = %format_mac(&self.settings.mac),
                 "datapath reconciled"
             );

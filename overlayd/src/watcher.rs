@@ -1,7 +1,12 @@
-//! Remote leases as a stream of peer events: list, then watch from the listing's
-//! revision; resume after a broken stream from the last revision seen; list again and
-//! diff when the store says the revision was compacted (flannel's hot loop, #2470).
-//! Every value is validated; invalid ones are skipped with a warning.
+//! Remote leases as the node's peer set: list, then watch from the listing's revision;
+//! resume after a broken stream from the last revision seen; list again and diff when the
+//! store says the revision was compacted (flannel's hot loop, #2470). Every value is
+//! validated into a typed [`Peer`] once, here; invalid ones are skipped with a warning.
+//!
+//! The watcher is the one owner of the peer set: after each batch it publishes the new set
+//! (built once per batch), then hands the batch's events to the backend, and after a full
+//! listing says [`BackendEvent::Synced`] on the same channel, so that never overtakes the
+//! listing's events.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,42 +14,14 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::attrs::{InvalidLease, Validator, Verdict};
-use crate::lease::Backoff;
+use crate::backend::BackendEvent;
 use crate::metrics::Metrics;
-pub use crate::peer::Peer;
+use crate::peer::PeerSet;
+pub use crate::peer::{Peer, PeerEvent};
+use crate::retry::Backoff;
 use crate::store::{KeyValue, Revision, SharedStore, StoreError, WatchEvent, WatchMessage};
 use crate::subnet::{KeyLayout, SubnetKey};
-
-/// A change in the set of peers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "events are few and short-lived; boxing would only complicate matching"
-)]
-pub enum PeerEvent {
-    /// A new peer.
-    Added(Peer),
-    /// Same subnet, new attributes (public IP, VTEP MAC …).
-    Changed {
-        /// Before.
-        old: Peer,
-        /// After.
-        new: Peer,
-    },
-    /// Gone (deleted, expired, or no longer valid).
-    Removed(Peer),
-}
-
-impl PeerEvent {
-    /// The subnet concerned.
-    pub fn key(&self) -> &SubnetKey {
-        match self {
-            PeerEvent::Added(p) | PeerEvent::Removed(p) => &p.key,
-            PeerEvent::Changed { new, .. } => &new.key,
-        }
-    }
-}
+use crate::validate::{InvalidLease, Validator, Verdict};
 
 /// The known peers and the diffing rules; no I/O, so it is tested directly.
 #[derive(Debug, Clone)]
@@ -52,7 +29,7 @@ pub struct LeaseView {
     validator: Validator,
     layout: KeyLayout,
     own: Option<SubnetKey>,
-    peers: BTreeMap<String, Peer>,
+    peers: PeerSet,
     /// Invalid keys and the revision already warned about (one warning per write).
     invalid: HashMap<String, (Revision, String)>,
     invalid_seen: u64,
@@ -70,11 +47,23 @@ pub struct Applied {
 impl LeaseView {
     /// An empty view.
     pub fn new(validator: Validator, layout: KeyLayout, own: Option<SubnetKey>) -> Self {
-        LeaseView { validator, layout, own, peers: BTreeMap::new(), invalid: HashMap::new(), invalid_seen: 0 }
+        LeaseView {
+            validator,
+            layout,
+            own,
+            peers: PeerSet::default(),
+            invalid: HashMap::new(),
+            invalid_seen: 0,
+        }
+    }
+
+    /// Current peers, as published.
+    pub fn peer_set(&self) -> PeerSet {
+        self.peers.clone()
     }
 
     /// Current peers.
-    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.peers.values()
     }
 
@@ -113,13 +102,13 @@ impl LeaseView {
             .layout
             .parse_lease(&kv.key)
             .map_err(InvalidLease::from)
-            .and_then(|key| self.validator.check(&key, &kv.value, self.own.as_ref()).map(|v| (key, v)));
+            .and_then(|key| self.validator.check(&key, &kv.value, self.own.as_ref()));
         match verdict {
-            Ok((_, Verdict::Peer(peer))) => {
+            Ok(Verdict::Peer(peer)) => {
                 self.invalid.remove(&kv.key);
                 Some(Ok(*peer))
             }
-            Ok((_, Verdict::Own(_))) => {
+            Ok(Verdict::Own(_)) => {
                 self.invalid.remove(&kv.key);
                 None
             }
@@ -148,7 +137,7 @@ impl LeaseView {
 
     /// Replaces the view with a full listing; returns the difference as events.
     pub fn reset(&mut self, kvs: &[KeyValue]) -> Applied {
-        let mut fresh = BTreeMap::new();
+        let mut fresh: BTreeMap<SubnetKey, Arc<Peer>> = BTreeMap::new();
         let mut still_invalid = HashMap::new();
         let mut own_present = false;
         for kv in kvs {
@@ -159,7 +148,12 @@ impl LeaseView {
             }
             match self.judge(kv) {
                 Some(Ok(p)) => {
-                    fresh.insert(kv.key.clone(), p);
+                    // An unchanged peer keeps its shared value: readers can tell by pointer.
+                    let p = match self.peers.get(&p.key) {
+                        Some(old) if **old == p => old.clone(),
+                        _ => Arc::new(p),
+                    };
+                    fresh.insert(p.key, p);
                 }
                 Some(Err(())) => {
                     if let Some(v) = self.invalid.remove(&kv.key) {
@@ -171,20 +165,21 @@ impl LeaseView {
         }
         self.invalid = still_invalid;
         let mut events = Vec::new();
-        let old = std::mem::take(&mut self.peers);
-        for (k, p) in &old {
+        for (k, p) in self.peers.iter() {
             match fresh.get(k) {
                 None => events.push(PeerEvent::Removed(p.clone())),
-                Some(n) if n != p => events.push(PeerEvent::Changed { old: p.clone(), new: n.clone() }),
+                Some(n) if !Arc::ptr_eq(n, p) => {
+                    events.push(PeerEvent::Changed { old: p.clone(), new: n.clone() })
+                }
                 Some(_) => {}
             }
         }
         for (k, p) in &fresh {
-            if !old.contains_key(k) {
+            if !self.peers.contains_key(k) {
                 events.push(PeerEvent::Added(p.clone()));
             }
         }
-        self.peers = fresh;
+        self.peers = Arc::new(fresh);
         Applied { events, own_touched: self.own.is_some() && !own_present }
     }
 
@@ -207,15 +202,22 @@ impl LeaseView {
                     None
                 }
             };
-            match (self.peers.remove(key), now) {
+            // Only a canonical key can be a peer (crate::subnet), so this finds it.
+            let Ok(subnet) = self.layout.parse_lease(key) else { continue };
+            let peers = Arc::make_mut(&mut self.peers);
+            match (peers.remove(&subnet), now) {
                 (None, Some(p)) => {
-                    self.peers.insert(key.clone(), p.clone());
+                    let p = Arc::new(p);
+                    peers.insert(subnet, p.clone());
                     out.events.push(PeerEvent::Added(p));
                 }
                 (Some(old), Some(p)) => {
-                    self.peers.insert(key.clone(), p.clone());
                     // A rewrite with the same attributes (a peer restarting) is no event.
-                    if old != p {
+                    if *old == p {
+                        peers.insert(subnet, old);
+                    } else {
+                        let p = Arc::new(p);
+                        peers.insert(subnet, p.clone());
                         out.events.push(PeerEvent::Changed { old, new: p });
                     }
                 }
@@ -244,19 +246,20 @@ impl std::fmt::Debug for Watcher {
     }
 }
 
-/// Where a watcher sends its batches, and what it listens to.
+/// Where a watcher publishes, and what it listens to.
 #[derive(Debug)]
 pub struct WatcherIo {
-    /// Batches of peer events (never empty).
-    pub events: mpsc::Sender<Vec<PeerEvent>>,
-    /// Our subnet, as the keeper holds it.
+    /// The peer set, after every batch.
+    pub peers: watch::Sender<PeerSet>,
+    /// To the backend: batches of peer events (never empty), and `Synced` after each full
+    /// listing's events.
+    pub events: mpsc::Sender<BackendEvent>,
+    /// Our subnet, as the node adopted it.
     pub own: watch::Receiver<Option<SubnetKey>>,
     /// Poked when our own key was deleted or overwritten by someone else.
     pub own_touched: Arc<Notify>,
     /// Becomes true on shutdown.
     pub shutdown: watch::Receiver<bool>,
-    /// Set to true after each successful listing (readiness waits for the first).
-    pub synced: watch::Sender<bool>,
 }
 
 impl Watcher {
@@ -293,6 +296,7 @@ impl Watcher {
         Ok(applied)
     }
 
+    /// Publishes the set, then the events; false when the backend is gone.
     async fn emit(&self, applied: Applied, io: &WatcherIo) -> bool {
         if applied.own_touched {
             io.own_touched.notify_one();
@@ -308,7 +312,8 @@ impl Watcher {
                 PeerEvent::Removed(_) => &m.peers_removed,
             });
         }
-        io.events.send(applied.events).await.is_ok()
+        io.peers.send_replace(self.view.peer_set());
+        io.events.send(BackendEvent::Peers(applied.events)).await.is_ok()
     }
 
     /// Runs until shutdown (or until the event receiver is gone). May be called again
@@ -328,13 +333,14 @@ impl Watcher {
             if !self.synced {
                 match self.sync().await {
                     Ok(applied) => {
-                        // The listing's events first: `synced` lets the backend remove what
+                        // The listing's events first: `Synced` lets the backend remove what
                         // is not in it, so it must never arrive before them (that flushed
                         // the datapath of a restarted daemon).
-                        if !self.emit(applied, io).await {
+                        if !self.emit(applied, io).await
+                            || io.events.send(BackendEvent::Synced).await.is_err()
+                        {
                             return;
                         }
-                        io.synced.send_replace(true);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "listing leases failed; retrying");

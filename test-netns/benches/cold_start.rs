@@ -36,13 +36,14 @@ use common::*;
 use ipnet::IpNet;
 use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
 use netkernel::route::Route;
-use overlayd::attrs::{LeaseAttrs, Validator, VxlanData};
+use overlayd::attrs::{LeaseAttrs, VxlanData};
 use overlayd::backend::{Backend, BackendEvent};
 use overlayd::config::NetworkConfig;
 use overlayd::lease::OwnLease;
 use overlayd::store::Store;
 use overlayd::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use overlayd::subnet::{KeyLayout, SubnetKey};
+use overlayd::validate::Validator;
 use overlayd::vxlan::{VxlanBackend, VxlanSettings};
 use overlayd::watcher::LeaseView;
 use test_netns::TestNs;
@@ -498,23 +499,25 @@ fn profile(scratch: &TestNs, db: &Path, own: Ipv4Addr, fakes: &[Fake], reps: usi
                 mod_revision: 1,
                 store_lease: 0,
             };
+            let none = overlayd::node::PeerSet::default();
+            let peers = view.peer_set();
             rt.block_on(async {
                 let ev = BackendEvent::OwnLease(Box::new(own_lease));
                 let t0 = Instant::now();
-                b.apply(&ev).await.unwrap();
+                b.apply(&ev, &none).await.unwrap();
                 p.add("backend: own lease (device, address, nft rules)", t0.elapsed().as_secs_f64());
                 let ev = BackendEvent::Peers(applied.events);
                 let t0 = Instant::now();
-                b.apply(&ev).await.unwrap();
+                b.apply(&ev, &peers).await.unwrap();
                 p.add(
                     "backend: all peers (dumps + diff + apply_overlay + rules check)",
                     t0.elapsed().as_secs_f64(),
                 );
                 let t0 = Instant::now();
-                b.apply(&BackendEvent::Synced).await.unwrap();
+                b.apply(&BackendEvent::Synced, &peers).await.unwrap();
                 p.add("backend: first full listing (Synced; nothing to change)", t0.elapsed().as_secs_f64());
                 let t0 = Instant::now();
-                b.apply(&BackendEvent::Resync).await.unwrap();
+                b.apply(&BackendEvent::Resync, &peers).await.unwrap();
                 p.add("backend: periodic resync (every 10 s)", t0.elapsed().as_secs_f64());
             });
             let dev = nl.require_link("flannel.1").unwrap();

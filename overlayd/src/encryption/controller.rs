@@ -9,7 +9,7 @@
 //! key leaves the lease, and the tunnel keeps receiving for [`LINGER`] before it is removed.
 //! A key rotation keeps the old session sending until the new one is up.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +26,9 @@ use super::settings::EncryptionSettings;
 use crate::backend::BackendEvent;
 use crate::config::NetworkConfig;
 use crate::lease::KeeperCommand;
+use crate::node::{Node, PeerSet};
 use crate::subnet::SubnetKey;
 use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
-use crate::watcher::Peer;
 
 /// The tunnel device.
 pub const DEVICE: &str = "ferro-wg";
@@ -47,24 +47,24 @@ const GRACE: Duration = Duration::from_secs(10);
 /// sessions come up.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
 
-/// The valid peers by store key, as the daemon shares them.
-pub type PeerMap = Arc<BTreeMap<String, Peer>>;
-
-/// What the controller talks to.
+/// What the controller reads, and the node values it owns.
 pub struct ControllerIo {
     /// The live network config.
     pub config: watch::Receiver<Option<NetworkConfig>>,
     /// Our lease's subnets.
     pub own: watch::Receiver<Option<SubnetKey>>,
     /// The valid peers (a new map on every change).
-    pub peers: watch::Receiver<PeerMap>,
+    pub peers: watch::Receiver<PeerSet>,
+    /// The rest of the node (the keeper's status).
+    pub node: Node,
     /// To the backend: `Resync` when the routing choice changed.
     pub backend: mpsc::Sender<BackendEvent>,
     /// To the lease keeper: what to publish.
     pub keeper: mpsc::Sender<KeeperCommand>,
-    /// The daemon's shared state: the pod MTU handed to the CNI plugin, and where the
-    /// status goes.
-    pub shared: Arc<crate::daemon::Shared>,
+    /// Owned: the pod MTU handed to the CNI plugin (lowered while encrypting).
+    pub mtu: watch::Sender<u32>,
+    /// Owned: the status `overlayctl encryption status` shows.
+    pub status: watch::Sender<Value>,
     /// Shutdown switch.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -82,6 +82,8 @@ pub struct ControllerSettings {
     pub opt_out: bool,
     /// Tunnel worker threads (0 = one per CPU).
     pub threads: usize,
+    /// The pod MTU was set by hand (`--mtu`): encryption does not lower it.
+    pub fixed_mtu: bool,
 }
 
 struct Running {
@@ -106,8 +108,8 @@ pub struct Controller {
     phase: Phase,
     published: Option<Value>,
     last_peers: Vec<PeerSpec>,
-    /// What `last_peers` was computed from: the peer map (by identity), settings, our key.
-    specs_from: Option<(PeerMap, EncryptionSettings, [u8; 32])>,
+    /// What `last_peers` was computed from: the peer set (by identity), settings, our key.
+    specs_from: Option<(PeerSet, EncryptionSettings, [u8; 32])>,
     last_good: HashMap<String, Instant>,
     warned: HashMap<String, String>,
     seeded: BTreeSet<IpNet>,
@@ -196,7 +198,7 @@ impl Controller {
                 _ = io.shutdown.changed() => break,
             }
         }
-        let left = io.shared.keeper.borrow().released;
+        let left = io.node.keeper.borrow().released;
         match std::mem::replace(&mut self.phase, Phase::Off) {
             Phase::On(r) | Phase::Leaving { run: r, .. } => {
                 tokio::task::block_in_place(|| r.tunnel.stop());
@@ -285,12 +287,16 @@ impl Controller {
                     self.specs_from = Some((peers.clone(), settings.clone(), run.key.public));
                 }
                 choice = self.choose_routes(run, &settings);
-                if let Ok(mut m) = io.shared.mtu.write() {
-                    // New pods get the encrypted MTU; older ones learn it by path MTU discovery.
-                    let enc = encrypted_mtu(self.cfg.underlay_mtu);
-                    if m.is_none_or(|cur| cur > enc) {
-                        *m = Some(enc);
-                    }
+                // New pods get the encrypted MTU; older ones learn it by path MTU discovery.
+                let enc = encrypted_mtu(self.cfg.underlay_mtu);
+                if !self.cfg.fixed_mtu {
+                    io.mtu.send_if_modified(|m| {
+                        let lower = *m > enc;
+                        if lower {
+                            *m = enc;
+                        }
+                        lower
+                    });
                 }
             }
             Phase::Leaving { run, since, unpublished } => {
@@ -307,9 +313,7 @@ impl Controller {
         self.phase = phase;
         self.set_routes(choice, io).await;
         self.set_strict(want && settings.strict).await;
-        if let Ok(mut st) = io.shared.encryption.write() {
-            *st = self.status_json(&settings, want);
-        }
+        io.status.send_replace(self.status_json(&settings, want));
         if let Some(v) = publish {
             self.publish(v, io).await;
         }
@@ -460,12 +464,7 @@ impl Controller {
         }
     }
 
-    fn peer_specs(
-        &mut self,
-        peers: &BTreeMap<String, Peer>,
-        s: &EncryptionSettings,
-        me: &NodeKey,
-    ) -> Vec<PeerSpec> {
+    fn peer_specs(&mut self, peers: &PeerSet, s: &EncryptionSettings, me: &NodeKey) -> Vec<PeerSpec> {
         let mut specs = Vec::new();
         let mut seen_keys: HashMap<[u8; 32], usize> = HashMap::new();
         for p in peers.values() {
@@ -603,7 +602,7 @@ impl Controller {
         if self.published.as_ref() == Some(&value) {
             return;
         }
-        if io.shared.keeper.borrow().lease.is_none() {
+        if io.node.keeper.borrow().lease.is_none() {
             // The keeper is acquiring and reads no commands; the next step tries again.
             return;
         }

@@ -5,12 +5,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overlayd::attrs::{LeaseAttrs, Validator, VxlanData};
+use overlayd::attrs::{LeaseAttrs, VxlanData};
+use overlayd::backend::BackendEvent;
 use overlayd::config::NetworkConfig;
 use overlayd::lease::{LeaseManager, LeaseSettings, OwnLease, Renewal};
 use overlayd::metrics::Metrics;
+use overlayd::node::PeerSet;
 use overlayd::store::{SharedStore, Store};
 use overlayd::subnet::{KeyLayout, SubnetKey};
+use overlayd::validate::Validator;
 use overlayd::watcher::{LeaseView, PeerEvent, Watcher, WatcherIo};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -155,29 +158,29 @@ pub async fn restart_keeps_subnet(store: SharedStore) {
 /// A watcher's channels, as the daemon would hold them.
 struct TestIo {
     io: WatcherIo,
-    rx: mpsc::Receiver<Vec<PeerEvent>>,
+    rx: mpsc::Receiver<BackendEvent>,
     stop: watch::Sender<bool>,
     own: watch::Sender<Option<SubnetKey>>,
-    synced: watch::Receiver<bool>,
+    peers: watch::Receiver<PeerSet>,
 }
 
 fn watcher_io() -> TestIo {
     let (etx, rx) = mpsc::channel(64);
     let (own, own_rx) = watch::channel(None);
     let (stop, srx) = watch::channel(false);
-    let (synced, synced_rx) = watch::channel(false);
+    let (peers_tx, peers) = watch::channel(PeerSet::default());
     TestIo {
         io: WatcherIo {
+            peers: peers_tx,
             events: etx,
             own: own_rx,
             own_touched: Arc::new(Notify::new()),
             shutdown: srx,
-            synced,
         },
         rx,
         stop,
         own,
-        synced: synced_rx,
+        peers,
     }
 }
 
@@ -198,14 +201,20 @@ pub async fn synced_comes_after_the_listings_events(store: SharedStore) {
     }
     let view = LeaseView::new(Validator::new(cfg.clone(), "observer"), layout(), None);
     let mut w = Watcher::new(store.clone(), view, Arc::new(Metrics::default()));
-    let TestIo { mut io, mut rx, stop, own: _own, mut synced } = watcher_io();
+    let TestIo { mut io, mut rx, stop, own: _own, peers } = watcher_io();
     let task = tokio::spawn(async move {
         w.run(&mut io).await;
         w
     });
-    tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
-    let batch = rx.try_recv().expect("synced was raised before the listing's events were queued");
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let BackendEvent::Peers(batch) = first else {
+        panic!("Synced came before the listing's events: {first:?}")
+    };
     assert_eq!(batch.len(), keys.len());
+    // The set was published before its events were sent.
+    assert_eq!(peers.borrow().len(), keys.len());
+    let second = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert!(matches!(second, BackendEvent::Synced), "{second:?}");
     stop.send(true).unwrap();
     task.await.unwrap();
 }
@@ -220,13 +229,14 @@ fn describe(evs: &[PeerEvent]) -> Vec<String> {
         .collect()
 }
 
-/// Collects events until `want` of them arrived or `timeout`.
-async fn collect(rx: &mut mpsc::Receiver<Vec<PeerEvent>>, want: usize, timeout: Duration) -> Vec<String> {
+/// Collects peer events until `want` of them arrived or `timeout`.
+async fn collect(rx: &mut mpsc::Receiver<BackendEvent>, want: usize, timeout: Duration) -> Vec<String> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + timeout;
     while out.len() < want {
         match tokio::time::timeout_at(end, rx.recv()).await {
-            Ok(Some(b)) => out.extend(describe(&b)),
+            Ok(Some(BackendEvent::Peers(b))) => out.extend(describe(&b)),
+            Ok(Some(_)) => {}
             _ => break,
         }
     }
@@ -262,7 +272,9 @@ pub async fn ttl_expiry_and_renewal(store: SharedStore) {
     let mut removed = None;
     while start.elapsed() < Duration::from_secs(6) {
         assert_eq!(live.renew(&l_live).await.unwrap(), Renewal::Renewed, "a renewing node keeps its lease");
-        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(600), rx.recv()).await {
+        if let Ok(Some(BackendEvent::Peers(b))) =
+            tokio::time::timeout(Duration::from_millis(600), rx.recv()).await
+        {
             let d = describe(&b);
             assert_eq!(d, [format!("-{}", l_dead.key)], "only the silent node goes away");
             removed.get_or_insert(start.elapsed());
