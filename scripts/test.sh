@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace, as root, after installing what they need.
+# Checks formatting and lints, then runs every test of the workspace, as root, after
+# installing what they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every test must run here: a test that cannot (not root, a tool missing) fails under CI=true.
@@ -7,4 +8,5 @@ export CI="${CI:-true}"
 source scripts/deps.sh
 ensure_packages
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -28,6 +28,8 @@
 //! fn main() -> std::process::ExitCode { plugin::run(&Tag) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod delegate;
 pub mod env;

@@ -22,6 +22,7 @@ pub mod state;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
+#[allow(clippy::undocumented_unsafe_blocks, reason = "moving to its own crate, which documents them")]
 pub mod tunnel;
 pub mod underlay;
 pub mod validate;

@@ -43,6 +43,7 @@ fn run_variant(which: &str, masq: bool, cycles: usize) {
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     });
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };

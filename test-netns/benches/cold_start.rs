@@ -115,12 +115,17 @@ struct Start {
     verified: bool,
 }
 
+/// What the notification watcher saw: per kind (routes, neighbours, FDB) when the last
+/// expected entry was announced and how many announcements came; the first one; overruns.
+struct Announced {
+    done: [Option<Instant>; 3],
+    first: Option<Instant>,
+    events: [usize; 3],
+    overrun: bool,
+}
+
 /// Watches a node's notifications until every expected entry has been announced.
-fn watch_entries(
-    ns: &TestNs,
-    fakes: &[Fake],
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Instant, [Option<Instant>; 3], Option<Instant>, [usize; 3], bool)> {
+fn watch_entries(ns: &TestNs, fakes: &[Fake], stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Announced> {
     let mut m = Monitor::open(ns, GRP_IPV4_ROUTE | GRP_NEIGH, Duration::from_millis(20)).expect("monitor");
     let routes: HashSet<Ipv4Addr> = fakes.iter().map(|f| f.subnet).collect();
     let neighs = routes.clone();
@@ -133,7 +138,6 @@ fn watch_entries(
         let mut events = [0usize; 3];
         let mut overrun = false;
         let mut evs = Vec::new();
-        let start = Instant::now();
         while !stop.load(Ordering::Relaxed) && done.iter().any(Option::is_none) {
             evs.clear();
             if m.recv(&mut evs).is_err() {
@@ -169,7 +173,7 @@ fn watch_entries(
                 }
             }
         }
-        (start, done, first, events, overrun)
+        Announced { done, first, events, overrun }
     })
 }
 
@@ -251,7 +255,7 @@ fn cold_start(c: &mut Cluster, fakes: &[Fake]) -> Start {
         std::thread::sleep(Duration::from_millis(if ready.is_none() { 5 } else { 20 }));
     }
     stop.store(true, Ordering::Relaxed);
-    let (_, done, first, events, overrun) = watcher.join().unwrap();
+    let Announced { done, first, events, overrun } = watcher.join().unwrap();
     if ready.is_none() {
         let _ = wait_for(Duration::from_secs(30), "ready", || c.nodes[0].ready());
         ready = Some(t0.elapsed().as_secs_f64());

@@ -387,19 +387,21 @@ fn stop(child: &mut Child, signal: i32) {
     let _ = child.wait();
 }
 
-/// target/debug (or release) of the running test: where the workspace's binaries are,
-/// built when missing.
+/// target/debug (or release) of the running test: where the workspace's binaries are.
+/// They are built once per test process (a no-op when up to date), so a test never runs
+/// a daemon or plugin older than the code it tests.
 pub fn bin_dir() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
-    if needed.iter().any(|b| !dir.join(b).exists()) {
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the binaries");
-    }
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().is_ok_and(|s| s.success()), "building overlayd and the plugins");
+    });
     dir
 }
 
