@@ -119,6 +119,7 @@ fn attrs(i: usize) -> LeaseAttrs {
         backend_data: VxlanData { vni: 1, vtep_mac: [2, 0, 0, o[2], o[3], 1] }.to_value(),
         backend_v6_data: serde_json::Value::Null,
         node_id: Some(format!("bench-node-{i}")),
+        identity: None,
         encryption: serde_json::Value::Null,
     }
 }

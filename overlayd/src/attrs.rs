@@ -13,7 +13,7 @@ pub const MAX_VALUE: usize = 16 * 1024;
 
 /// What a node publishes about itself. Field names are flannel's, so flannel and overlayd
 /// can read each other's leases; `NodeID` is ours (Go ignores unknown fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     /// Underlay IPv4 address.
     #[serde(rename = "PublicIP", default)]
@@ -33,6 +33,10 @@ pub struct LeaseAttrs {
     /// Persistent node identity (not in flannel: it used the public IP).
     #[serde(rename = "NodeID", default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// The node's identity key (Ed25519 public key, base64; `crate::identity`): what signs
+    /// its lease and authenticates it in IKE.
+    #[serde(rename = "Identity", default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// The node's tunnel (`{"Type":"wireguard","PublicKey":…,"Port":…}`), when it takes part
     /// in encryption. Kept raw here: a malformed one must cost only the tunnel to that node,
     /// never the lease (see `encryption::lease_data`).

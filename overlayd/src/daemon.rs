@@ -21,6 +21,7 @@ use crate::encryption::controller::{
     Controller, ControllerIo, ControllerSettings, encrypted_mtu, initial_publication,
 };
 use crate::encryption::routes::SharedRoutes;
+use crate::identity::{Identity, IdentityError};
 use crate::lease::{LeaseManager, LeaseSettings, run_keeper};
 use crate::node::{Node, NodeFacts, NodeWriters, pod_mtu};
 use crate::options::DaemonArgs;
@@ -51,6 +52,9 @@ pub enum DaemonError {
     /// The config file given with --net-config-file is invalid.
     #[error(transparent)]
     Config(#[from] SeedError),
+    /// The node's identity key.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -87,7 +91,8 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
     let node_id = state.node_id().map_err(io_err("node ID"))?;
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
-    tracing::info!(node_id = %node_id, public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
+    let identity = Identity::load_or_create(&args.state_dir)?;
+    tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).
     let store = loop {
@@ -120,7 +125,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         tasks.push(tokio::spawn(crate::api::serve_tcp(l, api_node, node.shutdown.clone())));
     }
 
-    let result = start(&args, state, vtep_mac, node, writers, &mut tasks).await;
+    let result = start(&args, state, vtep_mac, &identity, node, writers, &mut tasks).await;
 
     let _ = shutdown.send(true);
     for t in tasks {
@@ -140,6 +145,7 @@ async fn start(
     args: &DaemonArgs,
     state: StateDir,
     vtep_mac: netkernel::link::Mac,
+    identity: &Identity,
     node: Node,
     writers: NodeWriters,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -192,6 +198,7 @@ async fn start(
             backend.lease_v6_data()
         },
         node_id: Some(node.id.clone()),
+        identity: Some(identity.public_b64()),
         encryption: published,
     };
     let mut settings = LeaseSettings::with_ttl(args.subnet_lease_ttl);

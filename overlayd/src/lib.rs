@@ -9,6 +9,7 @@ pub mod config;
 pub mod config_watch;
 pub mod daemon;
 pub mod encryption;
+pub mod identity;
 pub mod lease;
 pub mod metrics;
 pub mod node;

@@ -11,6 +11,7 @@ use netkernel::link::Mac;
 
 use crate::attrs::LeaseAttrs;
 use crate::encryption::lease_data::TunnelAttrs;
+use crate::identity::PublicKey;
 use crate::subnet::SubnetKey;
 
 /// The valid peers, by subnet: one map built once per batch of lease changes (by the
@@ -38,6 +39,8 @@ pub struct Peer {
     pub v4: Option<PeerFamily>,
     /// The IPv6 overlay, when the network has IPv6.
     pub v6: Option<PeerFamily>,
+    /// Its identity key, when it publishes one (every overlayd does; flannel does not).
+    pub identity: Option<PublicKey>,
     /// Its tunnel for encryption: `Ok(None)` when it publishes none, `Err` (why) when what it
     /// publishes is malformed — which costs only the tunnel to it, never its lease.
     pub tunnel: Result<Option<TunnelAttrs>, String>,

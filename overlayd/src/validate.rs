@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::attrs::{LeaseAttrs, MAX_VALUE, VxlanData};
 use crate::config::NetworkConfig;
 use crate::encryption::lease_data::TunnelAttrs;
+use crate::identity::PublicKey;
 use crate::peer::{Peer, PeerFamily};
 use crate::subnet::{KeyError, SubnetKey};
 
@@ -48,6 +49,9 @@ pub enum InvalidLease {
     /// Backend data malformed.
     #[error("bad backend data: {0}")]
     BackendData(String),
+    /// The identity key does not parse.
+    #[error("Identity is not an Ed25519 public key (base64 of 32 bytes)")]
+    Identity,
     /// Another VXLAN network.
     #[error("VNI {got}, the network uses {want}")]
     Vni {
@@ -153,8 +157,12 @@ impl Validator {
             )?,
             None => None,
         };
+        let identity = match &attrs.identity {
+            None => None,
+            Some(s) => Some(PublicKey::parse(s).ok_or(InvalidLease::Identity)?),
+        };
         let tunnel = TunnelAttrs::from_value(&attrs.encryption);
-        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, tunnel, attrs })))
+        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, identity, tunnel, attrs })))
     }
 
     /// The key's subnets fit the config (inside the network, the configured length).

@@ -498,6 +498,7 @@ fn profile(scratch: &TestNs, db: &Path, own: Ipv4Addr, fakes: &[Fake], reps: usi
                     backend_data: VxlanData { vni: 1, vtep_mac: [0x0e, 0xff, 0, 0, 0, 2] }.to_value(),
                     backend_v6_data: serde_json::Value::Null,
                     node_id: Some("profile-node".into()),
+                    identity: None,
                     encryption: serde_json::Value::Null,
                 },
                 mod_revision: 1,

@@ -40,6 +40,7 @@ pub fn attrs(node: &str, ip: Ipv4Addr) -> LeaseAttrs {
         backend_data: VxlanData { vni: 1, vtep_mac: mac }.to_value(),
         backend_v6_data: serde_json::Value::Null,
         node_id: Some(node.to_string()),
+        identity: None,
         encryption: serde_json::Value::Null,
     }
 }
