@@ -6,7 +6,7 @@ pub mod addr;
 pub mod error;
 pub mod ethtool;
 #[cfg(test)]
-mod golden_gen;
+mod golden;
 pub mod link;
 pub mod macspoof;
 pub mod masq;
