@@ -7,7 +7,7 @@ use std::io;
 
 use netlink_packet_core::{
     Emitable, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkSerializable,
+    NLMSG_OVERRUN, NetlinkHeader, NetlinkSerializable,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -71,6 +71,8 @@ enum Reply {
     Overrun,
     /// An rtnetlink message.
     Message(RouteNetlinkMessage),
+    /// An rtnetlink message left undecoded for now (see [`Conn::dump_once`]).
+    Unparsed,
     /// Something to skip: `NLMSG_NOOP`, or a message this crate's parser cannot read (as
     /// rtnetlink did, it is left out rather than failing the whole reply).
     Skip,
@@ -128,6 +130,12 @@ impl<T: Transport> Conn<T> {
     /// [`NetlinkError::Overrun`]; a truncated datagram grows the buffer and is an overrun too
     /// (part of it is lost).
     fn recv(&mut self, nonblocking: bool) -> Result<Vec<Received>, NetlinkError> {
+        let n = self.recv_raw(nonblocking)?;
+        decode(&self.rx[..n], true)
+    }
+
+    /// Reads one datagram into the receive buffer; its length.
+    fn recv_raw(&mut self, nonblocking: bool) -> Result<usize, NetlinkError> {
         let n = match self.transport.recv(&mut self.rx, nonblocking) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(NetlinkError::Overrun),
@@ -137,7 +145,7 @@ impl<T: Transport> Conn<T> {
             self.rx = Vec::with_capacity(n.next_power_of_two());
             return Err(NetlinkError::Overrun);
         }
-        decode(&self.rx[..n])
+        Ok(n)
     }
 
     /// Reads, without waiting, whatever is queued (replies to requests given up on), so the
@@ -167,7 +175,7 @@ impl<T: Transport> Conn<T> {
                     Reply::Ack | Reply::Done(None) => return Ok(()),
                     Reply::Error(e) | Reply::Done(Some(e)) => return Err(e),
                     Reply::Overrun => return Err(NetlinkError::Overrun),
-                    Reply::Message(_) | Reply::Skip => {}
+                    Reply::Message(_) | Reply::Unparsed | Reply::Skip => {}
                 }
             }
         }
@@ -190,7 +198,7 @@ impl<T: Transport> Conn<T> {
                         ));
                     }
                     Reply::Overrun => return Err(NetlinkError::Overrun),
-                    Reply::Skip => {}
+                    Reply::Unparsed | Reply::Skip => {}
                 }
             }
         }
@@ -220,7 +228,7 @@ impl<T: Transport> Conn<T> {
             let pass = self.dump_once(req);
             let changed = watch.is_some_and(|group| self.transport.unwatch(group));
             let failure = match pass {
-                Ok(Some((msgs, parts))) if parts == 1 || !changed => return Ok(msgs),
+                Ok(Some((seq, parts))) if parts.len() <= 1 || !changed => return decode_dump(seq, &parts),
                 Ok(_) => NetlinkError::DumpInterrupted { attempts: attempt },
                 Err(e) if e.dump_retriable() => {
                     self.drain();
@@ -239,31 +247,38 @@ impl<T: Transport> Conn<T> {
         unreachable!("the last attempt returns")
     }
 
-    /// One pass of a dump, and how many datagrams it took: `None` when the kernel flagged it
-    /// interrupted (read to its end all the same, so the socket is ready for the next one).
-    #[allow(clippy::type_complexity)]
-    fn dump_once(
-        &mut self,
-        req: &Request,
-    ) -> Result<Option<(Vec<RouteNetlinkMessage>, usize)>, NetlinkError> {
+    /// One pass of a dump: its sequence number and the datagrams that hold its objects, or
+    /// `None` when the kernel flagged it interrupted (read to its end all the same, so the
+    /// socket is ready for the next one). The datagrams are only scanned here, and decoded
+    /// once the pass is known to be whole: the dump is read as fast as the kernel writes it,
+    /// which keeps the window for a change to land in it short, and an interrupted pass
+    /// costs no decoding.
+    fn dump_once(&mut self, req: &Request) -> Result<Option<(u32, Vec<Vec<u8>>)>, NetlinkError> {
         let seq = self.send(req)?;
-        let mut msgs = Vec::new();
+        let mut datagrams: Vec<Vec<u8>> = Vec::new();
         let mut interrupted = false;
-        let mut parts = 0;
         loop {
-            parts += 1;
-            for r in self.recv(false)? {
+            let n = self.recv_raw(false)?;
+            let mut ours = false;
+            let mut done = false;
+            for r in decode(&self.rx[..n], false)? {
                 if r.seq != seq {
                     continue;
                 }
                 interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
                 match r.reply {
-                    Reply::Message(m) => msgs.push(m),
-                    Reply::Done(None) | Reply::Ack => return Ok((!interrupted).then_some((msgs, parts))),
+                    Reply::Unparsed | Reply::Message(_) => ours = true,
+                    Reply::Done(None) | Reply::Ack => done = true,
                     Reply::Error(e) | Reply::Done(Some(e)) => return Err(e),
                     Reply::Overrun => return Err(NetlinkError::Overrun),
                     Reply::Skip => {}
                 }
+            }
+            if ours && !interrupted {
+                datagrams.push(self.rx[..n].to_vec());
+            }
+            if done {
+                return Ok((!interrupted).then_some((seq, datagrams)));
             }
         }
     }
@@ -348,6 +363,19 @@ impl<T: Transport> Conn<T> {
     }
 }
 
+/// The objects of a whole dump pass.
+fn decode_dump(seq: u32, datagrams: &[Vec<u8>]) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    let mut msgs = Vec::new();
+    for d in datagrams {
+        for r in decode(d, true)? {
+            if let (true, Reply::Message(m)) = (r.seq == seq, r.reply) {
+                msgs.push(m);
+            }
+        }
+    }
+    Ok(msgs)
+}
+
 /// The same error again, for each request a socket failure hit.
 fn copy(e: &NetlinkError) -> NetlinkError {
     match e {
@@ -365,18 +393,23 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Decodes the messages of one datagram.
-fn decode(mut buf: &[u8]) -> Result<Vec<Received>, NetlinkError> {
+/// Decodes the messages of one datagram; rtnetlink messages only when `objects`.
+fn decode(mut buf: &[u8], objects: bool) -> Result<Vec<Received>, NetlinkError> {
     let mut out = Vec::new();
+    // The header by hand (struct nlmsghdr, host byte order): this runs on every message of
+    // a dump while the dump is being read, and must stay cheap even in a debug build.
+    let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
     while buf.len() >= 16 {
-        let nl = NetlinkBuffer::new_checked(buf)
-            .map_err(|e| NetlinkError::Protocol(format!("bad message header: {e}")))?;
-        let len = nl.length() as usize;
-        if len < 16 {
-            return Err(NetlinkError::Protocol(format!("message length {len} is below the header's")));
+        let len = u32_at(buf, 0) as usize;
+        if len < 16 || len > buf.len() {
+            return Err(NetlinkError::Protocol(format!(
+                "message length {len} in a {}-byte datagram",
+                buf.len()
+            )));
         }
-        let (seq, flags, kind) = (nl.sequence_number(), nl.flags(), nl.message_type());
-        let payload = nl.payload();
+        let (kind, flags, seq, port) = (u16_at(buf, 4), u16_at(buf, 6), u32_at(buf, 8), u32_at(buf, 12));
+        let payload = &buf[16..len];
         let reply = match kind {
             NLMSG_ERROR => match errno_of(payload) {
                 Some(0) => Reply::Ack,
@@ -395,13 +428,14 @@ fn decode(mut buf: &[u8]) -> Result<Vec<Received>, NetlinkError> {
             },
             NLMSG_OVERRUN => Reply::Overrun,
             NLMSG_NOOP => Reply::Skip,
+            _ if !objects => Reply::Unparsed,
             _ => {
                 let mut header = NetlinkHeader::default();
                 header.length = len as u32;
                 header.message_type = kind;
                 header.flags = flags;
                 header.sequence_number = seq;
-                header.port_number = nl.port_number();
+                header.port_number = port;
                 use netlink_packet_core::NetlinkDeserializable;
                 match RouteNetlinkMessage::deserialize(&header, payload) {
                     Ok(m) => Reply::Message(m),
