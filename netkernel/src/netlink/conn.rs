@@ -73,8 +73,10 @@ enum Reply {
     Message(RouteNetlinkMessage),
     /// An rtnetlink message left undecoded for now (see [`Conn::dump_once`]).
     Unparsed,
-    /// Something to skip: `NLMSG_NOOP`, or a message this crate's parser cannot read (as
-    /// rtnetlink did, it is left out rather than failing the whole reply).
+    /// An rtnetlink message the parser cannot read (a dump leaves it out, as rtnetlink
+    /// did, rather than failing the whole listing).
+    Undecodable(String),
+    /// `NLMSG_NOOP`.
     Skip,
 }
 
@@ -126,15 +128,15 @@ impl<T: Transport> Conn<T> {
         Ok(seq)
     }
 
-    /// Reads one datagram and decodes its messages. ENOBUFS (replies were dropped) is
-    /// [`NetlinkError::Overrun`]; a truncated datagram grows the buffer and is an overrun too
-    /// (part of it is lost).
-    fn recv(&mut self, nonblocking: bool) -> Result<Vec<Received>, NetlinkError> {
+    /// Reads one datagram and decodes its messages (rtnetlink objects only when `objects`).
+    fn recv(&mut self, nonblocking: bool, objects: bool) -> Result<Vec<Received>, NetlinkError> {
         let n = self.recv_raw(nonblocking)?;
-        decode(&self.rx[..n], true)
+        decode(&self.rx[..n], objects)
     }
 
-    /// Reads one datagram into the receive buffer; its length.
+    /// Reads one datagram into the receive buffer; its length. ENOBUFS (replies were
+    /// dropped) is [`NetlinkError::Overrun`]; a truncated datagram grows the buffer and is an
+    /// overrun too (part of it is lost).
     fn recv_raw(&mut self, nonblocking: bool) -> Result<usize, NetlinkError> {
         let n = match self.transport.recv(&mut self.rx, nonblocking) {
             Ok(n) => n,
@@ -167,7 +169,7 @@ impl<T: Transport> Conn<T> {
     pub(crate) fn ack(&mut self, req: &Request) -> Result<(), NetlinkError> {
         let seq = self.send(req)?;
         loop {
-            for r in self.recv(false)? {
+            for r in self.recv(false, false)? {
                 if r.seq != seq {
                     continue;
                 }
@@ -175,7 +177,7 @@ impl<T: Transport> Conn<T> {
                     Reply::Ack | Reply::Done(None) => return Ok(()),
                     Reply::Error(e) | Reply::Done(Some(e)) => return Err(e),
                     Reply::Overrun => return Err(NetlinkError::Overrun),
-                    Reply::Message(_) | Reply::Unparsed | Reply::Skip => {}
+                    Reply::Message(_) | Reply::Unparsed | Reply::Undecodable(_) | Reply::Skip => {}
                 }
             }
         }
@@ -185,7 +187,7 @@ impl<T: Transport> Conn<T> {
     pub(crate) fn get(&mut self, req: &Request) -> Result<RouteNetlinkMessage, NetlinkError> {
         let seq = self.send(req)?;
         loop {
-            for r in self.recv(false)? {
+            for r in self.recv(false, true)? {
                 if r.seq != seq {
                     continue;
                 }
@@ -198,6 +200,7 @@ impl<T: Transport> Conn<T> {
                         ));
                     }
                     Reply::Overrun => return Err(NetlinkError::Overrun),
+                    Reply::Undecodable(e) => return Err(NetlinkError::Protocol(e)),
                     Reply::Unparsed | Reply::Skip => {}
                 }
             }
@@ -267,7 +270,7 @@ impl<T: Transport> Conn<T> {
                 }
                 interrupted |= r.flags & NLM_F_DUMP_INTR != 0;
                 match r.reply {
-                    Reply::Unparsed | Reply::Message(_) => ours = true,
+                    Reply::Unparsed | Reply::Message(_) | Reply::Undecodable(_) => ours = true,
                     Reply::Done(None) | Reply::Ack => done = true,
                     Reply::Error(e) | Reply::Done(Some(e)) => return Err(e),
                     Reply::Overrun => return Err(NetlinkError::Overrun),
@@ -310,32 +313,12 @@ impl<T: Transport> Conn<T> {
             }
             // Their replies; the kernel handled the whole datagram before send returned.
             while !pending.is_empty() {
-                match self.recv(false) {
-                    Ok(replies) => {
-                        for r in replies {
-                            let outcome = match r.reply {
-                                Reply::Ack | Reply::Done(None) => Ok(()),
-                                Reply::Error(e) | Reply::Done(Some(e)) => Err(e),
-                                _ => continue,
-                            };
-                            if let Some(i) = pending.remove(&r.seq) {
-                                results[i] = Some(outcome);
-                            }
-                        }
-                    }
+                match self.recv(false, false) {
+                    Ok(replies) => settle(replies, &mut pending, &mut results),
                     Err(NetlinkError::Overrun) => {
                         // ACKs were dropped: collect what is queued, send the rest again.
-                        while let Ok(replies) = self.recv(true) {
-                            for r in replies {
-                                let outcome = match r.reply {
-                                    Reply::Ack | Reply::Done(None) => Ok(()),
-                                    Reply::Error(e) | Reply::Done(Some(e)) => Err(e),
-                                    _ => continue,
-                                };
-                                if let Some(i) = pending.remove(&r.seq) {
-                                    results[i] = Some(outcome);
-                                }
-                            }
+                        while let Ok(replies) = self.recv(true, false) {
+                            settle(replies, &mut pending, &mut results);
                         }
                         resends += 1;
                         let mut lost: Vec<usize> = pending.drain().map(|(_, i)| i).collect();
@@ -360,6 +343,24 @@ impl<T: Transport> Conn<T> {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(NetlinkError::Protocol("request left unanswered".into()))))
             .collect()
+    }
+}
+
+/// Gives the requests of a batch that `replies` answer their result.
+fn settle(
+    replies: Vec<Received>,
+    pending: &mut HashMap<u32, usize>,
+    results: &mut [Option<Result<(), NetlinkError>>],
+) {
+    for r in replies {
+        let outcome = match r.reply {
+            Reply::Ack | Reply::Done(None) => Ok(()),
+            Reply::Error(e) | Reply::Done(Some(e)) => Err(e),
+            _ => continue,
+        };
+        if let Some(i) = pending.remove(&r.seq) {
+            results[i] = Some(outcome);
+        }
     }
 }
 
@@ -439,7 +440,7 @@ fn decode(mut buf: &[u8], objects: bool) -> Result<Vec<Received>, NetlinkError> 
                 use netlink_packet_core::NetlinkDeserializable;
                 match RouteNetlinkMessage::deserialize(&header, payload) {
                     Ok(m) => Reply::Message(m),
-                    Err(_) => Reply::Skip,
+                    Err(e) => Reply::Undecodable(format!("message type {kind}: {e}")),
                 }
             }
         };

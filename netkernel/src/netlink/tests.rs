@@ -399,3 +399,28 @@ fn a_watched_dump_that_keeps_changing_gives_up() {
     let e = conn.dump(&dump_req(), Some(11)).unwrap_err();
     assert!(matches!(e, NetlinkError::DumpInterrupted { attempts: 10 }), "{e:?}");
 }
+
+#[test]
+fn an_undecodable_answer_to_a_get_is_an_error_not_a_wait() {
+    let mut conn = Conn::new(Fake::new(|req, _| {
+        // RTM_NEWLINK with a payload too short for its header.
+        let mut d = header(RTM_NEWLINK, 0, req.seq, 4);
+        d.extend([1, 2, 3, 4]);
+        vec![Ok(d)]
+    }));
+    let e = conn.get(&Request::new(flags::GET, link(4))).unwrap_err();
+    assert!(matches!(e, NetlinkError::Protocol(_)), "{e:?}");
+}
+
+#[test]
+fn an_undecodable_object_is_left_out_of_a_dump() {
+    let mut conn = Conn::new(Fake::new(|req, _| {
+        let mut d = msg(req.seq, NLM_F_MULTIPART, &link(1));
+        d.extend(header(RTM_NEWLINK, NLM_F_MULTIPART, req.seq, 4));
+        d.extend([1, 2, 3, 4]);
+        d.extend(msg(req.seq, NLM_F_MULTIPART, &link(3)));
+        d.extend(done(req.seq, 0));
+        vec![Ok(d)]
+    }));
+    assert_eq!(indexes(&conn.dump(&dump_req(), None).unwrap()), [1, 3]);
+}
