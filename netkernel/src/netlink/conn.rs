@@ -231,7 +231,7 @@ impl<T: Transport> Conn<T> {
             let pass = self.dump_once(req);
             let changed = watch.is_some_and(|group| self.transport.unwatch(group));
             let failure = match pass {
-                Ok(Some((seq, parts))) if parts.len() <= 1 || !changed => return decode_dump(seq, &parts),
+                Ok(Some(pass)) if pass.datagrams.len() <= 1 || !changed => return pass.decode(),
                 Ok(_) => NetlinkError::DumpInterrupted { attempts: attempt },
                 Err(e) if e.dump_retriable() => {
                     self.drain();
@@ -256,7 +256,7 @@ impl<T: Transport> Conn<T> {
     /// once the pass is known to be whole: the dump is read as fast as the kernel writes it,
     /// which keeps the window for a change to land in it short, and an interrupted pass
     /// costs no decoding.
-    fn dump_once(&mut self, req: &Request) -> Result<Option<(u32, Vec<Vec<u8>>)>, NetlinkError> {
+    fn dump_once(&mut self, req: &Request) -> Result<Option<Pass>, NetlinkError> {
         let seq = self.send(req)?;
         let mut datagrams: Vec<Vec<u8>> = Vec::new();
         let mut interrupted = false;
@@ -281,7 +281,7 @@ impl<T: Transport> Conn<T> {
                 datagrams.push(self.rx[..n].to_vec());
             }
             if done {
-                return Ok((!interrupted).then_some((seq, datagrams)));
+                return Ok((!interrupted).then_some(Pass { seq, datagrams }));
             }
         }
     }
@@ -364,17 +364,26 @@ fn settle(
     }
 }
 
-/// The objects of a whole dump pass.
-fn decode_dump(seq: u32, datagrams: &[Vec<u8>]) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-    let mut msgs = Vec::new();
-    for d in datagrams {
-        for r in decode(d, true)? {
-            if let (true, Reply::Message(m)) = (r.seq == seq, r.reply) {
-                msgs.push(m);
+/// A dump pass the kernel did not flag: its sequence number and the datagrams that hold its
+/// objects (one per part of the dump), not decoded yet.
+struct Pass {
+    seq: u32,
+    datagrams: Vec<Vec<u8>>,
+}
+
+impl Pass {
+    /// The pass's objects.
+    fn decode(&self) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let mut msgs = Vec::new();
+        for d in &self.datagrams {
+            for r in decode(d, true)? {
+                if let (true, Reply::Message(m)) = (r.seq == self.seq, r.reply) {
+                    msgs.push(m);
+                }
             }
         }
+        Ok(msgs)
     }
-    Ok(msgs)
 }
 
 /// The same error again, for each request a socket failure hit.
