@@ -1,11 +1,13 @@
 //! A synchronous rtnetlink handle bound to one network namespace.
 //!
-//! A [`Netlink`] is one `NETLINK_ROUTE` socket, created in the namespace of the thread that
+//! A [`Netlink`] is one `NETLINK_ROUTE` socket (and an idle second one that only listens
+//! for change announcements during some dumps), created in the namespace of the thread that
 //! made it, so a handle made with [`Netlink::in_netns`] keeps acting there from any thread.
 //! It is meant to be kept: every call reuses the socket (no runtime, no background task),
 //! which suits the short-lived plugins and the daemon's reconciler alike. Dumps are repeated
-//! when the kernel flags them torn (`NLM_F_DUMP_INTR`), so a listing is always one
-//! consistent pass over the table.
+//! when the kernel flags them torn (`NLM_F_DUMP_INTR`), or, for the tables it does not flag,
+//! when a change was announced while they were read, so a listing is one consistent pass
+//! over the table.
 
 mod conn;
 mod error;
