@@ -2,19 +2,18 @@
 
 use std::net::IpAddr;
 
-use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rtm};
 
 use crate::error::Result;
-use crate::netlink::{Netlink, nl_err};
+use crate::netlink::{Netlink, Request, flags, nl_err};
 
 impl Netlink {
     /// Adds `addr` (address and prefix length) to link `index`. EEXIST is an error here;
     /// [`Netlink::ensure_address`] tolerates it.
     pub fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        let req = self.handle().address().add(index, addr.addr(), addr.prefix_len());
-        self.block_on(req.execute()).map_err(nl_err(format!("adding {addr} to link {index}")))
+        self.ack(add_request(index, addr)).map_err(nl_err(format!("adding {addr} to link {index}")))
     }
 
     /// Adds `addr` unless that exact address is already there (concurrent callers race
@@ -28,12 +27,9 @@ impl Netlink {
 
     /// The addresses on link `index`, with their prefix lengths.
     pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
-        let req = self.handle().address().get().set_link_index_filter(index).execute();
-        let msgs: Vec<AddressMessage> =
-            self.block_on(req.try_collect()).map_err(nl_err(format!("listing addresses of link {index}")))?;
-        Ok(msgs
+        Ok(self
+            .address_messages(index)?
             .iter()
-            .filter(|m| m.header.index == index)
             .filter_map(|m| {
                 let ip = address_of(m)?;
                 IpNet::new(ip, m.header.prefix_len).ok()
@@ -43,20 +39,64 @@ impl Netlink {
 
     /// Removes `addr` from link `index`; an address that is not there is not an error.
     pub fn del_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        let req = self.handle().address().get().set_link_index_filter(index).execute();
-        let msgs: Vec<AddressMessage> =
-            self.block_on(req.try_collect()).map_err(nl_err(format!("listing addresses of link {index}")))?;
-        for m in msgs {
-            if m.header.index == index
-                && address_of(&m) == Some(addr.addr())
-                && m.header.prefix_len == addr.prefix_len()
-            {
-                self.block_on(self.handle().address().del(m).execute())
+        for m in self.address_messages(index)? {
+            if address_of(&m) == Some(addr.addr()) && m.header.prefix_len == addr.prefix_len() {
+                // The kernel's own description of the address identifies it exactly.
+                self.ack(Request::new(flags::ACK, Rtm::DelAddress(m)))
                     .map_err(nl_err(format!("removing {addr} from link {index}")))?;
             }
         }
         Ok(())
     }
+
+    /// Every address of link `index` (the kernel dumps all links' addresses; the filter is
+    /// here, as it was with rtnetlink).
+    fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        let msgs = self.dump(dump_request()).map_err(nl_err(format!("listing addresses of link {index}")))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                Rtm::NewAddress(a) if a.header.index == index => Some(a),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// `RTM_NEWADDR`, as `ip addr add` builds it: the address as both IFA_LOCAL and
+/// IFA_ADDRESS, and an IPv4 broadcast address below /31.
+pub(crate) fn add_request(index: u32, addr: IpNet) -> Request {
+    let mut m = AddressMessage::default();
+    m.header.index = index;
+    m.header.prefix_len = addr.prefix_len();
+    match addr.addr() {
+        IpAddr::V4(ip) => {
+            m.header.family = AddressFamily::Inet;
+            if !ip.is_multicast() {
+                m.attributes.push(AddressAttribute::Address(ip.into()));
+                m.attributes.push(AddressAttribute::Local(ip.into()));
+                if addr.prefix_len() < 31 {
+                    let brd = u32::from(ip) | (u32::MAX >> addr.prefix_len());
+                    m.attributes.push(AddressAttribute::Broadcast(brd.into()));
+                }
+            }
+        }
+        IpAddr::V6(ip) => {
+            m.header.family = AddressFamily::Inet6;
+            if ip.is_multicast() {
+                m.attributes.push(AddressAttribute::Multicast(ip));
+            } else {
+                m.attributes.push(AddressAttribute::Address(ip.into()));
+                m.attributes.push(AddressAttribute::Local(ip.into()));
+            }
+        }
+    }
+    Request::new(flags::ADD, Rtm::NewAddress(m))
+}
+
+/// `RTM_GETADDR` dump of every family.
+pub(crate) fn dump_request() -> Request {
+    Request::new(flags::DUMP, Rtm::GetAddress(AddressMessage::default()))
 }
 
 /// IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on point-to-point links).

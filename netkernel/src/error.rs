@@ -32,7 +32,7 @@ pub enum KernelError {
         errno: Option<i32>,
         /// The error.
         #[source]
-        source: rtnetlink::Error,
+        source: crate::netlink::NetlinkError,
     },
     /// A link exists but is of another kind than asked for.
     #[error("{name:?} already exists but is a {found}, not a {wanted}")]

@@ -5,6 +5,8 @@
 pub mod addr;
 pub mod error;
 pub mod ethtool;
+#[cfg(test)]
+mod golden;
 pub mod link;
 pub mod macspoof;
 pub mod masq;

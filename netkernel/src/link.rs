@@ -1,16 +1,16 @@
 //! Links: read them, and create or change bridges, veth pairs and their ports.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage, State,
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage as Rtm;
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind,
+    InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::error::{KernelError, Result};
-use crate::netlink::{Netlink, nl_err};
+use crate::netlink::{Netlink, NetlinkError, Request, flags, nl_err};
 use crate::netns::NetNs;
 
 /// A MAC address.
@@ -141,14 +141,8 @@ pub struct BridgeSpec {
 impl Netlink {
     /// The link named `name`, if it exists.
     pub fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = std::pin::pin!(self.handle().link().get().match_name(name.to_string()).execute());
-        match self.block_on(req.try_next()) {
-            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
-            Err(e) => match nl_err(format!("reading link {name:?}"))(e) {
-                e if e.is_not_found() => Ok(None),
-                e => Err(e),
-            },
-        }
+        let m = self.get_link(get_by_name_request(name)).map_err(nl_err(format!("reading link {name:?}")));
+        Ok(not_found_is_none(m)?.as_ref().map(Link::from_message))
     }
 
     /// The link named `name`, or [`KernelError::NoSuchLink`].
@@ -158,41 +152,38 @@ impl Netlink {
 
     /// The link with `index`, if it exists.
     pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut req = std::pin::pin!(self.handle().link().get().match_index(index).execute());
-        match self.block_on(req.try_next()) {
-            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
-            Err(e) => match nl_err(format!("reading link {index}"))(e) {
-                e if e.is_not_found() => Ok(None),
-                e => Err(e),
-            },
-        }
+        let m = self.get_link(get_by_index_request(index)).map_err(nl_err(format!("reading link {index}")));
+        Ok(not_found_is_none(m)?.as_ref().map(Link::from_message))
     }
 
     /// Every link.
     pub fn links(&self) -> Result<Vec<Link>> {
-        let req = self.handle().link().get().execute();
-        let msgs: Vec<LinkMessage> = self.block_on(req.try_collect()).map_err(nl_err("listing links"))?;
-        Ok(msgs.iter().map(Link::from_message).collect())
+        let msgs = self.dump(dump_request()).map_err(nl_err("listing links"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                Rtm::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// One link's message (`RTM_GETLINK` without a dump).
+    pub(crate) fn get_link(&self, req: Request) -> std::result::Result<LinkMessage, NetlinkError> {
+        match self.get(req)? {
+            Rtm::NewLink(m) => Ok(m),
+            other => Err(NetlinkError::Protocol(format!("RTM_GETLINK answered with {other:?}"))),
+        }
     }
 
     /// Makes sure a bridge named `spec.name` exists and is up; creating it when missing.
     /// Safe against concurrent callers: EEXIST from a racing creator is fine, as long as
     /// what exists is a bridge.
     pub fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<Link> {
-        let mut b = LinkBridge::new(&spec.name);
-        if let Some(mtu) = spec.mtu {
-            b = b.mtu(mtu);
-        }
-        if spec.vlan_filtering {
-            b = b.vlan_filtering(true);
-        }
-        match self.block_on(self.handle().link().add(b.build()).execute()) {
-            Ok(()) => {}
-            Err(e) => {
-                let e = nl_err(format!("creating bridge {:?}", spec.name))(e);
-                if !e.is_exists() {
-                    return Err(e);
-                }
+        if let Err(e) = self.ack(bridge_request(spec)) {
+            let e = nl_err(format!("creating bridge {:?}", spec.name))(e);
+            if !e.is_exists() {
+                return Err(e);
             }
         }
         let link = self.require_link(&spec.name)?;
@@ -218,64 +209,43 @@ impl Netlink {
         peer_ns: Option<&NetNs>,
         opts: &VethOptions,
     ) -> Result<()> {
-        let mut peer = LinkUnspec::new_with_name(peer_name);
-        if let Some(ns) = peer_ns {
-            peer = peer.setns_by_fd(ns.as_fd().as_raw_fd());
-        }
-        if let Some(mtu) = opts.mtu {
-            peer = peer.mtu(mtu);
-        }
-        if let Some(mac) = opts.peer_mac {
-            peer = peer.address(mac.to_vec());
-        }
-        let mut msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(name.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
-        if let Some(mtu) = opts.mtu {
-            msg = msg.mtu(mtu);
-        }
-        if let Some(mac) = opts.mac {
-            msg = msg.address(mac.to_vec());
-        }
-        self.block_on(self.handle().link().add(msg.build()).execute())
+        let fd = peer_ns.map(|ns| ns.as_fd().as_raw_fd());
+        self.ack(veth_request(name, peer_name, fd, opts))
             .map_err(nl_err(format!("creating veth {name:?} with peer {peer_name:?}")))
     }
 
     fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
-        self.block_on(self.handle().link().set(msg).execute()).map_err(nl_err(what))
+        self.ack(set_request(msg)).map_err(nl_err(what))
     }
 
     /// Brings a link up.
     pub fn set_up(&self, index: u32) -> Result<()> {
-        self.set(format!("setting link {index} up"), LinkUnspec::new_with_index(index).up().build())
+        self.set(format!("setting link {index} up"), with_flag(index, LinkFlags::Up, true))
     }
 
     /// Brings a link down.
     pub fn set_down(&self, index: u32) -> Result<()> {
-        self.set(format!("setting link {index} down"), LinkUnspec::new_with_index(index).down().build())
+        self.set(format!("setting link {index} down"), with_flag(index, LinkFlags::Up, false))
     }
 
     /// Makes a link a port of `master`.
     pub fn set_master(&self, index: u32, master: u32) -> Result<()> {
         self.set(
             format!("attaching link {index} to {master}"),
-            LinkUnspec::new_with_index(index).controller(master).build(),
+            with_attribute(index, LinkAttribute::Controller(master)),
         )
     }
 
     /// Sets the MTU.
     pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.set(
-            format!("setting the MTU of link {index}"),
-            LinkUnspec::new_with_index(index).mtu(mtu).build(),
-        )
+        self.set(format!("setting the MTU of link {index}"), with_attribute(index, LinkAttribute::Mtu(mtu)))
     }
 
     /// Sets the hardware address.
     pub fn set_mac(&self, index: u32, mac: Mac) -> Result<()> {
         self.set(
             format!("setting the MAC of link {index}"),
-            LinkUnspec::new_with_index(index).address(mac.to_vec()).build(),
+            with_attribute(index, LinkAttribute::Address(mac.to_vec())),
         )
     }
 
@@ -283,40 +253,27 @@ impl Netlink {
     pub fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
         self.set(
             format!("setting promiscuous mode of link {index}"),
-            LinkUnspec::new_with_index(index).promiscuous(on).build(),
+            with_flag(index, LinkFlags::Promisc, on),
         )
     }
 
     /// Sets bridge-port options of a link that is a bridge port.
     pub fn set_bridge_port(&self, index: u32, port: &BridgePortOptions) -> Result<()> {
-        let mut opts = Vec::new();
-        if let Some(h) = port.hairpin {
-            opts.push(InfoBridgePort::HairpinMode(h));
-        }
-        if let Some(i) = port.isolated {
-            opts.push(InfoBridgePort::Isolated(i));
-        }
-        if opts.is_empty() {
+        let Some(req) = bridge_port_request(index, port) else {
             return Ok(());
-        }
-        // As `ip link set … type bridge_slave`: RTM_NEWLINK (not SETLINK) with the port kind.
-        let msg = LinkUnspec::new_with_index(index)
-            .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(opts))
-            .build();
-        self.block_on(self.handle().link().change(msg).execute())
-            .map_err(nl_err(format!("setting bridge-port options of link {index}")))
+        };
+        self.ack(req).map_err(nl_err(format!("setting bridge-port options of link {index}")))
     }
 
     /// Moves a link into another namespace.
     pub fn move_to(&self, index: u32, ns: &NetNs) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_fd().as_raw_fd()).build();
+        let msg = with_attribute(index, LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
         self.set(format!("moving link {index} to {}", ns.path().display()), msg)
     }
 
     /// Deletes a link; a link that is already gone is not an error.
     pub fn delete_link(&self, index: u32) -> Result<()> {
-        match self.block_on(self.handle().link().del(index).execute()) {
+        match self.ack(delete_request(index)) {
             Ok(()) => Ok(()),
             Err(e) => match nl_err(format!("deleting link {index}"))(e) {
                 e if e.is_not_found() => Ok(()),
@@ -324,6 +281,124 @@ impl Netlink {
             },
         }
     }
+}
+
+/// A "does not exist" answer to a read is `None`.
+fn not_found_is_none<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `RTM_GETLINK` for the link named `name`.
+pub(crate) fn get_by_name_request(name: &str) -> Request {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    Request::new(flags::GET, Rtm::GetLink(m))
+}
+
+/// `RTM_GETLINK` for the link with `index`.
+pub(crate) fn get_by_index_request(index: u32) -> Request {
+    Request::new(flags::GET, Rtm::GetLink(by_index(index)))
+}
+
+/// `RTM_GETLINK` dump of every link.
+pub(crate) fn dump_request() -> Request {
+    Request::new(flags::DUMP, Rtm::GetLink(LinkMessage::default()))
+}
+
+fn by_index(index: u32) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m
+}
+
+/// An `RTM_SETLINK` of link `index` that sets (or clears) one `IFF_*` flag.
+pub(crate) fn with_flag(index: u32, flag: LinkFlags, on: bool) -> LinkMessage {
+    let mut m = by_index(index);
+    m.header.flags.set(flag, on);
+    m.header.change_mask |= flag;
+    m
+}
+
+/// An `RTM_SETLINK` of link `index` that sets one attribute.
+pub(crate) fn with_attribute(index: u32, attr: LinkAttribute) -> LinkMessage {
+    let mut m = by_index(index);
+    m.attributes.push(attr);
+    m
+}
+
+/// `RTM_SETLINK` with the flags rtnetlink gave it.
+pub(crate) fn set_request(msg: LinkMessage) -> Request {
+    Request::new(flags::SET, Rtm::SetLink(msg))
+}
+
+/// `RTM_DELLINK` of link `index`.
+pub(crate) fn delete_request(index: u32) -> Request {
+    Request::new(flags::ACK, Rtm::DelLink(by_index(index)))
+}
+
+/// `RTM_NEWLINK` of a new link: administratively up when `up`, with `attrs` then its kind
+/// and kind-specific data (the order `ip link add` uses too).
+pub(crate) fn new_link(
+    up: bool,
+    attrs: Vec<LinkAttribute>,
+    kind: InfoKind,
+    data: Option<InfoData>,
+) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    if up {
+        m.header.flags |= LinkFlags::Up;
+        m.header.change_mask |= LinkFlags::Up;
+    }
+    m.attributes = attrs;
+    let mut info = vec![LinkInfo::Kind(kind)];
+    info.extend(data.map(LinkInfo::Data));
+    m.attributes.push(LinkAttribute::LinkInfo(info));
+    m
+}
+
+/// Creating a bridge, up from the start.
+pub(crate) fn bridge_request(spec: &BridgeSpec) -> Request {
+    let mut attrs = vec![LinkAttribute::IfName(spec.name.clone())];
+    attrs.extend(spec.mtu.map(LinkAttribute::Mtu));
+    let data = spec.vlan_filtering.then(|| InfoData::Bridge(vec![InfoBridge::VlanFiltering(true)]));
+    Request::new(flags::ADD, Rtm::NewLink(new_link(true, attrs, InfoKind::Bridge, data)))
+}
+
+/// Creating a veth pair; `peer_ns` is an open namespace file for the peer's namespace.
+pub(crate) fn veth_request(
+    name: &str,
+    peer_name: &str,
+    peer_ns: Option<RawFd>,
+    opts: &VethOptions,
+) -> Request {
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(peer_name.to_string()));
+    peer.attributes.extend(peer_ns.map(LinkAttribute::NetNsFd));
+    peer.attributes.extend(opts.mtu.map(LinkAttribute::Mtu));
+    peer.attributes.extend(opts.peer_mac.map(|m| LinkAttribute::Address(m.to_vec())));
+    let mut attrs = vec![LinkAttribute::IfName(name.to_string())];
+    attrs.extend(opts.mtu.map(LinkAttribute::Mtu));
+    attrs.extend(opts.mac.map(|m| LinkAttribute::Address(m.to_vec())));
+    let data = InfoData::Veth(InfoVeth::Peer(peer));
+    Request::new(flags::ADD, Rtm::NewLink(new_link(false, attrs, InfoKind::Veth, Some(data))))
+}
+
+/// Bridge-port options, as `ip link set … type bridge_slave`: `RTM_NEWLINK` (not SETLINK)
+/// with the port kind, without the create flags. `None` when there is nothing to set.
+pub(crate) fn bridge_port_request(index: u32, port: &BridgePortOptions) -> Option<Request> {
+    let mut opts = Vec::new();
+    opts.extend(port.hairpin.map(InfoBridgePort::HairpinMode));
+    opts.extend(port.isolated.map(InfoBridgePort::Isolated));
+    if opts.is_empty() {
+        return None;
+    }
+    let info =
+        vec![LinkInfo::PortKind(InfoPortKind::Bridge), LinkInfo::PortData(InfoPortData::BridgePort(opts))];
+    Some(Request::new(flags::ACK, Rtm::NewLink(with_attribute(index, LinkAttribute::LinkInfo(info)))))
 }
 
 /// Options of a new veth pair.
@@ -358,25 +433,13 @@ pub enum PortVlan {
 impl Netlink {
     /// Adds a VLAN (or a range) to a bridge port (`bridge vlan add`).
     pub fn bridge_vlan_add(&self, port: u32, vlan: PortVlan) -> Result<()> {
-        use rtnetlink::LinkBridgeVlan;
-        use rtnetlink::packet_route::link::BridgeVlanInfoFlags as F;
-        let msg = match vlan {
-            PortVlan::Access(vid) => LinkBridgeVlan::new(port).vlan(vid, F::Pvid | F::Untagged),
-            PortVlan::Trunk(a, b) if a == b => LinkBridgeVlan::new(port).vlan(a, F::empty()),
-            PortVlan::Trunk(a, b) => {
-                LinkBridgeVlan::new(port).vlan_range_start(a, F::empty()).vlan_range_end(b, F::empty())
-            }
-        };
-        self.block_on(self.handle().link().set(msg.build()).execute())
+        self.ack(set_request(vlan_message(port, vlan)))
             .map_err(nl_err(format!("adding VLAN {vlan:?} to port {port}")))
     }
 
     /// Removes a VLAN from a bridge port (`bridge vlan del`); absent is not an error.
     pub fn bridge_vlan_del(&self, port: u32, vid: u16) -> Result<()> {
-        use rtnetlink::LinkBridgeVlan;
-        use rtnetlink::packet_route::link::BridgeVlanInfoFlags as F;
-        let msg = LinkBridgeVlan::new(port).vlan(vid, F::empty()).build();
-        match self.block_on(self.handle().link().del_with_message(msg).execute()) {
+        match self.ack(vlan_del_request(port, vid)) {
             Ok(()) => Ok(()),
             Err(e) => match nl_err(format!("removing VLAN {vid} from port {port}"))(e) {
                 e if e.is_not_found() || e.errno() == Some(libc::EINVAL) => Ok(()),
@@ -384,4 +447,28 @@ impl Netlink {
             },
         }
     }
+}
+
+/// An AF_BRIDGE link message of `port` with VLAN entries (`IFLA_AF_SPEC`), as `bridge vlan`
+/// sends it: a range is a begin and an end entry.
+pub(crate) fn vlan_message(port: u32, vlan: PortVlan) -> LinkMessage {
+    use BridgeVlanInfoFlags as F;
+    let entries = match vlan {
+        PortVlan::Access(vid) => vec![(vid, F::Pvid | F::Untagged)],
+        PortVlan::Trunk(a, b) if a == b => vec![(a, F::empty())],
+        PortVlan::Trunk(a, b) => vec![(a, F::RangeBegin), (b, F::RangeEnd)],
+    };
+    let mut m = by_index(port);
+    m.header.interface_family = AddressFamily::Bridge;
+    let spec = entries
+        .into_iter()
+        .map(|(vid, flags)| AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }))
+        .collect();
+    m.attributes.push(LinkAttribute::AfSpecBridge(spec));
+    m
+}
+
+/// Removing VLAN `vid` from `port`: `RTM_DELLINK` of the AF_BRIDGE message.
+pub(crate) fn vlan_del_request(port: u32, vid: u16) -> Request {
+    Request::new(flags::ACK, Rtm::DelLink(vlan_message(port, PortVlan::Trunk(vid, vid))))
 }

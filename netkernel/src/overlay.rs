@@ -3,22 +3,17 @@
 
 use std::net::IpAddr;
 
-use futures_util::{StreamExt, TryStreamExt, stream};
-use rtnetlink::LinkVxlan;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::InfoVxlan;
-use rtnetlink::packet_route::link::{InfoData, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::neighbour::{
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rtm};
 
 use crate::error::{KernelError, Result};
-use crate::link::{Link, Mac};
-use crate::netlink::{Netlink, nl_err};
-use crate::route::Route;
-
-/// How many netlink requests a batch keeps in flight.
-const IN_FLIGHT: usize = 128;
+use crate::link::{self, Link, Mac};
+use crate::netlink::{Netlink, Request, flags, nl_err};
+use crate::route::{self, Route};
 
 /// The VXLAN device to have.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,10 +115,8 @@ fn vxlan_info(m: &LinkMessage) -> Option<VxlanInfo> {
 impl Netlink {
     /// The VXLAN attributes of link `name`, if it is a VXLAN device.
     pub fn vxlan_info(&self, name: &str) -> Result<Option<VxlanInfo>> {
-        let mut req = std::pin::pin!(self.handle().link().get().match_name(name.to_string()).execute());
-        match self.block_on(req.try_next()) {
-            Ok(Some(m)) => Ok(vxlan_info(&m)),
-            Ok(None) => Ok(None),
+        match self.get_link(link::get_by_name_request(name)) {
+            Ok(m) => Ok(vxlan_info(&m)),
             Err(e) => match nl_err(format!("reading link {name:?}"))(e) {
                 e if e.is_not_found() => Ok(None),
                 e => Err(e),
@@ -176,22 +169,14 @@ impl Netlink {
                 }
             }
         }
-        let mut b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.dev).port(spec.port).learning(false);
-        b = match spec.local {
-            IpAddr::V4(a) => b.local(a),
-            IpAddr::V6(a) => b.local6(a),
-        };
-        let msg = b.mtu(spec.mtu).address(spec.mac.to_vec()).up().build();
-        self.block_on(self.handle().link().add(msg).execute())
-            .map_err(nl_err(format!("creating vxlan device {:?}", spec.name)))?;
+        self.ack(vxlan_request(spec)).map_err(nl_err(format!("creating vxlan device {:?}", spec.name)))?;
         Ok((self.require_link(&spec.name)?, replaced))
     }
 
     /// The permanent neighbour entries on link `index`.
     pub fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
-        let msgs: Vec<NeighbourMessage> = self
-            .block_on(self.handle().neighbours().get().execute().try_collect())
-            .map_err(nl_err("listing neighbours"))?;
+        let msgs =
+            self.neighbour_messages(neighbours_dump_request()).map_err(nl_err("listing neighbours"))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index && m.header.family != AddressFamily::Bridge)
@@ -205,9 +190,7 @@ impl Netlink {
 
     /// The FDB entries of VXLAN link `index` that point at a remote VTEP.
     pub fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
-        let req = self.handle().neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-        let msgs: Vec<NeighbourMessage> =
-            self.block_on(req.try_collect()).map_err(nl_err("listing FDB entries"))?;
+        let msgs = self.neighbour_messages(fdb_dump_request()).map_err(nl_err("listing FDB entries"))?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == index)
@@ -218,93 +201,145 @@ impl Netlink {
             .collect())
     }
 
-    /// Applies `ops` with many requests in flight; returns one error per failed op (the
-    /// others are still applied). Removals of things already gone count as done.
+    /// A neighbour or FDB dump. The kernel resumes both by position in a hash chain and does
+    /// not flag a dump torn by changes between its parts, so one during which a change was
+    /// announced (RTNLGRP_NEIGH carries both) is repeated. FDB changes and dumps both hold
+    /// RTNL, so no part of an FDB dump can see a change before it is announced; the
+    /// neighbour table is dumped without locks and a change becomes visible just before it
+    /// is announced, which leaves a short window (microseconds, on the writer's side) that
+    /// this does not close.
+    fn neighbour_messages(
+        &self,
+        req: Request,
+    ) -> std::result::Result<Vec<NeighbourMessage>, crate::netlink::NetlinkError> {
+        Ok(self
+            .dump_watching(req, libc::RTNLGRP_NEIGH)?
+            .into_iter()
+            .filter_map(|m| match m {
+                Rtm::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Applies `ops`, many requests per datagram (each with its own ACK); returns one error
+    /// per failed op (the others are still applied). Removals of things already gone count
+    /// as done.
     pub fn apply_overlay(&self, ops: Vec<OverlayOp>) -> Vec<(OverlayOp, KernelError)> {
-        let h = self.handle().clone();
-        let run = stream::iter(ops.into_iter().map(|op| {
-            let h = h.clone();
-            async move {
-                let r = match &op {
-                    OverlayOp::SetNeighbour(idx, n) => h
-                        .neighbours()
-                        .add(*idx, n.ip)
-                        .link_layer_address(&n.mac)
-                        .state(NeighbourState::Permanent)
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(nl_err(format!("setting neighbour {}", n.ip))),
-                    OverlayOp::SetFdb(idx, f) => h
-                        .neighbours()
-                        .add_bridge(*idx, &f.mac)
-                        .destination(f.dst)
-                        .flags(NeighbourFlags::Own)
-                        .state(NeighbourState::Permanent)
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(nl_err(format!("setting FDB entry to {}", f.dst))),
-                    OverlayOp::DelNeighbour(idx, ip) => {
-                        let mut m = NeighbourMessage::default();
-                        m.header.family =
-                            if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-                        m.header.ifindex = *idx;
-                        m.attributes.push(NeighbourAttribute::Destination(match ip {
-                            IpAddr::V4(a) => NeighbourAddress::Inet(*a),
-                            IpAddr::V6(a) => NeighbourAddress::Inet6(*a),
-                        }));
-                        gone_ok(
-                            h.neighbours()
-                                .del(m)
-                                .execute()
-                                .await
-                                .map_err(nl_err(format!("removing neighbour {ip}"))),
-                        )
-                    }
-                    OverlayOp::DelFdb(idx, f) => {
-                        let mut m = NeighbourMessage::default();
-                        m.header.family = AddressFamily::Bridge;
-                        m.header.ifindex = *idx;
-                        m.header.flags = NeighbourFlags::Own;
-                        m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
-                        m.attributes.push(NeighbourAttribute::Destination(match f.dst {
-                            IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-                        }));
-                        gone_ok(
-                            h.neighbours()
-                                .del(m)
-                                .execute()
-                                .await
-                                .map_err(nl_err(format!("removing FDB entry to {}", f.dst))),
-                        )
-                    }
-                    OverlayOp::SetRoute(r) => h
-                        .route()
-                        .add(r.message())
-                        .replace()
-                        .execute()
-                        .await
-                        .map_err(nl_err(format!("setting route to {}", r.dst))),
-                    OverlayOp::DelRoute(r) => gone_ok(
-                        h.route()
-                            .del(r.message())
-                            .execute()
-                            .await
-                            .map_err(nl_err(format!("removing route to {}", r.dst))),
-                    ),
-                };
+        let reqs: Vec<Request> = ops.iter().map(op_request).collect();
+        let results = self.batch(&reqs);
+        ops.into_iter()
+            .zip(results)
+            .filter_map(|(op, r)| {
+                let r = r.map_err(nl_err(op_description(&op)));
+                let r = if op_is_removal(&op) { gone_ok(r) } else { r };
                 r.err().map(|e| (op, e))
-            }
-        }))
-        .buffer_unordered(IN_FLIGHT)
-        .filter_map(|x| async move { x })
-        .collect::<Vec<_>>();
-        self.block_on(run)
+            })
+            .collect()
     }
 }
 
+/// Creating the VXLAN device, up, learning off (entries are programmed, never learnt).
+pub(crate) fn vxlan_request(spec: &VxlanSpec) -> Request {
+    let mut data = vec![
+        InfoVxlan::Id(spec.vni),
+        InfoVxlan::Link(spec.dev),
+        InfoVxlan::Port(spec.port),
+        InfoVxlan::Learning(false),
+    ];
+    data.push(match spec.local {
+        IpAddr::V4(a) => InfoVxlan::Local(a),
+        IpAddr::V6(a) => InfoVxlan::Local6(a),
+    });
+    let attrs = vec![
+        LinkAttribute::IfName(spec.name.clone()),
+        LinkAttribute::Mtu(spec.mtu),
+        LinkAttribute::Address(spec.mac.to_vec()),
+    ];
+    let msg = link::new_link(true, attrs, InfoKind::Vxlan, Some(InfoData::Vxlan(data)));
+    Request::new(flags::ADD, Rtm::NewLink(msg))
+}
+
+/// `RTM_GETNEIGH` dump of every family's neighbours.
+pub(crate) fn neighbours_dump_request() -> Request {
+    Request::new(flags::DUMP, Rtm::GetNeighbour(NeighbourMessage::default()))
+}
+
+/// `RTM_GETNEIGH` dump of the bridge family: the FDB.
+pub(crate) fn fdb_dump_request() -> Request {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    Request::new(flags::DUMP, Rtm::GetNeighbour(m))
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
+}
+
+/// The request of one overlay change. Every one is idempotent (replace, or delete with
+/// "gone" counted as done), which lets a batch send it again after an overflow.
+pub(crate) fn op_request(op: &OverlayOp) -> Request {
+    match op {
+        OverlayOp::SetNeighbour(idx, n) => {
+            let mut m = NeighbourMessage::default();
+            m.header.family = if n.ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            m.header.ifindex = *idx;
+            m.header.state = NeighbourState::Permanent;
+            m.header.kind = RouteType::Unspec;
+            m.attributes.push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+            m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.mac.to_vec()));
+            Request::new(flags::REPLACE, Rtm::NewNeighbour(m))
+        }
+        OverlayOp::SetFdb(idx, f) => {
+            // `bridge fdb replace <mac> dev <vxlan> dst <ip> self permanent`.
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Bridge;
+            m.header.ifindex = *idx;
+            m.header.state = NeighbourState::Permanent;
+            m.header.kind = RouteType::Unspec;
+            m.header.flags = NeighbourFlags::Own;
+            m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+            m.attributes.push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+            Request::new(flags::REPLACE, Rtm::NewNeighbour(m))
+        }
+        OverlayOp::DelNeighbour(idx, ip) => {
+            let mut m = NeighbourMessage::default();
+            m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            m.header.ifindex = *idx;
+            m.attributes.push(NeighbourAttribute::Destination(neighbour_address(*ip)));
+            Request::new(flags::ACK, Rtm::DelNeighbour(m))
+        }
+        OverlayOp::DelFdb(idx, f) => {
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Bridge;
+            m.header.ifindex = *idx;
+            m.header.flags = NeighbourFlags::Own;
+            m.attributes.push(NeighbourAttribute::LinkLayerAddress(f.mac.to_vec()));
+            m.attributes.push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+            Request::new(flags::ACK, Rtm::DelNeighbour(m))
+        }
+        OverlayOp::SetRoute(r) => route::replace_request(r),
+        OverlayOp::DelRoute(r) => route::del_request(r),
+    }
+}
+
+fn op_description(op: &OverlayOp) -> String {
+    match op {
+        OverlayOp::SetNeighbour(_, n) => format!("setting neighbour {}", n.ip),
+        OverlayOp::SetFdb(_, f) => format!("setting FDB entry to {}", f.dst),
+        OverlayOp::DelNeighbour(_, ip) => format!("removing neighbour {ip}"),
+        OverlayOp::DelFdb(_, f) => format!("removing FDB entry to {}", f.dst),
+        OverlayOp::SetRoute(r) => format!("setting route to {}", r.dst),
+        OverlayOp::DelRoute(r) => format!("removing route to {}", r.dst),
+    }
+}
+
+fn op_is_removal(op: &OverlayOp) -> bool {
+    matches!(op, OverlayOp::DelNeighbour(..) | OverlayOp::DelFdb(..) | OverlayOp::DelRoute(_))
+}
 /// The destination address and the link-layer address of a neighbour or FDB message.
 fn address_and_mac(m: &NeighbourMessage) -> (Option<IpAddr>, Option<Mac>) {
     let (mut ip, mut mac) = (None, None);

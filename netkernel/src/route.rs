@@ -2,15 +2,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::RouteMessageBuilder;
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteScope,
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol,
+    RouteScope, RouteType,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rtm};
 
 use crate::error::Result;
-use crate::netlink::{Netlink, nl_err};
+use crate::netlink::{Netlink, Request, flags, nl_err};
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -55,24 +55,14 @@ impl Route {
     }
 
     pub(crate) fn message(&self) -> RouteMessage {
-        let mut m = match self.dst {
-            IpNet::V4(d) => {
-                let mut b =
-                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.network(), d.prefix_len());
-                if let Some(IpAddr::V4(gw)) = self.gateway {
-                    b = b.gateway(gw);
-                }
-                b.build()
-            }
-            IpNet::V6(d) => {
-                let mut b =
-                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.network(), d.prefix_len());
-                if let Some(IpAddr::V6(gw)) = self.gateway {
-                    b = b.gateway(gw);
-                }
-                b.build()
-            }
-        };
+        // What `ip route add` starts from: a static unicast route of the main table.
+        let mut m = base_message(!self.dst.addr().is_ipv4());
+        m.header.destination_prefix_length = self.dst.prefix_len();
+        m.attributes.push(RouteAttribute::Destination(route_address(self.dst.network())));
+        // A gateway of the other family is left out, as before.
+        if let Some(gw) = self.gateway.filter(|g| g.is_ipv4() == self.dst.addr().is_ipv4()) {
+            m.attributes.push(RouteAttribute::Gateway(route_address(gw)));
+        }
         if let Some(oif) = self.oif {
             m.attributes.push(RouteAttribute::Oif(oif));
         }
@@ -132,16 +122,51 @@ impl Route {
         let len = m.header.destination_prefix_length;
         r.dst = match (dst, m.header.address_family) {
             (Some(ip), _) => IpNet::new(ip, len).ok()?,
-            (None, rtnetlink::packet_route::AddressFamily::Inet) => {
-                IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok()?
-            }
-            (None, rtnetlink::packet_route::AddressFamily::Inet6) => {
-                IpNet::new(Ipv6Addr::UNSPECIFIED.into(), 0).ok()?
-            }
+            (None, AddressFamily::Inet) => IpNet::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok()?,
+            (None, AddressFamily::Inet6) => IpNet::new(Ipv6Addr::UNSPECIFIED.into(), 0).ok()?,
             _ => return None,
         };
         Some(r)
     }
+}
+
+/// An empty route message of one family, with the header fields `ip route` sets.
+fn base_message(v6: bool) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Static;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Unicast;
+    m
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+/// `RTM_NEWROUTE` that fails with EEXIST if the route is there.
+pub(crate) fn add_request(route: &Route) -> Request {
+    Request::new(flags::ADD, Rtm::NewRoute(route.message()))
+}
+
+/// `RTM_NEWROUTE` that adds or replaces.
+pub(crate) fn replace_request(route: &Route) -> Request {
+    Request::new(flags::REPLACE, Rtm::NewRoute(route.message()))
+}
+
+/// `RTM_DELROUTE`.
+pub(crate) fn del_request(route: &Route) -> Request {
+    Request::new(flags::ACK, Rtm::DelRoute(route.message()))
+}
+
+/// `RTM_GETROUTE` dump of one family (every table: the kernel ignores the header's table
+/// unless strict checking is on; the filter is here).
+pub(crate) fn dump_request(v6: bool) -> Request {
+    Request::new(flags::DUMP, Rtm::GetRoute(base_message(v6)))
 }
 
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
@@ -155,19 +180,17 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
 impl Netlink {
     /// Adds a route; EEXIST is an error (see [`Netlink::replace_route`]).
     pub fn add_route(&self, route: &Route) -> Result<()> {
-        self.block_on(self.handle().route().add(route.message()).execute())
-            .map_err(nl_err(format!("adding route to {}", route.dst)))
+        self.ack(add_request(route)).map_err(nl_err(format!("adding route to {}", route.dst)))
     }
 
     /// Adds or replaces a route (idempotent).
     pub fn replace_route(&self, route: &Route) -> Result<()> {
-        self.block_on(self.handle().route().add(route.message()).replace().execute())
-            .map_err(nl_err(format!("replacing route to {}", route.dst)))
+        self.ack(replace_request(route)).map_err(nl_err(format!("replacing route to {}", route.dst)))
     }
 
     /// Deletes a route; a route that is not there is not an error.
     pub fn del_route(&self, route: &Route) -> Result<()> {
-        match self.block_on(self.handle().route().del(route.message()).execute()) {
+        match self.ack(del_request(route)) {
             Ok(()) => Ok(()),
             Err(e) => match nl_err(format!("deleting route to {}", route.dst))(e) {
                 e if e.errno() == Some(libc::ESRCH) || e.is_not_found() => Ok(()),
@@ -178,15 +201,22 @@ impl Netlink {
 
     /// The routes of one family in `table` (main when `None`).
     pub fn routes(&self, v6: bool, table: Option<u32>) -> Result<Vec<Route>> {
-        let query = if v6 {
-            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        let msgs = if v6 {
+            // The kernel does not flag a torn IPv6 route dump; its announcements tell.
+            self.dump_watching(dump_request(true), libc::RTNLGRP_IPV6_ROUTE)
         } else {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
-        };
-        let msgs: Vec<RouteMessage> = self
-            .block_on(self.handle().route().get(query).execute().try_collect())
-            .map_err(nl_err("listing routes"))?;
+            // IPv4 dumps resume by key: a route there all along is listed exactly once.
+            self.dump(dump_request(false))
+        }
+        .map_err(nl_err("listing routes"))?;
         let table = table.unwrap_or(MAIN_TABLE);
-        Ok(msgs.iter().filter_map(Route::from_message).filter(|r| r.table == Some(table)).collect())
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                Rtm::NewRoute(r) => Route::from_message(r),
+                _ => None,
+            })
+            .filter(|r| r.table == Some(table))
+            .collect())
     }
 }

@@ -317,3 +317,420 @@ fn echo_probe_counts_only_real_answers_in_both_families() {
     let bad = [t("10.77.0.2", "10.77.0.1")];
     assert!(a.run(|| echo_all(&bad, Duration::from_millis(100), Duration::from_millis(300))).is_err());
 }
+
+/// Creates `n` bridges `<prefix><i>` in `ns` with one `ip -batch` run.
+fn add_bridges(ns: &TestNs, prefix: &str, n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("links");
+    let lines: String = (0..n).map(|i| format!("link add {prefix}{i} type bridge\n")).collect();
+    std::fs::write(&batch, lines).unwrap();
+    ns.exec(&["ip", "-batch", batch.to_str().unwrap()]);
+}
+
+/// A veth pair `name`/`name`p in `ns`, both ends up (so it has a carrier); the index of `name`.
+fn add_device(ns: &TestNs, name: &str) -> u32 {
+    let nl = ns.netlink();
+    nl.add_veth(name, &format!("{name}p"), None, &VethOptions::default()).unwrap();
+    for n in [name.to_string(), format!("{name}p")] {
+        nl.set_up(nl.require_link(&n).unwrap().index).unwrap();
+    }
+    nl.require_link(name).unwrap().index
+}
+
+#[test]
+fn route_dumps_stay_whole_while_another_thread_churns_the_table() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root!();
+    let host = TestNs::new("rtchurn");
+    let dev = add_device(&host, "rt0");
+    let nl = host.netlink();
+    nl.add_address(dev, "10.50.0.1/16".parse().unwrap()).unwrap();
+    nl.add_address(dev, "fd50::1/64".parse().unwrap()).unwrap();
+    // The stable routes, spread over the whole key space so the churn lands between them.
+    let mut stable: HashSet<String> = HashSet::new();
+    for i in 0..400u32 {
+        let v4 = Route::new(
+            format!("10.{}.{}.0/24", 60 + i / 200 * 40, i % 200).parse().unwrap(),
+            None,
+            Some(dev),
+        );
+        let v6 = Route::new(format!("fd60:{:x}::/64", i * 64).parse().unwrap(), None, Some(dev));
+        for r in [v4, v6] {
+            nl.add_route(&r).unwrap();
+            stable.insert(format!("{} {:?}", r.dst, r.oif));
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let rounds = std::sync::atomic::AtomicU32::new(0);
+    let (whole, gave_up, churned) = std::thread::scope(|s| {
+        let churn = s.spawn(|| {
+            // Adds and deletes of both families, all over the table.
+            let nl = host.netlink();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let i = n % 2000;
+                let v4 = Route::new(
+                    format!("10.{}.{}.128/25", 60 + i % 80, i / 80 * 8).parse().unwrap(),
+                    None,
+                    Some(dev),
+                );
+                let v6 = Route::new(
+                    format!("fd60:{:x}:8000::/80", (i * 37) % 25600).parse().unwrap(),
+                    None,
+                    Some(dev),
+                );
+                for r in [v4, v6] {
+                    nl.replace_route(&r).unwrap();
+                    nl.del_route(&r).unwrap();
+                }
+                n += 1;
+                rounds.store(n, Ordering::Relaxed);
+                if n > 1_000_000 {
+                    break;
+                }
+                // About a thousand changes a second, not flat out: at full speed (tens of
+                // thousands a second) most IPv6 dumps of several parts never get a quiet
+                // moment and give up after ten tries (EINTR), which is right (still no torn
+                // view) but leaves little to check.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        });
+        // Whole dumps and dumps given up on (EINTR), per family.
+        let (mut whole, mut gave_up) = ([0; 2], [0; 2]);
+        // At least 300 rounds of dumps, and on until the churn has made thousands of changes.
+        let mut i = 0;
+        while i < 300 || rounds.load(Ordering::Relaxed) < 2000 {
+            i += 1;
+            for v6 in [false, true] {
+                let routes = match nl.routes(v6, None) {
+                    Ok(r) => r,
+                    // Allowed (the churn may outrun every attempt), never a partial view.
+                    Err(e) if e.errno() == Some(libc::EINTR) => {
+                        gave_up[v6 as usize] += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("dump: {e}"),
+                };
+                // A prefix may be there once per device (fe80::/64 on both veth ends).
+                let got: Vec<String> = routes.iter().map(|r| format!("{} {:?}", r.dst, r.oif)).collect();
+                let unique: HashSet<&String> = got.iter().collect();
+                assert_eq!(unique.len(), got.len(), "a route was listed twice: {got:?}");
+                let missing: Vec<&String> =
+                    stable.iter().filter(|d| d.contains(':') == v6 && !unique.contains(d)).collect();
+                assert!(missing.is_empty(), "a dump lost stable routes: {missing:?}");
+                whole[v6 as usize] += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        (whole, gave_up, churn.join().unwrap())
+    });
+    eprintln!(
+        "whole route dumps v4/v6 {whole:?}, given up {gave_up:?}, against {churned} churn rounds; {} passes repeated",
+        nl.dump_retries()
+    );
+    assert!(whole[0] > 0 && whole[1] > 0, "no whole dump at all");
+    assert!(gave_up[0] + gave_up[1] < 60, "too many dumps gave up: {gave_up:?}");
+}
+
+#[test]
+fn link_dumps_torn_by_new_links_are_repeated() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    require_root!();
+    let host = TestNs::new("lnchurn");
+    // Enough links that a dump takes many datagrams, so creations land in the middle.
+    add_bridges(&host, "st", 400);
+    let nl = host.netlink();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let nl = host.netlink();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                nl.add_veth("churn0", "churn1", None, &VethOptions::default()).unwrap();
+                let idx = nl.require_link("churn0").unwrap().index;
+                nl.delete_link(idx).unwrap();
+                i += 1;
+                assert!(i < 100_000);
+            }
+        });
+        let mut whole = 0;
+        for _ in 0..150 {
+            match nl.links() {
+                Ok(links) => {
+                    let stable = links.iter().filter(|l| l.name.starts_with("st")).count();
+                    assert_eq!(stable, 400, "a link dump lost some of the 400 stable links");
+                    whole += 1;
+                }
+                Err(e) => assert_eq!(e.errno(), Some(libc::EINTR), "{e}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        eprintln!("{whole} whole link dumps of 150; {} repeated after NLM_F_DUMP_INTR", nl.dump_retries());
+        assert!(whole > 0);
+    });
+    // The kernel flags link dumps that a new link tears: some must have been repeated.
+    assert!(nl.dump_retries() > 0, "no dump was ever flagged interrupted: the test raced nothing");
+}
+
+#[test]
+fn one_handle_serves_thousands_of_calls() {
+    fn shareable<T: Send + Sync>(_: &T) {}
+    require_root!();
+    let host = TestNs::new("longlived");
+    let dev = add_device(&host, "ll0");
+    let nl = host.netlink();
+    shareable(&nl);
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    let t = std::time::Instant::now();
+    let mut calls = 0;
+    for i in 0..1500u32 {
+        let r =
+            Route::new(format!("10.{}.{}.0/24", 100 + i / 250, i % 250).parse().unwrap(), None, Some(dev));
+        nl.add_route(&r).unwrap();
+        assert!(nl.link("ll0").unwrap().is_some());
+        assert!(nl.link_by_index(dev).unwrap().unwrap().up);
+        calls += 3;
+        if i % 100 == 0 {
+            assert_eq!(nl.routes(false, None).unwrap().len(), i as usize + 1);
+            calls += 1;
+        }
+    }
+    // And from another thread: the handle is one socket in its namespace, whoever calls.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..1500u32 {
+                let r = Route::new(
+                    format!("10.{}.{}.0/24", 100 + i / 250, i % 250).parse().unwrap(),
+                    None,
+                    Some(dev),
+                );
+                nl.del_route(&r).unwrap();
+            }
+        });
+    });
+    calls += 1500;
+    assert!(nl.routes(false, None).unwrap().is_empty());
+    assert_eq!(fds(), before, "calls must not open sockets");
+    eprintln!("{calls} calls on one handle in {:?}", t.elapsed());
+}
+
+#[test]
+fn a_batch_of_5000_overlay_changes_reports_each_failure_on_its_own() {
+    use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
+    require_root!();
+    let host = TestNs::new("bigbatch");
+    let ul = add_device(&host, "ul0");
+    let nl = host.netlink();
+    nl.add_address(ul, "192.0.2.1/24".parse().unwrap()).unwrap();
+    let spec = VxlanSpec {
+        name: "ovl.1".into(),
+        vni: 1,
+        port: 8472,
+        local: "192.0.2.1".parse().unwrap(),
+        dev: ul,
+        mtu: 1450,
+        mac: parse_mac("0e:00:00:00:00:01").unwrap(),
+    };
+    let vx = nl.ensure_vxlan(&spec).unwrap().0.index;
+    let mut ops = Vec::new();
+    for i in 0..1700u32 {
+        let (a, b) = (i / 250, i % 250);
+        let ip: std::net::IpAddr = format!("10.{}.{b}.0", 100 + a).parse().unwrap();
+        let mac = [0x0e, 0, 0, 0, (i >> 8) as u8, i as u8];
+        ops.push(OverlayOp::SetNeighbour(vx, Neighbour { ip, mac }));
+        ops.push(OverlayOp::SetFdb(
+            vx,
+            FdbEntry { mac, dst: format!("198.51.{}.{}", 100 + a, b + 1).parse().unwrap() },
+        ));
+        if i < 1600 {
+            let mut r = Route::new(format!("10.{}.{b}.0/24", 100 + a).parse().unwrap(), Some(ip), Some(vx));
+            r.onlink = true;
+            ops.push(OverlayOp::SetRoute(r));
+        }
+    }
+    // Three that must fail, each for its own reason, among the good ones.
+    let bad = [
+        (1000, OverlayOp::SetNeighbour(999_999, Neighbour { ip: "10.1.1.1".parse().unwrap(), mac: [2; 6] })),
+        (2500, OverlayOp::SetFdb(999_999, FdbEntry { mac: [2; 6], dst: "198.51.100.1".parse().unwrap() })),
+        // Not on-link, and no address says the gateway is reachable.
+        (
+            4000,
+            OverlayOp::SetRoute(Route::new(
+                "10.250.0.0/24".parse().unwrap(),
+                Some("172.31.9.9".parse().unwrap()),
+                Some(vx),
+            )),
+        ),
+    ];
+    for (at, op) in bad.iter().cloned() {
+        ops.insert(at, op);
+    }
+    assert_eq!(ops.len(), 5003);
+    let t = std::time::Instant::now();
+    let failed = nl.apply_overlay(ops.clone());
+    let took = t.elapsed();
+    let failed_ops: Vec<&OverlayOp> = failed.iter().map(|(op, _)| op).collect();
+    let want: Vec<&OverlayOp> = bad.iter().map(|(_, op)| op).collect();
+    assert_eq!(failed_ops, want, "{failed:?}");
+    assert_eq!(failed[0].1.errno(), Some(libc::ENODEV), "{}", failed[0].1);
+    assert!(failed[0].1.is_not_found());
+    assert_eq!(failed[1].1.errno(), Some(libc::ENODEV), "{}", failed[1].1);
+    let route_errno = failed[2].1.errno();
+    assert!(matches!(route_errno, Some(libc::ENETUNREACH) | Some(libc::EINVAL)), "{}", failed[2].1);
+    assert!(failed[2].1.to_string().contains("10.250.0.0/24"), "{}", failed[2].1);
+    // Everything else is in the kernel.
+    assert_eq!(nl.neighbours(vx).unwrap().len(), 1700);
+    assert_eq!(nl.fdb(vx).unwrap().len(), 1700);
+    let routes = nl.routes(false, None).unwrap();
+    assert_eq!(routes.iter().filter(|r| r.oif == Some(vx)).count(), 1600);
+    // Undoing it all, twice (the second time everything is already gone).
+    let undo: Vec<OverlayOp> = ops
+        .iter()
+        .filter_map(|op| match op {
+            OverlayOp::SetNeighbour(i, n) => Some(OverlayOp::DelNeighbour(*i, n.ip)),
+            OverlayOp::SetFdb(i, f) => Some(OverlayOp::DelFdb(*i, *f)),
+            OverlayOp::SetRoute(r) => Some(OverlayOp::DelRoute(r.clone())),
+            _ => None,
+        })
+        .filter(|op| !matches!(op, OverlayOp::DelNeighbour(999_999, _) | OverlayOp::DelFdb(999_999, _)))
+        .collect();
+    assert!(nl.apply_overlay(undo.clone()).is_empty());
+    assert!(nl.apply_overlay(undo).is_empty());
+    assert!(nl.neighbours(vx).unwrap().is_empty());
+    assert!(nl.fdb(vx).unwrap().iter().all(|f| !f.dst.to_string().starts_with("198.51.")));
+    eprintln!("5003 overlay changes applied in {took:?}");
+    assert!(took < Duration::from_secs(20), "the batch took {took:?}");
+}
+
+#[test]
+fn kernel_errors_keep_their_errno() {
+    require_root!();
+    let host = TestNs::new("errno");
+    let dev = add_device(&host, "er0");
+    let nl = host.netlink();
+    let addr = "10.77.0.1/24".parse().unwrap();
+    nl.add_address(dev, addr).unwrap();
+    let e = nl.add_address(dev, addr).unwrap_err();
+    assert!(e.is_exists() && e.errno() == Some(libc::EEXIST), "{e}");
+    nl.ensure_address(dev, addr).unwrap();
+    let r = Route::new("10.78.0.0/16".parse().unwrap(), None, Some(dev));
+    nl.add_route(&r).unwrap();
+    let e = nl.add_route(&r).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    assert!(e.to_string().contains("adding route to 10.78.0.0/16"), "{e}");
+    nl.replace_route(&r).unwrap();
+    nl.del_route(&r).unwrap();
+    nl.del_route(&r).unwrap();
+    // A link that does not exist.
+    let e = nl.set_up(999_999).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
+    assert!(e.is_not_found());
+    assert!(matches!(e, netkernel::KernelError::Netlink { .. }));
+    assert!(nl.link("nosuch0").unwrap().is_none());
+    assert!(nl.link_by_index(999_999).unwrap().is_none());
+    assert!(nl.vxlan_info("nosuch0").unwrap().is_none());
+    nl.delete_link(999_999).unwrap();
+    nl.del_address(dev, "10.99.0.1/24".parse().unwrap()).unwrap();
+    let e = nl.add_address(999_999, addr).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENODEV), "{e}");
+    let e = nl.add_veth("er0", "er0peer", None, &VethOptions::default()).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+    assert!(nl.addresses(dev).unwrap().contains(&addr));
+    nl.del_address(dev, addr).unwrap();
+    assert!(!nl.addresses(dev).unwrap().contains(&addr));
+}
+
+#[test]
+fn neighbour_and_fdb_dumps_stay_whole_while_another_thread_churns_them() {
+    use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    require_root!();
+    let host = TestNs::new("nbchurn");
+    let ul = add_device(&host, "ul0");
+    let nl = host.netlink();
+    nl.add_address(ul, "192.0.2.1/24".parse().unwrap()).unwrap();
+    let spec = VxlanSpec {
+        name: "ovl.1".into(),
+        vni: 1,
+        port: 8472,
+        local: "192.0.2.1".parse().unwrap(),
+        dev: ul,
+        mtu: 1450,
+        mac: parse_mac("0e:00:00:00:00:01").unwrap(),
+    };
+    let vx = nl.ensure_vxlan(&spec).unwrap().0.index;
+    let entry = |i: u32, base: u8| {
+        let ip: std::net::IpAddr = format!("10.{base}.{}.{}", i / 250, i % 250 + 1).parse().unwrap();
+        let mac = [0x0e, base, 0, 0, (i >> 8) as u8, i as u8];
+        let fdb = FdbEntry { mac, dst: format!("198.{base}.{}.{}", i / 250, i % 250 + 1).parse().unwrap() };
+        (Neighbour { ip, mac }, fdb)
+    };
+    let mut ops = Vec::new();
+    for i in 0..1000 {
+        let (n, f) = entry(i, 18);
+        ops.push(OverlayOp::SetNeighbour(vx, n));
+        ops.push(OverlayOp::SetFdb(vx, f));
+    }
+    assert!(nl.apply_overlay(ops).is_empty());
+    let stable_n: HashSet<Neighbour> = (0..1000).map(|i| entry(i, 18).0).collect();
+    let stable_f: HashSet<FdbEntry> = (0..1000).map(|i| entry(i, 18).1).collect();
+    let stop = AtomicBool::new(false);
+    let rounds = AtomicU32::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let nl = host.netlink();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 1_000_000 {
+                let (nb, f) = entry(n % 1000, 19);
+                let set = vec![OverlayOp::SetNeighbour(vx, nb), OverlayOp::SetFdb(vx, f)];
+                assert!(nl.apply_overlay(set).is_empty());
+                let del = vec![OverlayOp::DelNeighbour(vx, nb.ip), OverlayOp::DelFdb(vx, f)];
+                assert!(nl.apply_overlay(del).is_empty());
+                n += 1;
+                rounds.store(n, Ordering::Relaxed);
+                // As in the route test: thousands of changes a second, not flat out.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let (mut whole, mut gave_up) = (0, 0);
+        let mut i = 0;
+        // At least 200 pairs of dumps, and on until the churn has made thousands of changes.
+        while i < 200 || rounds.load(Ordering::Relaxed) < 2000 {
+            i += 1;
+            match (nl.neighbours(vx), nl.fdb(vx)) {
+                (Ok(ns), Ok(fs)) => {
+                    let n_set: HashSet<Neighbour> = ns.iter().copied().collect();
+                    let f_set: HashSet<FdbEntry> = fs.iter().copied().collect();
+                    assert_eq!(n_set.len(), ns.len(), "a neighbour was listed twice");
+                    assert_eq!(f_set.len(), fs.len(), "an FDB entry was listed twice");
+                    assert!(
+                        stable_n.is_subset(&n_set),
+                        "a dump lost {} neighbours",
+                        stable_n.difference(&n_set).count()
+                    );
+                    assert!(
+                        stable_f.is_subset(&f_set),
+                        "a dump lost {} FDB entries",
+                        stable_f.difference(&f_set).count()
+                    );
+                    whole += 1;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    assert_eq!(e.errno(), Some(libc::EINTR), "{e}");
+                    gave_up += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "{whole} whole neighbour+FDB dump pairs, {gave_up} given up, against {} churn rounds; {} passes repeated",
+            rounds.load(Ordering::Relaxed),
+            nl.dump_retries()
+        );
+        assert!(whole > i / 2, "too many dumps gave up: {gave_up} of {i}");
+    });
+}
