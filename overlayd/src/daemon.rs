@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// The node's identity key.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The kernel cannot be reached (no netlink).
+    #[error("the kernel: {0}")]
+    Kernel(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -256,7 +259,8 @@ async fn start(
                 fixed_mtu: args.mtu.is_some(),
             },
             tunnel_routes,
-        );
+        )
+        .map_err(|e| DaemonError::Kernel(e.to_string()))?;
         if encrypting {
             c.seed_routes();
         }

@@ -10,6 +10,7 @@ pub mod config_watch;
 pub mod daemon;
 pub mod encryption;
 pub mod identity;
+pub mod kernel;
 pub mod lease;
 pub mod metrics;
 pub mod node;

@@ -63,10 +63,10 @@ pub async fn confirm_datapath(
         if let (Some(own), true, true) = (r.own, r.listing_applied, unconfirmed) {
             let started = Instant::now();
             let targets = r.echo.clone();
-            let silent = tokio::select! {
-                s = probe(targets, timeout) => s,
-                _ = shutdown.changed() => return,
-            };
+            let silent = probe(targets, timeout, &shutdown).await;
+            if *shutdown.borrow() {
+                return;
+            }
             metrics.ready_silent_peers.store(silent.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let c = Confirmation {
                 own,
@@ -135,26 +135,27 @@ pub async fn follow_ready(
     }
 }
 
-/// The addresses of `targets` that did not answer. A probe that cannot run at all (no raw
-/// sockets) counts every target as silent: readiness is then not held back by the check.
-async fn probe(targets: Vec<EchoTarget>, timeout: Duration) -> Vec<IpAddr> {
-    if targets.is_empty() {
-        return Vec::new();
-    }
-    let all: Vec<IpAddr> = targets.iter().map(|t| t.dst).collect();
-    match tokio::task::spawn_blocking(move || {
-        echo_all(&targets, ECHO_INTERVAL, timeout).map(|o| (o, targets))
-    })
-    .await
-    {
-        Ok(Ok((outcome, targets))) => outcome.silent(&targets).map(|t| t.dst).collect(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot probe the peers; ready without confirming them");
-            all
+/// How long one blocking probe call runs before shutdown is looked at again.
+const PROBE_SLICE: Duration = Duration::from_millis(500);
+
+/// The addresses of `targets` that did not answer within `timeout`. A probe that cannot
+/// run at all (no raw sockets) counts every target as silent: readiness is then not held
+/// back by the check. Gives up early (all silent) on shutdown.
+async fn probe(targets: Vec<EchoTarget>, timeout: Duration, shutdown: &watch::Receiver<bool>) -> Vec<IpAddr> {
+    let end = Instant::now() + timeout;
+    let mut silent = targets;
+    while !silent.is_empty() && !*shutdown.borrow() {
+        let slice = end.saturating_duration_since(Instant::now()).min(PROBE_SLICE);
+        if slice.is_zero() {
+            break;
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the peer probe failed; ready without confirming them");
-            all
+        match crate::kernel::blocking(|| echo_all(&silent, ECHO_INTERVAL, slice)) {
+            Ok(outcome) => silent = outcome.silent(&silent).copied().collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot probe the peers; ready without confirming them");
+                break;
+            }
         }
     }
+    silent.iter().map(|t| t.dst).collect()
 }

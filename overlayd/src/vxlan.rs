@@ -79,12 +79,14 @@ pub struct VxlanBackend {
     own: Option<SubnetKey>,
     synced: bool,
     tunnel: Option<SharedRoutes>,
+    /// The reconciler's netlink handle, opened on first use and kept.
+    nl: Option<Netlink>,
 }
 
 impl VxlanBackend {
     /// A backend that has seen nothing yet.
     pub fn new(settings: VxlanSettings) -> Self {
-        VxlanBackend { settings, own: None, synced: false, tunnel: None }
+        VxlanBackend { settings, own: None, synced: false, tunnel: None, nl: None }
     }
 
     /// Routes the subnets the encryption controller names into its tunnel instead.
@@ -154,19 +156,19 @@ impl VxlanBackend {
         Some(NodeRules { table: RULES_TABLE.into(), v4, v6, masquerade: s.ip_masq, forward: true })
     }
 
-    /// Runs a full reconciliation on a blocking thread (netlink calls block).
-    async fn reconcile(&self, peers: &PeerSet) -> Result<Report, BackendError> {
+    /// Runs a full reconciliation (netlink calls block: `crate::kernel`).
+    fn reconcile(&mut self, peers: &PeerSet) -> Result<Report, BackendError> {
         let families = self.desired(peers);
         let rules = self.rules();
-        let underlay = self.settings.underlay.clone();
         let direct = self.settings.direct_routing;
         let prune = self.synced;
         let tunnel = self.tunnel.as_ref().and_then(|t| t.read().ok().map(|t| t.clone())).unwrap_or_default();
-        tokio::task::spawn_blocking(move || {
-            reconcile(&underlay, &families, rules.as_ref(), direct, prune, &tunnel)
-        })
-        .await
-        .map_err(|e| BackendError(format!("reconciliation task: {e}")))?
+        if self.nl.is_none() {
+            self.nl = Some(Netlink::current().map_err(|e| BackendError(format!("opening netlink: {e}")))?);
+        }
+        let nl = self.nl.as_ref().expect("opened above");
+        let underlay = &self.settings.underlay;
+        crate::kernel::blocking(|| reconcile(nl, underlay, &families, rules.as_ref(), direct, prune, &tunnel))
     }
 }
 
@@ -206,6 +208,7 @@ fn on_same_l2(public: IpAddr, underlay_addrs: &[IpNet]) -> bool {
 }
 
 fn reconcile(
+    nl: &Netlink,
     underlay: &str,
     families: &[Family],
     rules: Option<&NodeRules>,
@@ -217,7 +220,6 @@ fn reconcile(
         let what = what.to_string();
         move |e: netkernel::KernelError| BackendError(format!("{what}: {e}"))
     };
-    let nl = Netlink::current().map_err(err("opening netlink"))?;
     let ul = nl.require_link(underlay).map_err(err("finding the underlay interface"))?;
     let ul_addrs = nl.addresses(ul.index).map_err(err("reading the underlay addresses"))?;
     let mut ops = Vec::new();
@@ -381,7 +383,7 @@ impl Backend for VxlanBackend {
         if self.own.is_none() {
             return Ok(());
         }
-        let report = self.reconcile(peers).await?;
+        let report = self.reconcile(peers)?;
         if report.failed > 0 {
             return Err(BackendError(format!(
                 "{} of {} overlay changes failed (logged above)",

@@ -25,6 +25,7 @@ use super::routes::{SharedRoutes, TunnelRoutes};
 use super::settings::EncryptionSettings;
 use crate::backend::BackendEvent;
 use crate::config::NetworkConfig;
+use crate::kernel;
 use crate::lease::KeeperCommand;
 use crate::node::{Node, PeerSet};
 use crate::subnet::SubnetKey;
@@ -103,6 +104,8 @@ enum Phase {
 /// The controller's state.
 pub struct Controller {
     cfg: ControllerSettings,
+    /// The controller's own netlink handle, for the tunnel device.
+    nl: netkernel::Netlink,
     keys: KeyStore,
     routes: SharedRoutes,
     phase: Phase,
@@ -141,12 +144,14 @@ pub fn encrypted_mtu(underlay_mtu: u32) -> u32 {
 impl Controller {
     /// A controller writing its routing choice into `routes`. Routes a previous run left on
     /// the tunnel are kept there for a moment (see [`RESTART_GRACE`]).
-    pub fn new(cfg: ControllerSettings, routes: SharedRoutes) -> Self {
-        let seeded = tokio::task::block_in_place(|| device::routes_through(DEVICE)).unwrap_or_default();
+    pub fn new(cfg: ControllerSettings, routes: SharedRoutes) -> Result<Self, netkernel::KernelError> {
+        let nl = netkernel::Netlink::current()?;
+        let seeded = kernel::blocking(|| device::routes_through(&nl, DEVICE)).unwrap_or_default();
         if !seeded.is_empty() {
             tracing::info!(routes = seeded.len(), "found routes on the tunnel from a previous run");
         }
-        Controller {
+        Ok(Controller {
+            nl,
             keys: KeyStore::new(&cfg.state_dir),
             cfg,
             routes,
@@ -161,7 +166,7 @@ impl Controller {
             strict_on: None,
             strict_checked: Instant::now(),
             cleaned_leftover: false,
-        }
+        })
     }
 
     /// The routing choice to use before the first step (so the backend's first
@@ -170,9 +175,7 @@ impl Controller {
         if self.seeded.is_empty() {
             return;
         }
-        let ifindex = tokio::task::block_in_place(|| {
-            netkernel::Netlink::current().ok()?.link(DEVICE).ok()?.map(|l| l.index)
-        });
+        let ifindex = kernel::blocking(|| self.nl.link(DEVICE).ok()?.map(|l| l.index));
         if let Ok(mut r) = self.routes.write() {
             *r = TunnelRoutes { ifindex, encrypted: self.seeded.clone(), strict: false };
         }
@@ -201,14 +204,14 @@ impl Controller {
         let left = io.node.keeper.borrow().released;
         match std::mem::replace(&mut self.phase, Phase::Off) {
             Phase::On(r) | Phase::Leaving { run: r, .. } => {
-                tokio::task::block_in_place(|| r.tunnel.stop());
+                kernel::blocking(|| r.tunnel.stop());
             }
             Phase::Off => {}
         }
         if left {
             // This node left the network: nothing of the tunnel stays behind.
-            tokio::task::block_in_place(|| device::delete(DEVICE));
-            let _ = tokio::task::block_in_place(|| netkernel::strict::remove(STRICT_TABLE));
+            kernel::blocking(|| device::delete(&self.nl, DEVICE));
+            let _ = kernel::blocking(|| netkernel::strict::remove(STRICT_TABLE));
         }
         tracing::info!("encryption controller stopped");
     }
@@ -255,7 +258,7 @@ impl Controller {
                 if !want && !self.cleaned_leftover {
                     // A tunnel left by a run that had encryption on, which is off now.
                     self.cleaned_leftover = true;
-                    tokio::task::block_in_place(|| device::delete(DEVICE));
+                    kernel::blocking(|| device::delete(&self.nl, DEVICE));
                 }
             }
             Phase::On(run) => {
@@ -264,7 +267,7 @@ impl Controller {
                 {
                     // A new subnet: the device's address follows.
                     run.own = own;
-                    let _ = tokio::task::block_in_place(|| self.setup_device(run));
+                    let _ = kernel::blocking(|| self.setup_device(run));
                 }
                 if let Err(e) = self.follow_settings(run, &settings) {
                     tracing::error!(error = %e, "updating the tunnel's key");
@@ -322,9 +325,9 @@ impl Controller {
             self.last_peers.clear();
             self.specs_from = None;
             self.last_good.clear();
-            tokio::task::block_in_place(|| {
+            kernel::blocking(|| {
                 run.tunnel.stop();
-                device::delete(DEVICE);
+                device::delete(&self.nl, DEVICE);
             });
             self.set_routes(TunnelRoutes::default(), io).await;
         }
@@ -396,8 +399,13 @@ impl Controller {
     }
 
     fn setup_device(&self, run: &mut Running) -> Result<(), netkernel::KernelError> {
-        run.ifindex =
-            device::set_up(DEVICE, encrypted_mtu(self.cfg.underlay_mtu), &run.own, &self.cfg.vxlan_devices)?;
+        run.ifindex = device::set_up(
+            &self.nl,
+            DEVICE,
+            encrypted_mtu(self.cfg.underlay_mtu),
+            &run.own,
+            &self.cfg.vxlan_devices,
+        )?;
         Ok(())
     }
 
@@ -411,11 +419,10 @@ impl Controller {
         }
         let cfg =
             TunnelConfig { name: DEVICE.into(), port: s.port, threads: self.cfg.threads, persist: true };
-        let tunnel = tokio::task::block_in_place(|| Tunnel::start(cfg, key.private))
+        let tunnel = kernel::blocking(|| Tunnel::start(cfg, key.private))
             .map_err(|e| format!("starting the tunnel: {e}"))?;
         let mut run = Running { ifindex: tunnel.ifindex(), tunnel, key, port: s.port, own };
-        tokio::task::block_in_place(|| self.setup_device(&mut run))
-            .map_err(|e| format!("setting up {DEVICE}: {e}"))?;
+        kernel::blocking(|| self.setup_device(&mut run)).map_err(|e| format!("setting up {DEVICE}: {e}"))?;
         tracing::info!(device = DEVICE, port = s.port, public_key = %super::settings::encode_key(&run.key.public), "encryption tunnel up");
         Ok(run)
     }
@@ -429,13 +436,13 @@ impl Controller {
                 TunnelConfig { name: DEVICE.into(), port: s.port, threads: self.cfg.threads, persist: true };
             let old = std::mem::replace(
                 &mut run.tunnel,
-                tokio::task::block_in_place(|| {
+                kernel::blocking(|| {
                     // The old one must release the port range first only if equal; ports differ here.
                     Tunnel::start(cfg, run.key.private)
                 })
                 .map_err(|e| format!("restarting the tunnel: {e}"))?,
             );
-            tokio::task::block_in_place(|| old.stop());
+            kernel::blocking(|| old.stop());
             run.port = s.port;
             self.last_peers.clear();
             self.specs_from = None;
@@ -575,7 +582,7 @@ impl Controller {
             return;
         }
         let devices = self.cfg.vxlan_devices.clone();
-        let r = tokio::task::block_in_place(|| {
+        let r = kernel::blocking(|| {
             if on {
                 if self.strict_on == Some(true) && netkernel::strict::present(STRICT_TABLE)? {
                     return Ok(());

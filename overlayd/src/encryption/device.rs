@@ -1,6 +1,6 @@
 //! The tunnel device's kernel state around the tunnel engine (which only opens its queues):
 //! MTU, link state, addresses, reverse-path filtering, removal, and the routes a previous
-//! run left through it. All through the kernel layer.
+//! run left through it. All through the kernel layer, on the controller's handle.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -14,8 +14,13 @@ use crate::subnet::SubnetKey;
 /// other address but IPv6 link-local removed), and loose reverse-path filtering on it and on
 /// the VXLAN devices: while traffic moves, a peer's packets may arrive on either. Returns
 /// the device's ifindex.
-pub fn set_up(name: &str, mtu: u32, own: &SubnetKey, vxlan_devices: &[String]) -> Result<u32, KernelError> {
-    let nl = Netlink::current()?;
+pub fn set_up(
+    nl: &Netlink,
+    name: &str,
+    mtu: u32,
+    own: &SubnetKey,
+    vxlan_devices: &[String],
+) -> Result<u32, KernelError> {
     let dev = nl.require_link(name)?;
     nl.set_mtu(dev.index, mtu)?;
     let want: Vec<IpNet> = own
@@ -41,9 +46,8 @@ pub fn set_up(name: &str, mtu: u32, own: &SubnetKey, vxlan_devices: &[String]) -
 }
 
 /// Removes the device (its routes go with it); absent is fine, failures are logged.
-pub fn delete(name: &str) {
+pub fn delete(nl: &Netlink, name: &str) {
     let r = (|| {
-        let nl = Netlink::current()?;
         if let Some(l) = nl.link(name)? {
             nl.delete_link(l.index)?;
         }
@@ -55,8 +59,7 @@ pub fn delete(name: &str) {
 }
 
 /// Destinations of the subnet routes through the device (a previous run's choice).
-pub fn routes_through(name: &str) -> Option<BTreeSet<IpNet>> {
-    let nl = Netlink::current().ok()?;
+pub fn routes_through(nl: &Netlink, name: &str) -> Option<BTreeSet<IpNet>> {
     let dev = nl.link(name).ok()??;
     let mut out = BTreeSet::new();
     for v6 in [false, true] {
