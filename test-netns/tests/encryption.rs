@@ -362,9 +362,14 @@ fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -
 }
 
 fn put_leases(c: &Cluster, leases: &[(&str, String)]) {
+    // With a store lease, as a node writes its own (one without would never expire and is refused).
     with_store(c, async |store| {
+        let lease = store.grant(Duration::from_secs(300)).await.unwrap();
         for (key, value) in leases {
-            store.put(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes()).await.unwrap();
+            store
+                .create(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes(), lease)
+                .await
+                .unwrap();
         }
     });
 }
