@@ -207,6 +207,12 @@ impl Environment {
         if matches!(command, Command::Add | Command::Check) && netns.is_none() {
             return Err(Error::invalid_env("CNI_NETNS", format!("missing (required for {command})")));
         }
+        if per_container
+            && let Some(p) = &netns
+            && let Err(why) = crate::parse::abs_path(&p.to_string_lossy())
+        {
+            return Err(Error::invalid_env("CNI_NETNS", why));
+        }
 
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
         if per_container {
@@ -229,27 +235,17 @@ impl Environment {
     }
 }
 
-/// Checks an interface name as Linux and the Go library do: 1–15 bytes, not `.` or `..`,
-/// no `/`, `:` or whitespace. Code 4 naming `CNI_IFNAME`.
+/// Checks an interface name (see [`crate::parse::ifname`]: 1–15 bytes of printable ASCII,
+/// not `.` or `..`, no `/`, `:`, `%` or whitespace). Code 4 naming `CNI_IFNAME`.
 ///
 /// ```
 /// assert!(cni_spec::env::validate_ifname("eth0").is_ok());
 /// assert!(cni_spec::env::validate_ifname("a-very-long-name0").is_err());
+/// assert_eq!(cni_spec::env::validate_ifname("eth\u{200b}0").unwrap_err().code, 4);
 /// ```
 pub fn validate_ifname(name: &str) -> Result<(), Error> {
-    let why = if name.is_empty() {
-        Some("missing")
-    } else if name.len() > 15 {
-        Some("longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("must not be . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        Some("must not contain '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(Error::invalid_env("CNI_IFNAME", format!("{name:?}: {why}"))),
-        None => Ok(()),
+    if name.is_empty() {
+        return Err(Error::invalid_env("CNI_IFNAME", "missing"));
     }
+    crate::parse::ifname(name).map_err(|why| Error::invalid_env("CNI_IFNAME", why))
 }

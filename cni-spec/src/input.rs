@@ -1,0 +1,99 @@
+//! A plugin's input, read in one place with every fault in its class.
+//!
+//! [`crate::plugin::run`] uses this module for every plugin of this project, so each
+//! plugin (and any future one) answers the same input the same way:
+//!
+//! | fault | code |
+//! |---|---|
+//! | `CNI_COMMAND` unset, empty or unknown; any other `CNI_*` variable missing or invalid (container ID, netns, interface name, `CNI_ARGS`, `CNI_PATH` for GC) | 4, naming the variable |
+//! | stdin cannot be read (closed, a directory, an I/O error) | 5 |
+//! | stdin does not decode: empty or whitespace only, malformed or truncated JSON, trailing data, a key repeated in one object, nesting deeper than 128, more than 64 MiB | 6 |
+//! | a config that decodes but is not an object, has no `cniVersion` (missing, `null` or `""`), or a field of the wrong type or with a bad value | 7, naming the field |
+//! | a `cniVersion` this library or plugin does not support; a command the config's version does not have | 1 |
+//!
+//! ```
+//! use cni_spec::input;
+//! assert_eq!(input::read_stdin(&b"{}"[..]).unwrap(), b"{}");
+//! assert_eq!(input::decode(b"").unwrap_err().code, 6);
+//! assert_eq!(input::decode(br#"{"a":1,"a":2}"#).unwrap_err().code, 6);
+//! let e = input::from_slice::<cni_spec::Route>(br#"["0.0.0.0/0"]"#).unwrap_err();
+//! assert_eq!(e.code, 7);
+//! ```
+
+use std::io::Read;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Code, Error};
+use crate::json;
+
+/// The most stdin a plugin reads: no config comes near it.
+pub const MAX_STDIN: u64 = 64 << 20;
+
+/// Reads all of stdin (or any reader): an I/O error is code 5, more than [`MAX_STDIN`]
+/// bytes code 6.
+///
+/// ```
+/// let e = cni_spec::input::read_stdin(std::fs::File::open("/").unwrap()).unwrap_err();
+/// assert_eq!(e.code, 5);
+/// ```
+pub fn read_stdin(reader: impl Read) -> Result<Vec<u8>, Error> {
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("reading the network config from stdin", &e))?;
+    if buf.len() as u64 > MAX_STDIN {
+        return Err(Error::new(
+            Code::DecodingFailure,
+            format!("failed to decode the config: more than {MAX_STDIN} bytes on stdin"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// An environment variable as a plugin reads it: unset is `None`; a value that is not
+/// UTF-8 is kept with its bad bytes replaced, so that the variable's own validation
+/// refuses it (code 4) rather than it passing for unset.
+///
+/// ```
+/// assert_eq!(cni_spec::input::env_var("CNI_SURELY_NOT_SET_ANYWHERE"), None);
+/// ```
+pub fn env_var(key: &str) -> Option<String> {
+    std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Decodes JSON bytes: every fault (see the table above) is code 6.
+///
+/// ```
+/// assert_eq!(cni_spec::input::decode(b"{\"cniVersion\":").unwrap_err().code, 6);
+/// assert!(cni_spec::input::decode(b" {\"a\":[1,2]}\n").is_ok());
+/// ```
+pub fn decode(bytes: &[u8]) -> Result<Value, Error> {
+    json::decode(bytes)
+}
+
+/// Reads a typed value from decoded JSON: a wrong type or value is code 7 naming the
+/// field by its path. Structs are read from objects only, and their `null` members count
+/// as absent.
+///
+/// ```
+/// let r: cni_spec::Route = cni_spec::input::from_value(serde_json::json!({"dst": "10.0.0.0/8", "gw": null})).unwrap();
+/// assert_eq!(r.gw, None);
+/// let e = cni_spec::input::from_value::<cni_spec::Route>(serde_json::json!({"dst": "10.0.0.0/8\n"})).unwrap_err();
+/// assert!(e.msg.starts_with("invalid network config: dst:"), "{e}");
+/// ```
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
+    json::from_value(value)
+}
+
+/// [`decode`], then [`from_value`].
+///
+/// ```
+/// let e = cni_spec::input::from_slice::<cni_spec::Dns>(b"[]").unwrap_err();
+/// assert_eq!(e.code, 7);
+/// ```
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    json::from_slice(bytes)
+}
