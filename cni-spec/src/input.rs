@@ -97,3 +97,27 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
 pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     json::from_slice(bytes)
 }
+
+/// [`from_value`] for a value found at `field` in a bigger config: errors name the full
+/// path (`ipam.routes[0].dst`).
+///
+/// ```
+/// let e = cni_spec::input::from_value_at::<cni_spec::Route>(serde_json::json!([["0.0.0.0/0"]][0]), "ipam.routes[0]").unwrap_err();
+/// assert!(e.msg.starts_with("invalid network config: ipam.routes[0]: invalid type"), "{e}");
+/// ```
+pub fn from_value_at<T: DeserializeOwned>(value: Value, field: &str) -> Result<T, Error> {
+    const PREFIX: &str = "invalid network config: ";
+    from_value(value).map_err(|mut e| {
+        if e.code == Code::InvalidConfig as u32
+            && let Some(rest) = e.msg.strip_prefix(PREFIX)
+        {
+            // "path: why" when the fault is inside the value, "why" when it is the value.
+            let inner_path = rest.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
+            e.msg = match inner_path {
+                Some(_) => format!("{PREFIX}{field}.{rest}"),
+                None => format!("{PREFIX}{field}: {rest}"),
+            };
+        }
+        e
+    })
+}

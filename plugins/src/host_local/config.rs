@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use cni_spec::config::Object;
 use cni_spec::{CniArgs, NetConf, Route, Version};
-use ipnet::IpNet;
 use serde_json::Value;
 
 use super::error::HostLocalError;
@@ -41,8 +40,21 @@ impl Config {
         })?;
         let obj = &ipam.extra;
 
-        let data_dir = string(obj, "dataDir", "ipam.dataDir")?.filter(|s| !s.is_empty());
-        let resolv_conf = string(obj, "resolvConf", "ipam.resolvConf")?.filter(|s| !s.is_empty());
+        // The network's store is a directory named after it.
+        cni_spec::parse::file_name(&network).map_err(|e| HostLocalError::config("name", e))?;
+        let path = |field: &str, s: Option<String>| -> Result<Option<PathBuf>, HostLocalError> {
+            match s.filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(s) => cni_spec::parse::abs_path(&s).map(Some).map_err(|e| HostLocalError::config(field, e)),
+            }
+        };
+        let data_dir = path("ipam.dataDir", string(obj, "dataDir", "ipam.dataDir")?)?;
+        let resolv_conf = path("ipam.resolvConf", string(obj, "resolvConf", "ipam.resolvConf")?)?;
+        if let Some(d) = &data_dir
+            && d.join(&network).as_os_str().len() + 1 + "last_reserved_ip.0.spare".len() >= cni_spec::parse::PATH_MAX
+        {
+            return Err(HostLocalError::config("ipam.dataDir", "too long for the network's files to fit in a path"));
+        }
         let routes = routes(obj)?;
 
         // The reference's order: runtime ranges first, then the legacy range, then `ranges`.
@@ -104,10 +116,10 @@ impl Config {
 
         Ok(Config {
             network,
-            data_dir: data_dir.map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sets,
             routes,
-            resolv_conf: resolv_conf.map(PathBuf::from),
+            resolv_conf,
         })
     }
 
@@ -187,8 +199,7 @@ impl Config {
 /// A requested address: a plain address, or one with a prefix length (as the `ips`
 /// capability allows).
 fn parse_requested(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    let ip = s.parse::<IpAddr>().ok().or_else(|| s.parse::<IpNet>().ok().map(|n| n.addr()))?;
+    let ip = cni_spec::parse::ip(s).ok().or_else(|| cni_spec::parse::prefix(s).ok().map(|n| n.addr()))?;
     Some(ip.to_canonical())
 }
 
@@ -208,8 +219,17 @@ fn routes(obj: &Object) -> Result<Vec<Route>, HostLocalError> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                serde_json::from_value::<Route>(r.clone())
-                    .map_err(|e| HostLocalError::config(format!("ipam.routes[{i}]"), e))
+                let field = format!("ipam.routes[{i}]");
+                let route: Route = cni_spec::input::from_value_at(r.clone(), &field)?;
+                if let Some(gw) = route.gw
+                    && gw.is_ipv4() != route.dst.addr().is_ipv4()
+                {
+                    return Err(HostLocalError::config(
+                        format!("{field}.gw"),
+                        format!("{gw} is not of the family of {}", route.dst),
+                    ));
+                }
+                Ok(route)
             })
             .collect(),
         Some(other) => Err(HostLocalError::config("ipam.routes", format!("must be a list, got {other}"))),
@@ -373,7 +393,16 @@ mod tests {
             ),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","dataDir":7}"#, "ipam.dataDir: must be a string"),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":{}}"#, "ipam.routes: must be a list"),
-            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#, "ipam.routes[0]: "),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#, "ipam.routes[0].dst: "),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[["0.0.0.0/0"]]}"#, "ipam.routes[0]: invalid type"),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"0.0.0.0/0","gw":"2001:db8::1"}]}"#,
+                "ipam.routes[0].gw: 2001:db8::1 is not of the family",
+            ),
+            (r#"{"type":"host-local","subnet":"10.88.200.0/24\n"}"#, "ipam.subnet: invalid CIDR"),
+            (r#"{"type":"host-local","subnet":"010.088.200.000/24"}"#, "ipam.subnet: invalid CIDR"),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","dataDir":"relative/dir"}"#, "ipam.dataDir: "),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","resolvConf":"/a/../b"}"#, "ipam.resolvConf: "),
         ];
         for (ipam, expected) in cases {
             let e = load_err(&net("1.0.0", ipam));

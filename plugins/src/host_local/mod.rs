@@ -74,10 +74,28 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
     };
     let me = attachment(req);
 
-    let mut store = Store::open(&cfg.dir(), true)?.expect("created");
+    let mut store = Store::open(&cfg.dir(), true).map_err(|e| e.data_dir_fault())?.expect("created");
+    // First an address for every range set, then the leases: a set that cannot give one
+    // fails the ADD before anything is written.
+    let mut picks = Vec::with_capacity(cfg.sets.len());
+    for (i, set) in cfg.sets.iter().enumerate() {
+        match allocator::pick(&mut store, i, set, &me, requested[i]) {
+            Ok(ip) => picks.push(ip),
+            Err(e) => {
+                store.abandon();
+                return Err(e);
+            }
+        }
+    }
     let mut result = SuccessResult { routes: cfg.routes.clone(), dns, ..Default::default() };
     for (i, set) in cfg.sets.iter().enumerate() {
-        match allocator::allocate(&mut store, i, set, &me, requested[i]) {
+        let leased = match store.reserve(picks[i], &me, i) {
+            Ok(true) => Ok(allocator::config_for(set, picks[i])),
+            // Taken since the look (a writer that does not lock): allocate again.
+            Ok(false) => allocator::allocate(&mut store, i, set, &me, requested[i]),
+            Err(e) => Err(e),
+        };
+        match leased {
             Ok(ip) => result.ips.push(ip),
             Err(e) => {
                 // Give back exactly what this ADD took; earlier leases stay.
@@ -86,7 +104,7 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
                         eprintln!("host-local: releasing {} after a failed ADD: {undo}", ip.address.addr());
                     }
                 }
-                store.close();
+                store.abandon();
                 return Err(e);
             }
         }
@@ -98,7 +116,14 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
 /// Releases the attachment's leases; nothing to release is success.
 pub fn del(req: &Request) -> Result<(), HostLocalError> {
     let cfg = Config::load(&req.config, req.version)?;
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Ok(()) };
+    let store = match Store::open(&cfg.dir(), false) {
+        Ok(s) => s,
+        // A data directory that cannot exist (a file in its path, a name too long) holds
+        // nothing to release.
+        Err(e) if e.is_unusable_path() => None,
+        Err(e) => return Err(e),
+    };
+    let Some(mut store) = store else { return Ok(()) };
     let mine = store.find(&attachment(req), Find::ForRelease);
     let mut errors = Vec::new();
     match mine {

@@ -48,8 +48,7 @@ pub struct Range {
 
 /// Parses an address; an IPv4-mapped IPv6 address counts as IPv4, as Go's `To4` does.
 fn parse_ip(s: &str, field: &str) -> Result<IpAddr, HostLocalError> {
-    s.trim()
-        .parse::<IpAddr>()
+    cni_spec::parse::ip(s)
         .map(|ip| ip.to_canonical())
         .map_err(|_| HostLocalError::config(field, format!("invalid IP address {s:?}")))
 }
@@ -62,9 +61,7 @@ impl Range {
         let field = |name: &str| format!("{}.{name}", spec.path);
         let text =
             spec.subnet.as_deref().ok_or_else(|| HostLocalError::config(field("subnet"), "missing"))?;
-        let subnet: IpNet = text
-            .trim()
-            .parse()
+        let subnet: IpNet = cni_spec::parse::prefix(text)
             .map_err(|_| HostLocalError::config(field("subnet"), format!("invalid CIDR address {text:?}")))?;
         if let IpNet::V6(n) = subnet
             && n.addr().to_ipv4_mapped().is_some()

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use cni_spec::plugin::Attachment;
@@ -104,12 +104,54 @@ pub struct Store {
     stale: bool,
     /// The content now in [`LEASE_TMP`], if we wrote it.
     lease_tmp: Option<String>,
+    /// Directories this run created, outermost first (removed again by `abandon`).
+    created: Vec<PathBuf>,
+    /// This run released a lease: the index is compacted so it forgets the owner.
+    released: bool,
+    /// `last_reserved_ip.<set>` values to write when the run commits ([`Store::close`]).
+    last_pending: Vec<(usize, IpAddr)>,
+}
+
+/// Creates `dir` and its missing parents (mode 0755); returns the ones created, outermost
+/// first.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, HostLocalError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        match fs::symlink_metadata(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::NotFound => missing.push(p.to_path_buf()),
+            Err(e) => return Err(HostLocalError::io("creating", dir, e)),
+        }
+        at = p.parent();
+    }
+    missing.reverse();
+    let mut created = Vec::new();
+    for p in missing {
+        match fs::DirBuilder::new().mode(0o755).create(&p) {
+            Ok(()) => created.push(p),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_dirs(&created);
+                return Err(HostLocalError::io("creating", p, e));
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes directories (innermost first) that are empty; a non-empty one stays.
+fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
 }
 
 impl Store {
     /// Locks the store of `dir` and loads its index. With `create`, the directory is made
-    /// (mode 0755) if missing; without, a missing directory gives `None` and nothing is
-    /// created.
+    /// (mode 0755, with any missing parents) if missing; without, a missing directory gives
+    /// `None` and nothing is created. A store this call created is removed again by
+    /// [`Store::abandon`].
     pub fn open(dir: &Path, create: bool) -> Result<Option<Store>, HostLocalError> {
         let path = dir.join(LOCK);
         let open = || {
@@ -121,38 +163,50 @@ impl Store {
                 .mode(0o600)
                 .open(&path)
         };
-        // Opening `lock` first tells whether the directory exists (one system call less on
-        // every run than checking first).
-        let lock = match open() {
-            Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)
-                    .map_err(|e| HostLocalError::io("creating", dir, e))?;
-                open()
+        let mut created = Vec::new();
+        // A run that abandons a store it created removes `lock` while holding it: a run that
+        // opened the old file meanwhile sees it unlinked once it has the lock, and starts over.
+        for _ in 0..100 {
+            // Opening `lock` first tells whether the directory exists (one system call less
+            // on every run than checking first).
+            let lock = match open() {
+                Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    created.extend(create_dirs(dir)?);
+                    open()
+                }
+                other => other,
             }
-            other => other,
+            .map_err(|e| HostLocalError::io("opening", &path, e))?;
+            lock.lock().map_err(|e| HostLocalError::io("locking", &path, e))?;
+            let linked = match (lock.metadata(), fs::symlink_metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !linked {
+                continue;
+            }
+            let mut store = Store {
+                dir: dir.to_path_buf(),
+                lock,
+                log: String::new(),
+                pending: String::new(),
+                header: Header::default(),
+                pending_records: 0,
+                pending_live: 0,
+                from_index: false,
+                rewrite: false,
+                taken: None,
+                stale: false,
+                lease_tmp: None,
+                created,
+                released: false,
+                last_pending: Vec::new(),
+            };
+            store.load()?;
+            return Ok(Some(store));
         }
-        .map_err(|e| HostLocalError::io("opening", &path, e))?;
-        lock.lock().map_err(|e| HostLocalError::io("locking", &path, e))?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            lock,
-            log: String::new(),
-            pending: String::new(),
-            header: Header::default(),
-            pending_records: 0,
-            pending_live: 0,
-            from_index: false,
-            rewrite: false,
-            taken: None,
-            stale: false,
-            lease_tmp: None,
-        };
-        store.load()?;
-        Ok(Some(store))
+        Err(HostLocalError::io("locking", &path, std::io::Error::other("the store keeps being removed")))
     }
 
     /// The directory of this store.
@@ -303,6 +357,9 @@ impl Store {
 
     /// `last_reserved_ip.<set>`, if it holds an address.
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        if let Some((_, ip)) = self.last_pending.iter().rev().find(|(s, _)| *s == set) {
+            return Some(*ip);
+        }
         // One read: the file holds one address.
         let mut buf = [0u8; 128];
         let n = File::open(self.dir.join(format!("{LAST_RESERVED}{set}"))).ok()?.read(&mut buf).ok()?;
@@ -353,7 +410,7 @@ impl Store {
         if let Some(t) = self.taken.as_mut() {
             t.insert(ip);
         }
-        self.write_last_reserved(set, ip);
+        self.last_pending.push((set, ip));
         Ok(true)
     }
 
@@ -407,6 +464,7 @@ impl Store {
         index::removal(ip, &mut self.pending);
         self.pending_records += 1;
         self.pending_live -= 1;
+        self.released = true;
         if let Some(t) = self.taken.as_mut() {
             t.remove(&ip);
         }
@@ -433,13 +491,19 @@ impl Store {
 
     /// Writes the index if this run changed or rebuilt it, then unlocks. Failing to write
     /// the cache is not an error of the command: the next run reads the directory.
+    ///
+    /// This is the commit: `last_reserved_ip.<set>` files are written here, and only here.
+    /// A run that changed nothing writes nothing (not even a rebuilt index).
     pub fn close(mut self) {
         if self.lease_tmp.take().is_some() {
             let _ = fs::remove_file(self.dir.join(LEASE_TMP));
         }
+        for (set, ip) in std::mem::take(&mut self.last_pending) {
+            self.write_last_reserved(set, ip);
+        }
         let result = if self.stale {
             self.lock.set_len(0)
-        } else if self.rewrite || !self.pending.is_empty() {
+        } else if !self.pending.is_empty() {
             self.write_index()
         } else {
             Ok(())
@@ -447,6 +511,40 @@ impl Store {
         if let Err(e) = result {
             eprintln!("host-local: updating the lease index in {}: {e}", self.dir.join(LOCK).display());
             let _ = self.lock.set_len(0);
+        }
+    }
+
+    /// Gives up a run after its caller undid its changes (released what it reserved):
+    /// nothing is written, `last_reserved_ip.<set>` stays as it was, and a directory this
+    /// run created is removed again, so a failed ADD leaves no trace.
+    pub fn abandon(mut self) {
+        if self.lease_tmp.take().is_some() {
+            let _ = fs::remove_file(self.dir.join(LEASE_TMP));
+        }
+        if self.created.is_empty() {
+            return;
+        }
+        // Only if nothing but our lock is left (a run that got in first may have leased).
+        let only_lock = fs::read_dir(&self.dir)
+            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK))
+            .unwrap_or(false);
+        if only_lock {
+            let _ = fs::remove_file(self.dir.join(LOCK));
+            remove_dirs(&self.created);
+        }
+    }
+
+    /// Whether no lease file exists for `ip` (within a run that holds the lock, the
+    /// address can then be reserved).
+    pub fn is_free(&mut self, ip: IpAddr) -> Result<bool, HostLocalError> {
+        if let Some(known) = self.known_taken(ip) {
+            return Ok(!known);
+        }
+        let path = self.dir.join(ip.to_string());
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(HostLocalError::io("reading", path, e)),
         }
     }
 
@@ -458,7 +556,8 @@ impl Store {
     fn write_index(&mut self) -> std::io::Result<()> {
         let records = self.header.records + self.pending_records;
         let live = (self.header.live as i64 + self.pending_live).max(0) as u64;
-        let compact = records > 2 * live + COMPACT_SLACK;
+        // A release compacts: after DEL, nothing in `lock` names the container any more.
+        let compact = self.released || records > 2 * live + COMPACT_SLACK;
         let append = !self.rewrite && !compact;
         let (offset, bytes, header) = if !append {
             let mut log = if compact {
@@ -568,11 +667,13 @@ mod tests {
         assert!(!s.reserve(ip("10.0.0.2"), &att("c2", "eth0"), 0).unwrap());
         assert!(s.reserve(ip("2001:db8::2"), &a, 1).unwrap());
         assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "c1\r\neth0");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(), "2001:db8::2");
         assert_eq!(s.last_reserved(1), Some(ip("2001:db8::2")));
+        // The round-robin position is written when the run commits.
+        assert!(!dir.join("last_reserved_ip.0").exists());
         assert_eq!(s.find(&a, Find::Any).unwrap(), [ip("10.0.0.2"), ip("2001:db8::2")]);
         s.close();
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(), "2001:db8::2");
         assert_eq!(
             names(&dir),
             ["10.0.0.2", "2001:db8::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]
@@ -588,7 +689,33 @@ mod tests {
         let mut s = Store::open(&dir, false).unwrap().unwrap();
         assert!(s.from_index);
         assert_eq!(s.leases().unwrap().len(), 1);
-        assert_eq!(s.header.records, 3);
+        // A release compacts the index: the released lease's owner is forgotten.
+        assert_eq!(s.header.records, 1);
+        s.close();
+        assert!(!String::from_utf8_lossy(&fs::read(dir.join(LOCK)).unwrap()).contains("10.0.0.2 "));
+    }
+
+    #[test]
+    fn an_abandoned_run_leaves_no_trace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/net");
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.2"), &att("c1", "eth0"), 0).unwrap());
+        s.release(ip("10.0.0.2")).unwrap();
+        s.abandon();
+        assert!(!tmp.path().join("a").exists());
+        // In an existing store: the lock file and the round-robin position stay as they were.
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.2"), &att("c1", "eth0"), 0).unwrap());
+        s.close();
+        let before = fs::read(dir.join(LOCK)).unwrap();
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.3"), &att("c2", "eth0"), 0).unwrap());
+        s.release(ip("10.0.0.3")).unwrap();
+        s.abandon();
+        assert_eq!(fs::read(dir.join(LOCK)).unwrap(), before);
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(names(&dir), ["10.0.0.2", "last_reserved_ip.0", "lock"]);
     }
 
     #[test]
