@@ -45,6 +45,32 @@ impl Delegate {
         &self.plugin
     }
 
+    /// Finds the delegate's binary before anything is done with it, telling whose fault a
+    /// miss is: when no directory of `CNI_PATH` exists (or it is empty) the environment is
+    /// wrong (code 4 naming `CNI_PATH`); when they exist but none holds the plugin, the
+    /// config names a plugin that is not installed (code 7 naming `field`).
+    ///
+    /// ```
+    /// use cni_spec::{Command, Environment, Version, delegate::Delegate};
+    /// let env = Environment::new(Command::Add).with_path(&["/".into()]);
+    /// let e = Delegate::new("no-such-ipam", env, Version::V1_0_0).locate("ipam.type").unwrap_err();
+    /// assert_eq!((e.code, e.msg.contains("ipam.type")), (7, true));
+    /// let env = Environment::new(Command::Add).with_path(&["/nonexistent".into()]);
+    /// assert_eq!(Delegate::new("host-local", env, Version::V1_0_0).locate("ipam.type").unwrap_err().code, 4);
+    /// ```
+    pub fn locate(&self, field: &str) -> Result<PathBuf, Error> {
+        if let Err(why) = crate::parse::plugin_name(&self.plugin) {
+            return Err(Error::invalid_config(field, why));
+        }
+        match find_plugin(&self.plugin, &self.env.path) {
+            Ok(p) => Ok(p),
+            Err(e) if self.env.path.iter().any(|d| d.is_dir()) => {
+                Err(Error::invalid_config(field, e.msg.trim_start_matches("CNI_PATH: ")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn call(&self, command: Command, config: &[u8]) -> Result<Vec<u8>, Error> {
         let binary: PathBuf = find_plugin(&self.plugin, &self.env.path)?;
         let inv = Invocation { command, ..self.env.clone() };
