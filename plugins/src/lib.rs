@@ -1,6 +1,7 @@
 //! The plugins' logic; each binary in `src/bin/` is a thin `main` over one module.
 
 pub mod bridge;
+pub mod fsutil;
 pub mod host_local;
 pub mod vxlan;
 

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use cni_spec::plugin::Attachment;
@@ -112,40 +112,11 @@ pub struct Store {
     last_pending: Vec<(usize, IpAddr)>,
 }
 
-/// Creates `dir` and its missing parents (mode 0755); returns the ones created, outermost
-/// first.
 fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, HostLocalError> {
-    let mut missing = Vec::new();
-    let mut at = Some(dir);
-    while let Some(p) = at {
-        match fs::symlink_metadata(p) {
-            Ok(_) => break,
-            Err(e) if e.kind() == ErrorKind::NotFound => missing.push(p.to_path_buf()),
-            Err(e) => return Err(HostLocalError::io("creating", dir, e)),
-        }
-        at = p.parent();
-    }
-    missing.reverse();
-    let mut created = Vec::new();
-    for p in missing {
-        match fs::DirBuilder::new().mode(0o755).create(&p) {
-            Ok(()) => created.push(p),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                remove_dirs(&created);
-                return Err(HostLocalError::io("creating", p, e));
-            }
-        }
-    }
-    Ok(created)
+    crate::fsutil::create_dirs(dir, 0o755).map_err(|e| HostLocalError::io("creating", dir, e))
 }
 
-/// Removes directories (innermost first) that are empty; a non-empty one stays.
-fn remove_dirs(dirs: &[PathBuf]) {
-    for d in dirs.iter().rev() {
-        let _ = fs::remove_dir(d);
-    }
-}
+use crate::fsutil::remove_dirs;
 
 impl Store {
     /// Locks the store of `dir` and loads its index. With `create`, the directory is made
