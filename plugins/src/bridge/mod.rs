@@ -104,8 +104,9 @@ struct BridgeChanges {
 /// What an ADD did in the container besides its interface (which goes with the veth).
 #[derive(Debug, Default)]
 struct ContainerChanges {
-    /// `lo` was down and this ADD brought it up.
-    lo_up: Option<u32>,
+    /// `lo` was down and this ADD brought it up, with the addresses it had then (the
+    /// kernel gives it 127.0.0.1 when it first comes up).
+    lo_up: Option<(u32, Vec<IpNet>)>,
     /// `net.ipv6.conf.lo.disable_ipv6` before this ADD changed it.
     lo_disable_ipv6: Option<String>,
 }
@@ -159,8 +160,13 @@ impl Drop for Undo<'_> {
             // Deleting the host end deletes the container end with it.
             let _ = self.host.delete_link(index);
         }
-        if let Some(lo) = self.container.lo_up {
+        if let Some((lo, before)) = self.container.lo_up.take() {
             let _ = self.cont.set_down(lo);
+            for a in self.cont.addresses(lo).unwrap_or_default() {
+                if !before.contains(&a) {
+                    let _ = self.cont.del_address(lo, a);
+                }
+            }
         }
         if let Some(old) = self.container.lo_disable_ipv6.take() {
             let _ = self.ns.run(move || sysctl::write("net/ipv6/conf/lo/disable_ipv6", &old));
@@ -228,6 +234,21 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
         ));
     }
 
+    // An MTU below IPv6's minimum would take IPv6 off an existing bridge the moment the
+    // veth joins it (the bridge follows its smallest port), losing its addresses.
+    if let (Some(br), Some(mtu)) = (&existing, conf.mtu)
+        && mtu < IPV6_MIN_MTU
+        && host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?.iter().any(|a| a.addr().is_ipv6())
+    {
+        return Err(mtu_too_small(mtu, "the bridge has IPv6 addresses"));
+    }
+    // host-local's config is known here: what IPAM's answer will make checkable is checked
+    // now, so that a refusal does not even touch IPAM's store.
+    if conf.ipam_type.as_deref() == Some("host-local") {
+        let plan = crate::host_local::config::Config::load(&req.config, req.version).map_err(Error::from)?;
+        preflight_host_local(&plan, &host, existing.as_ref(), &conf)?;
+    }
+
     // IPAM before any link: its errors leave the kernel untouched.
     let ipam = conf.ipam_type.as_deref().map(|t| Delegate::for_request(req, t));
     if let Some(ipam) = &ipam {
@@ -256,6 +277,11 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
             add_default_routes(&mut result);
         }
         check_routes(&result)?;
+        if let Some(mtu) = conf.mtu.filter(|m| *m < IPV6_MIN_MTU)
+            && result.ips.iter().any(|ip| !ip.is_v4())
+        {
+            return Err(mtu_too_small(mtu, "the container gets an IPv6 address"));
+        }
         if conf.is_gateway
             && let Some(br) = &existing
         {
@@ -317,6 +343,54 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
         let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
     }
     Ok(result)
+}
+
+/// IPv6 needs links of at least this MTU.
+const IPV6_MIN_MTU: u32 = 1280;
+
+fn mtu_too_small(mtu: u32, why: &str) -> BridgeError {
+    BridgeError::config("mtu", format!("{mtu} is below 1280, the minimum for IPv6, and {why}"))
+}
+
+/// The checks of [`check_routes`] and [`check_bridge_addresses`], made from host-local's
+/// config before it runs: each route's gateway in one of the subnets the container will get
+/// an address of; the gateway addresses of single-range sets free to go on the bridge.
+fn preflight_host_local(
+    plan: &crate::host_local::config::Config,
+    host: &Netlink,
+    existing: Option<&Link>,
+    conf: &BridgeConf,
+) -> Result<(), BridgeError> {
+    if let Some(mtu) = conf.mtu.filter(|m| *m < IPV6_MIN_MTU)
+        && plan.sets.iter().any(|s| !s.is_v4())
+    {
+        return Err(mtu_too_small(mtu, "the container gets an IPv6 address"));
+    }
+    let subnets: Vec<IpNet> = plan.sets.iter().flat_map(|s| s.ranges.iter().map(|r| r.subnet)).collect();
+    for (i, r) in plan.routes.iter().enumerate() {
+        if let Some(gw) = r.gw
+            && !subnets.iter().any(|n| n.contains(&gw))
+        {
+            return Err(BridgeError::config(
+                format!("ipam.routes[{i}].gw"),
+                format!("{gw} is not in any subnet the container gets an address of"),
+            ));
+        }
+    }
+    let Some(br) = existing.filter(|_| conf.is_gateway && !conf.force_address) else { return Ok(()) };
+    let mut present = host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
+    for set in plan.sets.iter().filter(|s| s.ranges.len() == 1) {
+        let r = &set.ranges[0];
+        let want = IpNet::new(r.gateway, r.subnet.prefix_len()).expect("prefix from a valid subnet");
+        if present.contains(&want) {
+            continue;
+        }
+        if let Some(old) = present.iter().find(|a| conflicts(a, &want)) {
+            return Err(address_conflict(conf, want, old));
+        }
+        present.push(want);
+    }
+    Ok(())
 }
 
 /// A route's gateway must be reachable on the container's interface: inside the subnet of
@@ -530,10 +604,11 @@ fn configure_container(
             .map_err(BridgeError::kernel(format!("adding {} in the container", ip.address)))?;
     }
     cont.set_up(link.index).map_err(BridgeError::kernel("bringing the container interface up"))?;
-    if let Some(lo) = cont.link("lo").ok().flatten().filter(|l| !l.up)
-        && cont.set_up(lo.index).is_ok()
-    {
-        changes.lo_up = Some(lo.index);
+    if let Some(lo) = cont.link("lo").ok().flatten().filter(|l| !l.up) {
+        let before = cont.addresses(lo.index).unwrap_or_default();
+        if cont.set_up(lo.index).is_ok() {
+            changes.lo_up = Some((lo.index, before));
+        }
     }
     for r in &result.routes {
         let v4 = r.dst.addr().is_ipv4();

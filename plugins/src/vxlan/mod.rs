@@ -258,9 +258,25 @@ fn add(req: &Request) -> Result<SuccessResult, VxlanError> {
         Err(e) => {
             // The delegate undid its own work: nothing is left for a DEL to find.
             saved.forget(net, cid, ifname, &created);
-            Err(e.into())
+            Err(name_user_delegate_field(e, &opts).into())
         }
     }
+}
+
+/// A config error of the delegate about a key the user set in `delegate` names it as the
+/// user wrote it: `delegate.bridge`, not `bridge`.
+fn name_user_delegate_field(mut e: Error, opts: &Options) -> Error {
+    const PREFIX: &str = "invalid network config: ";
+    let Some(user) = &opts.delegate else { return e };
+    if e.code == cni_spec::Code::InvalidConfig as u32
+        && let Some(rest) = e.msg.strip_prefix(PREFIX)
+    {
+        let key = rest.split(['.', '[', ':']).next().unwrap_or_default();
+        if user.contains_key(key) {
+            e.msg = format!("{PREFIX}delegate.{rest}");
+        }
+    }
+    e
 }
 
 fn del(req: &Request) -> Result<(), VxlanError> {
