@@ -65,7 +65,8 @@ impl Dns {
     /// ```
     pub fn validate(&self, field: &str) -> Result<(), Error> {
         for (i, ns) in self.nameservers.iter().enumerate() {
-            crate::parse::ip(ns).map_err(|e| Error::invalid_config(&format!("{field}.nameservers[{i}]"), e))?;
+            crate::parse::ip(ns)
+                .map_err(|e| Error::invalid_config(&format!("{field}.nameservers[{i}]"), e))?;
         }
         let word = |name: String, v: &str| -> Result<(), Error> {
             if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -11,8 +11,8 @@
 
 use serde::de::value::{MapAccessDeserializer, MapDeserializer, SeqDeserializer};
 use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Unexpected,
-    Visitor,
+    self, DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess,
+    Unexpected, Visitor,
 };
 use serde_json::{Map, Number, Value};
 
@@ -162,7 +162,8 @@ fn visit_object<'de, V: Visitor<'de>>(
     skip_null: bool,
     v: V,
 ) -> Result<V::Value, serde_json::Error> {
-    let entries = m.into_iter().filter(|(_, val)| !(skip_null && val.is_null())).map(|(k, val)| (k, Strict(val)));
+    let entries =
+        m.into_iter().filter(|(_, val)| !(skip_null && val.is_null())).map(|(k, val)| (k, Strict(val)));
     let mut map = MapDeserializer::new(entries);
     let out = v.visit_map(&mut map)?;
     map.end()?;
@@ -278,7 +279,9 @@ mod tests {
 
     #[test]
     fn decode_faults_are_code_6() {
-        for bad in [&b""[..], b" \n\t", b"{", b"{\"a\":1,\"a\":2}", b"{\"x\":{\"a\":1,\"a\":1}}", b"{} x", b"[1,]"] {
+        for bad in
+            [&b""[..], b" \n\t", b"{", b"{\"a\":1,\"a\":2}", b"{\"x\":{\"a\":1,\"a\":1}}", b"{} x", b"[1,]"]
+        {
             let e = decode(bad).unwrap_err();
             assert_eq!(e.code, 6, "{:?}: {e}", String::from_utf8_lossy(bad));
         }

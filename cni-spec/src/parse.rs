@@ -288,7 +288,9 @@ mod tests {
 
     #[test]
     fn names_and_paths() {
-        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "x\u{200b}", "br\0x", "e%d", "0123456789abcdef"] {
+        for bad in
+            ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "x\u{200b}", "br\0x", "e%d", "0123456789abcdef"]
+        {
             assert!(ifname(bad).is_err(), "{bad:?}");
         }
         assert!(ifname("0123456789abcde").is_ok());

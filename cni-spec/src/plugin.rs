@@ -27,9 +27,9 @@ use serde_json::Value;
 use crate::config::NetConf;
 use crate::env::{Command, Environment};
 use crate::error::{Code, Error};
-use crate::{input, json};
 use crate::result::SuccessResult;
 use crate::version::{Version, VersionInfo, format_versions};
+use crate::{input, json};
 
 /// One attachment, as listed in a GC request's `cni.dev/valid-attachments`.
 ///

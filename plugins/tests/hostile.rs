@@ -144,7 +144,8 @@ impl World {
         for (label, ns) in [("host", &self.host), ("pod", &self.pod)] {
             let nl = ns.netlink();
             let links = nl.links().unwrap();
-            let name_of = |i: u32| links.iter().find(|l| l.index == i).map_or(i.to_string(), |l| l.name.clone());
+            let name_of =
+                |i: u32| links.iter().find(|l| l.index == i).map_or(i.to_string(), |l| l.name.clone());
             for l in &links {
                 s.kernel.push(format!(
                     "{label} link {} {:?} {:?} mtu={} up={} promisc={} master={:?}",
@@ -277,10 +278,18 @@ fn run_all(world: &World, cases: &[Case]) -> (usize, usize) {
             let after = world.snapshot();
             // The container's `lo` stays up after DEL (the runtime removes the namespace).
             let pod = |s: &Snapshot| -> Vec<String> {
-                s.pod_part().into_iter().filter(|l| !l.contains(" lo ") && !l.contains("conf/lo/")).cloned().collect()
+                s.pod_part()
+                    .into_iter()
+                    .filter(|l| !l.contains(" lo ") && !l.contains("conf/lo/"))
+                    .cloned()
+                    .collect()
             };
             if pod(&after) != pod(&before) {
-                failures.push(format!("{}: the container differs after ADD+DEL:\n{}", case.name, before.diff(&after)));
+                failures.push(format!(
+                    "{}: the container differs after ADD+DEL:\n{}",
+                    case.name,
+                    before.diff(&after)
+                ));
             }
             let cid = world.base_env().get("CNI_CONTAINERID").cloned().unwrap();
             let cid = case
@@ -297,14 +306,18 @@ fn run_all(world: &World, cases: &[Case]) -> (usize, usize) {
             }
             for l in &after.kernel {
                 if l.contains(&cid) {
-                    failures.push(format!("{}: the node still names the container after DEL: {l}", case.name));
+                    failures
+                        .push(format!("{}: the node still names the container after DEL: {l}", case.name));
                 }
             }
             continue;
         }
         // Refused: the right class, and nothing changed, even after a DEL of the same input.
         let Some(code) = code else {
-            failures.push(format!("{}: exit {:?} without an error object: {:?} {:?}", case.name, add.code, add.stdout, add.stderr));
+            failures.push(format!(
+                "{}: exit {:?} without an error object: {:?} {:?}",
+                case.name, add.code, add.stdout, add.stderr
+            ));
             continue;
         };
         match &case.expect {
@@ -330,10 +343,20 @@ fn run_all(world: &World, cases: &[Case]) -> (usize, usize) {
         let _ = world.run("DEL", case);
         let after_del = world.snapshot();
         if after_del != before {
-            failures.push(format!("{}: DEL after a refused ADD changed state:\n{}", case.name, before.diff(&after_del)));
+            failures.push(format!(
+                "{}: DEL after a refused ADD changed state:\n{}",
+                case.name,
+                before.diff(&after_del)
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     (cases.len(), accepted)
 }
 
@@ -376,7 +399,10 @@ fn generated(good: &Value, fields: &[(&'static str, Value)]) -> Vec<Case> {
         ("trailing garbage", format!("{text} x").into_bytes()),
         ("two objects", format!("{text}{text}").into_bytes()),
         ("BOM", [&b"\xef\xbb\xbf"[..], bytes].concat()),
-        ("invalid UTF-8", text.replacen("\"type\"", "\"ty\u{fffd}pe\"", 1).replace('\u{fffd}', "\u{1}").into_bytes()),
+        (
+            "invalid UTF-8",
+            text.replacen("\"type\"", "\"ty\u{fffd}pe\"", 1).replace('\u{fffd}', "\u{1}").into_bytes(),
+        ),
         ("raw bytes", vec![0xff, 0xfe, 0x00, 0x7b]),
         ("deep nesting", format!("{}{}", "[".repeat(300), "]".repeat(300)).into_bytes()),
         ("NUL", b"\0".to_vec()),
@@ -442,7 +468,14 @@ fn generated(good: &Value, fields: &[(&'static str, Value)]) -> Vec<Case> {
             cases.push(Case::new(format!("{field} as {tname}"), c.to_string(), Expect::Code(7, field)));
         }
         if let Value::String(_) = right {
-            for (label, s) in [("100 KiB", "a".repeat(100 << 10)), ("NUL", "a\0b".into()), ("newline", "a\n".into()), ("zero-width", "a\u{200b}".into()), ("RTL override", "\u{202e}a".into()), ("empty", String::new())] {
+            for (label, s) in [
+                ("100 KiB", "a".repeat(100 << 10)),
+                ("NUL", "a\0b".into()),
+                ("newline", "a\n".into()),
+                ("zero-width", "a\u{200b}".into()),
+                ("RTL override", "\u{202e}a".into()),
+                ("empty", String::new()),
+            ] {
                 let mut c = good.clone();
                 *c.pointer_mut(pointer).unwrap() = json!(s);
                 cases.push(Case::new(format!("{field} {label}"), c.to_string(), Expect::Any));
@@ -455,7 +488,9 @@ fn generated(good: &Value, fields: &[(&'static str, Value)]) -> Vec<Case> {
 /// Environment faults: code 4 naming the variable.
 fn env_cases(good: &Value) -> Vec<Case> {
     let s = good.to_string();
-    let c = |name: &str, var: &'static str, v: Option<&str>| Case::new(name, s.clone(), Expect::Code(4, var)).env(var, v);
+    let c = |name: &str, var: &'static str, v: Option<&str>| {
+        Case::new(name, s.clone(), Expect::Code(4, var)).env(var, v)
+    };
     vec![
         c("no CNI_COMMAND", "CNI_COMMAND", None),
         c("empty CNI_COMMAND", "CNI_COMMAND", Some("")),
@@ -488,7 +523,9 @@ fn env_cases(good: &Value) -> Vec<Case> {
 /// Environment faults that only plugins touching the container's namespace see.
 fn netns_cases(good: &Value) -> Vec<Case> {
     let s = good.to_string();
-    let c = |name: &str, var: &'static str, v: Option<&str>| Case::new(name, s.clone(), Expect::Code(4, var)).env(var, v);
+    let c = |name: &str, var: &'static str, v: Option<&str>| {
+        Case::new(name, s.clone(), Expect::Code(4, var)).env(var, v)
+    };
     vec![
         c("CNI_NETNS missing", "CNI_NETNS", Some("/nonexistent/netns")),
         c("CNI_NETNS a file", "CNI_NETNS", Some("/etc/hostname")),
@@ -519,33 +556,116 @@ fn named_cases(good: &Value) -> Vec<Case> {
         c.to_string()
     };
     let mut out = vec![
-        Case::new("subnet with a newline", with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/24\n")), Expect::Code(7, "subnet")),
-        Case::new("subnet with leading zeros", with("/ipam/ranges/0/0/subnet", json!("010.088.200.000/24")), Expect::Code(7, "subnet")),
-        Case::new("prefix with a plus", with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/+24")), Expect::Code(7, "subnet")),
-        Case::new("subnet with host bits", with("/ipam/ranges/0/0/subnet", json!("10.88.200.1/24")), Expect::Code(7, "subnet")),
-        Case::new("subnet too small", with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/31")), Expect::Code(7, "subnet")),
-        Case::new("gateway outside", with("/ipam/ranges/0/0/gateway", json!("10.1.1.1")), Expect::Code(7, "gateway")),
-        Case::new("rangeStart outside", with("/ipam/ranges/0/0/rangeStart", json!("10.1.1.1")), Expect::Code(7, "rangeStart")),
-        Case::new("rangeEnd before start", with("/ipam/ranges/0/0/rangeEnd", json!("10.88.200.0")), Expect::Code(7, "rangeEnd")),
-        Case::new("routes of the wrong shape", with("/ipam/routes", json!([["0.0.0.0/0"]])), Expect::Code(7, "ipam.routes[0]")),
-        Case::new("route dst not a prefix", with("/ipam/routes", json!([{"dst": "0.0.0.0"}])), Expect::Code(7, "ipam.routes[0].dst")),
-        Case::new("route gw of another family", with("/ipam/routes", json!([{"dst": "0.0.0.0/0", "gw": "fd00::1"}])), Expect::Code(7, "ipam.routes[0].gw")),
-        Case::new("relative dataDir", with("/ipam/dataDir", json!("relative/dir")), Expect::Code(7, "ipam.dataDir")),
-        Case::new("dataDir under a file", with("/ipam/dataDir", json!("/etc/hostname/x")), Expect::Code(7, "ipam.dataDir")),
-        Case::new("dataDir too long", with("/ipam/dataDir", json!(format!("/tmp/{}", "d".repeat(300)))), Expect::Code(7, "ipam.dataDir")),
+        Case::new(
+            "subnet with a newline",
+            with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/24\n")),
+            Expect::Code(7, "subnet"),
+        ),
+        Case::new(
+            "subnet with leading zeros",
+            with("/ipam/ranges/0/0/subnet", json!("010.088.200.000/24")),
+            Expect::Code(7, "subnet"),
+        ),
+        Case::new(
+            "prefix with a plus",
+            with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/+24")),
+            Expect::Code(7, "subnet"),
+        ),
+        Case::new(
+            "subnet with host bits",
+            with("/ipam/ranges/0/0/subnet", json!("10.88.200.1/24")),
+            Expect::Code(7, "subnet"),
+        ),
+        Case::new(
+            "subnet too small",
+            with("/ipam/ranges/0/0/subnet", json!("10.88.200.0/31")),
+            Expect::Code(7, "subnet"),
+        ),
+        Case::new(
+            "gateway outside",
+            with("/ipam/ranges/0/0/gateway", json!("10.1.1.1")),
+            Expect::Code(7, "gateway"),
+        ),
+        Case::new(
+            "rangeStart outside",
+            with("/ipam/ranges/0/0/rangeStart", json!("10.1.1.1")),
+            Expect::Code(7, "rangeStart"),
+        ),
+        Case::new(
+            "rangeEnd before start",
+            with("/ipam/ranges/0/0/rangeEnd", json!("10.88.200.0")),
+            Expect::Code(7, "rangeEnd"),
+        ),
+        Case::new(
+            "routes of the wrong shape",
+            with("/ipam/routes", json!([["0.0.0.0/0"]])),
+            Expect::Code(7, "ipam.routes[0]"),
+        ),
+        Case::new(
+            "route dst not a prefix",
+            with("/ipam/routes", json!([{"dst": "0.0.0.0"}])),
+            Expect::Code(7, "ipam.routes[0].dst"),
+        ),
+        Case::new(
+            "route gw of another family",
+            with("/ipam/routes", json!([{"dst": "0.0.0.0/0", "gw": "fd00::1"}])),
+            Expect::Code(7, "ipam.routes[0].gw"),
+        ),
+        Case::new(
+            "relative dataDir",
+            with("/ipam/dataDir", json!("relative/dir")),
+            Expect::Code(7, "ipam.dataDir"),
+        ),
+        Case::new(
+            "dataDir under a file",
+            with("/ipam/dataDir", json!("/etc/hostname/x")),
+            Expect::Code(7, "ipam.dataDir"),
+        ),
+        Case::new(
+            "dataDir too long",
+            with("/ipam/dataDir", json!(format!("/tmp/{}", "d".repeat(300)))),
+            Expect::Code(7, "ipam.dataDir"),
+        ),
         Case::new("name too long", with("/name", json!("n".repeat(300))), Expect::Code(7, "name")),
         Case::new("name with a slash", with("/name", json!("a/b")), Expect::Code(7, "name")),
-        Case::new("missing resolvConf", with("/ipam/resolvConf", json!("/nonexistent/resolv.conf")), Expect::Code(7, "resolvConf")),
-        Case::new("requested IP outside", with("/runtimeConfig", json!({"ips": ["10.1.1.1"]})), Expect::Code(7, "runtimeConfig.ips[0]")),
-        Case::new("requested gateway", with("/args", json!({"cni": {"ips": ["10.88.200.1"]}})), Expect::Code(7, "args.cni.ips[0]")),
-        Case::new("ipRanges overlapping", with("/runtimeConfig", json!({"ipRanges": [[{"subnet": "10.88.0.0/16"}]]})), Expect::Code(7, "overlaps")),
-        Case::new("mixed families in a set", with("/ipam/ranges/0", json!([{"subnet": "10.88.200.0/24"}, {"subnet": "fd00:99::/64"}])), Expect::Code(7, "mixed")),
+        Case::new(
+            "missing resolvConf",
+            with("/ipam/resolvConf", json!("/nonexistent/resolv.conf")),
+            Expect::Code(7, "resolvConf"),
+        ),
+        Case::new(
+            "requested IP outside",
+            with("/runtimeConfig", json!({"ips": ["10.1.1.1"]})),
+            Expect::Code(7, "runtimeConfig.ips[0]"),
+        ),
+        Case::new(
+            "requested gateway",
+            with("/args", json!({"cni": {"ips": ["10.88.200.1"]}})),
+            Expect::Code(7, "args.cni.ips[0]"),
+        ),
+        Case::new(
+            "ipRanges overlapping",
+            with("/runtimeConfig", json!({"ipRanges": [[{"subnet": "10.88.0.0/16"}]]})),
+            Expect::Code(7, "overlaps"),
+        ),
+        Case::new(
+            "mixed families in a set",
+            with("/ipam/ranges/0", json!([{"subnet": "10.88.200.0/24"}, {"subnet": "fd00:99::/64"}])),
+            Expect::Code(7, "mixed"),
+        ),
         Case::new("dns as a list", with("/dns", json!([])), Expect::Code(7, "dns")),
         Case::new("type empty", with("/type", json!("")), Expect::Code(7, "type")),
         Case::new("type a path", with("/type", json!("../bin/bridge")), Expect::Code(7, "type")),
-        Case::new("capabilities not booleans", with("/capabilities", json!({"ips": "yes"})), Expect::Code(7, "capabilities")),
+        Case::new(
+            "capabilities not booleans",
+            with("/capabilities", json!({"ips": "yes"})),
+            Expect::Code(7, "capabilities"),
+        ),
     ];
-    out.push(Case::new("CNI_ARGS IP outside", good.to_string(), Expect::Code(4, "CNI_ARGS")).env("CNI_ARGS", Some("IP=10.1.1.1")));
+    out.push(
+        Case::new("CNI_ARGS IP outside", good.to_string(), Expect::Code(4, "CNI_ARGS"))
+            .env("CNI_ARGS", Some("IP=10.1.1.1")),
+    );
     out
 }
 
@@ -570,8 +690,14 @@ fn host_local_refuses_hostile_input_and_changes_nothing() {
         ("/ipam/resolvConf", json!("s")),
     ];
     let mut cases = generated(&good, &fields);
-    cases.extend(env_cases(&good).into_iter().filter(|c| !c.name.contains("CNI_NETNS ") || c.name.contains("relative")));
-    cases.extend(named_cases(&good).into_iter().filter(|c| !c.name.starts_with("dns") && !c.name.starts_with("type")));
+    cases.extend(
+        env_cases(&good)
+            .into_iter()
+            .filter(|c| !c.name.contains("CNI_NETNS ") || c.name.contains("relative")),
+    );
+    cases.extend(
+        named_cases(&good).into_iter().filter(|c| !c.name.starts_with("dns") && !c.name.starts_with("type")),
+    );
     // A good ADD first, so that the cases meet an existing store too.
     let world = World {
         host: TestNs::new("hlhost"),
@@ -583,7 +709,9 @@ fn host_local_refuses_hostile_input_and_changes_nothing() {
     let keep = Case::new("good", good.to_string(), Expect::Any).env("CNI_CONTAINERID", Some("keeper"));
     assert_eq!(world.run("ADD", &keep).code, Some(0));
     let (n, accepted) = run_all(&world, &cases);
-    eprintln!("host-local: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace");
+    eprintln!(
+        "host-local: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace"
+    );
     assert!(n >= 200, "{n}");
 }
 
@@ -613,10 +741,32 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
         good[k] = v;
     }
     let fields: Vec<(&'static str, Value)> = [
-        "/bridge", "/isGateway", "/isDefaultGateway", "/ipMasq", "/mtu", "/hairpinMode", "/promiscMode", "/vlan",
-        "/forceAddress", "/macspoofchk", "/enabledad", "/portIsolation", "/ipMasqBackend", "/dns",
-        "/dns/nameservers", "/dns/nameservers/0", "/runtimeConfig", "/runtimeConfig/mac", "/ipam", "/ipam/type",
-        "/ipam/ranges/0/0/subnet", "/ipam/routes", "/ipam/routes/0", "/ipam/dataDir", "/name", "/type",
+        "/bridge",
+        "/isGateway",
+        "/isDefaultGateway",
+        "/ipMasq",
+        "/mtu",
+        "/hairpinMode",
+        "/promiscMode",
+        "/vlan",
+        "/forceAddress",
+        "/macspoofchk",
+        "/enabledad",
+        "/portIsolation",
+        "/ipMasqBackend",
+        "/dns",
+        "/dns/nameservers",
+        "/dns/nameservers/0",
+        "/runtimeConfig",
+        "/runtimeConfig/mac",
+        "/ipam",
+        "/ipam/type",
+        "/ipam/ranges/0/0/subnet",
+        "/ipam/routes",
+        "/ipam/routes/0",
+        "/ipam/dataDir",
+        "/name",
+        "/type",
     ]
     .iter()
     .map(|p| (*p, good.pointer(p).unwrap().clone()))
@@ -638,26 +788,78 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
         ("bridge too long", with("bridge", json!("a-very-long-bridge")), Expect::Code(7, "bridge")),
         ("bridge lo", with("bridge", json!("lo")), Expect::Code(7, "bridge")),
         ("bridge zero-width", with("bridge", json!("hbr\u{200b}")), Expect::Code(7, "bridge")),
-        ("ipam without type", with("ipam", json!({"ranges": [[{"subnet": "10.88.200.0/24"}]]})), Expect::Code(7, "ipam.type")),
-        ("ipam type not installed", with("ipam", json!({"type": "no-such-ipam"})), Expect::Code(7, "ipam.type")),
+        (
+            "ipam without type",
+            with("ipam", json!({"ranges": [[{"subnet": "10.88.200.0/24"}]]})),
+            Expect::Code(7, "ipam.type"),
+        ),
+        (
+            "ipam type not installed",
+            with("ipam", json!({"type": "no-such-ipam"})),
+            Expect::Code(7, "ipam.type"),
+        ),
         ("dns empty list", with("dns", json!([])), Expect::Code(7, "dns")),
-        ("dns nameserver not an address", with("dns", json!({"nameservers": ["ns1"]})), Expect::Code(7, "dns.nameservers[0]")),
+        (
+            "dns nameserver not an address",
+            with("dns", json!({"nameservers": ["ns1"]})),
+            Expect::Code(7, "dns.nameservers[0]"),
+        ),
         ("vlan too big", with("vlan", json!(4095)), Expect::Code(7, "vlan")),
         ("vlan negative", with("vlan", json!(-1)), Expect::Code(7, "vlan")),
         ("vlan huge", with("vlan", json!(1u64 << 63)), Expect::Code(7, "vlan")),
         ("mtu too small", with("mtu", json!(20)), Expect::Code(7, "mtu")),
         ("mtu too big", with("mtu", json!(70000)), Expect::Code(7, "mtu")),
         ("vlanTrunk of lists", with("vlanTrunk", json!([[1]])), Expect::Code(7, "vlanTrunk[0]")),
-        ("vlanTrunk min > max", with("vlanTrunk", json!([{"minID": 9, "maxID": 5}])), Expect::Code(7, "vlanTrunk[0]")),
-        ("hairpin and promisc", with("hairpinMode", json!(true)).replace("\"promiscMode\":false", "\"promiscMode\":true"), Expect::Code(7, "hairpinMode")),
+        (
+            "vlanTrunk min > max",
+            with("vlanTrunk", json!([{"minID": 9, "maxID": 5}])),
+            Expect::Code(7, "vlanTrunk[0]"),
+        ),
+        (
+            "hairpin and promisc",
+            with("hairpinMode", json!(true)).replace("\"promiscMode\":false", "\"promiscMode\":true"),
+            Expect::Code(7, "hairpinMode"),
+        ),
         ("ipMasqBackend unknown", with("ipMasqBackend", json!("pf")), Expect::Code(7, "ipMasqBackend")),
-        ("MAC multicast", with("runtimeConfig", json!({"mac": "01:00:5e:00:00:01"})), Expect::Code(7, "runtimeConfig.mac")),
-        ("MAC zero", with("runtimeConfig", json!({"mac": "00:00:00:00:00:00"})), Expect::Code(7, "runtimeConfig.mac")),
-        ("MAC mixed separators", with("runtimeConfig", json!({"mac": "0a:58-0a:58:c8:09"})), Expect::Code(7, "runtimeConfig.mac")),
-        ("route gateway unreachable", with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.201.0/24", "routes": [{"dst": "10.99.0.0/16", "gw": "10.1.1.1"}]})), Expect::Code(7, "ipam.routes[0].gw")),
-        ("disableContainerInterface with IPAM", with("disableContainerInterface", json!(true)), Expect::Code(7, "disableContainerInterface")),
-        ("exhausted range", with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.202.0/30"})).replace("\"forceAddress\":false", "\"forceAddress\":true"), Expect::Code(102, "")),
-        ("gateway taken on the bridge", with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.203.0/24"})), Expect::Code(999, "already has an IP address")),
+        (
+            "MAC multicast",
+            with("runtimeConfig", json!({"mac": "01:00:5e:00:00:01"})),
+            Expect::Code(7, "runtimeConfig.mac"),
+        ),
+        (
+            "MAC zero",
+            with("runtimeConfig", json!({"mac": "00:00:00:00:00:00"})),
+            Expect::Code(7, "runtimeConfig.mac"),
+        ),
+        (
+            "MAC mixed separators",
+            with("runtimeConfig", json!({"mac": "0a:58-0a:58:c8:09"})),
+            Expect::Code(7, "runtimeConfig.mac"),
+        ),
+        (
+            "route gateway unreachable",
+            with(
+                "ipam",
+                json!({"type": "host-local", "dataDir": data, "subnet": "10.88.201.0/24", "routes": [{"dst": "10.99.0.0/16", "gw": "10.1.1.1"}]}),
+            ),
+            Expect::Code(7, "ipam.routes[0].gw"),
+        ),
+        (
+            "disableContainerInterface with IPAM",
+            with("disableContainerInterface", json!(true)),
+            Expect::Code(7, "disableContainerInterface"),
+        ),
+        (
+            "exhausted range",
+            with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.202.0/30"}))
+                .replace("\"forceAddress\":false", "\"forceAddress\":true"),
+            Expect::Code(102, ""),
+        ),
+        (
+            "gateway taken on the bridge",
+            with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.203.0/24"})),
+            Expect::Code(999, "already has an IP address"),
+        ),
     ] {
         cases.push(Case::new(name, stdin, expect));
     }
@@ -671,13 +873,20 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
     world.host.lo_up();
     // The exhausted range: its one address taken by another container first.
     let taker_ns = TestNs::new("brtaker");
-    let taker = Case::new("taker", with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.202.0/30"})).replace("hbr0", "hbr9"), Expect::Any)
-        .env("CNI_CONTAINERID", Some("taker"))
-        .env("CNI_NETNS", Some(&taker_ns.path().display().to_string()));
+    let taker = Case::new(
+        "taker",
+        with("ipam", json!({"type": "host-local", "dataDir": data, "subnet": "10.88.202.0/30"}))
+            .replace("hbr0", "hbr9"),
+        Expect::Any,
+    )
+    .env("CNI_CONTAINERID", Some("taker"))
+    .env("CNI_NETNS", Some(&taker_ns.path().display().to_string()));
     let out = world.run("ADD", &taker);
     assert_eq!(out.code, Some(0), "{out:?}");
     let (n, accepted) = run_all(&world, &cases);
-    eprintln!("bridge: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace");
+    eprintln!(
+        "bridge: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace"
+    );
     assert!(n >= 250, "{n}");
 }
 
@@ -692,7 +901,11 @@ fn fake_daemon(path: &Path) {
             let body = json!({"ready": true, "subnet": "10.87.3.0/24", "network": "10.87.0.0/16",
                 "mtu": 1450, "ip_masq": true})
             .to_string();
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
 }
@@ -708,10 +921,21 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
     let good = json!({"cniVersion": "1.0.0", "name": "hostile", "type": "vxlan", "socket": socket,
         "dataDir": data, "ipamDataDir": ipam, "routes": [{"dst": "10.99.0.0/16"}],
         "delegate": {"bridge": "hvx0", "hairpinMode": true}});
-    let fields: Vec<(&'static str, Value)> = ["/socket", "/dataDir", "/ipamDataDir", "/routes", "/routes/0", "/routes/0/dst", "/delegate", "/delegate/bridge", "/delegate/hairpinMode", "/name"]
-        .iter()
-        .map(|p| (*p, good.pointer(p).unwrap().clone()))
-        .collect();
+    let fields: Vec<(&'static str, Value)> = [
+        "/socket",
+        "/dataDir",
+        "/ipamDataDir",
+        "/routes",
+        "/routes/0",
+        "/routes/0/dst",
+        "/delegate",
+        "/delegate/bridge",
+        "/delegate/hairpinMode",
+        "/name",
+    ]
+    .iter()
+    .map(|p| (*p, good.pointer(p).unwrap().clone()))
+    .collect();
     let mut cases = generated(&good, &fields);
     cases.extend(env_cases(&good).into_iter().filter(|c| !c.name.contains("CNI_ARGS unknown")));
     let with = |k: &str, v: Value| {
@@ -726,13 +950,29 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
         ("ipamDataDir relative", with("ipamDataDir", json!("ipam")), Expect::Code(7, "ipamDataDir")),
         ("delegate name", with("delegate", json!({"name": "x"})), Expect::Code(7, "delegate.name")),
         ("delegate ipam", with("delegate", json!({"ipam": {}})), Expect::Code(7, "delegate.ipam")),
-        ("delegate type a path", with("delegate", json!({"type": "../bridge"})), Expect::Code(7, "delegate.type")),
-        ("delegate type not installed", with("delegate", json!({"type": "no-such-plugin"})), Expect::Code(7, "delegate.type")),
+        (
+            "delegate type a path",
+            with("delegate", json!({"type": "../bridge"})),
+            Expect::Code(7, "delegate.type"),
+        ),
+        (
+            "delegate type not installed",
+            with("delegate", json!({"type": "no-such-plugin"})),
+            Expect::Code(7, "delegate.type"),
+        ),
         ("delegate bridge bad", with("delegate", json!({"bridge": ".."})), Expect::Code(7, "bridge")),
         ("delegate mtu bad", with("delegate", json!({"mtu": 20})), Expect::Code(7, "mtu")),
         ("routes of the wrong shape", with("routes", json!([["0.0.0.0/0"]])), Expect::Code(7, "routes[0]")),
-        ("route with leading zeros", with("routes", json!([{"dst": "010.0.0.0/8"}])), Expect::Code(7, "routes[0].dst")),
-        ("route gw of another family", with("routes", json!([{"dst": "10.0.0.0/8", "gw": "fd00::1"}])), Expect::Code(7, "routes[0].gw")),
+        (
+            "route with leading zeros",
+            with("routes", json!([{"dst": "010.0.0.0/8"}])),
+            Expect::Code(7, "routes[0].dst"),
+        ),
+        (
+            "route gw of another family",
+            with("routes", json!([{"dst": "10.0.0.0/8", "gw": "fd00::1"}])),
+            Expect::Code(7, "routes[0].gw"),
+        ),
         ("name too long", with("name", json!("n".repeat(300))), Expect::Code(7, "name")),
     ] {
         cases.push(Case::new(name, stdin, expect));
@@ -746,7 +986,9 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
     };
     world.host.lo_up();
     let (n, accepted) = run_all(&world, &cases);
-    eprintln!("vxlan: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace");
+    eprintln!(
+        "vxlan: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace"
+    );
     assert!(n >= 200, "{n}");
 }
 
@@ -754,7 +996,12 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
 #[test]
 fn version_by_hand_still_answers() {
     for plugin in ["bridge", "host-local", "vxlan"] {
-        let out = Command::new(bin(plugin)).env_clear().env("CNI_COMMAND", "VERSION").stdin(Stdio::null()).output().unwrap();
+        let out = Command::new(bin(plugin))
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{plugin}: {out:?}");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");

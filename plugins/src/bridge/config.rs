@@ -354,7 +354,9 @@ mod tests {
         assert!(e.code == 4 && e.msg.contains("CNI_ARGS: MAC"), "{e}");
         let e = load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1").unwrap_err();
         assert_eq!(e.code, 4);
-        assert!(load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1;IgnoreUnknown=1").is_ok());
+        assert!(
+            load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1;IgnoreUnknown=1").is_ok()
+        );
         // An empty ipam section, or one with an empty type alone, is layer 2 only.
         for ipam in [r#"{}"#, r#"{"type":""}"#] {
             let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam":{ipam}}}"#);

@@ -36,7 +36,7 @@ pub enum BridgeError {
     Kernel {
         what: String,
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
 
     /// Several independent failures (GC keeps going and reports them all).
@@ -61,7 +61,7 @@ impl BridgeError {
 
     /// A kernel error, for `map_err`: `.map_err(BridgeError::kernel("creating the veth"))`.
     pub fn kernel(what: impl std::fmt::Display) -> impl Fn(KernelError) -> BridgeError {
-        move |source| BridgeError::Kernel { what: what.to_string(), source }
+        move |source| BridgeError::Kernel { what: what.to_string(), source: Box::new(source) }
     }
 
     /// The CNI code this error is reported with.
@@ -71,9 +71,10 @@ impl BridgeError {
             BridgeError::Env { .. } => Code::InvalidEnvironment as u32,
             BridgeError::Unsupported { .. } => Code::UnsupportedField as u32,
             BridgeError::Busy(_) => Code::TryAgainLater as u32,
-            BridgeError::Conflict(_) | BridgeError::Check(_) | BridgeError::Kernel { .. } | BridgeError::Many(_) => {
-                Code::Internal as u32
-            }
+            BridgeError::Conflict(_)
+            | BridgeError::Check(_)
+            | BridgeError::Kernel { .. }
+            | BridgeError::Many(_) => Code::Internal as u32,
             BridgeError::Cni(e) => e.code,
         }
     }
@@ -97,7 +98,10 @@ mod tests {
     #[test]
     fn codes() {
         let e: Error = BridgeError::config("bridge", "\"..\" must not be . or ..").into();
-        assert_eq!((e.code, e.msg.as_str()), (7, "invalid network config: bridge: \"..\" must not be . or .."));
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (7, "invalid network config: bridge: \"..\" must not be . or ..")
+        );
         assert_eq!(Error::from(BridgeError::env("CNI_NETNS", "gone")).code, 4);
         assert_eq!(Error::from(BridgeError::Busy("cni0".into())).code, 11);
         let e = Error::from(BridgeError::Unsupported { field: "vlan", why: "no".into() });

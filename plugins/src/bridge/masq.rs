@@ -71,11 +71,7 @@ pub fn remove(
 }
 
 /// The entries of one attachment.
-pub fn entries_of(
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<Vec<MasqEntry>, BridgeError> {
+pub fn entries_of(network: &str, container_id: &str, ifname: &str) -> Result<Vec<MasqEntry>, BridgeError> {
     let wanted = tag(network, container_id, ifname);
     let all = table()?.entries().map_err(BridgeError::kernel("listing masquerade entries"))?;
     Ok(all.into_iter().filter(|e| e.tag == wanted).collect())

@@ -230,7 +230,11 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
     {
         return Err(BridgeError::config(
             "bridge",
-            format!("{:?} already exists but is a {}, not a bridge", conf.bridge, l.kind.as_deref().unwrap_or("link")),
+            format!(
+                "{:?} already exists but is a {}, not a bridge",
+                conf.bridge,
+                l.kind.as_deref().unwrap_or("link")
+            ),
         ));
     }
 
@@ -238,7 +242,11 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
     // veth joins it (the bridge follows its smallest port), losing its addresses.
     if let (Some(br), Some(mtu)) = (&existing, conf.mtu)
         && mtu < IPV6_MIN_MTU
-        && host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?.iter().any(|a| a.addr().is_ipv6())
+        && host
+            .addresses(br.index)
+            .map_err(BridgeError::kernel("reading the bridge addresses"))?
+            .iter()
+            .any(|a| a.addr().is_ipv6())
     {
         return Err(mtu_too_small(mtu, "the bridge has IPv6 addresses"));
     }
@@ -308,7 +316,9 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
         cont.set_up(cont_link.index).map_err(BridgeError::kernel("bringing the container interface up"))?;
     }
     if conf.macspoofchk {
-        let mac = cont_link.mac.ok_or_else(|| BridgeError::Conflict("the container interface has no MAC".into()))?;
+        let mac = cont_link
+            .mac
+            .ok_or_else(|| BridgeError::Conflict("the container interface has no MAC".into()))?;
         undo.spoof = Some((network, &req.env.container_id, ifname));
         spoof::add(network, &req.env.container_id, ifname, &host_veth.name, mac)?;
     }
@@ -378,7 +388,8 @@ fn preflight_host_local(
         }
     }
     let Some(br) = existing.filter(|_| conf.is_gateway && !conf.force_address) else { return Ok(()) };
-    let mut present = host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
+    let mut present =
+        host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
     for set in plan.sets.iter().filter(|s| s.ranges.len() == 1) {
         let r = &set.ranges[0];
         let want = IpNet::new(r.gateway, r.subnet.prefix_len()).expect("prefix from a valid subnet");
@@ -399,12 +410,18 @@ fn check_routes(result: &SuccessResult) -> Result<(), BridgeError> {
     for r in &result.routes {
         let Some(gw) = r.gw else { continue };
         if gw.is_ipv4() != r.dst.addr().is_ipv4() {
-            return Err(BridgeError::config("ipam.routes", format!("route to {}: gateway {gw} is of another family", r.dst)));
+            return Err(BridgeError::config(
+                "ipam.routes",
+                format!("route to {}: gateway {gw} is of another family", r.dst),
+            ));
         }
         if !result.ips.iter().any(|ip| ip.address.trunc().contains(&gw)) {
             return Err(BridgeError::config(
                 "ipam.routes",
-                format!("route to {}: gateway {gw} is not in the subnet of any of the container's addresses", r.dst),
+                format!(
+                    "route to {}: gateway {gw} is not in the subnet of any of the container's addresses",
+                    r.dst
+                ),
             ));
         }
     }
@@ -422,7 +439,8 @@ fn check_bridge_addresses(
     if conf.force_address {
         return Ok(());
     }
-    let mut present = host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
+    let mut present =
+        host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
     for ip in &result.ips {
         let Some(gw) = ip.gateway else { continue };
         let want = IpNet::new(gw, ip.address.prefix_len()).expect("prefix from a valid address");
@@ -516,7 +534,10 @@ fn create_veth(host: &Netlink, ns: &NetNs, conf: &BridgeConf, ifname: &str) -> R
             // A clash of the random host name: try another.
             Err(e) if e.is_exists() && host.link(&name).ok().flatten().is_some() => last = Some(e),
             Err(e) if e.is_exists() => {
-                return Err(BridgeError::env("CNI_IFNAME", format!("{ifname:?} already exists in the container")));
+                return Err(BridgeError::env(
+                    "CNI_IFNAME",
+                    format!("{ifname:?} already exists in the container"),
+                ));
             }
             Err(e) => return Err(BridgeError::kernel("creating the veth pair")(e)),
         }
@@ -637,7 +658,8 @@ fn setup_gateway(
     for ip in &result.ips {
         let Some(gw) = ip.gateway else { continue };
         let want = IpNet::new(gw, ip.address.prefix_len()).expect("prefix from a valid address");
-        let existing = host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
+        let existing =
+            host.addresses(br.index).map_err(BridgeError::kernel("reading the bridge addresses"))?;
         if existing.contains(&want) {
             continue;
         }
@@ -645,7 +667,8 @@ fn setup_gateway(
             if !conf.force_address {
                 return Err(address_conflict(conf, want, old));
             }
-            host.del_address(br.index, *old).map_err(BridgeError::kernel("removing the old bridge address"))?;
+            host.del_address(br.index, *old)
+                .map_err(BridgeError::kernel("removing the old bridge address"))?;
             changes.removed.push(*old);
         }
         match host.add_address(br.index, want) {
@@ -683,8 +706,8 @@ fn del(req: &Request) -> Result<(), BridgeError> {
         match NetNs::open(path) {
             Ok(ns) => {
                 refuse_own_netns(&ns)?;
-                let cont =
-                    Netlink::in_netns(&ns).map_err(BridgeError::kernel("opening netlink in the container"))?;
+                let cont = Netlink::in_netns(&ns)
+                    .map_err(BridgeError::kernel("opening netlink in the container"))?;
                 // Only a veth is ours to delete: anything else of that name is not.
                 if let Some(link) = cont
                     .link(&req.env.ifname)
@@ -725,7 +748,8 @@ fn check(req: &Request) -> Result<(), BridgeError> {
     if let Some(t) = &conf.ipam_type {
         Delegate::for_request(req, t).check(&req.raw)?;
     }
-    let prev = req.prev_result()?.ok_or_else(|| BridgeError::config("prevResult", "missing: CHECK needs it"))?;
+    let prev =
+        req.prev_result()?.ok_or_else(|| BridgeError::config("prevResult", "missing: CHECK needs it"))?;
     let mismatch = BridgeError::Check;
     let ifname = &req.env.ifname;
     let netns_path = req.env.netns.as_deref().map(Path::to_string_lossy).unwrap_or_default();

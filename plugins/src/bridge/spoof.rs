@@ -7,8 +7,8 @@ use cni_spec::plugin::Attachment;
 use netkernel::link::Mac;
 use netkernel::macspoof::MacSpoofTable;
 
-use super::masq::{tag, tag_of_network};
 use super::error::BridgeError;
+use super::masq::{tag, tag_of_network};
 
 /// The nft table (bridge family) the plugin owns.
 pub const TABLE: &str = "ferrocni_macspoof";
@@ -19,13 +19,18 @@ fn table() -> Result<MacSpoofTable, BridgeError> {
 
 /// Protects `host_port` for the attachment.
 pub fn add(net: &str, cid: &str, ifname: &str, host_port: &str, mac: Mac) -> Result<(), BridgeError> {
-    table()?.add(host_port, mac, &tag(net, cid, ifname)).map_err(BridgeError::kernel("adding the MAC spoof rule"))
+    table()?
+        .add(host_port, mac, &tag(net, cid, ifname))
+        .map_err(BridgeError::kernel("adding the MAC spoof rule"))
 }
 
 /// Removes the attachment's rule, whether or not its port still exists.
 pub fn remove(net: &str, cid: &str, ifname: &str) -> Result<(), BridgeError> {
     let wanted = tag(net, cid, ifname);
-    table()?.remove_where(|t| t == wanted).map(drop).map_err(BridgeError::kernel("removing the MAC spoof rule"))
+    table()?
+        .remove_where(|t| t == wanted)
+        .map(drop)
+        .map_err(BridgeError::kernel("removing the MAC spoof rule"))
 }
 
 /// Whether the attachment has its rule.

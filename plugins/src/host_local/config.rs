@@ -45,15 +45,21 @@ impl Config {
         let path = |field: &str, s: Option<String>| -> Result<Option<PathBuf>, HostLocalError> {
             match s.filter(|s| !s.is_empty()) {
                 None => Ok(None),
-                Some(s) => cni_spec::parse::abs_path(&s).map(Some).map_err(|e| HostLocalError::config(field, e)),
+                Some(s) => {
+                    cni_spec::parse::abs_path(&s).map(Some).map_err(|e| HostLocalError::config(field, e))
+                }
             }
         };
         let data_dir = path("ipam.dataDir", string(obj, "dataDir", "ipam.dataDir")?)?;
         let resolv_conf = path("ipam.resolvConf", string(obj, "resolvConf", "ipam.resolvConf")?)?;
         if let Some(d) = &data_dir
-            && d.join(&network).as_os_str().len() + 1 + "last_reserved_ip.0.spare".len() >= cni_spec::parse::PATH_MAX
+            && d.join(&network).as_os_str().len() + 1 + "last_reserved_ip.0.spare".len()
+                >= cni_spec::parse::PATH_MAX
         {
-            return Err(HostLocalError::config("ipam.dataDir", "too long for the network's files to fit in a path"));
+            return Err(HostLocalError::config(
+                "ipam.dataDir",
+                "too long for the network's files to fit in a path",
+            ));
         }
         let routes = routes(obj)?;
 
@@ -393,8 +399,14 @@ mod tests {
             ),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","dataDir":7}"#, "ipam.dataDir: must be a string"),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":{}}"#, "ipam.routes: must be a list"),
-            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#, "ipam.routes[0].dst: "),
-            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[["0.0.0.0/0"]]}"#, "ipam.routes[0]: invalid type"),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#,
+                "ipam.routes[0].dst: ",
+            ),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[["0.0.0.0/0"]]}"#,
+                "ipam.routes[0]: invalid type",
+            ),
             (
                 r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"0.0.0.0/0","gw":"2001:db8::1"}]}"#,
                 "ipam.routes[0].gw: 2001:db8::1 is not of the family",

@@ -103,10 +103,9 @@ impl HostLocalError {
     /// is checked before).
     pub fn data_dir_fault(self) -> Self {
         match &self {
-            HostLocalError::Io { path, source, .. } if self.is_unusable_path() => HostLocalError::config(
-                "ipam.dataDir",
-                format!("{} cannot be used: {source}", path.display()),
-            ),
+            HostLocalError::Io { path, source, .. } if self.is_unusable_path() => {
+                HostLocalError::config("ipam.dataDir", format!("{} cannot be used: {source}", path.display()))
+            }
             _ => self,
         }
     }

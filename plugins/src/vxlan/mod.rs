@@ -80,7 +80,10 @@ impl Options {
         if let Some(d) = &o.delegate {
             for key in ["name", "ipam"] {
                 if d.contains_key(key) {
-                    return Err(VxlanError::config(format!("delegate.{key}"), "must not be set: the plugin sets it"));
+                    return Err(VxlanError::config(
+                        format!("delegate.{key}"),
+                        "must not be set: the plugin sets it",
+                    ));
                 }
             }
             match d.get("type") {
@@ -88,10 +91,17 @@ impl Options {
                 Some(Value::String(t)) => {
                     parse::plugin_name(t).map_err(|e| VxlanError::config("delegate.type", e))?;
                 }
-                Some(other) => return Err(VxlanError::config("delegate.type", format!("must be a string, got {other}"))),
+                Some(other) => {
+                    return Err(VxlanError::config(
+                        "delegate.type",
+                        format!("must be a string, got {other}"),
+                    ));
+                }
             }
         }
-        for (field, path) in [("socket", &o.socket), ("dataDir", &o.data_dir), ("ipamDataDir", &o.ipam_data_dir)] {
+        for (field, path) in
+            [("socket", &o.socket), ("dataDir", &o.data_dir), ("ipamDataDir", &o.ipam_data_dir)]
+        {
             if let Some(p) = path {
                 parse::abs_path(&p.to_string_lossy()).map_err(|e| VxlanError::config(field, e))?;
             }
@@ -100,7 +110,10 @@ impl Options {
             if let Some(gw) = r.gw
                 && gw.is_ipv4() != r.dst.addr().is_ipv4()
             {
-                return Err(VxlanError::config(format!("routes[{i}].gw"), format!("{gw} is not of the family of {}", r.dst)));
+                return Err(VxlanError::config(
+                    format!("routes[{i}].gw"),
+                    format!("{gw} is not of the family of {}", r.dst),
+                ));
             }
         }
         // Saved configs are files named after the network and the attachment.
