@@ -337,11 +337,19 @@ impl NetConf {
         self.name.as_deref().ok_or_else(|| Error::invalid_config("name", "missing"))
     }
 
-    /// `prevResult`, parsed as a result of this config's version (as libcni does).
+    /// `prevResult`, parsed as a result of this config's version (as libcni does). A
+    /// `prevResult` that is not a result of that version is code 7 naming it.
     pub fn prev_result(&self) -> Result<Option<SuccessResult>, Error> {
+        const PREFIX: &str = "invalid network config: ";
         match &self.prev_result {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => SuccessResult::from_value(v.clone(), self.version()?).map(Some),
+            Some(v) => SuccessResult::from_value(v.clone(), self.version()?).map(Some).map_err(|e| {
+                if e.well_known() == Some(crate::error::Code::IncompatibleVersion) {
+                    return e;
+                }
+                let why = e.msg.strip_prefix(PREFIX).unwrap_or(&e.msg).to_string();
+                Error::invalid_config("prevResult", why)
+            }),
         }
     }
 

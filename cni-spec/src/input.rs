@@ -53,6 +53,27 @@ pub fn read_stdin(reader: impl Read) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
+/// Whether the process was started with its stdin closed. The Rust runtime then opens
+/// `/dev/null` read-write on descriptor 0 before `main`, so an empty read would pass for an
+/// empty config (code 6) when the truth is that there was no stdin to read (code 5). A
+/// runtime that means "no input" hands over `/dev/null` read-only.
+///
+/// ```
+/// // The test harness gives doc tests a real stdin.
+/// let _ = cni_spec::input::stdin_was_closed();
+/// ```
+pub fn stdin_was_closed() -> bool {
+    let Ok(target) = std::fs::read_link("/proc/self/fd/0") else { return true };
+    if target != std::path::Path::new("/dev/null") {
+        return false;
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/fdinfo/0") else { return false };
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| flags & 0o3 == 0o2)
+}
+
 /// An environment variable as a plugin reads it: unset is `None`; a value that is not
 /// UTF-8 is kept with its bad bytes replaced, so that the variable's own validation
 /// refuses it (code 4) rather than it passing for unset.

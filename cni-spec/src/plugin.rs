@@ -199,7 +199,17 @@ pub fn run<P: Plugin + ?Sized>(plugin: &P) -> ExitCode {
         let e = Error::invalid_env("CNI_COMMAND", "missing (ADD, DEL, CHECK, STATUS, GC or VERSION)");
         return print(error_outcome(&e, None));
     }
-    let outcome = match input::read_stdin(std::io::stdin().lock()) {
+    let read = if input::stdin_was_closed() {
+        // VERSION needs no stdin; every other command needs its config.
+        if env("CNI_COMMAND").as_deref() == Some("VERSION") {
+            Ok(Vec::new())
+        } else {
+            Err(Error::new(Code::IoFailure, "reading the network config from stdin: stdin is closed"))
+        }
+    } else {
+        input::read_stdin(std::io::stdin().lock())
+    };
+    let outcome = match read {
         Ok(stdin) => dispatch(plugin, env, stdin),
         Err(e) => error_outcome(&e, None),
     };

@@ -531,9 +531,26 @@ fn netns_cases(good: &Value) -> Vec<Case> {
         c("CNI_NETNS a file", "CNI_NETNS", Some("/etc/hostname")),
         c("CNI_NETNS a directory", "CNI_NETNS", Some("/run")),
         c("CNI_NETNS the plugin's own", "CNI_NETNS", Some("/proc/self/ns/net")),
+        c("CNI_NETNS a FIFO", "CNI_NETNS", Some(&fifo())),
+        c("CNI_NETNS a device", "CNI_NETNS", Some("/dev/zero")),
         c("CNI_IFNAME lo", "CNI_IFNAME", Some("lo")),
         c("CNI_ARGS bad MAC", "CNI_ARGS", Some("MAC=01:00:5e:00:00:01")),
     ]
+}
+
+/// A FIFO: opening it for reading blocks until a writer comes, so nothing may open it.
+fn fifo() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hostile-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("fifo");
+        if !p.exists() {
+            assert!(Command::new("mkfifo").arg(&p).status().unwrap().success());
+        }
+        p.display().to_string()
+    })
+    .clone()
 }
 
 fn host_local_conf(data: &Path) -> Value {
@@ -631,6 +648,21 @@ fn named_cases(good: &Value) -> Vec<Case> {
         Case::new(
             "missing resolvConf",
             with("/ipam/resolvConf", json!("/nonexistent/resolv.conf")),
+            Expect::Code(7, "resolvConf"),
+        ),
+        Case::new(
+            "resolvConf an endless device",
+            with("/ipam/resolvConf", json!("/dev/zero")),
+            Expect::Code(7, "resolvConf"),
+        ),
+        Case::new(
+            "resolvConf a directory",
+            with("/ipam/resolvConf", json!("/etc")),
+            Expect::Code(7, "resolvConf"),
+        ),
+        Case::new(
+            "resolvConf a FIFO",
+            with("/ipam/resolvConf", json!(fifo())),
             Expect::Code(7, "resolvConf"),
         ),
         Case::new(
@@ -844,6 +876,9 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
             ),
             Expect::Code(7, "ipam.routes[0].gw"),
         ),
+        ("vlan", with("vlan", json!(100)), Expect::Any),
+        ("vlanTrunk", with("vlanTrunk", json!([{"id": 101}, {"minID": 200, "maxID": 210}])), Expect::Any),
+        ("vlan on a new bridge", with("vlan", json!(100)).replace("hbr0", "hbrv"), Expect::Any),
         (
             "disableContainerInterface with IPAM",
             with("disableContainerInterface", json!(true)),
@@ -1005,5 +1040,60 @@ fn version_by_hand_still_answers() {
         assert!(out.status.success(), "{plugin}: {out:?}");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
+    }
+}
+
+/// Stdin that cannot be read (closed, a directory) is code 5 for every plugin; VERSION,
+/// which needs no stdin, still answers.
+#[test]
+fn unreadable_stdin_is_code_5() {
+    for plugin in ["bridge", "host-local", "vxlan"] {
+        for (how, redirect) in [("closed", "<&-"), ("a directory", "</")] {
+            let out = Command::new("sh")
+                .args(["-c", &format!("exec \"$0\" {redirect}"), bin(plugin).to_str().unwrap()])
+                .env_clear()
+                .env("CNI_COMMAND", "DEL")
+                .env("CNI_CONTAINERID", "c1")
+                .env("CNI_IFNAME", "eth0")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{plugin}, stdin {how}: {out:?}");
+            let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(e["code"], 5, "{plugin}, stdin {how}: {e}");
+        }
+        let out = Command::new("sh")
+            .args(["-c", "exec \"$0\" <&-", bin(plugin).to_str().unwrap()])
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{plugin}: {out:?}");
+    }
+}
+
+/// GC without the list of valid attachments is refused: it is not "nothing is valid".
+#[test]
+fn gc_without_valid_attachments_is_refused() {
+    for (plugin, conf) in [
+        ("bridge", json!({"cniVersion": "1.1.0", "name": "n", "type": "bridge", "ipMasq": true})),
+        ("vxlan", json!({"cniVersion": "1.1.0", "name": "n", "type": "vxlan", "dataDir": "/nonexistent/vx"})),
+        (
+            "host-local",
+            json!({"cniVersion": "1.1.0", "name": "n", "type": "x", "ipam": {"subnet": "10.0.0.0/24", "dataDir": "/nonexistent/hl"}}),
+        ),
+    ] {
+        let mut child = Command::new(bin(plugin))
+            .env_clear()
+            .env("CNI_COMMAND", "GC")
+            .env("CNI_PATH", bin("bridge").parent().unwrap())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(e["code"], 7, "{plugin}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains("cni.dev/valid-attachments"), "{plugin}: {e}");
     }
 }

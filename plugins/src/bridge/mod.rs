@@ -75,7 +75,13 @@ fn gc(req: &Request) -> Result<(), BridgeError> {
     {
         errors.push(e.to_string());
     }
-    let valid = req.valid_attachments()?.unwrap_or_default();
+    // No list is not "nothing is valid": GC would reclaim every attachment.
+    let valid = req.valid_attachments()?.ok_or_else(|| {
+        BridgeError::config(
+            cni_spec::plugin::VALID_ATTACHMENTS_KEY,
+            "missing (GC needs the list of valid attachments)",
+        )
+    })?;
     // Entries exist only if masquerading was ever on; listing is cheap enough for GC.
     if let Err(e) = masq::gc(network, &valid) {
         errors.push(e.to_string());
@@ -193,9 +199,20 @@ impl Drop for Undo<'_> {
     }
 }
 
+/// Opens a namespace path, refusing without opening anything that is not a regular file
+/// (namespace files are): opening a FIFO would block.
+fn open_netns_path(path: &Path) -> Result<NetNs, KernelError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| KernelError::Io { what: format!("opening netns {}", path.display()), source: e })?;
+    if !meta.is_file() {
+        return Err(KernelError::NotNetns(path.to_path_buf()));
+    }
+    NetNs::open(path)
+}
+
 fn open_netns(req: &Request) -> Result<NetNs, BridgeError> {
     let path = req.env.netns.as_deref().ok_or_else(|| BridgeError::env("CNI_NETNS", "missing"))?;
-    let ns = NetNs::open(path).map_err(|e| BridgeError::env("CNI_NETNS", e))?;
+    let ns = open_netns_path(path).map_err(|e| BridgeError::env("CNI_NETNS", e))?;
     refuse_own_netns(&ns)?;
     Ok(ns)
 }
@@ -257,7 +274,22 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
         preflight_host_local(&plan, &host, existing.as_ref(), &conf)?;
     }
 
-    // IPAM before any link: its errors leave the kernel untouched.
+    // VLANs need a kernel with bridge VLAN filtering, which only trying tells: the bridge
+    // is set up now, before IPAM (or, when it exists, a scratch bridge tried and removed),
+    // so that a kernel without it refuses (code 2) before anything is allocated.
+    let mut lock = None;
+    let mut undo = Undo::new(&host, &cont, &ns);
+    let mut br = None;
+    if conf.vlan_filtering() {
+        lock = Some(BridgeLock::acquire(&conf.bridge, lock::WAIT)?);
+        if existing.is_some() {
+            probe_vlan_filtering(&host, &conf)?;
+        } else {
+            br = Some(setup_bridge(&host, &conf, &mut undo)?);
+        }
+    }
+
+    // IPAM before any link (but a VLAN bridge): its errors leave the kernel untouched.
     let ipam = conf.ipam_type.as_deref().map(|t| Delegate::for_request(req, t));
     if let Some(ipam) = &ipam {
         ipam.locate("ipam.type")?;
@@ -298,9 +330,13 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
     }
 
     // The kernel, from here on: every change is undone if a later step fails.
-    let _lock = BridgeLock::acquire(&conf.bridge, lock::WAIT)?;
-    let mut undo = Undo::new(&host, &cont, &ns);
-    let br = setup_bridge(&host, &conf, &mut undo)?;
+    if lock.is_none() {
+        lock = Some(BridgeLock::acquire(&conf.bridge, lock::WAIT)?);
+    }
+    let br = match br {
+        Some(br) => br,
+        None => setup_bridge(&host, &conf, &mut undo)?,
+    };
     let host_veth = create_veth(&host, &ns, &conf, ifname)?;
     undo.veth = Some(host_veth.index);
     setup_host_port(&host, &conf, &host_veth, &br)?;
@@ -348,6 +384,7 @@ fn add(req: &Request) -> Result<SuccessResult, BridgeError> {
     if let Some(added) = added {
         added.keep();
     }
+    drop(lock);
     if existing.is_some() {
         // A bridge that existed gets what the reference gives every bridge it ensures.
         let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
@@ -486,6 +523,38 @@ fn iface(link: &Link, sandbox: Option<String>) -> Interface {
     }
 }
 
+/// The error of a kernel without bridge VLAN filtering, naming the field that asked for it.
+fn vlan_unsupported(conf: &BridgeConf) -> BridgeError {
+    let (field, value) = if conf.vlan != 0 {
+        ("vlan", conf.vlan.to_string())
+    } else {
+        ("vlanTrunk", format!("{:?}", conf.vlan_trunk))
+    };
+    BridgeError::Unsupported {
+        field,
+        why: format!("{value} is not supported here: this kernel has no bridge VLAN filtering"),
+    }
+}
+
+/// Tries a scratch bridge with VLAN filtering (created and deleted at once).
+fn probe_vlan_filtering(host: &Netlink, conf: &BridgeConf) -> Result<(), BridgeError> {
+    let name = format!("cnivlan{:08x}", random_u32());
+    let spec = BridgeSpec { name: name.clone(), mtu: None, vlan_filtering: true };
+    match host.ensure_bridge(&spec) {
+        Ok(probe) => {
+            host.delete_link(probe.index).map_err(BridgeError::kernel("removing the VLAN probe bridge"))?;
+            Ok(())
+        }
+        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => Err(vlan_unsupported(conf)),
+        Err(e) => {
+            if let Ok(Some(l)) = host.link(&name) {
+                let _ = host.delete_link(l.index);
+            }
+            Err(BridgeError::kernel("probing bridge VLAN filtering")(e))
+        }
+    }
+}
+
 /// Creates the bridge, or brings an existing one up; records what it changed in `undo`.
 fn setup_bridge(host: &Netlink, conf: &BridgeConf, undo: &mut Undo) -> Result<Link, BridgeError> {
     let before = host.link(&conf.bridge).map_err(BridgeError::kernel("reading the bridge"))?;
@@ -493,17 +562,7 @@ fn setup_bridge(host: &Netlink, conf: &BridgeConf, undo: &mut Undo) -> Result<Li
     let br = host.ensure_bridge(&spec).map_err(|e| match e {
         KernelError::WrongKind { .. } => BridgeError::config("bridge", e),
         // Kernels built without CONFIG_BRIDGE_VLAN_FILTERING refuse the attribute.
-        e if spec.vlan_filtering && e.errno() == Some(libc::EOPNOTSUPP) => {
-            let (field, value) = if conf.vlan != 0 {
-                ("vlan", conf.vlan.to_string())
-            } else {
-                ("vlanTrunk", format!("{:?}", conf.vlan_trunk))
-            };
-            BridgeError::Unsupported {
-                field,
-                why: format!("{value} is not supported here: this kernel has no bridge VLAN filtering"),
-            }
-        }
+        e if spec.vlan_filtering && e.errno() == Some(libc::EOPNOTSUPP) => vlan_unsupported(conf),
         e => BridgeError::kernel("setting up the bridge")(e),
     })?;
     let changes = undo.bridge.insert(BridgeChanges {
@@ -703,7 +762,7 @@ fn del(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::load(req)?;
     let network = req.network_name()?;
     if let Some(path) = &req.env.netns {
-        match NetNs::open(path) {
+        match open_netns_path(path) {
             Ok(ns) => {
                 refuse_own_netns(&ns)?;
                 let cont = Netlink::in_netns(&ns)

@@ -148,7 +148,9 @@ pub fn check(req: &Request) -> Result<(), HostLocalError> {
     let prev = req.prev_result()?;
     let me = attachment(req);
     let not_found = || HostLocalError::NotFound { id: me.container_id.clone() };
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Err(not_found()) };
+    let Some(mut store) = Store::open(&cfg.dir(), false).map_err(|e| e.data_dir_fault())? else {
+        return Err(not_found());
+    };
     let mut mine = store.find(&me, Find::Any);
     // A failure is worth one full read of the directory before it is reported.
     if matches!(&mine, Ok(ips) if ips.is_empty()) && store.refresh().unwrap_or(false) {
@@ -181,7 +183,7 @@ pub fn check(req: &Request) -> Result<(), HostLocalError> {
 /// no lock: it is informational.
 pub fn status(req: &Request) -> Result<(), HostLocalError> {
     let cfg = Config::load(&req.config, req.version)?;
-    let leased = store::leased_addresses(&cfg.dir())?;
+    let leased = store::leased_addresses(&cfg.dir()).map_err(|e| e.data_dir_fault())?;
     match cfg.sets.iter().enumerate().find(|(_, set)| set.free(&leased) == 0) {
         Some((i, set)) => Err(HostLocalError::NotAvailable { set: i, range: set.to_string() }),
         None => Ok(()),
@@ -199,7 +201,13 @@ pub fn gc(req: &Request) -> Result<(), HostLocalError> {
         )
     })?;
     let cfg = Config::load(&req.config, req.version)?;
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Ok(()) };
+    let store = match Store::open(&cfg.dir(), false) {
+        Ok(s) => s,
+        // Where no store can be, there is nothing to collect.
+        Err(e) if e.is_unusable_path() => None,
+        Err(e) => return Err(e),
+    };
+    let Some(mut store) = store else { return Ok(()) };
     let mut errors = Vec::new();
     // GC is the repair path: it never trusts the index.
     let leases = match store.refresh().and_then(|_| store.leases()) {

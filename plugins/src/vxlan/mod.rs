@@ -333,7 +333,13 @@ fn status(req: &Request) -> Result<(), VxlanError> {
 
 fn gc(req: &Request) -> Result<(), VxlanError> {
     let opts = Options::load(req)?;
-    let valid = req.valid_attachments()?.unwrap_or_default();
+    // No list is not "nothing is valid": GC would reclaim every attachment.
+    let valid = req.valid_attachments()?.ok_or_else(|| {
+        VxlanError::config(
+            cni_spec::plugin::VALID_ATTACHMENTS_KEY,
+            "missing (GC needs the list of valid attachments)",
+        )
+    })?;
     let saved = opts.saved();
     let net = req.network_name()?;
     let mut errors = Vec::new();
