@@ -20,6 +20,16 @@ use crate::plugin::Request;
 use crate::result::SuccessResult;
 use crate::version::Version;
 
+/// Set to `1` in the environment of the DEL with which [`Added`] rolls back a delegate's
+/// ADD after a later step of the same invocation failed. A delegate that can undo its ADD
+/// exactly (host-local puts its round-robin position and index back) does so; any other
+/// plugin ignores it and deletes as usual.
+///
+/// ```
+/// assert_eq!(cni_spec::delegate::ROLLBACK_ENV, "FERROCNI_ROLLBACK");
+/// ```
+pub const ROLLBACK_ENV: &str = "FERROCNI_ROLLBACK";
+
 /// A delegated plugin, bound to the caller's environment.
 #[derive(Debug, Clone)]
 pub struct Delegate {
@@ -72,9 +82,18 @@ impl Delegate {
     }
 
     fn call(&self, command: Command, config: &[u8]) -> Result<Vec<u8>, Error> {
+        self.call_with(command, config, &[])
+    }
+
+    fn call_with(&self, command: Command, config: &[u8], extra: &[(&str, &str)]) -> Result<Vec<u8>, Error> {
         let binary: PathBuf = find_plugin(&self.plugin, &self.env.path)?;
         let inv = Invocation { command, ..self.env.clone() };
-        inv.run(&binary, config)
+        inv.run_with(&binary, config, extra)
+    }
+
+    /// DEL that rolls back this invocation's ADD (with [`ROLLBACK_ENV`] set).
+    pub fn rollback(&self, config: &[u8]) -> Result<(), Error> {
+        self.call_with(Command::Del, config, &[(ROLLBACK_ENV, "1")]).map(drop)
     }
 
     /// ADD: returns the delegate's result.
@@ -134,7 +153,7 @@ impl Added<'_> {
 impl Drop for Added<'_> {
     fn drop(&mut self) {
         if self.result.is_some()
-            && let Err(e) = self.delegate.del(self.config)
+            && let Err(e) = self.delegate.rollback(self.config)
         {
             eprintln!("rolling back {} ADD after a failure: DEL failed too: {e}", self.delegate.plugin);
         }

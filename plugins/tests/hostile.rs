@@ -86,8 +86,7 @@ impl World {
         m.insert("CNI_NETNS", self.pod.path().display().to_string());
         m.insert("CNI_IFNAME", "eth0".to_string());
         m.insert("CNI_PATH", bin("bridge").parent().unwrap().display().to_string());
-        // Runtimes pass their PATH on (the plugins run nft).
-        m.insert("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
+        // No PATH: a runtime may pass the CNI variables only (the plugins still find nft).
         for (k, v) in &self.extra_env {
             m.insert(k, v.clone());
         }
@@ -875,6 +874,16 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
                 json!({"type": "host-local", "dataDir": data, "subnet": "10.88.201.0/24", "routes": [{"dst": "10.99.0.0/16", "gw": "10.1.1.1"}]}),
             ),
             Expect::Code(7, "ipam.routes[0].gw"),
+        ),
+        // Refused by the kernel only, after IPAM allocated: IPAM's rollback must be exact.
+        (
+            "a route the kernel refuses",
+            with(
+                "ipam",
+                json!({"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.88.200.0/24"}]],
+                    "routes": [{"dst": "10.99.0.0/16", "gw": "10.88.200.1", "scope": 254}]}),
+            ),
+            Expect::Code(999, "route"),
         ),
         ("vlan", with("vlan", json!(100)), Expect::Any),
         ("vlanTrunk", with("vlanTrunk", json!([{"id": 101}, {"minID": 200, "maxID": 210}])), Expect::Any),

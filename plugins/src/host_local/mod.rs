@@ -109,7 +109,7 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
             }
         }
     }
-    store.close();
+    store.commit_add(&me);
     Ok(result)
 }
 
@@ -124,6 +124,11 @@ pub fn del(req: &Request) -> Result<(), HostLocalError> {
         Err(e) => return Err(e),
     };
     let Some(mut store) = store else { return Ok(()) };
+    // The DEL that rolls back an ADD of this same invocation (a plugin whose later step
+    // failed): put the store back exactly as it was, round-robin position included.
+    if rolling_back() && store.rollback_add(&attachment(req)) {
+        return Ok(());
+    }
     let mine = store.find(&attachment(req), Find::ForRelease);
     let mut errors = Vec::new();
     match mine {
@@ -236,6 +241,11 @@ pub fn gc(req: &Request) -> Result<(), HostLocalError> {
     }
     store.close();
     collect(errors)
+}
+
+/// Whether this DEL rolls back a failed ADD (see [`cni_spec::delegate::ROLLBACK_ENV`]).
+fn rolling_back() -> bool {
+    std::env::var_os(cni_spec::delegate::ROLLBACK_ENV).is_some_and(|v| v == "1")
 }
 
 fn collect(mut errors: Vec<HostLocalError>) -> Result<(), HostLocalError> {
