@@ -91,7 +91,17 @@ impl Delegate {
         inv.run_with(&binary, config, extra)
     }
 
-    /// DEL that rolls back this invocation's ADD (with [`ROLLBACK_ENV`] set).
+    /// DEL that rolls back this invocation's ADD (with [`ROLLBACK_ENV`] set); what
+    /// [`Added`] does on drop.
+    ///
+    /// ```no_run
+    /// # fn f(req: &cni_spec::Request) -> Result<(), cni_spec::Error> {
+    /// let ipam = cni_spec::delegate::Delegate::for_request(req, "host-local");
+    /// let result = ipam.add(&req.raw)?;
+    /// // ... a later step fails:
+    /// ipam.rollback(&req.raw)?;
+    /// # Ok(()) }
+    /// ```
     pub fn rollback(&self, config: &[u8]) -> Result<(), Error> {
         self.call_with(Command::Del, config, &[(ROLLBACK_ENV, "1")]).map(drop)
     }

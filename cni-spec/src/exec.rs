@@ -95,6 +95,12 @@ impl Environment {
     }
 
     /// [`Invocation::run`] with more environment variables for the child.
+    ///
+    /// ```no_run
+    /// use cni_spec::{Command, exec::Invocation};
+    /// let inv = Invocation::new(Command::Del).container("c1", None, "eth0");
+    /// inv.run_with("/opt/cni/bin/host-local".as_ref(), b"{}", &[("FERROCNI_ROLLBACK", "1")]).unwrap();
+    /// ```
     pub fn run_with(&self, binary: &Path, stdin: &[u8], extra: &[(&str, &str)]) -> Result<Vec<u8>, Error> {
         let mut attempt = 0;
         loop {

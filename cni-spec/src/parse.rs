@@ -236,6 +236,16 @@ fn shorten(s: &str) -> String {
 }
 
 /// serde helpers that use the strict parsers: `#[serde(deserialize_with = "...")]`.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct R {
+///     #[serde(deserialize_with = "cni_spec::parse::serde_strict::prefix")]
+///     dst: ipnet::IpNet,
+/// }
+/// assert!(serde_json::from_str::<R>(r#"{"dst":"10.0.0.0/8"}"#).is_ok());
+/// assert!(serde_json::from_str::<R>(r#"{"dst":"10.0.0.0/08"}"#).is_err());
+/// ```
 pub mod serde_strict {
     use super::*;
 
