@@ -143,6 +143,22 @@ impl CniArgs {
     }
 }
 
+/// The longest container ID a plugin takes. The spec sets no limit; runtimes use 64 hex
+/// digits. A bound keeps every place that stores the ID (lease files, tags, file names)
+/// able to hold it whole.
+///
+/// ```
+/// let long = "a".repeat(cni_spec::env::MAX_CONTAINER_ID + 1);
+/// let e = cni_spec::Environment::from_lookup(|k| match k {
+///     "CNI_COMMAND" => Some("DEL".into()),
+///     "CNI_CONTAINERID" => Some(long.clone()),
+///     "CNI_IFNAME" => Some("eth0".into()),
+///     _ => None,
+/// }).unwrap_err();
+/// assert_eq!(e.code, 4);
+/// ```
+pub const MAX_CONTAINER_ID: usize = 1024;
+
 /// The validated environment of one invocation.
 ///
 /// ```
@@ -195,10 +211,17 @@ impl Environment {
             if container_id.is_empty() {
                 return Err(Error::invalid_env("CNI_CONTAINERID", "missing"));
             }
-            if !is_valid_name(&container_id) {
+            if container_id.len() > MAX_CONTAINER_ID {
                 return Err(Error::invalid_env(
                     "CNI_CONTAINERID",
-                    format!("{container_id:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
+                    format!("longer than {MAX_CONTAINER_ID} bytes ({} bytes)", container_id.len()),
+                ));
+            }
+            if !is_valid_name(&container_id) {
+                let shown: String = container_id.chars().take(80).collect();
+                return Err(Error::invalid_env(
+                    "CNI_CONTAINERID",
+                    format!("{shown:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
                 ));
             }
         }

@@ -263,6 +263,11 @@ fn invoke<P: Plugin + ?Sized>(
     let req = Request::new(env, stdin).map_err(|e| with_supported(e, plugin.supported_versions()))?;
     *version_out = Some(req.version);
     gate(plugin.supported_versions(), req.env.command, req.version)?;
+    // A `prevResult` that ADD or CHECK is given must be a result of the config's version
+    // (code 7 naming it), whether or not the plugin reads it. DEL stays best-effort.
+    if matches!(req.env.command, Command::Add | Command::Check) {
+        req.prev_result()?;
+    }
     match req.env.command {
         Command::Add => {
             let result = plugin.add(&req)?;

@@ -144,8 +144,9 @@ fn prev_result_errors() {
     assert_err(conf.prev_result(), 7, &["ips[0]"]);
     let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","prevResult":null}"#).unwrap();
     assert_eq!(conf.prev_result().unwrap(), None);
+    // A prevResult that is not a result is a bad value in a well-formed config: code 7.
     let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","prevResult":[1]}"#).unwrap();
-    assert_err(conf.prev_result(), 6, &[]);
+    assert_err(conf.prev_result(), 7, &["prevResult"]);
 }
 
 // ---------------------------------------------------------------- NetConfList

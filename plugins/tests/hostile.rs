@@ -501,6 +501,7 @@ fn env_cases(good: &Value) -> Vec<Case> {
         c("CNI_CONTAINERID starting with a dot", "CNI_CONTAINERID", Some(".a")),
         c("CNI_CONTAINERID with Unicode", "CNI_CONTAINERID", Some("cé")),
         c("CNI_CONTAINERID with a newline", "CNI_CONTAINERID", Some("c\n")),
+        c("CNI_CONTAINERID of 100 KiB", "CNI_CONTAINERID", Some(&"c".repeat(100 << 10))),
         c("no CNI_IFNAME", "CNI_IFNAME", None),
         c("long CNI_IFNAME", "CNI_IFNAME", Some("a-very-long-name0")),
         c("CNI_IFNAME ..", "CNI_IFNAME", Some("..")),
@@ -686,6 +687,12 @@ fn named_cases(good: &Value) -> Vec<Case> {
         ),
         Case::new("dns as a list", with("/dns", json!([])), Expect::Code(7, "dns")),
         Case::new("type empty", with("/type", json!("")), Expect::Code(7, "type")),
+        Case::new("prevResult not a result", with("/prevResult", json!(5)), Expect::Code(7, "prevResult")),
+        Case::new(
+            "prevResult with a bad address",
+            with("/prevResult", json!({"ips": [{"address": "10.0.0.2"}]})),
+            Expect::Code(7, "prevResult"),
+        ),
         Case::new("type a path", with("/type", json!("../bin/bridge")), Expect::Code(7, "type")),
         Case::new(
             "capabilities not booleans",

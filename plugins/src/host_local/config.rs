@@ -111,13 +111,17 @@ impl Config {
                 ));
             }
         }
-        for (j, later) in sets.iter().enumerate() {
-            if let Some(i) = sets[..j].iter().position(|s| s.overlaps(later)) {
-                return Err(HostLocalError::config(
-                    &later.path,
-                    format!("range set {j} overlaps with range set {i} ({})", sets[i].path),
-                ));
-            }
+        // Ranges within a set are disjoint already: an overlap is between two sets.
+        let all: Vec<(usize, &super::range::Range)> =
+            sets.iter().enumerate().flat_map(|(i, s)| s.ranges.iter().map(move |r| (i, r))).collect();
+        let spans =
+            all.iter().map(|(_, r)| (r.is_v4(), super::range::to_num(r.start), super::range::to_num(r.end)));
+        if let Some((a, b)) = super::range::first_overlap(spans) {
+            let (i, j) = (all[a].0.min(all[b].0), all[a].0.max(all[b].0));
+            return Err(HostLocalError::config(
+                &sets[j].path,
+                format!("range set {j} overlaps with range set {i} ({})", sets[i].path),
+            ));
         }
 
         Ok(Config {

@@ -33,7 +33,7 @@ const LAST_RESERVED: &str = "last_reserved_ip.";
 /// Where a lease's content is written before it is linked under the address's name.
 const LEASE_TMP: &str = ".lease.tmp";
 /// Lease files are a few dozen bytes; anything longer is read only this far.
-const MAX_LEASE_LEN: usize = 1024;
+const MAX_LEASE_LEN: usize = 4096;
 
 /// The address a lease file name stands for: only names the reference would write (the
 /// canonical text of an address) count.
