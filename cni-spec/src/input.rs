@@ -142,3 +142,31 @@ pub fn from_value_at<T: DeserializeOwned>(value: Value, field: &str) -> Result<T
         e
     })
 }
+
+/// Refuses a key of `obj` that differs from a known one only in case (`"Bridge"`,
+/// `"rangestart"`): Go's decoder matches keys without regard to case, so the Go plugins
+/// honour such a key, while a case-sensitive reader would silently ignore it and do
+/// something else. Code 7 naming the key (under `path`, `""` for the top level) and how it
+/// is spelled.
+///
+/// ```
+/// let obj = serde_json::json!({"Bridge": "br0", "other": 1});
+/// let e = cni_spec::input::refuse_case_variants(obj.as_object().unwrap(), &["bridge"], "").unwrap_err();
+/// assert_eq!(e.msg, "invalid network config: Bridge: keys are case-sensitive: write \"bridge\"");
+/// ```
+pub fn refuse_case_variants(
+    obj: &serde_json::Map<String, Value>,
+    known: &[&str],
+    path: &str,
+) -> Result<(), Error> {
+    for key in obj.keys() {
+        if known.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            let field = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            return Err(Error::invalid_config(&field, format!("keys are case-sensitive: write {k:?}")));
+        }
+    }
+    Ok(())
+}

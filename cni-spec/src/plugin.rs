@@ -58,6 +58,21 @@ pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
 /// The key of the original 1.1.0 text.
 pub const LEGACY_ATTACHMENTS_KEY: &str = "cni.dev/attachments";
 
+/// The config keys the spec defines (a key that differs from one only in case is refused).
+const WELL_KNOWN: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "capabilities",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+];
+
 /// Everything one invocation brings: the environment, the parsed config and the raw bytes.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -103,6 +118,7 @@ impl Request {
                 return Err(Error::invalid_config("cniVersion", format!("must be a string, got {other}")));
             }
         }
+        input::refuse_case_variants(obj, WELL_KNOWN, "")?;
         let config: NetConf = json::from_value(value)?;
         config.validate()?;
         let version = config.version()?;

@@ -687,6 +687,21 @@ fn named_cases(good: &Value) -> Vec<Case> {
         ),
         Case::new("dns as a list", with("/dns", json!([])), Expect::Code(7, "dns")),
         Case::new("type empty", with("/type", json!("")), Expect::Code(7, "type")),
+        Case::new(
+            "a range key in another case",
+            with("/ipam/ranges/0/0/RangeStart", json!("10.88.200.9")),
+            Expect::Code(7, "ipam.ranges[0][0].RangeStart"),
+        ),
+        Case::new(
+            "an ipam key in another case",
+            with("/ipam/DataDir", json!("/tmp/x")),
+            Expect::Code(7, "ipam.DataDir"),
+        ),
+        Case::new(
+            "cniVersion in another case",
+            with("/CNIVersion", json!("1.0.0")),
+            Expect::Code(7, "CNIVersion"),
+        ),
         Case::new("prevResult not a result", with("/prevResult", json!(5)), Expect::Code(7, "prevResult")),
         Case::new(
             "prevResult with a bad address",
@@ -821,6 +836,7 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
     for (name, stdin, expect) in [
         ("bridge with NUL", with("bridge", json!("h\u{0}x")), Expect::Code(7, "bridge")),
         ("bridge ..", with("bridge", json!("..")), Expect::Code(7, "bridge")),
+        ("bridge key in another case", with("Bridge", json!("hbr1")), Expect::Code(7, "Bridge")),
         ("bridge .", with("bridge", json!(".")), Expect::Code(7, "bridge")),
         ("bridge template", with("bridge", json!("br%d")), Expect::Code(7, "bridge")),
         ("bridge too long", with("bridge", json!("a-very-long-bridge")), Expect::Code(7, "bridge")),

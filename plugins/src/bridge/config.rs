@@ -25,6 +25,25 @@ fn default_bridge() -> String {
     "cni0".into()
 }
 
+/// The bridge's own keys.
+const KEYS: &[&str] = &[
+    "bridge",
+    "isGateway",
+    "isDefaultGateway",
+    "forceAddress",
+    "ipMasqBackend",
+    "mtu",
+    "hairpinMode",
+    "promiscMode",
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+    "enabledad",
+    "disableContainerInterface",
+    "portIsolation",
+];
+
 /// The raw options, as in the reference's `NetConf`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +133,7 @@ impl BridgeConf {
     /// that would make an attachment other than the one asked for, is refused here.
     pub fn load(req: &Request) -> Result<Self, BridgeError> {
         let raw: Raw = req.parse_config()?;
+        cni_spec::input::refuse_case_variants(&req.config.extra, KEYS, "")?;
         parse::ifname(&raw.bridge).map_err(|e| BridgeError::config("bridge", e))?;
         if !(0..=4094).contains(&raw.vlan) {
             return Err(BridgeError::config(

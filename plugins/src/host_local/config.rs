@@ -12,6 +12,12 @@ use serde_json::Value;
 use super::error::HostLocalError;
 use super::range::{RangeSet, RangeSpec};
 
+/// host-local's keys in `ipam`.
+const IPAM_KEYS: &[&str] =
+    &["type", "subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "routes", "dataDir", "resolvConf"];
+/// The keys of a range.
+const RANGE_KEYS: &[&str] = &["subnet", "rangeStart", "rangeEnd", "gateway"];
+
 /// Where leases live when `ipam.dataDir` is not set.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
@@ -39,6 +45,7 @@ impl Config {
             HostLocalError::config("ipam", "missing (host-local needs an \"ipam\" section)")
         })?;
         let obj = &ipam.extra;
+        cni_spec::input::refuse_case_variants(obj, IPAM_KEYS, "ipam")?;
 
         // The network's store is a directory named after it.
         cni_spec::parse::file_name(&network).map_err(|e| HostLocalError::config("name", e))?;
@@ -270,6 +277,7 @@ fn ranges(obj: &Object) -> Result<Vec<(String, Vec<RangeSpec>)>, HostLocalError>
             let Value::Object(r) = r else {
                 return Err(HostLocalError::config(&rpath, format!("must be an object, got {r}")));
             };
+            cni_spec::input::refuse_case_variants(r, RANGE_KEYS, &rpath)?;
             specs.push(RangeSpec {
                 subnet: string(r, "subnet", &format!("{rpath}.subnet"))?,
                 range_start: string(r, "rangeStart", &format!("{rpath}.rangeStart"))?,

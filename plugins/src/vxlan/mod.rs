@@ -77,6 +77,11 @@ impl Options {
     /// here, before the daemon is asked or a file is written.
     fn load(req: &Request) -> Result<Self, VxlanError> {
         let o: Options = req.parse_config()?;
+        cni_spec::input::refuse_case_variants(
+            &req.config.extra,
+            &["socket", "dataDir", "delegate", "routes", "ipamDataDir"],
+            "",
+        )?;
         if let Some(d) = &o.delegate {
             for key in ["name", "ipam"] {
                 if d.contains_key(key) {
