@@ -24,8 +24,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use test_netns::{TestNs, require_root};
 
+/// The plugins under test: ours, or those in `HOSTILE_PLUGIN_DIR` (to measure another
+/// build, e.g. the reference plugins in `/usr/lib/cni`, against the same cases).
 fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_bridge")).parent().unwrap().join(name)
+    match std::env::var_os("HOSTILE_PLUGIN_DIR") {
+        Some(dir) => Path::new(&dir).join(name),
+        None => Path::new(env!("CARGO_BIN_EXE_bridge")).parent().unwrap().join(name),
+    }
 }
 
 /// What a case must produce.
@@ -55,6 +60,9 @@ impl Case {
         self
     }
 }
+
+/// What `Out::stderr` says of a run that was killed after 30 s.
+const HUNG: &str = "did not finish within 30 s";
 
 #[derive(Debug)]
 struct Out {
@@ -86,7 +94,11 @@ impl World {
         m.insert("CNI_NETNS", self.pod.path().display().to_string());
         m.insert("CNI_IFNAME", "eth0".to_string());
         m.insert("CNI_PATH", bin("bridge").parent().unwrap().display().to_string());
-        // No PATH: a runtime may pass the CNI variables only (the plugins still find nft).
+        // No PATH: a runtime may pass the CNI variables only (ours still find nft; other
+        // builds measured with HOSTILE_PLUGIN_DIR get the PATH they need).
+        if std::env::var_os("HOSTILE_PLUGIN_DIR").is_some() {
+            m.insert("PATH", std::env::var("PATH").unwrap_or_default());
+        }
         for (k, v) in &self.extra_env {
             m.insert(k, v.clone());
         }
@@ -127,7 +139,8 @@ impl World {
             Ok(out) => out.unwrap(),
             Err(_) => {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("{}: {command} {} did not finish within 30 s", self.plugin, case.name);
+                let _ = writer.join();
+                return Out { code: None, stdout: String::new(), stderr: HUNG.into() };
             }
         };
         let _ = writer.join();
@@ -257,6 +270,11 @@ fn run_all(world: &World, cases: &[Case]) -> (usize, usize) {
     for case in cases {
         let before = world.snapshot();
         let add = world.run("ADD", case);
+        if add.stderr == HUNG {
+            failures.push(format!("{}: ADD {HUNG}", case.name));
+            let _ = world.run("DEL", case);
+            continue;
+        }
         let err = add.error();
         let code = err.as_ref().and_then(|e| e["code"].as_u64());
         if add.code != Some(0) && code == Some(999) && add.stdout.contains("panicked") {
