@@ -539,7 +539,7 @@ fn env_cases(good: &Value) -> Vec<Case> {
 }
 
 /// Environment faults that only plugins touching the container's namespace see.
-fn netns_cases(good: &Value) -> Vec<Case> {
+fn netns_cases(good: &Value, tmp: &Path) -> Vec<Case> {
     let s = good.to_string();
     let c = |name: &str, var: &'static str, v: Option<&str>| {
         Case::new(name, s.clone(), Expect::Code(4, var)).env(var, v)
@@ -549,26 +549,21 @@ fn netns_cases(good: &Value) -> Vec<Case> {
         c("CNI_NETNS a file", "CNI_NETNS", Some("/etc/hostname")),
         c("CNI_NETNS a directory", "CNI_NETNS", Some("/run")),
         c("CNI_NETNS the plugin's own", "CNI_NETNS", Some("/proc/self/ns/net")),
-        c("CNI_NETNS a FIFO", "CNI_NETNS", Some(&fifo())),
+        c("CNI_NETNS a FIFO", "CNI_NETNS", Some(&fifo(tmp))),
         c("CNI_NETNS a device", "CNI_NETNS", Some("/dev/zero")),
         c("CNI_IFNAME lo", "CNI_IFNAME", Some("lo")),
         c("CNI_ARGS bad MAC", "CNI_ARGS", Some("MAC=01:00:5e:00:00:01")),
     ]
 }
 
-/// A FIFO: opening it for reading blocks until a writer comes, so nothing may open it.
-fn fifo() -> String {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hostile-fifo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("fifo");
-        if !p.exists() {
-            assert!(Command::new("mkfifo").arg(&p).status().unwrap().success());
-        }
-        p.display().to_string()
-    })
-    .clone()
+/// A FIFO in `dir`: opening it for reading blocks until a writer comes, so nothing may
+/// open it.
+fn fifo(dir: &Path) -> String {
+    let p = dir.join("fifo");
+    if !p.exists() {
+        assert!(Command::new("mkfifo").arg(&p).status().unwrap().success());
+    }
+    p.display().to_string()
 }
 
 fn host_local_conf(data: &Path) -> Value {
@@ -579,7 +574,7 @@ fn host_local_conf(data: &Path) -> Value {
 }
 
 /// The list of values that must be refused.
-fn named_cases(good: &Value) -> Vec<Case> {
+fn named_cases(good: &Value, tmp: &Path) -> Vec<Case> {
     let with = |pointer: &str, v: Value| {
         let mut c = good.clone();
         if let Some(slot) = c.pointer_mut(pointer) {
@@ -680,7 +675,7 @@ fn named_cases(good: &Value) -> Vec<Case> {
         ),
         Case::new(
             "resolvConf a FIFO",
-            with("/ipam/resolvConf", json!(fifo())),
+            with("/ipam/resolvConf", json!(fifo(tmp))),
             Expect::Code(7, "resolvConf"),
         ),
         Case::new(
@@ -767,7 +762,9 @@ fn host_local_refuses_hostile_input_and_changes_nothing() {
             .filter(|c| !c.name.contains("CNI_NETNS ") || c.name.contains("relative")),
     );
     cases.extend(
-        named_cases(&good).into_iter().filter(|c| !c.name.starts_with("dns") && !c.name.starts_with("type")),
+        named_cases(&good, tmp.path())
+            .into_iter()
+            .filter(|c| !c.name.starts_with("dns") && !c.name.starts_with("type")),
     );
     // A good ADD first, so that the cases meet an existing store too.
     let world = World {
@@ -844,8 +841,8 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
     .collect();
     let mut cases = generated(&good, &fields);
     cases.extend(env_cases(&good));
-    cases.extend(netns_cases(&good));
-    cases.extend(named_cases(&good));
+    cases.extend(netns_cases(&good, tmp.path()));
+    cases.extend(named_cases(&good, tmp.path()));
     let with = |k: &str, v: Value| {
         let mut c = good.clone();
         c[k] = v;

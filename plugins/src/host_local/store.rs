@@ -130,6 +130,26 @@ fn note_path(dir: &Path) -> PathBuf {
     Path::new(NOTES_DIR).join(format!("{:016x}", fnv(dir.as_os_str().as_bytes())))
 }
 
+/// A rollback comes within seconds of its ADD: notes older than this serve nothing.
+const NOTE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Now and then (one ADD in 64), removes notes nobody will use: those of stores that were
+/// deleted, or whose last ADD is long past.
+fn prune_notes() {
+    let now = std::time::SystemTime::now();
+    let tick = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    if !(tick ^ std::process::id()).is_multiple_of(64) {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(NOTES_DIR) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
+        if old.is_some_and(|age| age > NOTE_TTL) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// An attachment as the note names it: a hash, so the note never names a container.
 fn owner_hash(a: &Attachment) -> String {
     format!("{:016x}", fnv(Owner::content_for(a).as_bytes()))
@@ -588,6 +608,7 @@ impl Store {
             // Without a note a rollback is a plain DEL.
             let _ = fs::remove_file(&path);
         }
+        prune_notes();
     }
 
     /// Undoes the ADD of `a` that was the last change of this store (its note is there and
