@@ -490,7 +490,8 @@ mod process {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // A plugin that fails before reading stdin (no command) may close it first.
+        let _ = child.stdin.take().unwrap().write_all(stdin);
         let out = child.wait_with_output().unwrap();
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         (out.status.code().unwrap(), text(out.stdout), text(out.stderr))
