@@ -143,7 +143,7 @@ pub enum Verdict {
     /// Another node's, typed.
     Peer(Box<Peer>),
     /// One of ours (same node ID).
-    Own(LeaseAttrs),
+    Own(Box<LeaseAttrs>),
 }
 
 /// Checks remote leases against the network config and this node's identity.
@@ -177,7 +177,7 @@ impl Validator {
         let attrs: LeaseAttrs =
             serde_json::from_slice(value).map_err(|e| InvalidLease::Json(e.to_string()))?;
         if attrs.node_id.as_deref() == Some(self.node_id.as_str()) {
-            return Ok(Verdict::Own(attrs));
+            return Ok(Verdict::Own(Box::new(attrs)));
         }
         self.check_subnets(key)?;
         if let Some(own) = own
