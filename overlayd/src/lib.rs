@@ -19,7 +19,6 @@ pub mod state;
 pub mod store;
 pub mod subnet;
 pub mod subnet_env;
-pub mod tunnel;
 pub mod underlay;
 pub mod vxlan;
 pub mod watcher;

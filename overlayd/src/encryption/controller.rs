@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 use super::device;
 use super::keys::{KeyStore, NodeKey};
@@ -27,7 +28,6 @@ use crate::backend::BackendEvent;
 use crate::config::NetworkConfig;
 use crate::lease::KeeperCommand;
 use crate::subnet::SubnetKey;
-use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
 use crate::watcher::Peer;
 
 /// The tunnel device.

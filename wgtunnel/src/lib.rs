@@ -1,7 +1,8 @@
-//! The userspace WireGuard tunnel: a multi-queue TUN device, one worker thread per queue
-//! (each with its own SO_REUSEPORT UDP socket), boringtun's `Tunn` per peer for the
-//! protocol, and a timer thread. The control plane gives the full peer set and our private
-//! key; it moves routes when `changes()` says a peer's `established` flipped.
+//! wgtunnel: a userspace WireGuard engine. A multi-queue TUN device (opened through
+//! `netkernel::tun`), one worker thread per queue (each with its own SO_REUSEPORT UDP
+//! socket), boringtun's `Tunn` per peer for the protocol, and a timer thread. The control
+//! plane (overlayd's encryption controller) gives the full peer set and our private key; it
+//! moves routes when `changes()` says a peer's `established` flipped.
 //!
 //! Modules: `peers` (peer state and lookup table), `control` (set_peers/set_private_key),
 //! `worker` (the datapath), `udp` (batched socket I/O), `offload` (TSO/checksums),
