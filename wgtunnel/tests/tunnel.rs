@@ -3,6 +3,8 @@
 //! persistent device, interop with wireguard-go, and (ignored) a throughput measurement.
 //! Needs root; every namespace is removed when its test ends, also on failure.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
