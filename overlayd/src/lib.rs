@@ -1,5 +1,9 @@
 //! overlayd: the per-node overlay daemon's library — network config, subnet leases on
 //! etcd v3 or an embedded SQLite store, peer events, subnet.env and the local API.
+//! Kernel-facing code lives in netkernel, the encryption datapath in wgtunnel: no unsafe
+//! code here.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod attrs;
