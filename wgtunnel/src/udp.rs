@@ -392,7 +392,7 @@ impl SendBatch {
             if r.count > 1 {
                 h.msg_control = self.ctrl[n].0.as_mut_ptr().cast();
                 // SAFETY: msg_control points at ctrl[n], CMSG_SPACE (32) bytes, 8-aligned,
-                // owned by self; msg_controllen = CMSG_SPACE(2) = 24 fits in it, so
+                // owned by self; msg_controllen = CMSG_SPACE(2) (24 on 64-bit Linux) fits in it, so
                 // CMSG_FIRSTHDR returns its start (non-null) and the header plus the u16
                 // written at CMSG_DATA lie inside it. CMSG_SPACE/LEN are pure arithmetic.
                 unsafe {
@@ -513,7 +513,7 @@ mod tests {
     fn gro_cmsg(seg: libc::c_int) -> Ctrl {
         let mut ctrl = Ctrl([0; CMSG_SPACE]);
         // SAFETY: a zeroed msghdr is valid; it points at `ctrl` (CMSG_SPACE bytes,
-        // 8-aligned), and the cmsg for one int (CMSG_SPACE(4) = 24 bytes) fits in it, so
+        // 8-aligned), and the cmsg for one int (CMSG_SPACE(4), 24 bytes on 64-bit Linux) fits in it, so
         // CMSG_FIRSTHDR is non-null and every write stays inside `ctrl`.
         unsafe {
             let mut m: libc::msghdr = zeroed();
