@@ -8,9 +8,10 @@
 //! `worker` (the datapath), `udp` (batched socket I/O), `offload` (TSO/checksums),
 //! `timers` (WireGuard timers, fast handshake retry, expiry of old sessions).
 //!
-//! Unsafe code is confined to the UDP hot path (`udp`: `recvmmsg`/`sendmmsg` with their
-//! GSO/GRO control messages, for which no safe API exists without a cost); socket set-up,
-//! the stop eventfd and `poll` go through `nix`. Every unsafe block says why it is sound.
+//! Unsafe code is confined to the UDP hot path (`udp`: the `recvmmsg`/`sendmmsg` calls and
+//! their zeroed headers, for which no safe API exists without a cost); socket set-up, the
+//! stop eventfd and `poll` go through `nix`, control messages are read and written as
+//! bytes. Every unsafe block says why it is sound.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -236,37 +236,82 @@ impl RecvBatch {
     }
 }
 
+// `struct cmsghdr` as bytes: where its fields are (cmsg_len is a size_t on glibc, a socklen_t
+// and padding on musl) and CMSG_ALIGN (to the size of size_t on Linux, glibc and musl), so
+// that control buffers are read and written as plain bytes.
+const CMSG_HDR: usize = size_of::<libc::cmsghdr>();
+const CMSG_LEN_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_len);
+const CMSG_LEVEL_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_level);
+const CMSG_TYPE_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_type);
+
+/// CMSG_ALIGN (`None` past usize::MAX).
+fn cmsg_align(n: usize) -> Option<usize> {
+    n.checked_next_multiple_of(size_of::<usize>())
+}
+
+/// The size of `cmsghdr.cmsg_len` (4 or 8 bytes).
+fn cmsg_len_size() -> usize {
+    fn size_of_field<T, F>(_: impl Fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+    size_of_field(|c: &libc::cmsghdr| &c.cmsg_len)
+}
+
+/// A native-endian int at `at` of a cmsg header's bytes (`h` is CMSG_HDR long).
+fn cmsg_int(h: &[u8], at: usize) -> libc::c_int {
+    libc::c_int::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+}
+
 /// The UDP_GRO segment size in a control buffer (0: none). Parsed by hand rather than with
 /// the libc macros so that no length in it, however wrong, is trusted past the buffer.
 fn gro_segment(ctrl: &[u8]) -> usize {
-    let hdr = size_of::<libc::cmsghdr>();
-    // CMSG_ALIGN on Linux (glibc and musl): to the size of size_t.
-    let align = |n: usize| n.checked_next_multiple_of(size_of::<usize>());
-    let Some(data_at) = align(hdr) else { return 0 };
+    let Some(data_at) = cmsg_align(CMSG_HDR) else { return 0 };
+    let len_size = cmsg_len_size();
     let mut segment = 0;
     let mut off = 0;
-    while let Some(h) = ctrl.get(off..off + hdr) {
-        // SAFETY: `h` is exactly size_of::<cmsghdr>() initialised bytes (a checked slice of
-        // `ctrl`); cmsghdr is a plain C struct of integers, valid for any bit pattern, and
-        // read_unaligned needs no alignment. Nothing in it is trusted past the checks below.
-        let c = unsafe { std::ptr::read_unaligned(h.as_ptr().cast::<libc::cmsghdr>()) };
-        let len = c.cmsg_len as usize;
-        if len < hdr || len > ctrl.len() - off {
+    while let Some(h) = ctrl.get(off..off + CMSG_HDR) {
+        let l = &h[CMSG_LEN_AT..CMSG_LEN_AT + len_size];
+        let len = match *l {
+            [a, b, c, d] => u32::from_ne_bytes([a, b, c, d]) as usize,
+            [a, b, c, d, e, f, g, i] => match usize::try_from(u64::from_ne_bytes([a, b, c, d, e, f, g, i])) {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            _ => break,
+        };
+        if len < CMSG_HDR || len > ctrl.len() - off {
             break;
         }
-        if c.cmsg_level == SOL_UDP
-            && c.cmsg_type == UDP_GRO
+        if cmsg_int(h, CMSG_LEVEL_AT) == SOL_UDP
+            && cmsg_int(h, CMSG_TYPE_AT) == UDP_GRO
             && len >= data_at + 4
             && let Some(v) = ctrl.get(off + data_at..off + data_at + 4)
         {
             segment = libc::c_int::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0) as usize;
         }
-        match align(len) {
+        match cmsg_align(len) {
             Some(next) => off += next,
             None => break,
         }
     }
     segment
+}
+
+/// Writes a UDP_SEGMENT control message carrying `seg` at the start of `buf`, laid out as
+/// CMSG_FIRSTHDR/CMSG_DATA/CMSG_LEN would; returns its CMSG_SPACE (the msg_controllen).
+fn put_udp_segment(buf: &mut [u8; CMSG_SPACE], seg: u16) -> usize {
+    let data_at = CMSG_HDR.next_multiple_of(size_of::<usize>());
+    let len = data_at + size_of::<u16>();
+    let space = data_at + size_of::<u16>().next_multiple_of(size_of::<usize>());
+    buf[..space].fill(0);
+    match cmsg_len_size() {
+        4 => buf[CMSG_LEN_AT..CMSG_LEN_AT + 4].copy_from_slice(&(len as u32).to_ne_bytes()),
+        _ => buf[CMSG_LEN_AT..CMSG_LEN_AT + 8].copy_from_slice(&(len as u64).to_ne_bytes()),
+    }
+    buf[CMSG_LEVEL_AT..CMSG_LEVEL_AT + 4].copy_from_slice(&SOL_UDP.to_ne_bytes());
+    buf[CMSG_TYPE_AT..CMSG_TYPE_AT + 4].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+    buf[data_at..data_at + 2].copy_from_slice(&seg.to_ne_bytes());
+    space
 }
 
 /// A run of datagrams laid end to end in the arena, all `seg` bytes but maybe the last.
@@ -390,19 +435,9 @@ impl SendBatch {
             h.msg_iovlen = 1;
             h.msg_flags = 0;
             if r.count > 1 {
+                let space = put_udp_segment(&mut self.ctrl[n].0, r.seg as u16);
                 h.msg_control = self.ctrl[n].0.as_mut_ptr().cast();
-                // SAFETY: msg_control points at ctrl[n], CMSG_SPACE (32) bytes, 8-aligned,
-                // owned by self; msg_controllen = CMSG_SPACE(2) (24 on 64-bit Linux) fits in it, so
-                // CMSG_FIRSTHDR returns its start (non-null) and the header plus the u16
-                // written at CMSG_DATA lie inside it. CMSG_SPACE/LEN are pure arithmetic.
-                unsafe {
-                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), r.seg as u16);
-                }
+                h.msg_controllen = space as _;
             } else {
                 h.msg_control = std::ptr::null_mut();
                 h.msg_controllen = 0;
@@ -530,6 +565,31 @@ mod tests {
 
     fn bytes(ctrl: &Ctrl) -> Vec<u8> {
         ctrl.0.to_vec()
+    }
+
+    #[test]
+    fn udp_segment_cmsg_is_laid_out_as_the_libc_macros_do() {
+        for seg in [0u16, 1, 1452, 0xffff] {
+            let mut want = Ctrl([0; CMSG_SPACE]);
+            let controllen;
+            // SAFETY: a zeroed msghdr is valid; it points at `want` (CMSG_SPACE bytes,
+            // 8-aligned), and the cmsg for a u16 (CMSG_SPACE(2), 24 bytes on 64-bit Linux)
+            // fits in it, so CMSG_FIRSTHDR is non-null and every write stays inside `want`.
+            unsafe {
+                let mut m: libc::msghdr = zeroed();
+                m.msg_control = want.0.as_mut_ptr().cast();
+                m.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                controllen = m.msg_controllen as usize;
+                let c = libc::CMSG_FIRSTHDR(&m);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            }
+            let mut got = Ctrl([0xaa; CMSG_SPACE]);
+            assert_eq!(put_udp_segment(&mut got.0, seg), controllen);
+            assert_eq!(got.0[..controllen], want.0[..controllen], "seg {seg}");
+        }
     }
 
     #[test]
