@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 use super::device;
 use super::keys::{KeyStore, NodeKey};
@@ -29,7 +30,6 @@ use crate::kernel;
 use crate::lease::KeeperCommand;
 use crate::node::{Node, PeerSet};
 use crate::subnet::SubnetKey;
-use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 /// The tunnel device.
 pub const DEVICE: &str = "ferro-wg";

@@ -3,22 +3,37 @@
 //! persistent device, interop with wireguard-go, and (ignored) a throughput measurement.
 //! Needs root; every namespace is removed when its test ends, also on failure.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use overlayd::encryption::settings::{decode_key, encode_key};
-use overlayd::tunnel::{Offloads, PeerSpec, Tunnel, TunnelConfig, public_key};
+use base64::Engine as _;
 use test_netns::cluster::{ping_flood, ping_result};
 use test_netns::{
     Capture, CaptureOptions, EchoServer, TestNs, WgGoPeer, require_root, tcp_echo, veth_between,
 };
+use wgtunnel::{Offloads, PeerSpec, Tunnel, TunnelConfig, public_key};
 
 const TUN: &str = "wg0";
 const PORT: u16 = 51820;
 
+/// A private key from the kernel's random source (what `wg genkey` does).
 fn random_key() -> [u8; 32] {
-    overlayd::encryption::keys::random_key().expect("the kernel's random source")
+    let mut k = [0u8; 32];
+    getrandom::fill(&mut k).expect("the kernel's random source");
+    k
+}
+
+/// A key as `wg` writes it (base64), for configuring wireguard-go.
+fn encode_key(key: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// A key as `wg` writes it, decoded.
+fn decode_key(text: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
 }
 
 /// One fake node: a namespace with an underlay address, a pod address on the TUN and its
@@ -367,7 +382,7 @@ fn interop_with_wireguard_go() {
     a.tunnel.take().unwrap().stop();
 }
 
-/// iperf3 through the tunnel: `cargo test --release -p overlayd --test tunnel -- --ignored
+/// iperf3 through the tunnel: `cargo test --release -p wgtunnel --test tunnel -- --ignored
 /// --nocapture throughput`. FERRO_WG_OFFLOADS=none|tx|all (default all).
 #[test]
 #[ignore]
