@@ -200,7 +200,7 @@ fn a_node_cannot_send_as_another_nodes_pods() {
 #[test]
 fn restarts_under_a_100pps_ping_keep_encrypted_traffic_flowing() {
     require_root!();
-    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "ra").unwrap();
     let b = c.add_pod(1, "rb").unwrap();
     ctl(&c, 0, &["encryption", "enable"]);
@@ -276,7 +276,7 @@ fn interop_with_wireguard_go_and_malformed_tunnel_data_is_skipped() {
             "wireguard-go and wg are needed (Debian packages wireguard-go, wireguard-tools; scripts/deps.sh installs them)"
         );
     }
-    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "wa").unwrap();
     ctl(&c, 0, &["encryption", "enable"]);
     wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
