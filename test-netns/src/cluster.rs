@@ -209,6 +209,8 @@ pub struct ClusterPod {
     pub ip: String,
     /// How the runtime attached it.
     pub attach: Attach,
+    /// What ADD returned.
+    pub result: cni_spec::SuccessResult,
 }
 
 /// The cluster.
@@ -285,6 +287,11 @@ impl Cluster {
     /// The cluster's work directory.
     pub fn work_dir(&self) -> &Path {
         self.work.path()
+    }
+
+    /// How the cluster was built.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
     }
 
     /// Adds a node (namespace, underlay port, daemon); returns its index. Waits for its
@@ -458,7 +465,8 @@ impl Cluster {
         Ok((out.status.success(), text))
     }
 
-    fn runtime(&self, node: usize) -> Runtime {
+    /// The runtime of node `i` (the plugins in the bin directory, the node's result cache).
+    pub fn runtime(&self, node: usize) -> Runtime {
         Runtime::new(vec![self.opts.bin_dir.clone()]).with_cache_dir(self.nodes[node].dir.join("cni-cache"))
     }
 
@@ -472,7 +480,7 @@ impl Cluster {
         let result =
             n.ns.run(|| rt.add(&list, &attach)).map_err(|e| format!("ADD {name} on node{node}: {e}"))?;
         let ip = result.ips.first().map(|ip| ip.address.addr().to_string()).ok_or("ADD gave no address")?;
-        Ok(ClusterPod { ns, node, ip, attach })
+        Ok(ClusterPod { ns, node, ip, attach, result })
     }
 
     /// Detaches a pod (DEL through the runtime, in its node).
@@ -627,11 +635,11 @@ fn stop(child: &mut Child, signal: i32) {
 /// built when missing.
 pub fn bin_dir() -> PathBuf {
     let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local"];
+    let needed = ["overlayd", "overlayctl", "vxlan", "bridge", "host-local", "cnictl"];
     if needed.iter().any(|b| !dir.join(b).exists()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"])
+            .args(["build", "-q", "-p", "overlayd", "-p", "plugins", "-p", "cni-spec", "--bins"])
             .status()
             .unwrap();
         assert!(status.success(), "building the binaries");
