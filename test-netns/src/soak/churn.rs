@@ -4,6 +4,7 @@
 //! that has just joined, nodes leaving with `overlayctl leave`.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cni_spec::runtime::Attach;
@@ -176,12 +177,14 @@ pub fn take_pods(soak: &Soak, f: impl Fn(&SoakPod) -> bool) -> Vec<SoakPod> {
 
 /// The background pod churn until `deadline`: storms of 2 to 4 concurrent ADDs on random
 /// nodes, the pods live a few seconds in the probe matrix, then a storm of concurrent DELs,
-/// half of them after their namespace was deleted.
-pub fn pod_churn(soak: &Soak, seed: u64, deadline: Instant) {
+/// half of them after their namespace was deleted. Ends at `deadline` or when `done` is set
+/// (the faults are over).
+pub fn pod_churn(soak: &Soak, seed: u64, deadline: Instant, done: &AtomicBool) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    while Instant::now() < deadline && !soak.stopping() {
+    let over = || Instant::now() >= deadline || soak.stopping() || done.load(Ordering::Relaxed);
+    while !over() {
         soak.sleep(Duration::from_millis(rng.u64(2000..5000)));
-        if Instant::now() >= deadline || soak.stopping() {
+        if over() {
             break;
         }
         let nodes = soak.node_ids();

@@ -55,6 +55,9 @@ pub struct SoakOptions {
     pub gap: (Duration, Duration),
     /// Pod ADD/DEL storms in the background.
     pub churn: bool,
+    /// Inject [`SoakOptions::faults`] once each, in that order, then stop (a smoke run);
+    /// otherwise rounds of every kind in an order drawn from the seed until the duration.
+    pub ordered: bool,
     /// Progress lines on stderr.
     pub verbose: bool,
     /// Set to stop early (SIGINT): the soak then checks and tears down as at its end.
@@ -75,6 +78,7 @@ impl SoakOptions {
             outage: Duration::from_secs(30),
             gap: (Duration::from_secs(3), Duration::from_secs(8)),
             churn: true,
+            ordered: false,
             verbose: true,
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -404,23 +408,34 @@ fn drive(soak: &Soak, faults: &[FaultKind]) -> report::Report {
     let warm = soak.collector.now();
     let deadline = Instant::now() + soak.opts.duration;
     let churn_seed = rng.u64(..);
+    let done = &AtomicBool::new(false);
     std::thread::scope(|s| {
-        let churner = soak.opts.churn.then(|| s.spawn(move || churn::pod_churn(soak, churn_seed, deadline)));
+        let churner =
+            soak.opts.churn.then(|| s.spawn(move || churn::pod_churn(soak, churn_seed, deadline, done)));
         let mut order: Vec<FaultKind> = Vec::new();
+        let mut planned: Vec<FaultKind> = faults.iter().rev().copied().collect();
         loop {
             let gap = soak.opts.gap.0 + (soak.opts.gap.1.saturating_sub(soak.opts.gap.0)).mul_f64(rng.f64());
             soak.sleep(gap);
             if Instant::now() >= deadline || soak.stopping() || faults.is_empty() {
                 break;
             }
-            // Every kind once per round, in an order of the seed's choosing.
-            if order.is_empty() {
-                order = faults.to_vec();
-                rng.shuffle(&mut order);
-            }
-            let kind = order.pop().expect("refilled");
+            let kind = if soak.opts.ordered {
+                match planned.pop() {
+                    Some(k) => k,
+                    None => break,
+                }
+            } else {
+                // Every kind once per round, in an order of the seed's choosing.
+                if order.is_empty() {
+                    order = faults.to_vec();
+                    rng.shuffle(&mut order);
+                }
+                order.pop().expect("refilled")
+            };
             faults::inject(soak, kind, &mut rng);
         }
+        done.store(true, Ordering::Relaxed);
         if let Some(h) = churner
             && h.join().is_err()
         {

@@ -304,6 +304,12 @@ fn phase_at(phases: &[Phase], t: Duration) -> Option<&Phase> {
     phases.iter().find(|p| p.start <= t && t <= p.end)
 }
 
+/// The phase that `[from, to]` overlaps (a loss run or stall that began just before a fault
+/// was injected, e.g. a probe in flight when the link went down, belongs to the fault).
+fn phase_over(phases: &[Phase], from: Duration, to: Duration) -> Option<&Phase> {
+    phases.iter().find(|p| from <= p.end && to >= p.start)
+}
+
 /// The invariants at the end: with the pods live (waiting up to 30 s for the cluster to
 /// converge), then after deleting every pod (half with the netns gone first). Returns
 /// (live problems, problems after the deletion).
@@ -359,8 +365,9 @@ pub fn build(
         soak.collector.runs().into_iter().filter(|r| r.start >= from && r.start <= to).collect();
     let tcp: Vec<_> =
         soak.collector.tcp_events().into_iter().filter(|e| e.at >= from && e.at <= to).collect();
-    let label =
-        |t: Duration| phase_at(&phases, t).map(|p| p.kind.clone()).unwrap_or_else(|| NO_FAULT.to_string());
+    let label = |from: Duration, to: Duration| {
+        phase_over(&phases, from, to).map(|p| p.kind.clone()).unwrap_or_else(|| NO_FAULT.to_string())
+    };
     let pods_node = |uid: u64, node: usize| format!("pod{uid}@node{node}");
 
     let mut rows: BTreeMap<String, KindRow> = BTreeMap::new();
@@ -377,7 +384,7 @@ pub fn build(
     let mut pair_windows: BTreeMap<(String, String), Duration> = BTreeMap::new();
     let mut pairs_hit: BTreeMap<String, std::collections::BTreeSet<(u64, u64)>> = BTreeMap::new();
     for run in &runs {
-        let k = label(run.start);
+        let k = label(run.start, run.start + run.window());
         let r = rows.entry(k.clone()).or_insert_with(|| KindRow { kind: k.clone(), ..Default::default() });
         r.lost += u64::from(run.count);
         let pair = format!("{} → {}", pods_node(run.src, run.src_node), pods_node(run.dst, run.dst_node));
@@ -396,7 +403,10 @@ pub fn build(
     }
     let mut resets_elsewhere_total = Vec::new();
     for e in &tcp {
-        let ph = phase_at(&phases, e.at);
+        let ph = match &e.kind {
+            TcpKind::Stall(d) => phase_over(&phases, e.at, e.at + *d),
+            _ => phase_at(&phases, e.at),
+        };
         let k = ph.map(|p| p.kind.clone()).unwrap_or_else(|| NO_FAULT.to_string());
         let r = rows.entry(k.clone()).or_insert_with(|| KindRow { kind: k.clone(), ..Default::default() });
         match &e.kind {
@@ -491,7 +501,7 @@ pub fn build(
         let restarts: Vec<&Phase> = phases.iter().filter(|p| p.restart && p.encrypted == encrypted).collect();
         let worst = restarts
             .iter()
-            .flat_map(|p| runs.iter().filter(move |r| p.start <= r.start && r.start <= p.end))
+            .flat_map(|p| runs.iter().filter(move |r| r.start <= p.end && r.start + r.window() >= p.start))
             .map(LossRun::window)
             .max()
             .unwrap_or_default();
