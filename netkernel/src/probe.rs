@@ -7,7 +7,7 @@
 //! identifier of this call, and a reply counts only when it comes from the address probed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -155,9 +155,9 @@ fn sockaddr(ip: IpAddr) -> Box<dyn SockaddrLike> {
 
 fn source_ip(s: &SockaddrStorage) -> Option<IpAddr> {
     if let Some(a) = s.as_sockaddr_in() {
-        return Some(IpAddr::V4(Ipv4Addr::from(a.ip())));
+        return Some(IpAddr::V4(a.ip()));
     }
-    s.as_sockaddr_in6().map(|a| IpAddr::V6(Ipv6Addr::from(a.ip())))
+    s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip()))
 }
 
 /// Sends an echo request to every target, again every `interval` to those that have not

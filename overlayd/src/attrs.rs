@@ -139,6 +139,7 @@ pub enum InvalidLease {
 
 /// What a valid lease is, seen from this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "short-lived; Own is the rare case")]
 pub enum Verdict {
     /// Another node's, typed.
     Peer(Box<Peer>),

@@ -165,14 +165,12 @@ pub async fn run_backend(
         };
         metrics.inc(&metrics.backend_batches);
         match &ev {
-            BackendEvent::OwnLease(l) => {
-                // A new subnet is a new datapath: readiness starts over for it.
-                if report.borrow().own != Some(l.key) {
-                    report.send_modify(|r| {
-                        r.own = Some(l.key);
-                        r.listing_applied = false;
-                    });
-                }
+            // A new subnet is a new datapath: readiness starts over for it.
+            BackendEvent::OwnLease(l) if report.borrow().own != Some(l.key) => {
+                report.send_modify(|r| {
+                    r.own = Some(l.key);
+                    r.listing_applied = false;
+                });
             }
             BackendEvent::Synced => synced = true,
             _ => {}

@@ -114,12 +114,12 @@ struct Start {
     verified: bool,
 }
 
+/// What [`watch_entries`] saw: start, when each kind of entry was complete, the first
+/// entry, counts, overrun.
+type Watched = (Instant, [Option<Instant>; 3], Option<Instant>, [usize; 3], bool);
+
 /// Watches a node's notifications until every expected entry has been announced.
-fn watch_entries(
-    ns: &TestNs,
-    fakes: &[Fake],
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Instant, [Option<Instant>; 3], Option<Instant>, [usize; 3], bool)> {
+fn watch_entries(ns: &TestNs, fakes: &[Fake], stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Watched> {
     let mut m = Monitor::open(ns, GRP_IPV4_ROUTE | GRP_NEIGH, Duration::from_millis(20)).expect("monitor");
     let routes: HashSet<Ipv4Addr> = fakes.iter().map(|f| f.subnet).collect();
     let neighs = routes.clone();
