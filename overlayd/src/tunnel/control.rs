@@ -50,7 +50,7 @@ impl Control {
             index,
             Some(key.limiter.clone()),
         );
-        let s = Session {
+        Session {
             tunn: Box::new(tunn),
             index,
             key_gen: key.generation,
@@ -59,8 +59,7 @@ impl Control {
             last_init: None,
             confirmed: false,
             created: Instant::now(),
-        };
-        s
+        }
     }
 }
 
