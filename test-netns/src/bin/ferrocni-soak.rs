@@ -47,9 +47,16 @@ struct Args {
     /// No background pod churn.
     #[arg(long)]
     no_churn: bool,
+    /// Inject the `--faults` once each in the order given, then stop (to reproduce one
+    /// sequence).
+    #[arg(long)]
+    ordered: bool,
     /// Write the markdown report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Copy every daemon's and etcd member's log into this directory at the end.
+    #[arg(long)]
+    logs: Option<PathBuf>,
     /// Where the binaries are (overlayd, overlayctl, vxlan, bridge, host-local, cnictl);
     /// default: next to this one.
     #[arg(long)]
@@ -122,6 +129,8 @@ fn main() -> ExitCode {
     }
     opts.outage = args.outage;
     opts.churn = !args.no_churn;
+    opts.logs = args.logs.clone();
+    opts.ordered = args.ordered;
     // Ctrl-C or SIGTERM: stop injecting, check and tear down as at the end (a second
     // signal is handled the same way; the teardown is short).
     let stop = Arc::new(AtomicBool::new(false));

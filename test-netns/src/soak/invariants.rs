@@ -201,13 +201,6 @@ pub fn check_node(
                     // machine's orphaned TCP sockets, which keep a deleted namespace alive.
                     let link = arr(&links).iter().find(|l| l["ifname"] == n.as_str());
                     let peer_ns = link.map(|l| l["link_netnsid"].to_string()).unwrap_or_default();
-                    let addrs = ns
-                        .command("ip")
-                        .args(["-br", "addr", "show", "master", "cni0"])
-                        .output()
-                        .map(|o| o.status.success())
-                        .unwrap_or(false);
-                    let _ = addrs;
                     let sockstat = std::fs::read_to_string("/proc/net/sockstat")
                         .unwrap_or_default()
                         .lines()

@@ -60,6 +60,8 @@ pub struct SoakOptions {
     pub ordered: bool,
     /// Progress lines on stderr.
     pub verbose: bool,
+    /// Copy every daemon's and etcd member's log here before the teardown.
+    pub logs: Option<PathBuf>,
     /// Set to stop early (SIGINT): the soak then checks and tears down as at its end.
     pub stop: Arc<AtomicBool>,
 }
@@ -80,6 +82,7 @@ impl SoakOptions {
             churn: true,
             ordered: false,
             verbose: true,
+            logs: None,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -450,8 +453,29 @@ fn drive(soak: &Soak, faults: &[FaultKind]) -> report::Report {
     report::build(soak, warm, end, checks, final_del)
 }
 
+/// Copies the logs of the work directory (`node<id>/overlayd.log` of every node that ever
+/// ran, `etcd<m>.log`) to `to`.
+fn save_logs(soak: &Soak, to: &std::path::Path) {
+    let work = soak.read().work_dir().to_path_buf();
+    let _ = std::fs::create_dir_all(to);
+    for e in std::fs::read_dir(&work).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (from, dest) = if name.ends_with(".log") {
+            (e.path(), to.join(&name))
+        } else {
+            (e.path().join("overlayd.log"), to.join(format!("{name}-overlayd.log")))
+        };
+        if from.is_file() {
+            let _ = std::fs::copy(&from, dest);
+        }
+    }
+}
+
 /// Stops the probers, deletes the pods that are left (best effort) and drops the cluster.
 fn teardown(soak: &Soak) {
+    if let Some(to) = &soak.opts.logs {
+        save_logs(soak, to);
+    }
     let pods: Vec<SoakPod> =
         std::mem::take(&mut *soak.pods.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect();
     for mut p in pods {

@@ -392,7 +392,7 @@ impl PodLoop {
             if now >= next_tick {
                 self.sync_targets(now);
                 self.send_probes(now);
-                self.finish_probes(now, false);
+                self.finish_probes(now);
                 self.tcp_tick(now);
                 next_tick += PROBE_INTERVAL;
                 if next_tick < now {
@@ -409,7 +409,7 @@ impl PodLoop {
         }
         // Closing: finish what can be judged, end the stalls and the runs in progress.
         let now = Instant::now();
-        self.finish_probes(now, false);
+        self.finish_probes(now);
         for p in self.pairs.values_mut() {
             end_run(&self.collector, &self.me, p);
         }
@@ -461,7 +461,7 @@ impl PodLoop {
         }
     }
 
-    fn finish_probes(&mut self, now: Instant, _force: bool) {
+    fn finish_probes(&mut self, now: Instant) {
         let c = &self.collector;
         let me = &self.me;
         for p in self.pairs.values_mut() {
