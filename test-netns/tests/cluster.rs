@@ -136,7 +136,7 @@ fn ten_nodes_on_etcd() {
 #[test]
 fn daemon_restarts_lose_no_packets() {
     require_root!();
-    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "ra").unwrap();
     let b = c.add_pod(1, "rb").unwrap();
     assert!(ping(&a.ns, &b.ip, 2));
@@ -176,7 +176,7 @@ fn daemon_restarts_lose_no_packets() {
 #[test]
 fn hand_deleted_entries_come_back_and_a_changed_mac_leaves_no_stale_fdb() {
     require_root!();
-    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "ha").unwrap();
     let b = c.add_pod(1, "hb").unwrap();
     let vtep1 = node_subnet(&c, 1);
@@ -298,7 +298,7 @@ fn hostile_leases_leave_the_datapath_untouched() {
 #[test]
 fn vxlan_plugin_with_the_daemon_down() {
     require_root!();
-    let mut c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
+    let c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
     let existing = c.add_pod(0, "dd").unwrap();
     c.stop_daemon(0, libc::SIGTERM);
     let e = c.add_pod(0, "late").unwrap_err();
@@ -346,6 +346,49 @@ fn pods_egress_masqueraded_but_talk_to_each_other_unmasqueraded() {
     a.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))).unwrap();
     let (_s, peer) = inside.accept().unwrap();
     assert_eq!(peer.ip().to_string(), a.ip, "pod-to-pod traffic keeps the pod's address");
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+/// The harness's 3-member etcd: the leader is found through etcd's API, killed and
+/// restarted while the nodes keep their leases and a node can still join; a node can be
+/// removed for good (`overlayctl leave`) and its ids are not reused.
+#[test]
+fn three_etcd_members_survive_the_leaders_crash() {
+    require_root!();
+    let mut opts = ClusterOptions::new(2, bin_dir());
+    opts.store = StoreKind::Etcd;
+    opts.etcd_members = 3;
+    let mut c = Cluster::start(opts).unwrap();
+    assert_eq!(c.etcd.len(), 3);
+    let leader = c.wait_etcd_leader(Duration::from_secs(15)).unwrap();
+    let a = c.add_pod(0, "la").unwrap();
+    let b = c.add_pod(1, "lb").unwrap();
+    assert!(ping(&a.ns, &b.ip, 2));
+
+    c.etcd_stop(leader, libc::SIGKILL);
+    let next = c.wait_etcd_leader(Duration::from_secs(15)).unwrap();
+    assert_ne!(next, leader, "a killed member cannot lead");
+    // The store still works with two members: a third node gets a lease and is ready.
+    let j = c.add_node().unwrap();
+    c.wait_ready(j).unwrap();
+    c.etcd_start(leader).unwrap();
+    wait_for(Duration::from_secs(15), "the restarted member to follow", || {
+        c.etcd[leader].status().is_some() && c.etcd_leader().is_some()
+    })
+    .unwrap();
+    assert!(ping(&a.ns, &b.ip, 2));
+
+    // Node 2 leaves; its index goes, its id is never given out again.
+    let (ok, out) = c.overlayctl(j, &["leave"]).unwrap();
+    assert!(ok, "{out}");
+    let gone = c.remove_node(j);
+    assert_eq!(gone.id, 2);
+    drop(gone);
+    let k = c.add_node().unwrap();
+    assert_eq!(c.nodes[k].id, 3);
+    assert_eq!(c.nodes[k].underlay_ip, "198.18.0.4");
+    c.wait_ready(k).unwrap();
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
 }

@@ -777,8 +777,12 @@ fn del(req: &Request) -> Result<(), BridgeError> {
                         .map_err(BridgeError::kernel("deleting the container interface"))?;
                 }
             }
-            // The namespace is already gone: only IPAM and masquerade are left to clean.
-            Err(e) if e.is_not_found() || matches!(e, KernelError::NotNetns(_)) => {}
+            // The namespace's name is gone. The namespace itself may live on (anything that
+            // holds it, e.g. orphaned TCP sockets, keeps it for minutes) with its eth0 still on
+            // the bridge holding the address IPAM is about to release: unplug it.
+            Err(e) if e.is_not_found() || matches!(e, KernelError::NotNetns(_)) => {
+                unplug_orphan(req, &conf)?;
+            }
             Err(e) => return Err(BridgeError::env("CNI_NETNS", e)),
         }
     }
@@ -798,6 +802,34 @@ fn del(req: &Request) -> Result<(), BridgeError> {
     }
     if conf.macspoofchk {
         spoof::remove(network, &req.env.container_id, &req.env.ifname)?;
+    }
+    Ok(())
+}
+
+/// DEL after the container's namespace was deleted: deletes the host end of its veth (the
+/// pair goes with it, also from a namespace that lingers) when prevResult names it. The
+/// link must be a veth on our bridge with the name and MAC the result recorded, so that a
+/// veth of another pod that took the name since is never touched. Without a prevResult
+/// there is nothing to go by; the kernel removes the pair when the namespace dies.
+fn unplug_orphan(req: &Request, conf: &BridgeConf) -> Result<(), BridgeError> {
+    let Some(prev) = req.prev_result().ok().flatten() else { return Ok(()) };
+    let host = Netlink::current().map_err(BridgeError::kernel("opening netlink"))?;
+    let Some(br) = host.link(&conf.bridge).map_err(BridgeError::kernel("reading the bridge"))? else {
+        return Ok(());
+    };
+    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_none() && i.name != conf.bridge) {
+        let Some(link) = host.link(&i.name).map_err(BridgeError::kernel("reading the host veth"))? else {
+            continue;
+        };
+        let same_mac = i.mac.is_some() && i.mac == link.mac.map(|m| format_mac(&m));
+        if link.is("veth") && link.master == Some(br.index) && same_mac {
+            match host.delete_link(link.index) {
+                Ok(()) => {}
+                // Gone meanwhile (the namespace died): what we wanted.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(BridgeError::kernel("deleting the host veth")(e)),
+            }
+        }
     }
     Ok(())
 }
