@@ -1,19 +1,20 @@
-//! The local HTTP API. On the root-only unix socket: everything (reads, `PUT /v1/config`,
-//! `POST /v1/leave`). On the optional TCP address: only `/healthz`, `/readyz` and
+//! The local HTTP API. On the root-only unix socket: reads and `POST /v1/leave` (the network
+//! config is the operator's and is written to the store by `overlayctl`, never through a
+//! daemon). On the optional TCP address: only `/healthz`, `/readyz` and
 //! `/metrics`, since anything else there would be reachable by every local user.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::config::NetworkConfig;
+use crate::identity::PublicKey;
 use crate::lease::{KeeperCommand, OwnLease};
 use crate::node::Node;
 use crate::peer::Peer;
@@ -131,18 +132,26 @@ async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result
                 }),
             )
         }
+        // The stored text, pre-shared key redacted (the API never returns it).
         (&Method::GET, "/v1/config") => match shared.store.get(&shared.layout.config()).await {
-            Ok(Some(kv)) => reply(StatusCode::OK, "application/json", kv.value),
+            Ok(Some(kv)) => match serde_json::from_slice::<Value>(&kv.value) {
+                Ok(v) => json_reply(StatusCode::OK, &crate::encryption::settings::redact(v)),
+                Err(_) => error(StatusCode::UNPROCESSABLE_ENTITY, "the stored network config is not JSON"),
+            },
             Ok(None) => error(StatusCode::NOT_FOUND, "no network config in the store"),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         },
-        (&Method::PUT, "/v1/config") => put_config(req, &shared).await,
         (&Method::GET, "/v1/encryption") => {
             let v = shared.encryption.borrow().clone();
             json_reply(StatusCode::OK, &v)
         }
-        (&Method::POST, "/v1/encryption") => post_encryption(req, &shared).await,
         (&Method::POST, "/v1/leave") => leave(&shared).await,
+        (&Method::GET, "/v1/identity") => identity(&shared),
+        (&Method::DELETE, p) if p.starts_with("/v1/pins/") => forget_pin(&shared, &p["/v1/pins/".len()..]),
+        (&Method::PUT, p) if p.starts_with("/v1/pins/") => {
+            let node = p["/v1/pins/".len()..].to_string();
+            set_pin(&shared, &node, req).await
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no route for {method} {path}")),
     };
     Ok(r)
@@ -236,77 +245,43 @@ async fn leases(shared: &Node) -> Reply {
     json_reply(StatusCode::OK, &json!({ "revision": listing.revision, "leases": rows }))
 }
 
-async fn put_config(req: Request<Incoming>, shared: &Node) -> Reply {
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
-    };
-    let parsed = match NetworkConfig::parse(&String::from_utf8_lossy(&body)) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match shared.store.put(&shared.layout.config(), &body).await {
-        Ok(rev) => {
-            let running = shared.config();
-            let restart = running.is_some_and(|c| c != parsed.config);
-            json_reply(
-                StatusCode::OK,
-                &json!({
-                    "revision": rev,
-                    "warnings": parsed.warnings,
-                    "config": crate::encryption::settings::redact(parsed.config.to_json()),
-                    // Like flannel, a running daemon applies a new config on restart.
-                    "restart_needed": restart,
-                }),
-            )
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+/// This node's identity and the identities it has pinned other nodes to.
+fn identity(shared: &Node) -> Reply {
+    let pins = shared.pins.read().unwrap_or_else(|p| p.into_inner());
+    let pinned: serde_json::Map<String, Value> =
+        pins.all().map(|(n, k)| (n.clone(), json!(k.to_string()))).collect();
+    json_reply(
+        StatusCode::OK,
+        &json!({ "node_id": shared.id, "identity": shared.identity.to_string(), "pins": pinned }),
+    )
+}
+
+/// `overlayctl identity forget NODE`: the next validly signed lease of NODE pins its key
+/// anew (a node reinstalled with a new key but its old node ID).
+fn forget_pin(shared: &Node, node: &str) -> Reply {
+    let forgotten = shared.pins.write().unwrap_or_else(|p| p.into_inner()).forget(node);
+    if forgotten {
+        tracing::warn!(node = %crate::logsafe::printable(node), "operator forgot a node's pinned identity");
+        json_reply(StatusCode::OK, &json!({ "forgotten": node }))
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no identity pinned for node {:?}", node))
     }
 }
 
-/// `overlayctl encryption …`: rewrites the stored config's `Encryption` section with a
-/// compare-and-swap (a concurrent writer makes us re-read, never lose its change).
-async fn post_encryption(req: Request<Incoming>, shared: &Node) -> Reply {
-    use crate::encryption::admin;
-    let body = match Limited::new(req.into_body(), 4 * 1024).collect().await {
+/// `overlayctl identity pin NODE KEY`: NODE is known by KEY from now on (the key as the
+/// reinstalled node's `overlayctl identity show` prints it).
+async fn set_pin(shared: &Node, node: &str, req: Request<Incoming>) -> Reply {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), 256).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
-    let request: admin::Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request: {e}")),
+    let Some(key) = std::str::from_utf8(&body).ok().and_then(|t| PublicKey::parse(t.trim())) else {
+        return error(StatusCode::BAD_REQUEST, "the body must be an identity key (base64 of 32 bytes)");
     };
-    let key = shared.layout.config();
-    for _ in 0..5 {
-        let kv = match shared.store.get(&key).await {
-            Ok(Some(kv)) => kv,
-            Ok(None) => return error(StatusCode::NOT_FOUND, "no network config in the store"),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        };
-        let (text, settings) = match admin::apply(&String::from_utf8_lossy(&kv.value), &request) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        };
-        match shared.store.update(&key, text.as_bytes(), kv.lease, kv.mod_revision).await {
-            Ok(crate::store::Cas::Done(rev)) => {
-                tracing::info!(action = ?request.action, settings = ?settings, "encryption settings stored");
-                return json_reply(
-                    StatusCode::OK,
-                    &json!({
-                        "revision": rev,
-                        "enabled": settings.enabled,
-                        "strict": settings.strict,
-                        "port": settings.port,
-                        "key_generation": settings.key_generation,
-                        "preshared_key": settings.preshared_key.is_some(),
-                    }),
-                );
-            }
-            Ok(crate::store::Cas::Conflict(_)) => continue,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-        }
-    }
-    error(StatusCode::CONFLICT, "the network config kept changing; try again")
+    shared.pins.write().unwrap_or_else(|p| p.into_inner()).replace(node, key);
+    tracing::warn!(node = %crate::logsafe::printable(node), identity = %key, "operator pinned a node's identity");
+    json_reply(StatusCode::OK, &json!({ "node": node, "identity": key.to_string() }))
 }
 
 async fn leave(shared: &Node) -> Reply {
@@ -321,24 +296,51 @@ async fn leave(shared: &Node) -> Reply {
     }
 }
 
-async fn serve_conn<S>(io: S, shared: Arc<Node>, full: bool)
+/// At most this many connections per listener; more are closed at once (300 idle clients
+/// must not grow the daemon without bound).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send a request's headers (also between keep-alive requests).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer bound per connection (headers included).
+const MAX_BUF: usize = 64 * 1024;
+
+async fn serve_conn<S>(io: S, shared: Arc<Node>, full: bool, _permit: OwnedSemaphorePermit)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| handle(req, shared.clone(), full));
-    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await {
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
         tracing::debug!(error = %e, "api connection");
     }
 }
 
-/// Serves the full API on the unix socket until shutdown.
-pub async fn serve_unix(l: tokio::net::UnixListener, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+/// Accepts on `accept` until shutdown, each connection served while a permit is free.
+async fn serve<S, F>(
+    what: &'static str,
+    mut accept: impl FnMut() -> F,
+    shared: Arc<Node>,
+    full: bool,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = std::io::Result<S>>,
+{
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
-            a = l.accept() => match a {
-                Ok((s, _)) => { tokio::spawn(serve_conn(s, shared.clone(), true)); }
+            a = accept() => match a {
+                Ok(s) => match permits.clone().try_acquire_owned() {
+                    Ok(p) => { tokio::spawn(serve_conn(s, shared.clone(), full, p)); }
+                    // Dropped: closed at once.
+                    Err(_) => tracing::debug!(listener = what, "connection limit reached; closing a new connection"),
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "api accept");
+                    tracing::warn!(error = %e, listener = what, "api accept");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -347,18 +349,12 @@ pub async fn serve_unix(l: tokio::net::UnixListener, shared: Arc<Node>, mut shut
     }
 }
 
+/// Serves the full API on the unix socket until shutdown.
+pub async fn serve_unix(l: tokio::net::UnixListener, shared: Arc<Node>, shutdown: watch::Receiver<bool>) {
+    serve("unix", || async { l.accept().await.map(|(s, _)| s) }, shared, true, shutdown).await
+}
+
 /// Serves health and metrics on TCP until shutdown.
-pub async fn serve_tcp(l: tokio::net::TcpListener, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            a = l.accept() => match a {
-                Ok((s, _)) => { tokio::spawn(serve_conn(s, shared.clone(), false)); }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
+pub async fn serve_tcp(l: tokio::net::TcpListener, shared: Arc<Node>, shutdown: watch::Receiver<bool>) {
+    serve("tcp", || async { l.accept().await.map(|(s, _)| s) }, shared, false, shutdown).await
 }

@@ -46,12 +46,20 @@ pub async fn seed(store: &SharedStore, layout: &KeyLayout, file: &Path) -> Resul
     NetworkConfig::parse(&text).map_err(|e| SeedError::Invalid { path, why: e.to_string() })?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     for _ in 0..10 {
+        // Read first: with the documented store roles a node may only read the config.
+        if let Ok(Some(_)) = store.get(&layout.config()).await {
+            return Ok(());
+        }
         match store.create(&layout.config(), text.as_bytes(), 0).await {
             Ok(Create::Created(_)) => {
                 tracing::info!(file = %file.display(), "stored the network config");
                 return Ok(());
             }
             Ok(Create::Exists(_)) => return Ok(()),
+            Err(e) if !e.is_transient() => {
+                tracing::warn!(error = %e, "this node may not store the network config; waiting for the operator's (overlayctl network set)");
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "storing the network config failed; retrying");
                 tokio::time::sleep(backoff.delay()).await;

@@ -80,8 +80,13 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
         }
         let _ = std::fs::remove_file(path);
     }
-    let tmp = dir.join(format!(".overlayd.{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    // Bound inside a fresh 0700 directory of a random name, so that nobody can connect
+    // before the chmod, whatever the umask; then moved into place.
+    let private = tempfile::Builder::new()
+        .prefix(".overlayd-sock-")
+        .tempdir_in(dir)
+        .map_err(io_err(format!("a private directory in {}", dir.display())))?;
+    let tmp = private.path().join("s");
     let l = tokio::net::UnixListener::bind(&tmp).map_err(io_err(format!("binding {}", tmp.display())))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod socket"))?;
     std::fs::rename(&tmp, path).map_err(io_err(format!("renaming to {}", path.display())))?;

@@ -482,7 +482,14 @@ impl LeaseManager {
         };
         match self.store.get(&key).await? {
             Some(kv) if kv.mod_revision == lease.mod_revision => Ok(Defence::Intact),
-            Some(kv) if self.held_by_another_node(&lease.key, &kv) => Ok(Defence::Lost(Some(kv))),
+            // Deleted and created anew by another node (e.g. after someone deleted ours): it
+            // took a free key. Overwritten in place (the key has existed since our write) is
+            // an attack whoever signed it: put back.
+            Some(kv)
+                if kv.create_revision > lease.mod_revision && self.held_by_another_node(&lease.key, &kv) =>
+            {
+                Ok(Defence::Lost(Some(kv)))
+            }
             Some(kv) => match self.store.update(&key, &value, lease.store_lease, kv.mod_revision).await? {
                 Cas::Done(rev) => Ok(restored(rev)),
                 // Written again meanwhile: the watcher reports that write too.

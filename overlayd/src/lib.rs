@@ -20,6 +20,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod operator;
 pub mod options;
 pub mod outputs;
 pub mod peer;

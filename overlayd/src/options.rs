@@ -33,34 +33,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
     /// etcd client URLs, comma separated. Without any, the embedded store is used.
-    #[arg(long, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
     /// CA bundle that signed the etcd servers' certificates.
-    #[arg(long, env = "OVERLAYD_ETCD_CAFILE")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
     /// Client certificate for etcd.
-    #[arg(long, env = "OVERLAYD_ETCD_CERTFILE")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_CERTFILE")]
     pub etcd_certfile: Option<PathBuf>,
     /// Client key for etcd.
-    #[arg(long, env = "OVERLAYD_ETCD_KEYFILE")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_KEYFILE")]
     pub etcd_keyfile: Option<PathBuf>,
     /// etcd user name.
-    #[arg(long, env = "OVERLAYD_ETCD_USERNAME")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
     /// etcd password (prefer --etcd-password-file: flags show in `ps`).
-    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
     /// File holding the etcd password.
-    #[arg(long, env = "OVERLAYD_ETCD_PASSWORD_FILE")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_PASSWORD_FILE")]
     pub etcd_password_file: Option<PathBuf>,
     /// Key prefix: the config is `<prefix>/config`, leases `<prefix>/subnets/…`.
-    #[arg(long, env = "OVERLAYD_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_PREFIX", default_value = "/coreos.com/network")]
     pub etcd_prefix: String,
     /// The embedded store's database file (shared by every daemon on this machine).
-    #[arg(long, env = "OVERLAYD_STORE_FILE", default_value = "/var/lib/overlayd/store.db")]
+    #[arg(long, global = true, env = "OVERLAYD_STORE_FILE", default_value = "/var/lib/overlayd/store.db")]
     pub store_file: PathBuf,
+    /// Allow etcd credentials (user name and password) over plain `http://`: they would
+    /// cross the network in clear text.
+    #[arg(long, global = true, env = "OVERLAYD_ETCD_INSECURE_PLAINTEXT")]
+    pub etcd_insecure_plaintext: bool,
     /// How often the embedded store is polled for changes.
-    #[arg(long, env = "OVERLAYD_STORE_POLL", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "OVERLAYD_STORE_POLL", default_value = "100ms", value_parser = parse_duration)]
     pub store_poll: Duration,
 }
 
@@ -84,6 +88,15 @@ impl StoreArgs {
             ),
             (p, None) => p.clone(),
         };
+        if password.is_some()
+            && !self.etcd_insecure_plaintext
+            && let Some(plain) = self.etcd_endpoints.iter().find(|e| !e.starts_with("https://"))
+        {
+            return Err(StoreError::Rejected(format!(
+                "refusing to send etcd credentials to {plain} in clear text: use https:// (with --etcd-cafile) \
+                 or, on a network you trust, --etcd-insecure-plaintext"
+            )));
+        }
         let s = EtcdStore::connect(EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),
             ca_file: self.etcd_cafile.clone(),

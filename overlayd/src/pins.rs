@@ -2,12 +2,15 @@
 //! validly signed lease seen with it; from then on a lease with that node ID is a peer only
 //! when that key signed it, so a node with store access cannot write leases in another
 //! node's name. Pins are kept in the state directory (`pins.json`) so a restart remembers
-//! them; only the operator changes one (`overlayctl identity forget NODE`, when a node was
-//! reinstalled with a new key but its old node ID).
+//! them; only the operator changes one (`overlayctl identity pin NODE KEY` or `forget NODE`,
+//! when a node was reinstalled with a new key but its old node ID), and every lease is then
+//! judged again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
 
 use crate::identity::PublicKey;
 
@@ -15,10 +18,18 @@ use crate::identity::PublicKey;
 pub const FILE: &str = "pins.json";
 
 /// Node ID → identity key.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pins {
     path: Option<PathBuf>,
     map: BTreeMap<String, PublicKey>,
+    /// Bumped by the operator's changes, so that the lease watcher judges everything again.
+    operator_changes: watch::Sender<u64>,
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Pins { path: None, map: BTreeMap::new(), operator_changes: watch::Sender::new(0) }
+    }
 }
 
 /// Shared between the watcher (which pins) and the API (which shows and forgets).
@@ -44,7 +55,7 @@ impl Pins {
             },
             Err(_) => BTreeMap::new(),
         };
-        Pins { path: Some(path), map }
+        Pins { path: Some(path), map, ..Pins::default() }
     }
 
     /// Shared.
@@ -76,8 +87,21 @@ impl Pins {
         let had = self.map.remove(node).is_some();
         if had {
             self.save();
+            self.operator_changes.send_modify(|g| *g += 1);
         }
         had
+    }
+
+    /// Pins `node` to `key`, replacing any pin (operator command).
+    pub fn replace(&mut self, node: &str, key: PublicKey) {
+        self.map.insert(node.to_string(), key);
+        self.save();
+        self.operator_changes.send_modify(|g| *g += 1);
+    }
+
+    /// Changes when the operator changes a pin.
+    pub fn operator_changes(&self) -> watch::Receiver<u64> {
+        self.operator_changes.subscribe()
     }
 
     fn save(&self) {
@@ -105,7 +129,13 @@ mod tests {
         p.pin("n1", a);
         p.pin("n1", b); // a second sight never moves a pin: the caller refuses b
         assert_eq!(Pins::load(dir.path()).get("n1"), Some(a));
+        let mut changes = p.operator_changes();
+        p.replace("n1", b);
+        assert_eq!(Pins::load(dir.path()).get("n1"), Some(b));
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
         assert!(p.forget("n1"));
+        assert!(changes.has_changed().unwrap());
         assert_eq!(Pins::load(dir.path()).get("n1"), None);
         std::fs::write(dir.path().join(FILE), "garbage").unwrap();
         assert_eq!(Pins::load(dir.path()).all().count(), 0);

@@ -416,6 +416,11 @@ impl Watcher {
                     }
                 }
             }
+            // The operator's pin changes make every lease's verdict stale.
+            let mut pin_changes = match self.view.validator.pins() {
+                Some(p) => p.read().unwrap_or_else(|e| e.into_inner()).operator_changes(),
+                None => watch::Sender::new(0).subscribe(),
+            };
             let mut w = match self.store.watch(&self.layout.subnets(), self.revision + 1).await {
                 Ok(w) => w,
                 Err(e) => {
@@ -461,6 +466,11 @@ impl Watcher {
                     },
                     r = io.own.changed() => {
                         if r.is_err() { return; }
+                        break;
+                    }
+                    Ok(()) = pin_changes.changed() => {
+                        tracing::info!("the operator changed a pinned identity; judging every lease again");
+                        self.synced = false;
                         break;
                     }
                     _ = io.shutdown.changed() => return,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::scenarios;
 use common::{Daemon, tempdir, wait_until};
 use overlayd::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use overlayd::store::{Cas, Create, SharedStore, WatchEvent, WatchMessage};
+use overlayd::store::{Cas, Create, SharedStore, StoreError, WatchEvent, WatchMessage};
 use test_netns::{TestNs, require_root};
 
 fn open(path: &Path) -> SharedStore {
@@ -102,6 +102,11 @@ async fn embedded_store_semantics_match_etcd() {
     a.compact(now).await.unwrap();
     let mut old = b.watch("/k/", start + 1).await.unwrap();
     assert_eq!(old.next().await.unwrap().unwrap(), WatchMessage::Compacted(now));
+    // Values are bounded as etcd bounds requests: nothing larger is stored by any writer.
+    let big = vec![b'x'; overlayd::store::embedded::MAX_VALUE_BYTES + 1];
+    assert!(matches!(a.put("/k/big", &big).await, Err(StoreError::Rejected(_))));
+    assert!(matches!(a.create("/k/big", &big, 0).await, Err(StoreError::Rejected(_))));
+    assert!(a.get("/k/big").await.unwrap().is_none());
     // The file is root's.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(d.path().join("store.db")).unwrap().permissions().mode();

@@ -95,11 +95,19 @@ fn three_daemons_get_distinct_subnets_and_see_each_other() {
     assert!(!ds[0].ready());
     let file = c.file("net-conf.json", NET_CONF);
     let bad = c.file("bad.json", r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#);
-    let out = ds[0].ctl(&["network", "set", &bad]);
+    // The operator stores it, straight into etcd (no daemon writes the config).
+    let ep = c.etcd.endpoint();
+    let out = ds[0].ctl(&["network", "set", &bad, "--etcd-endpoints", &ep]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SubnetLen"), "{out:?}");
+    // Without the store options overlayctl would write a local embedded store: refused.
     let out = ds[0].ctl(&["network", "set", &file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uses the store `etcd"), "{out:?}");
+    let out = ds[0].ctl(&["network", "set", &file, "--etcd-endpoints", &ep]);
     assert!(out.status.success(), "{out:?}");
+    // The daemon has no write route for it.
+    assert_eq!(ds[0].api("PUT", "/v1/config").status, 404);
     for d in &ds {
         d.wait_ready(Duration::from_secs(20));
     }
@@ -649,4 +657,245 @@ fn tls_client_certificates_and_password_authentication() {
     assert!(nocert.running());
     assert!(!nocert.ready());
     assert!(good.ready());
+}
+
+/// The documented roles (docs/security.md): a node reads the config and writes only under
+/// `subnets/`; the operator writes the config. A node's credentials cannot switch the
+/// cluster's encryption off; the operator's overlayctl can switch it on.
+#[test]
+fn with_the_documented_etcd_roles_a_node_cannot_write_the_config() {
+    require_root!();
+    let dir = tempdir();
+    let d = dir.path();
+    make_certs(d, &["192.0.2.254"], "client");
+    let underlay = test_netns::Underlay::new(None);
+    let infra = TestNs::new("rolesinfra");
+    underlay.attach(&infra, "ul", "192.0.2.254/24");
+    let f = |n: &str| d.join(n).display().to_string();
+    let (ca, skey, spem) = (f("ca.pem"), f("server.key"), f("server.pem"));
+    let etcd =
+        Etcd::single_with(&infra, "192.0.2.254", d, "https", &["--cert-file", &spem, "--key-file", &skey]);
+    let ep = etcd.endpoint();
+    let ca2 = ca.clone();
+    block_on_in(&infra, || async move {
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&ca2).unwrap()));
+        let mut c =
+            etcd_client::Client::connect([ep], Some(etcd_client::ConnectOptions::new().with_tls(tls)))
+                .await
+                .unwrap();
+        c.user_add("root", "rootpw", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("ferrocni-operator").await.unwrap();
+        let all = etcd_client::Permission::read_write("/coreos.com/network/").with_prefix();
+        c.role_grant_permission("ferrocni-operator", all).await.unwrap();
+        c.role_add("ferrocni-node").await.unwrap();
+        let config = etcd_client::Permission::read("/coreos.com/network/config");
+        c.role_grant_permission("ferrocni-node", config).await.unwrap();
+        let leases = etcd_client::Permission::read_write("/coreos.com/network/subnets/").with_prefix();
+        c.role_grant_permission("ferrocni-node", leases).await.unwrap();
+        for (user, role) in [("operator", "ferrocni-operator"), ("node", "ferrocni-node")] {
+            c.user_add(user, format!("{user}-pw"), None).await.unwrap();
+            c.user_grant_role(user, role).await.unwrap();
+        }
+        c.auth_enable().await.unwrap();
+    });
+    for user in ["operator", "node"] {
+        std::fs::write(d.join(format!("{user}.pw")), format!("{user}-pw\n")).unwrap();
+    }
+    std::fs::write(d.join("net-conf.json"), NET_CONF).unwrap();
+    let creds = |user: &str| -> Vec<String> {
+        [
+            "--etcd-endpoints",
+            "https://192.0.2.254:2379",
+            "--etcd-cafile",
+            &ca,
+            "--etcd-username",
+            user,
+            "--etcd-password-file",
+            &f(&format!("{user}.pw")),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let nodes: Vec<TestNs> = (0..2)
+        .map(|i| {
+            let n = TestNs::new(&format!("roles{i}"));
+            underlay.attach(&n, "ul", &format!("192.0.2.{}/24", i + 1));
+            n
+        })
+        .collect();
+    // The daemons run with the node's credentials; their --net-config-file cannot seed
+    // the store, so they wait for the operator's config.
+    let conf = f("net-conf.json");
+    let ds: Vec<Daemon> = (0..2)
+        .map(|i| {
+            let mut a = creds("node");
+            a.extend(["--iface", "ul", "--net-config-file", conf.as_str()].map(String::from));
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            Daemon::start(&nodes[i], &format!("roles{i}"), d, &refs)
+        })
+        .collect();
+    let ctl = |user: &str, args: &[&str]| {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(creds(user));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        ds[0].ctl(&refs)
+    };
+    assert!(wait_until(Duration::from_secs(10), || ds[0]
+        .log_text()
+        .contains("may not store the network config")));
+    assert!(!ds[0].ready());
+    let out = ctl("node", &["network", "set", &conf]);
+    assert!(!out.status.success(), "a node stored the config: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{out:?}");
+    let out = ctl("operator", &["network", "set", &conf]);
+    assert!(out.status.success(), "{out:?}");
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys().len() == 1));
+
+    // Encryption: the operator switches it on; a node cannot switch it off again.
+    let out = ctl("operator", &["encryption", "enable", "--psk"]);
+    assert!(out.status.success(), "{out:?}");
+    let on = |d: &Daemon| d.get("/v1/encryption")["enabled"] == true;
+    assert!(wait_until(Duration::from_secs(10), || ds.iter().all(on)), "{}", ds[0].get("/v1/encryption"));
+    // The API shows the stored config, never the key.
+    let shown = ds[1].get("/v1/config");
+    assert_eq!(shown["Encryption"]["PresharedKey"], "<redacted>", "{shown}");
+    let out = ctl("node", &["encryption", "disable"]);
+    assert!(!out.status.success(), "a node switched encryption off: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"), "{out:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(ds.iter().all(on), "encryption went off");
+    // Credentials over plain http are refused unless asked for.
+    let out = ds[0].ctl(&[
+        "encryption",
+        "disable",
+        "--etcd-endpoints",
+        "http://192.0.2.254:2379",
+        "--etcd-username",
+        "operator",
+        "--etcd-password-file",
+        &f("operator.pw"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clear text"), "{out:?}");
+    drop(etcd);
+}
+
+/// Hundreds of clients that connect and never send a request hold neither memory nor
+/// connections: beyond the cap a connection is closed at once, and each one is closed when
+/// its headers do not come within the header-read timeout; then a real request is served.
+#[test]
+fn slow_api_clients_are_bounded_in_number_memory_and_time() {
+    require_root!();
+    use std::io::{ErrorKind, Read};
+    let c = Cluster::new(1);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let d = c.daemon(0, &["--net-config-file", conf.as_str(), "--metrics-addr", "127.0.0.1:9102"]);
+    d.wait_ready(Duration::from_secs(20));
+    let before = d.rss_kib();
+    let start = std::time::Instant::now();
+    let mut idle: Vec<std::net::TcpStream> = d
+        .run_in_ns(|| (0..300).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9102").ok()).collect());
+    assert_eq!(idle.len(), 300, "the kernel accepted every connection");
+    // Over the cap: closed at once (EOF on read).
+    std::thread::sleep(Duration::from_millis(500));
+    let closed_at_once = idle
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert!(closed_at_once >= 300 - overlayd::api::MAX_CONNECTIONS, "{closed_at_once} closed at once");
+    let grown = d.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * 1024, "RSS grew {grown} KiB for idle clients");
+    // Every idle one is closed by the header-read timeout (a read that times out here means
+    // the daemon still holds it).
+    for s in &mut idle {
+        s.set_read_timeout(Some(overlayd::api::HEADER_READ_TIMEOUT * 2)).unwrap();
+        let r = s.read(&mut [0u8; 1024]);
+        assert!(
+            !matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "an idle connection outlived the header-read timeout"
+        );
+    }
+    assert!(start.elapsed() < overlayd::api::HEADER_READ_TIMEOUT * 3, "{:?}", start.elapsed());
+    let m = d.get_tcp("127.0.0.1:9102", "/metrics");
+    assert!(m.contains("overlayd_ready 1"), "{m}");
+}
+
+/// Values near etcd's request limit under `subnets/`, more of them than one response may
+/// carry: a new node still lists the leases (in smaller pages), gets its own and is ready;
+/// the huge values are refused as leases, each named once.
+#[test]
+fn huge_values_under_subnets_do_not_stop_a_new_node() {
+    require_root!();
+    let c = Cluster::new(1);
+    let huge = "x".repeat(1_400_000);
+    c.with_store(|s| async move {
+        let l = s.grant(Duration::from_secs(300)).await.unwrap();
+        for i in 0..12 {
+            s.create(&format!("/coreos.com/network/subnets/10.244.{}.0-24", 200 + i), huge.as_bytes(), l)
+                .await
+                .unwrap();
+        }
+    });
+    let conf = c.file("net-conf.json", NET_CONF);
+    let d = c.daemon(0, &["--net-config-file", conf.as_str()]);
+    d.wait_ready(Duration::from_secs(20));
+    assert!(d.key().is_some());
+    assert!(wait_until(Duration::from_secs(5), || d.metric("overlayd_invalid_leases_total") == Some(12.0)));
+    let log = d.log_text();
+    assert!(log.contains("more than"), "no warning naming the size");
+}
+
+/// A node reinstalled with a new identity key but its old node ID cannot claim its old
+/// lease (it takes a new subnet) and is refused by the peers that pinned the old key, until
+/// the operator pins the new one.
+#[test]
+fn a_new_identity_under_a_pinned_node_id_is_refused_until_the_operator_pins_it() {
+    require_root!();
+    let c = Cluster::new(2);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let mut ds: Vec<Daemon> = (0..2).map(|i| c.daemon(i, &["--net-config-file", conf.as_str()])).collect();
+    for d in &ds {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    assert!(wait_until(Duration::from_secs(10), || ds[0].peer_keys().len() == 1));
+    let old_key = ds[1].key().unwrap();
+    let node1 = ds[1].status()["node_id"].as_str().unwrap().to_string();
+    let pinned = ds[0].get("/v1/identity");
+    assert_eq!(pinned["pins"][&node1], ds[1].get("/v1/identity")["identity"], "{pinned}");
+    // Node 1 loses its key (a reinstall that kept the node ID) and signs with a new one.
+    assert!(ds[1].term().success());
+    std::fs::remove_file(ds[1].dir.join("state/identity.pem")).unwrap();
+    ds[1].restart();
+    ds[1].wait_ready(Duration::from_secs(20));
+    let new_key = ds[1].key().unwrap();
+    assert_ne!(new_key, old_key, "a lease signed by the old key was taken as its own");
+    let new_identity = ds[1].get("/v1/identity")["identity"].as_str().unwrap().to_string();
+    let refused = || {
+        ds[0].get("/v1/leases")["leases"].as_array().unwrap().iter().any(|l| {
+            l["key"] == new_key.as_str()
+                && l["reason"].as_str().is_some_and(|r| r.contains("pinned to identity"))
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), refused), "{}", ds[0].get("/v1/leases"));
+    assert_eq!(ds[0].peer_keys(), [old_key]);
+    // The operator pins the new key on node 0: the new lease is a peer, the old one refused.
+    let out = ds[0].ctl(&["identity", "pin", &node1, &new_identity]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || ds[0].peer_keys() == [new_key.clone()]),
+        "{}",
+        ds[0].get("/v1/leases")
+    );
+    assert!(!ds[0].ctl(&["identity", "pin", &node1, "not-a-key"]).status.success());
+    assert!(!ds[0].ctl(&["identity", "forget", "no-such-node"]).status.success());
+    assert!(ds[0].ctl(&["identity", "forget", &node1]).status.success());
 }

@@ -375,14 +375,19 @@ impl Cluster {
         Ok(leader.expect("set when the wait succeeds"))
     }
 
-    /// Starts node `i`'s daemon (again); takes `&self` so that a running cluster can be shared.
-    pub fn start_daemon(&self, i: usize) -> Result<(), String> {
-        let store: Vec<String> = match self.opts.store {
+    /// The store options of this cluster's daemons (and of the operator's overlayctl).
+    pub fn store_args(&self) -> Vec<String> {
+        match self.opts.store {
             StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
             StoreKind::Embedded => {
                 vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
             }
-        };
+        }
+    }
+
+    /// Starts node `i`'s daemon (again); takes `&self` so that a running cluster can be shared.
+    pub fn start_daemon(&self, i: usize) -> Result<(), String> {
+        let store = self.store_args();
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -454,10 +459,15 @@ impl Cluster {
 
     /// Runs `overlayctl` against node `i`; returns (success, stdout + stderr).
     pub fn overlayctl(&self, i: usize, args: &[&str]) -> Result<(bool, String), String> {
-        let out = Command::new(self.opts.bin_dir.join("overlayctl"))
+        // In the node (where the store is reachable), with the store options: the operator's
+        // commands write the config to the store themselves.
+        let out = self.nodes[i]
+            .ns
+            .command(&self.opts.bin_dir.join("overlayctl").display().to_string())
             .arg("--socket")
             .arg(self.nodes[i].socket())
             .args(args)
+            .args(self.store_args())
             .output()
             .map_err(|e| e.to_string())?;
         let text =

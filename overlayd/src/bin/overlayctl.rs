@@ -1,5 +1,8 @@
 //! Talks to overlayd over its socket: network config, this node's lease, all leases,
 //! peers, store health, leave. `--json` prints the daemon's JSON for scripts.
+//! The operator's commands (`network set`, `encryption enable|disable|rotate`) write the
+//! network config to the store itself, with the store options and credentials given here
+//! (the operator's, not a node's): no daemon can write the config.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use overlayd::encryption::admin;
+use overlayd::logsafe::printable;
+use overlayd::subnet::KeyLayout;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
@@ -20,6 +26,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The store, for the operator's commands (the same options as overlayd's).
+    #[command(flatten)]
+    store: overlayd::options::StoreArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,6 +52,11 @@ enum Cmd {
     Status,
     /// Release this node's lease and stop the daemon.
     Leave,
+    /// This node's identity key and the identities it has pinned other nodes to.
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
     /// Encryption between nodes (WireGuard in userspace), for the whole cluster.
     Encryption {
         #[command(subcommand)]
@@ -82,6 +96,27 @@ enum EncryptionCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum IdentityCmd {
+    /// This node's identity and its pins (node ID → identity key).
+    Show,
+    /// Pin NODE to KEY on this node, replacing what it had pinned (a node reinstalled with a
+    /// new key but its old node ID: KEY is what `identity show` prints there). Run it on
+    /// every node.
+    Pin {
+        /// The node ID.
+        node: String,
+        /// Its identity key (base64).
+        key: String,
+    },
+    /// Forget the identity pinned for NODE on this node; its next signed lease is pinned
+    /// anew on first sight.
+    Forget {
+        /// The node ID.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum NetworkCmd {
     /// Show the effective config (defaults filled in) and the MTU.
     Show,
@@ -92,28 +127,63 @@ enum NetworkCmd {
     },
 }
 
-fn encryption_request(cmd: &EncryptionCmd) -> Value {
+fn encryption_request(cmd: &EncryptionCmd) -> admin::Request {
+    let mut r = admin::Request {
+        action: admin::Action::Disable,
+        strict: None,
+        port: None,
+        preshared_key: None,
+        rotation_period: None,
+        persistent_keepalive: None,
+    };
     match cmd {
-        EncryptionCmd::Status => Value::Null,
         EncryptionCmd::Enable { strict, port, psk, no_psk, rotation_period, keepalive } => {
-            let mut v = serde_json::json!({"action": "enable", "strict": strict});
-            if let Some(p) = port {
-                v["port"] = (*p).into();
-            }
-            if *psk || *no_psk {
-                v["preshared_key"] = Value::Bool(*psk);
-            }
-            if let Some(r) = rotation_period {
-                v["rotation_period"] = r.as_secs().into();
-            }
-            if let Some(k) = keepalive {
-                v["persistent_keepalive"] = k.as_secs().min(u16::MAX as u64).into();
-            }
-            v
+            r.action = admin::Action::Enable;
+            r.strict = Some(*strict);
+            r.port = *port;
+            r.preshared_key = (*psk || *no_psk).then_some(*psk);
+            r.rotation_period = rotation_period.map(|d| d.as_secs());
+            r.persistent_keepalive = keepalive.map(|k| k.as_secs().min(u16::MAX as u64) as u16);
         }
-        EncryptionCmd::Disable => serde_json::json!({"action": "disable"}),
-        EncryptionCmd::Rotate => serde_json::json!({"action": "rotate"}),
+        EncryptionCmd::Rotate => r.action = admin::Action::Rotate,
+        EncryptionCmd::Disable | EncryptionCmd::Status => {}
     }
+    r
+}
+
+/// Refuses a store other than the one this node's daemon uses (when it answers): an operator
+/// who forgot `--etcd-endpoints` must not write a local file nobody reads.
+fn check_same_store(cli: &Cli) -> Result<(), String> {
+    let Ok(daemon) = call(cli, "GET", "/v1/store", None, Duration::from_secs(3)) else { return Ok(()) };
+    let theirs = daemon["store"].as_str().unwrap_or_default().to_string();
+    let same = if cli.store.etcd_endpoints.is_empty() {
+        theirs == format!("embedded {}", cli.store.store_file.display())
+    } else {
+        theirs.starts_with("etcd ")
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "overlayd on this node uses the store `{theirs}`; give the same store (--etcd-endpoints or \
+             --store-file) with the operator's credentials"
+        ))
+    }
+}
+
+/// Runs an operator write against the store.
+fn operator_write<T: serde::Serialize, F>(cli: &Cli, write: F) -> Result<Value, String>
+where
+    F: AsyncFnOnce(&dyn overlayd::store::Store, &KeyLayout) -> Result<T, overlayd::operator::OperatorError>,
+{
+    check_same_store(cli)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = cli.store.open().await.map_err(|e| format!("opening the store: {e}"))?;
+        let layout = KeyLayout::new(&cli.store.etcd_prefix);
+        let out = write(store.as_ref(), &layout).await.map_err(|e| e.to_string())?;
+        Ok(serde_json::to_value(out).expect("json serializes"))
+    })
 }
 
 fn main() -> ExitCode {
@@ -121,16 +191,22 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("overlayctl: {e}");
+            eprintln!("overlayctl: {}", printable(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn call(cli: &Cli, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value, String> {
+fn call(
+    cli: &Cli,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Value, String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let r = rt
-        .block_on(overlayd::client::request(&cli.socket, method, path, body, Duration::from_secs(60)))
+        .block_on(overlayd::client::request(&cli.socket, method, path, body, timeout))
         .map_err(|e| e.to_string())?;
     let v = r.json();
     if r.status >= 400 {
@@ -140,11 +216,25 @@ fn call(cli: &Cli, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Va
     Ok(v)
 }
 
+/// The API path of a node's pin; node IDs are plain tokens.
+fn pin_path(node: &str) -> Result<String, String> {
+    if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+        return Err(format!("{:?} is not a node ID", printable(node)));
+    }
+    Ok(format!("/v1/pins/{node}"))
+}
+
+fn get(cli: &Cli, path: &str) -> Result<Value, String> {
+    call(cli, "GET", path, None, Duration::from_secs(60))
+}
+
+/// A field for the terminal: lease fields come from any node, so control characters
+/// (escape sequences) are shown escaped, never sent to the terminal.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => printable(s),
+        other => printable(&other.to_string()),
     }
 }
 
@@ -174,7 +264,7 @@ fn fields(v: &Value, keys: &[&str]) {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let out = match &cli.cmd {
-        Cmd::Network { cmd: NetworkCmd::Show } => call(cli, "GET", "/v1/network", None)?,
+        Cmd::Network { cmd: NetworkCmd::Show } => get(cli, "/v1/network")?,
         Cmd::Network { cmd: NetworkCmd::Set { file } } => {
             let mut text = Vec::new();
             if file.as_os_str() == "-" {
@@ -182,21 +272,30 @@ fn run(cli: &Cli) -> Result<(), String> {
             } else {
                 text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
             }
-            // Validate here too, for a precise message before anything is sent.
-            overlayd::config::NetworkConfig::parse(&String::from_utf8_lossy(&text))
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            call(cli, "PUT", "/v1/config", Some(text))?
+            let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8", file.display()))?;
+            operator_write(cli, async |store, layout| {
+                overlayd::operator::set_config(store, layout, &text).await
+            })?
         }
-        Cmd::Lease => call(cli, "GET", "/v1/lease", None)?,
-        Cmd::Leases => call(cli, "GET", "/v1/leases", None)?,
-        Cmd::Peers => call(cli, "GET", "/v1/peers", None)?,
-        Cmd::Health => call(cli, "GET", "/v1/store", None)?,
-        Cmd::Status => call(cli, "GET", "/v1/status", None)?,
-        Cmd::Leave => call(cli, "POST", "/v1/leave", None)?,
-        Cmd::Encryption { cmd: EncryptionCmd::Status } => call(cli, "GET", "/v1/encryption", None)?,
+        Cmd::Lease => get(cli, "/v1/lease")?,
+        Cmd::Leases => get(cli, "/v1/leases")?,
+        Cmd::Peers => get(cli, "/v1/peers")?,
+        Cmd::Health => get(cli, "/v1/store")?,
+        Cmd::Status => get(cli, "/v1/status")?,
+        Cmd::Leave => call(cli, "POST", "/v1/leave", None, Duration::from_secs(60))?,
+        Cmd::Identity { cmd: IdentityCmd::Show } => get(cli, "/v1/identity")?,
+        Cmd::Identity { cmd: IdentityCmd::Forget { node } } => {
+            call(cli, "DELETE", &pin_path(node)?, None, Duration::from_secs(10))?
+        }
+        Cmd::Identity { cmd: IdentityCmd::Pin { node, key } } => {
+            call(cli, "PUT", &pin_path(node)?, Some(key.clone().into_bytes()), Duration::from_secs(10))?
+        }
+        Cmd::Encryption { cmd: EncryptionCmd::Status } => get(cli, "/v1/encryption")?,
         Cmd::Encryption { cmd } => {
-            let body = encryption_request(cmd);
-            call(cli, "POST", "/v1/encryption", Some(body.to_string().into_bytes()))?
+            let request = encryption_request(cmd);
+            operator_write(cli, async |store, layout| {
+                overlayd::operator::change_encryption(store, layout, &request).await
+            })?
         }
     };
     if cli.json {
@@ -213,9 +312,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 eprintln!("warning: {}", s(w));
             }
             println!("stored at revision {}", s(&out["revision"]));
-            if out["restart_needed"] == Value::Bool(true) {
-                println!("running daemons apply it when restarted");
-            }
+            println!("running daemons apply its Encryption section now, anything else when restarted");
         }
         Cmd::Lease => fields(
             &out,
@@ -263,7 +360,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             println!("healthy   {}", s(&out["health"]["healthy"]));
             println!("revision  {}", s(&out["health"]["revision"]));
             if let Some(e) = out["last_error"].as_str() {
-                println!("last error {e}");
+                println!("last error {}", printable(e));
             }
             table(
                 &["ENDPOINT", "HEALTHY", "LEADER", "VERSION", "ERROR"],
@@ -301,6 +398,24 @@ fn run(cli: &Cli) -> Result<(), String> {
             ],
         ),
         Cmd::Leave => println!("lease released; overlayd is stopping"),
+        Cmd::Identity { cmd: IdentityCmd::Show } => {
+            fields(&out, &["node_id", "identity"]);
+            table(
+                &["NODE", "PINNED-IDENTITY"],
+                out["pins"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, k)| vec![printable(n), s(k)])
+                    .collect(),
+            );
+        }
+        Cmd::Identity { cmd: IdentityCmd::Forget { node } } => {
+            println!("forgot the identity pinned for {}", printable(node))
+        }
+        Cmd::Identity { cmd: IdentityCmd::Pin { node, .. } } => {
+            println!("{} is pinned to {}", printable(node), s(&out["identity"]))
+        }
         Cmd::Encryption { cmd: EncryptionCmd::Status } => {
             fields(&out, &["phase", "enabled", "strict", "port", "device", "public_key", "key_generation"]);
             table(
@@ -336,4 +451,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_fields_reach_the_terminal_without_control_characters() {
+        let hostile = Value::String("node\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m".into());
+        let shown = s(&hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with("node\\u{1b}]0;pwned"), "{shown}");
+        assert_eq!(s(&Value::String("10.244.1.0-24".into())), "10.244.1.0-24");
+    }
 }

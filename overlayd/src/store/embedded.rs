@@ -111,6 +111,20 @@ fn get_kv(tx: &Connection, key: &str) -> rusqlite::Result<Option<KeyValue>> {
     .optional()
 }
 
+/// The largest value stored, as etcd's default request limit: a listing then holds every
+/// lease at this size at worst, and no writer can make one key arbitrarily large.
+pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
+
+fn check_size(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::Rejected(format!(
+            "value of {} bytes, more than {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 fn write_kv(tx: &Transaction, key: &str, value: &[u8], lease: LeaseId) -> rusqlite::Result<Revision> {
     let rev = next_revision(tx)?;
     let create: Revision = get_kv(tx, key)?.map_or(rev, |kv| kv.create_revision);
@@ -389,12 +403,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        check_size(value)?;
         OpCounters::bump(&self.ops.put);
         let (key, value) = (key.to_string(), value.to_vec());
         self.write(move |tx| write_kv(tx, &key, &value, 0)).await
     }
 
     async fn create(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<Create, StoreError> {
+        check_size(value)?;
         OpCounters::bump(&self.ops.txn);
         let (key, value) = (key.to_string(), value.to_vec());
         let r = self
@@ -418,6 +434,7 @@ impl Store for EmbeddedStore {
         lease: LeaseId,
         expect: Revision,
     ) -> Result<Cas, StoreError> {
+        check_size(value)?;
         OpCounters::bump(&self.ops.txn);
         let (key, value) = (key.to_string(), value.to_vec());
         let r = self

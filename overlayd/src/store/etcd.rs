@@ -25,6 +25,12 @@ use super::{
 
 /// Keys per range request: bounded messages whatever the cluster size.
 const PAGE: i64 = 1000;
+/// The largest response this client decodes (set on purpose rather than left at the gRPC
+/// default of 4 MiB): well above etcd's largest request (1.5 MiB by default), so any single
+/// key fits, while a listing page of many large values is split (see `list_once`).
+const DECODE_LIMIT: usize = 16 * 1024 * 1024;
+/// How tonic reports a response over the decode limit.
+const TOO_LARGE: &str = "message length too large";
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -248,8 +254,11 @@ impl EtcdStore {
         let mut start = prefix.as_bytes().to_vec();
         let mut kvs = Vec::new();
         let mut revision = 0;
+        // Pages shrink when one does not fit the decode limit (a few huge values) and grow
+        // back after; a single key that does not fit is skipped, named in the log.
+        let mut page = PAGE;
         loop {
-            let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(page);
             if revision > 0 {
                 o = o.with_revision(revision);
             }
@@ -257,17 +266,30 @@ impl EtcdStore {
             let resp = self
                 .retry(
                     |c| &c.list,
-                    |mut c| {
+                    |c| {
                         let (k, o) = (key.clone(), o.clone());
-                        async move { c.get(k, Some(o)).await }
+                        async move { c.kv_client().max_decoding_message_size(DECODE_LIMIT).get(k, Some(o)).await }
                     },
                 )
-                .await?;
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(StoreError::Rejected(m)) if m.contains(TOO_LARGE) => {
+                    if page > 1 {
+                        page = (page / 8).max(1);
+                        continue;
+                    }
+                    start = self.skip_oversized(&start, &end, revision).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if revision == 0 {
                 revision = header_rev(resp.header());
             }
             self.ops.listed_keys.fetch_add(resp.kvs().len() as u64, std::sync::atomic::Ordering::Relaxed);
             kvs.extend(resp.kvs().iter().map(kv_of));
+            page = (page * 2).min(PAGE);
             match resp.kvs().last() {
                 Some(last) if resp.more() => {
                     start = last.key().to_vec();
@@ -277,6 +299,38 @@ impl EtcdStore {
             }
         }
         Ok(Listing { kvs, revision })
+    }
+
+    /// The key at `start` is too large to read: logs it and returns the key after it.
+    async fn skip_oversized(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: Revision,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut o = GetOptions::new().with_range(end.to_vec()).with_limit(1).with_keys_only();
+        if revision > 0 {
+            o = o.with_revision(revision);
+        }
+        let key = start.to_vec();
+        let resp = self
+            .retry(
+                |c| &c.list,
+                |mut c| {
+                    let (k, o) = (key.clone(), o.clone());
+                    async move { c.get(k, Some(o)).await }
+                },
+            )
+            .await?;
+        let Some(kv) = resp.kvs().first() else { return Ok(end.to_vec()) };
+        tracing::warn!(
+            key = %crate::logsafe::excerpt(kv.key()),
+            limit = DECODE_LIMIT,
+            "skipping a key whose value does not fit the listing's size limit"
+        );
+        let mut next = kv.key().to_vec();
+        next.push(0);
+        Ok(next)
     }
 
     fn single_endpoint(&self, endpoint: &str) -> EtcdOptions {
@@ -439,12 +493,15 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, StoreError> {
         OpCounters::bump(&self.ops.watch);
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let opts = WatchOptions::new().with_range(prefix_end(prefix)).with_start_revision(from.max(1));
-        let stream = tokio::time::timeout(self.timeout, client.watch(prefix, Some(opts)))
-            .await
-            .map_err(|_| StoreError::Unavailable("watch: no answer".into()))?
-            .map_err(classify)?;
+        let stream = tokio::time::timeout(
+            self.timeout,
+            client.watch_client().max_decoding_message_size(DECODE_LIMIT).watch(prefix, Some(opts)),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("watch: no answer".into()))?
+        .map_err(classify)?;
         let (tx, rx) = mpsc::channel(64);
         let ops = self.ops.clone();
         let task = tokio::spawn(async move {

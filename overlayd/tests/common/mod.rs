@@ -353,9 +353,22 @@ impl Daemon {
         }
     }
 
-    /// Runs `overlayctl --socket … args`.
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    /// Resident memory of the daemon, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Runs `overlayctl --socket … args` in the daemon's namespace (where its store is reachable).
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_overlayctl"))
+        self.ns
+            .command(env!("CARGO_BIN_EXE_overlayctl"))
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
