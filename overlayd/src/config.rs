@@ -1,5 +1,5 @@
 //! The network config stored at `<prefix>/config`: flannel's `net-conf.json`, with its
-//! defaults and validations (flannel.md §1), except that `Backend` defaults to vxlan.
+//! defaults and validations, except that `Backend` defaults to vxlan.
 //!
 //! Parsing is by hand over a JSON object rather than with a derived struct: Go's
 //! `encoding/json` matches field names case-insensitively, so existing flannel configs may

@@ -1,4 +1,4 @@
-//! `subnet.env`, as flannel writes it (flannel.md §6), so that flannel's CNI plugin and
+//! `subnet.env`, as flannel writes it, so that flannel's CNI plugin and
 //! scripts written for it keep working.
 
 use std::io;

@@ -516,7 +516,7 @@ impl Store for EtcdStore {
                     Ok(None) => Err(StoreError::Unavailable("watch stream closed".into())),
                     Ok(Some(resp)) => {
                         // Checked on every message: etcd 3.4 first confirms the watch, then
-                        // cancels it with the compact revision (rust-anchors.md §4).
+                        // cancels it with the compact revision.
                         if resp.compact_revision() > 0 {
                             let _ = tx.send(Ok(WatchMessage::Compacted(resp.compact_revision()))).await;
                             return;
