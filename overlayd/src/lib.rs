@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod encryption;
 pub mod identity;
 pub mod kernel;
+pub mod kube;
 pub mod lease;
 pub mod metrics;
 pub mod node;
