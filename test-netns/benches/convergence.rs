@@ -174,6 +174,7 @@ fn run_variant(
                     .await
                     .unwrap(),
                 ),
+                StoreKind::Kube => panic!("no kube variant yet: it writes Node annotations, not store keys"),
             }
         });
         let mut per_lease = Vec::new();
@@ -252,6 +253,7 @@ fn store_kind_name(k: StoreKind) -> &'static str {
     match k {
         StoreKind::Embedded => "embedded",
         StoreKind::Etcd => "etcd",
+        StoreKind::Kube => "kube",
     }
 }
 

@@ -10,6 +10,7 @@ use cni_spec::NetConfList;
 use cni_spec::runtime::{Attach, Runtime};
 use serde_json::json;
 
+use crate::kube::KubeEnv;
 use crate::{TestNs, Underlay};
 
 /// Which store the daemons share.
@@ -19,6 +20,10 @@ pub enum StoreKind {
     Embedded,
     /// Debian's etcd in an infra namespace on the underlay.
     Etcd,
+    /// A real kube-apiserver (`crate::kube`): the daemons run as the DaemonSet runs them
+    /// (`--kube-subnet-mgr`, NODE_NAME, the pod's service account, the API at
+    /// `10.96.0.1:443`), node `i` is Node `node<i>` with podCIDR `10.244.<i+1>.0/24`.
+    Kube,
 }
 
 /// How to build the cluster.
@@ -104,6 +109,7 @@ pub struct Cluster {
     work: tempfile::TempDir,
     underlay: Underlay,
     etcd: Option<(TestNs, Child)>,
+    kube: Option<KubeEnv>,
     /// The nodes, by index.
     pub nodes: Vec<ClusterNode>,
 }
@@ -123,7 +129,7 @@ impl Cluster {
         let work =
             tempfile::Builder::new().prefix("ferrocni-cluster.").tempdir().map_err(|e| e.to_string())?;
         let underlay = Underlay::new(None);
-        let mut cluster = Cluster { opts, work, underlay, etcd: None, nodes: Vec::new() };
+        let mut cluster = Cluster { opts, work, underlay, etcd: None, kube: None, nodes: Vec::new() };
         if cluster.opts.store == StoreKind::Etcd {
             let infra = TestNs::new("infra");
             cluster.underlay.attach(&infra, "ul", "198.18.0.250/24");
@@ -140,17 +146,23 @@ impl Cluster {
                 .map_err(|e| format!("starting etcd (apt-get install etcd-server): {e}"))?;
             cluster.etcd = Some((infra, child));
         }
-        for _ in 0..cluster.opts.nodes {
-            cluster.add_node()?;
-        }
         let conf = cluster.work.path().join("net-conf.json");
         let body = json!({"Network": cluster.opts.network, "Backend": {"Type": "vxlan"}});
         std::fs::write(&conf, body.to_string()).map_err(|e| e.to_string())?;
+        if cluster.opts.store == StoreKind::Kube {
+            // The ConfigMap's file is the config: there before any daemon.
+            cluster.kube = Some(KubeEnv::start(&cluster.work.path().join("kube"), &cluster.underlay)?);
+        }
+        for _ in 0..cluster.opts.nodes {
+            cluster.add_node()?;
+        }
         let first = cluster.nodes.first().ok_or("a cluster needs a node")?;
         wait_for(Duration::from_secs(30), "the first daemon's socket", || first.socket().exists())?;
-        let set = cluster.overlayctl(0, &["network", "set", conf.to_str().unwrap()])?;
-        if !set.0 {
-            return Err(format!("overlayctl network set: {}", set.1));
+        if cluster.opts.store != StoreKind::Kube {
+            let set = cluster.overlayctl(0, &["network", "set", conf.to_str().unwrap()])?;
+            if !set.0 {
+                return Err(format!("overlayctl network set: {}", set.1));
+            }
         }
         for i in 0..cluster.nodes.len() {
             cluster.wait_ready(i)?;
@@ -164,12 +176,24 @@ impl Cluster {
     }
 
     /// Adds a node (namespace, underlay port, daemon); returns its index. Waits for its
-    /// socket, not for readiness.
+    /// socket, not for readiness. In kube mode its Node object is created first, with podCIDR
+    /// `10.244.<i+1>.0/24`.
     pub fn add_node(&mut self) -> Result<usize, String> {
+        let cidr = format!("10.244.{}.0/24", self.nodes.len() + 1);
+        self.add_node_with(&[cidr.as_str()])
+    }
+
+    /// [`Cluster::add_node`] with these podCIDRs on its Node object (none: the daemon waits
+    /// for one); the same as `add_node` outside kube mode.
+    pub fn add_node_with(&mut self, pod_cidrs: &[&str]) -> Result<usize, String> {
         let i = self.nodes.len();
         let ns = TestNs::new(&format!("node{i}"));
         let underlay_ip = format!("198.18.0.{}", i + 1);
         self.underlay.attach(&ns, "ul", &format!("{underlay_ip}/24"));
+        if let Some(k) = &self.kube {
+            k.route_from(&ns);
+            k.api.create_node(&Cluster::node_name(i), pod_cidrs, &[])?;
+        }
         let dir = self.work.path().join(format!("node{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         self.nodes.push(ClusterNode { ns, underlay_ip, dir, daemon: None, extra_args: Vec::new() });
@@ -177,12 +201,38 @@ impl Cluster {
         Ok(i)
     }
 
+    /// Node `i`'s Node object name in kube mode.
+    pub fn node_name(i: usize) -> String {
+        format!("node{i}")
+    }
+
+    /// The API server and its relay, in kube mode.
+    pub fn kube(&self) -> Option<&KubeEnv> {
+        self.kube.as_ref()
+    }
+
+    /// The same, mutable (to stop and restart the API server).
+    pub fn kube_mut(&mut self) -> Option<&mut KubeEnv> {
+        self.kube.as_mut()
+    }
+
     /// Starts node `i`'s daemon (again).
     pub fn start_daemon(&mut self, i: usize) -> Result<(), String> {
+        let mut env: Vec<(String, String)> = Vec::new();
         let store: Vec<String> = match self.opts.store {
             StoreKind::Etcd => vec!["--etcd-endpoints".into(), "http://198.18.0.250:2379".into()],
             StoreKind::Embedded => {
                 vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
+            }
+            StoreKind::Kube => {
+                let k = self.kube.as_ref().ok_or("kube mode without an API server")?;
+                env = k.daemon_env(&Cluster::node_name(i));
+                // The DaemonSet's arguments (deploy/kubernetes/daemonset.yaml).
+                vec![
+                    "--kube-subnet-mgr".into(),
+                    "--net-config-file".into(),
+                    self.work.path().join("net-conf.json").display().to_string(),
+                ]
             }
         };
         let node = &mut self.nodes[i];
@@ -203,6 +253,7 @@ impl Cluster {
             .arg("--subnet-file")
             .arg(node.dir.join("subnet.env"))
             .args(&node.extra_args)
+            .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -343,6 +394,7 @@ impl Drop for Cluster {
         if let Some((_, mut child)) = self.etcd.take() {
             stop(&mut child, libc::SIGTERM);
         }
+        self.kube.take();
     }
 }
 

@@ -10,6 +10,7 @@
 mod capture;
 pub mod cluster;
 mod connectivity;
+pub mod kube;
 mod topology;
 mod wgpeer;
 
