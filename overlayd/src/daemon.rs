@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::attrs::{LeaseAttrs, VxlanData};
 use crate::backend::{Backend, ControlPlaneOnly, run_backend};
@@ -26,13 +26,13 @@ use crate::lease::{LeaseManager, LeaseSettings, run_keeper};
 use crate::node::{Node, NodeFacts, NodeWriters, pod_mtu};
 use crate::options::DaemonArgs;
 use crate::outputs::LeaseOutputs;
+use crate::pins::Pins;
 use crate::readiness::{confirm_datapath, follow_ready};
 use crate::state::StateDir;
 use crate::store::StoreError;
 use crate::subnet::KeyLayout;
 use crate::subnet_env::SubnetEnv;
 use crate::underlay::Underlay;
-use crate::validate::Validator;
 use crate::watcher::{LeaseView, Watcher, WatcherIo};
 
 /// Why the daemon stopped with an error.
@@ -99,7 +99,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         None => state.node_id().map_err(io_err("node ID"))?,
     };
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
-    let identity = Identity::load_or_create(&args.state_dir)?;
+    let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
     tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).
@@ -124,6 +124,8 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         underlay,
         ip_masq: args.ip_masq,
         subnet_file: args.subnet_file.clone(),
+        pins: Pins::load(&args.state_dir).shared(),
+        identity: identity.public(),
     });
     let shutdown = writers.shutdown.clone();
     spawn_signal_handler(shutdown.clone());
@@ -157,7 +159,7 @@ async fn start(
     args: &DaemonArgs,
     state: StateDir,
     vtep_mac: netkernel::link::Mac,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     node: Node,
     writers: NodeWriters,
     kube: Option<Arc<crate::kube::KubeStore>>,
@@ -214,6 +216,7 @@ async fn start(
         },
         node_id: Some(node.id.clone()),
         identity: Some(identity.public_b64()),
+        signature: None,
         encryption: published,
     };
     let mut settings = LeaseSettings::with_ttl(args.subnet_lease_ttl);
@@ -224,10 +227,12 @@ async fn start(
     let from_file = SubnetEnv::read_previous(&args.subnet_file);
     let mgr =
         LeaseManager::new(node.store.clone(), node.layout.clone(), config.clone(), attrs.clone(), settings)
-            .with_previous(saved, from_file);
-    let own_touched = Arc::new(Notify::new());
+            .with_previous(saved, from_file)
+            .with_identity(identity.clone())
+            .adopting_flannel(args.adopt_flannel_lease);
+    let (own_key_tx, own_key_rx) = mpsc::channel(16);
     let metrics = node.metrics.clone();
-    let validator = Validator::new(config.clone(), node.id.clone());
+    let validator = node.validator().expect("the config is loaded");
     if let Some(k) = &kube {
         // The podCIDR is the lease: nothing to allocate or renew (crate::kube::keeper).
         k.set_validator(validator.clone());
@@ -235,12 +240,13 @@ async fn start(
             k.clone(),
             config.clone(),
             attrs,
+            identity.clone(),
             args.kube.set_node_network_unavailable,
         );
         tasks.push(tokio::spawn(keeper.run(crate::kube::keeper::KeeperIo {
             status: keeper_tx,
             commands,
-            own_touched: own_touched.clone(),
+            own_key: own_key_rx,
             ready: node.ready.clone(),
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
@@ -250,7 +256,7 @@ async fn start(
             mgr,
             keeper_tx,
             commands,
-            own_touched.clone(),
+            own_key_rx,
             shutdown.clone(),
             metrics.clone(),
         )));
@@ -271,7 +277,7 @@ async fn start(
         peers: peers_tx,
         events: backend_tx.clone(),
         own: node.own.clone(),
-        own_touched,
+        own_key: own_key_tx,
         shutdown: shutdown.clone(),
     };
     tasks.push(tokio::spawn(async move {

@@ -86,7 +86,7 @@ fn nodes_from_the_api_reach_each_other_and_follow_nodes_added_and_deleted() {
     let api = &c.kube().unwrap().api;
     // Each daemon published its lease on its Node and cleared NetworkUnavailable.
     for i in 0..3 {
-        let n = api.node(&Cluster::node_name(i)).unwrap();
+        let n = api.node(&c.node_name(i)).unwrap();
         let a = &n["metadata"]["annotations"];
         assert_eq!(a["flannel.alpha.coreos.com/kube-subnet-manager"], "true", "{n}");
         assert_eq!(a["flannel.alpha.coreos.com/backend-type"], "vxlan");
@@ -108,7 +108,7 @@ fn nodes_from_the_api_reach_each_other_and_follow_nodes_added_and_deleted() {
     for i in [0, 2, 3] {
         assert!(overlay_routes(&c, i).contains(&gone));
     }
-    c.kube().unwrap().api.kubectl(&["delete", "node", &Cluster::node_name(1)]).unwrap();
+    c.kube().unwrap().api.kubectl(&["delete", "node", &c.node_name(1)]).unwrap();
     for i in [0, 2, 3] {
         wait_for(Duration::from_secs(10), "node1's route to go", || !overlay_routes(&c, i).contains(&gone))
             .unwrap();
@@ -128,7 +128,7 @@ fn a_node_without_a_pod_cidr_waits_with_a_clear_status() {
     require_kube!();
     let mut c = kube_cluster(1);
     let i = c.add_node_with(&[]).unwrap();
-    let name = Cluster::node_name(i);
+    let name = c.node_name(i);
     wait_for(Duration::from_secs(15), "the waiting status", || {
         c.overlayctl(i, &["status", "--json"]).is_ok_and(|(ok, out)| ok && out.contains("has no podCIDR yet"))
     })

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 use super::device;
 use super::keys::{KeyStore, NodeKey};
@@ -29,7 +30,6 @@ use crate::kernel;
 use crate::lease::KeeperCommand;
 use crate::node::{Node, PeerSet};
 use crate::subnet::SubnetKey;
-use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 /// The tunnel device.
 pub const DEVICE: &str = "ferro-wg";
@@ -313,8 +313,13 @@ impl Controller {
                 stop = since.elapsed() >= LINGER;
             }
         }
+        // Waiting for the lease to start the tunnel (a restart): the routes a previous run
+        // left on the tunnel stay there, never moved to VXLAN (plaintext) in the meantime.
+        let waiting = matches!(phase, Phase::Off) && want && own.is_none();
         self.phase = phase;
-        self.set_routes(choice, io).await;
+        if !waiting {
+            self.set_routes(choice, io).await;
+        }
         self.set_strict(want && settings.strict).await;
         io.status.send_replace(self.status_json(&settings, want));
         if let Some(v) = publish {
@@ -546,6 +551,11 @@ impl Controller {
                     encrypted.insert(*net);
                 }
             }
+        }
+        if restarting {
+            // Also before the peers are listed: what a previous run left on the tunnel stays
+            // there (never moved to VXLAN, i.e. plaintext, for a moment).
+            encrypted.extend(self.seeded.iter().copied());
         }
         self.last_good.retain(|id, _| self.last_peers.iter().any(|p| &p.id == id));
         TunnelRoutes { ifindex: Some(run.ifindex), encrypted, strict: s.strict }

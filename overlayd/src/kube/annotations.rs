@@ -113,6 +113,7 @@ impl Annotations {
         m.insert(self.public_ipv6.clone(), attrs.public_ipv6.map_or(Value::Null, |ip| json!(ip.to_string())));
         m.insert(self.identity.clone(), attrs.identity.as_ref().map_or(Value::Null, |s| json!(s)));
         m.insert(self.encryption.clone(), text(&attrs.encryption));
+        m.insert(self.signature.clone(), attrs.signature.as_ref().map_or(Value::Null, |s| json!(s)));
         m
     }
 
@@ -344,6 +345,7 @@ mod tests {
             backend_v6_data: VxlanData { vni: 1, vtep_mac: [2, 1, 2, 3, 4, 6] }.to_value(),
             node_id: Some("w2".into()),
             identity: Some("aWRlbnRpdHk=".into()),
+            signature: Some("c2lnbmF0dXJl".into()),
             encryption: json!({"Type": "wireguard", "PublicKey": "k", "Port": 51820}),
         };
         let patch = a.publish(&attrs);

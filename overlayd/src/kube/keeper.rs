@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Map, Value, json};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::annotations::pod_cidr_key;
 use super::events::NodeEvent;
@@ -28,7 +28,8 @@ use super::nodes::NodeLite;
 use super::store::KubeStore;
 use crate::attrs::LeaseAttrs;
 use crate::config::NetworkConfig;
-use crate::lease::{KeeperCommand, KeeperStatus, OwnLease};
+use crate::identity::Identity;
+use crate::lease::{KeeperCommand, KeeperStatus, OwnKeyChange, OwnLease};
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::subnet::SubnetKey;
@@ -48,7 +49,7 @@ pub struct KeeperIo {
     /// `leave`, encryption publication.
     pub commands: mpsc::Receiver<KeeperCommand>,
     /// The watcher saw our key change.
-    pub own_touched: Arc<Notify>,
+    pub own_key: mpsc::Receiver<OwnKeyChange>,
     /// The node's readiness (for the NetworkUnavailable condition).
     pub ready: watch::Receiver<bool>,
     /// Stop.
@@ -62,6 +63,7 @@ pub struct KubeKeeper {
     store: Arc<KubeStore>,
     config: NetworkConfig,
     attrs: LeaseAttrs,
+    identity: Arc<Identity>,
     set_network_unavailable: bool,
 }
 
@@ -88,9 +90,10 @@ impl KubeKeeper {
         store: Arc<KubeStore>,
         config: NetworkConfig,
         attrs: LeaseAttrs,
+        identity: Arc<Identity>,
         set_network_unavailable: bool,
     ) -> Self {
-        KubeKeeper { store, config, attrs, set_network_unavailable }
+        KubeKeeper { store, config, attrs, identity, set_network_unavailable }
     }
 
     fn api(&self) -> Api<NodeLite> {
@@ -101,14 +104,17 @@ impl KubeKeeper {
         self.store.node_name()
     }
 
-    /// The attributes as published: the admin's overwrite is this node's public address.
-    fn published(&self, node: &NodeLite) -> LeaseAttrs {
+    /// The attributes as published for `key`: the admin's overwrite is this node's public
+    /// address, and the whole is signed by this node's identity for that podCIDR (as an etcd
+    /// lease is), so that peers that pinned this node keep recognising it.
+    fn published(&self, node: &NodeLite, key: &SubnetKey) -> LeaseAttrs {
         let (v4, v6) = self.store.options().annotations.overwrites(node);
         LeaseAttrs {
             public_ip: v4.or(self.attrs.public_ip),
             public_ipv6: v6.or(self.attrs.public_ipv6),
             ..self.attrs.clone()
         }
+        .signed(key, &self.identity)
     }
 
     async fn patch_annotations(&self, annotations: &Map<String, Value>) -> Result<(), String> {
@@ -233,10 +239,10 @@ impl KubeKeeper {
                 }
             }
             // 2. Our annotations and the condition, while we hold the lease.
-            if let (Some(n), Some(_), None) = (&node, &lease, &waiting)
+            if let (Some(n), Some(l), None) = (&node, &lease, &waiting)
                 && retry_at.is_none_or(|t| Instant::now() >= t)
             {
-                let wanted = self.store.options().annotations.publish(&self.published(n));
+                let wanted = self.store.options().annotations.publish(&self.published(n, &l.key));
                 let annotations_ok = self.store.options().annotations.carries(n, &wanted);
                 let wanted_v = Value::Object(wanted.clone());
                 if !annotations_ok
@@ -294,7 +300,7 @@ impl KubeKeeper {
                 r = own_changed.changed() => if r.is_err() { return },
                 r = connection.changed() => if r.is_err() { return },
                 r = io.ready.changed() => if r.is_err() { return },
-                _ = io.own_touched.notified() => {}
+                Some(_) = io.own_key.recv() => {}
                 _ = async { retry.unwrap().await }, if retry_at.is_some() => { retry_at = None; }
                 _ = async { echo.unwrap().await }, if annotations_pending.is_some() || condition_pending.is_some() => {
                     annotations_pending = None;
@@ -319,7 +325,7 @@ impl KubeKeeper {
                         self.attrs.encryption = value;
                         let r = match (&lease, self.store.own_node()) {
                             (Some(l), Some(n)) => {
-                                let attrs = self.published(&n);
+                                let attrs = self.published(&n, &l.key);
                                 let wanted = self.store.options().annotations.publish(&attrs);
                                 let r = self.patch_annotations(&wanted).await;
                                 if r.is_ok() {
@@ -347,7 +353,7 @@ impl KubeKeeper {
 
     /// Holds `key` as the lease (a podCIDR seen for the first time, or changed).
     fn adopt(&self, key: SubnetKey, node: &NodeLite, lease: &mut Option<OwnLease>, io: &KeeperIo) {
-        let attrs = self.published(node);
+        let attrs = self.published(node, &key);
         if let Some(l) = lease.as_ref()
             && l.key == key
         {
