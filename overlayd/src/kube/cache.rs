@@ -177,21 +177,27 @@ impl Cache {
         &self.problems
     }
 
-    /// The node that reports (logs at warning level, posts Events) about `name`: the first
-    /// managed Node after it in name order, wrapping around, other than itself (so exactly
-    /// one daemon of the cluster speaks about each Node); `name` itself when it is alone.
+    /// The node that posts Events about `name`: the first Node after it in name order,
+    /// wrapping around, among the other managed Nodes whose network is up
+    /// (`NetworkUnavailable=False`, which a daemon sets once ready), so that exactly one
+    /// running daemon of the cluster speaks about each Node, and a Node nobody runs on (a
+    /// hostile one) is never chosen for it. This node itself when there is no such Node.
     pub fn reporter_for(&self, name: &str) -> String {
         let managed: BTreeSet<&str> = self
             .nodes
             .iter()
-            .filter(|(n, e)| n.as_str() != name && self.annotations.managed(&e.node))
+            .filter(|(n, e)| {
+                n.as_str() != name
+                    && self.annotations.managed(&e.node)
+                    && e.node.network_unavailable.as_deref() == Some("False")
+            })
             .map(|(n, _)| n.as_str())
             .collect();
         managed
             .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
             .next()
             .or_else(|| managed.iter().next())
-            .map_or_else(|| name.to_string(), |s| s.to_string())
+            .map_or_else(|| self.own.clone(), |s| s.to_string())
     }
 
     /// The lease value shown for `name`'s Node, if it is one.
@@ -468,6 +474,7 @@ mod tests {
         n.metadata.uid = Some(format!("uid-{name}"));
         n.created = Some(created.into());
         n.pod_cidrs = if cidr.is_empty() { vec![] } else { vec![cidr.into()] };
+        n.network_unavailable = Some("False".into());
         let mut a = std::collections::BTreeMap::new();
         a.insert("flannel.alpha.coreos.com/kube-subnet-manager".to_string(), "true".to_string());
         a.insert("flannel.alpha.coreos.com/backend-type".to_string(), "vxlan".to_string());
@@ -610,6 +617,11 @@ mod tests {
         assert_eq!(c.reporter_for("zzz"), "a");
         let mut alone = cache();
         alone.apply("a", Some(node("a", "t", "10.5.1.0/24", "192.0.2.1")));
-        assert_eq!(alone.reporter_for("a"), "a");
+        assert_eq!(alone.reporter_for("a"), "me");
+        // A Node whose network is not up (no daemon runs there) reports about nothing.
+        let mut down = node("b", "t", "10.5.2.0/24", "192.0.2.2");
+        down.network_unavailable = None;
+        alone.apply("b", Some(down));
+        assert_eq!(alone.reporter_for("a"), "me");
     }
 }

@@ -143,19 +143,19 @@ impl Reflector {
             if name == self.own {
                 continue;
             }
-            let c = lock(&self.cache);
-            if !report(&name, &c) {
-                continue;
-            }
-            let uid = c.node(&name).map(|n| n.uid().to_string()).unwrap_or_default();
-            drop(c);
             let Some(key) = kv.key.rsplit('/').next().and_then(|k| crate::subnet::SubnetKey::parse(k).ok())
             else {
                 continue;
             };
+            // Every node says it in its log; one posts the Event.
             if let Err(why) = v.check(&key, &kv.value, None) {
                 tracing::warn!(node = %name, key = %key, reason = %why, "Node's lease refused");
-                self.events.post(NodeEvent::warning(&name, &uid, "InvalidLease", &why.to_string()));
+                let c = lock(&self.cache);
+                if report(&name, &c) {
+                    let uid = c.node(&name).map(|n| n.uid().to_string()).unwrap_or_default();
+                    drop(c);
+                    self.events.post(NodeEvent::warning(&name, &uid, "InvalidLease", &why.to_string()));
+                }
             }
         }
     }
