@@ -277,6 +277,50 @@ impl ApiServer {
         self.kubectl(&all)
     }
 
+    /// A raw request with bearer `token` (`curl`, no kubectl: it would GET first):
+    /// (HTTP status, body).
+    pub fn raw_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        let o = Command::new("curl")
+            .args(["-sS", "-X", method, "--cacert"])
+            .arg(self.ca())
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                &format!("Content-Type: {content_type}"),
+            ])
+            .args(["--data-binary", body, "-w", "\n%{http_code}", &url])
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').ok_or_else(|| format!("curl: {out}"))?;
+        Ok((code.trim().parse().map_err(|_| format!("curl: {out}"))?, body.to_string()))
+    }
+
+    /// A merge patch of Node `name`'s status subresource with `token`: (HTTP status, body).
+    pub fn patch_node_status_as(
+        &self,
+        token: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(u16, String), String> {
+        self.raw_as(
+            token,
+            "PATCH",
+            &format!("/api/v1/nodes/{name}/status"),
+            "application/merge-patch+json",
+            &patch.to_string(),
+        )
+    }
+
     /// `kubectl apply -f -` of one object.
     pub fn apply(&self, obj: &Value) -> Result<(), String> {
         self.kubectl_in(&["apply", "-f", "-"], Some(&obj.to_string())).map(drop)

@@ -20,10 +20,10 @@ macro_rules! require_kube {
             test_netns::skip(module_path!(), &why);
             return;
         }
-        if !kubectl_available() {
-            test_netns::skip(module_path!(), "kubectl is missing (apt-get install kubernetes-client)");
-            return;
-        }
+        assert!(
+            kubectl_available(),
+            "kubectl is missing (apt-get install kubernetes-client; scripts/deps.sh does)"
+        );
     };
 }
 
@@ -237,4 +237,174 @@ fn the_manifests_are_valid_for_the_server() {
     overlayd::config::NetworkConfig::parse(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
     overlayd::kube::install::check_conflist(cm["data"]["cni-conf.json"].as_str().unwrap().as_bytes())
         .unwrap();
+}
+
+/// Every address any node's overlay device (FDB, neighbours, routes) points at.
+fn overlay_state(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .map(|n| {
+            let fdb = n.ns.exec(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+            let routes = n.ns.exec(&["ip", "route"]);
+            format!("{fdb}\n{routes}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const P: &str = "flannel.alpha.coreos.com";
+
+#[test]
+fn hostile_nodes_and_forged_annotations_are_ignored() {
+    require_kube!();
+    let c = kube_cluster(3);
+    let a = c.add_pod(0, "ha").unwrap();
+    let b = c.add_pod(1, "hb").unwrap();
+    let want: Vec<Vec<String>> = (0..3).map(|i| overlay_routes(&c, i)).collect();
+    let api = &c.kube().unwrap().api;
+    let attacker = "198.18.0.99";
+    let ann = |extra: &[(&'static str, &'static str)]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            (format!("{P}/kube-subnet-manager"), "true".into()),
+            (format!("{P}/backend-type"), "vxlan".into()),
+            (format!("{P}/backend-data"), r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"}"#.into()),
+            (format!("{P}/public-ip"), attacker.into()),
+        ];
+        for (k, val) in extra {
+            v.retain(|(x, _)| !x.ends_with(&format!("/{k}")));
+            v.push((format!("{P}/{k}"), val.to_string()));
+        }
+        v
+    };
+    let create = |name: &str, cidr: &str, a: Vec<(String, String)>| {
+        let refs: Vec<(&str, &str)> = a.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        api.create_node(name, &[cidr], &refs).unwrap();
+    };
+    // Backend data that is not JSON; a public IP no peer may use; a subnet outside the
+    // network; node0's podCIDR claimed again by a younger Node; an oversized annotation.
+    create("hostile-json", "10.244.50.0/24", ann(&[("backend-data", "{not json")]));
+    create("hostile-ip", "10.244.51.0/24", ann(&[("public-ip", "127.0.0.1")]));
+    create("hostile-outside", "10.99.0.0/24", ann(&[]));
+    create("hostile-overlap", "10.244.1.0/24", ann(&[]));
+    let big: &'static str = Box::leak("x".repeat(20_000).into_boxed_str());
+    create("hostile-big", "10.244.53.0/24", ann(&[("backend-data", big)]));
+    // A node's own credentials (the daemon's service-account token) rewrite another Node's
+    // public IP, as a compromised node could through nodes/status: the signature no longer
+    // verifies, so no node sends node1's traffic to the attacker; node1 puts it back.
+    let token = std::fs::read_to_string(c.kube().unwrap().sa_dir.join("token")).unwrap();
+    let forged = serde_json::json!({"metadata": {"annotations": {format!("{P}/public-ip"): attacker}}});
+    let (code, body) = api.patch_node_status_as(&token, &c.node_name(1), &forged).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        let s = overlay_state(&c);
+        assert!(!s.contains(attacker), "a hostile Node reached a datapath:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for(Duration::from_secs(15), "node1 to restore its public IP", || {
+        api.node(&c.node_name(1)).is_ok_and(|n| {
+            n["metadata"]["annotations"][format!("{P}/public-ip")] == c.nodes[1].underlay_ip.as_str()
+        })
+    })
+    .unwrap();
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(&overlay_routes(&c, i), w, "node{i}'s overlay routes changed");
+        assert!(c.nodes[i].ready(), "node{i} is no longer ready");
+    }
+    assert!(!overlay_state(&c).contains(attacker));
+    assert!(ping(&a.ns, &b.ip, 2), "pods lost each other");
+    // Each hostile Node is named, with the reason, in a daemon's log and an Event.
+    let logs: String =
+        (0..3).map(|i| std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap()).collect();
+    for (node, why) in [
+        ("hostile-json", "InvalidBackendData"),
+        ("hostile-big", "AnnotationTooLarge"),
+        ("hostile-overlap", "PodCIDRConflict"),
+    ] {
+        assert!(logs.lines().any(|l| l.contains(node) && l.contains(why)), "no log line for {node} ({why})");
+    }
+    for node in ["hostile-ip", "hostile-outside"] {
+        assert!(logs.lines().any(|l| l.contains(node) && l.contains("refused")), "no log line for {node}");
+    }
+    wait_for(Duration::from_secs(10), "the Events", || {
+        api.kubectl(&["get", "events", "-n", "default", "-o", "json"]).is_ok_and(|e| {
+            ["InvalidBackendData", "PodCIDRConflict", "InvalidLease"].iter().all(|r| e.contains(r))
+        })
+    })
+    .unwrap();
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+#[test]
+fn the_daemons_token_can_do_exactly_what_it_needs() {
+    require_kube!();
+    let c = kube_cluster(2);
+    let env = c.kube().unwrap();
+    let api = &env.api;
+    let token = std::fs::read_to_string(env.sa_dir.join("token")).unwrap();
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        // `can-i` exits 1 with "no" when refused.
+        api.kubectl_as(&token, &all).map(|o| o.trim() == "yes").unwrap_or(false)
+    };
+    for allowed in [
+        &["get", "nodes"][..],
+        &["list", "nodes"],
+        &["watch", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        &["create", "events", "-n", "default"],
+    ] {
+        assert!(can(allowed), "the daemon may not {allowed:?}");
+    }
+    for refused in [
+        &["patch", "nodes"][..],
+        &["update", "nodes"],
+        &["create", "nodes"],
+        &["delete", "nodes"],
+        &["update", "nodes", "--subresource=status"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["list", "pods", "-A"],
+        &["get", "configmaps", "-n", "kube-system"],
+        &["create", "events", "-n", "kube-system"],
+        &["patch", "events", "-n", "default"],
+        &["get", "events", "-n", "default"],
+        &["create", "serviceaccounts", "--subresource=token", "-n", "kube-system"],
+    ] {
+        assert!(!can(refused), "the daemon may {refused:?}");
+    }
+    // Real requests, not only the authorizer's answer: what it needs works …
+    assert!(api.kubectl_as(&token, &["get", "nodes", "-o", "name"]).unwrap().contains("node/node0"));
+    let p = serde_json::json!({"metadata": {"annotations": {"example.com/x": "1"}}});
+    let (code, body) = api.patch_node_status_as(&token, "node0", &p).unwrap();
+    assert_eq!(code, 200, "{body}");
+    // … and a request outside its role is refused by the server.
+    let (code, body) = api
+        .raw_as(
+            &token,
+            "PATCH",
+            "/api/v1/nodes/node0",
+            "application/merge-patch+json",
+            r#"{"spec":{"unschedulable":true}}"#,
+        )
+        .unwrap();
+    assert_eq!(code, 403, "patching a Node's spec: {body}");
+    for args in [
+        &["delete", "node", "node1"][..],
+        &["get", "secrets", "-n", "kube-system"],
+        &["get", "configmaps", "-n", "kube-system"],
+    ] {
+        let e = api.kubectl_as(&token, args).unwrap_err();
+        assert!(e.contains("Forbidden") || e.contains("forbidden"), "{args:?}: {e}");
+    }
+    // Through the status subresource a Node's spec cannot change: its podCIDR is the API's.
+    let p = serde_json::json!({"spec": {"podCIDR": "10.244.77.0/24", "podCIDRs": ["10.244.77.0/24"]}});
+    let (code, body) = api.patch_node_status_as(&token, "node1", &p).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.node("node1").unwrap()["spec"]["podCIDR"], "10.244.2.0/24");
+    // Both daemons ran with exactly this token.
+    for i in 0..2 {
+        assert!(c.nodes[i].ready());
+    }
 }
