@@ -23,6 +23,8 @@ ensure_packages() {
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  # kubectl for the kube tests: Debian's kubernetes-client, unless a kubectl is there already.
+  command -v kubectl >/dev/null || missing+=(kubernetes-client)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -97,13 +97,21 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
 pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError> {
     let state = StateDir::open(&args.state_dir)
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
-    let node_id = state.node_id().map_err(io_err("node ID"))?;
+    // In kube mode the node is its Node object: its name is its identity (as in flannel).
+    let kube = crate::kube::open(&args).await?;
+    let node_id = match &kube {
+        Some(k) => k.node_name().to_string(),
+        None => state.node_id().map_err(io_err("node ID"))?,
+    };
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
     let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
     tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).
     let store = loop {
+        if let Some(k) = &kube {
+            break k.clone() as crate::store::SharedStore;
+        }
         match args.store.open().await {
             Ok(s) => break s,
             Err(e) if e.is_transient() => {
@@ -135,7 +143,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         tasks.push(tokio::spawn(crate::api::serve_tcp(l, api_node, node.shutdown.clone())));
     }
 
-    let result = start(&args, state, vtep_mac, &identity, node, writers, &mut tasks).await;
+    let result = start(&args, state, vtep_mac, &identity, node, writers, kube, &mut tasks).await;
 
     let _ = shutdown.send(true);
     for t in tasks {
@@ -151,6 +159,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
 
 /// Everything after the API is up: waits for the config, starts the tasks, and runs the
 /// lease outputs until shutdown or `leave`.
+#[allow(clippy::too_many_arguments, reason = "wiring: each argument is one owned part")]
 async fn start(
     args: &DaemonArgs,
     state: StateDir,
@@ -158,6 +167,7 @@ async fn start(
     identity: &Arc<Identity>,
     node: Node,
     writers: NodeWriters,
+    kube: Option<Arc<crate::kube::KubeStore>>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<(), DaemonError> {
     let NodeWriters {
@@ -174,7 +184,9 @@ async fn start(
         shutdown: _,
     } = writers;
     let mut shutdown = node.shutdown.clone();
-    if let Some(f) = &args.net_config_file {
+    if let Some(f) = &args.net_config_file
+        && kube.is_none()
+    {
         seed(&node.store, &node.layout, f).await?;
     }
     let Some(config) = load(&node, &config_tx, &mut shutdown).await else {
@@ -218,20 +230,42 @@ async fn start(
     }
     let saved = state.load_lease().and_then(|l| l.subnet_key());
     let from_file = SubnetEnv::read_previous(&args.subnet_file);
-    let mgr = LeaseManager::new(node.store.clone(), node.layout.clone(), config.clone(), attrs, settings)
-        .with_previous(saved, from_file)
-        .with_identity(identity.clone())
-        .adopting_flannel(args.adopt_flannel_lease);
+    let mgr =
+        LeaseManager::new(node.store.clone(), node.layout.clone(), config.clone(), attrs.clone(), settings)
+            .with_previous(saved, from_file)
+            .with_identity(identity.clone())
+            .adopting_flannel(args.adopt_flannel_lease);
     let (own_key_tx, own_key_rx) = mpsc::channel(16);
     let metrics = node.metrics.clone();
-    tasks.push(tokio::spawn(run_keeper(
-        mgr,
-        keeper_tx,
-        commands,
-        own_key_rx,
-        shutdown.clone(),
-        metrics.clone(),
-    )));
+    let validator = node.validator().expect("the config is loaded");
+    if let Some(k) = &kube {
+        // The podCIDR is the lease: nothing to allocate or renew (crate::kube::keeper).
+        k.set_validator(validator.clone());
+        let keeper = crate::kube::keeper::KubeKeeper::new(
+            k.clone(),
+            config.clone(),
+            attrs,
+            identity.clone(),
+            args.kube.set_node_network_unavailable,
+        );
+        tasks.push(tokio::spawn(keeper.run(crate::kube::keeper::KeeperIo {
+            status: keeper_tx,
+            commands,
+            own_key: own_key_rx,
+            ready: node.ready.clone(),
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+        })));
+    } else {
+        tasks.push(tokio::spawn(run_keeper(
+            mgr,
+            keeper_tx,
+            commands,
+            own_key_rx,
+            shutdown.clone(),
+            metrics.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(follow_config(node.clone(), config_tx)));
 
     let (backend_tx, backend_rx) = mpsc::channel(256);
@@ -242,7 +276,6 @@ async fn start(
         datapath_tx,
         metrics.clone(),
     )));
-    let validator = node.validator().expect("the config is loaded");
     let view = LeaseView::new(validator, node.layout.clone(), None);
     let mut watcher = Watcher::new(node.store.clone(), view, metrics.clone());
     let mut io = WatcherIo {

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod encryption;
 pub mod identity;
 pub mod kernel;
+pub mod kube;
 pub mod lease;
 pub mod logsafe;
 pub mod metrics;

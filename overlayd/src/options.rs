@@ -118,6 +118,9 @@ pub struct DaemonArgs {
     /// Store settings.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Kubernetes mode (the API as the store).
+    #[command(flatten)]
+    pub kube: crate::kube::KubeArgs,
     /// Underlay interface (name or one of its addresses); default: the default route's.
     #[arg(long, env = "OVERLAYD_IFACE")]
     pub iface: Option<String>,
@@ -161,7 +164,8 @@ pub struct DaemonArgs {
     /// Worker threads of the encryption tunnel (0 = one per CPU, at most 4).
     #[arg(long, env = "OVERLAYD_TUNNEL_THREADS", default_value_t = 0)]
     pub tunnel_threads: usize,
-    /// A net-conf.json to store as the network config when the store has none yet.
+    /// A net-conf.json to store as the network config when the store has none yet; in kube
+    /// mode, the network config itself (default /etc/kube-flannel/net-conf.json).
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
     pub net_config_file: Option<PathBuf>,
     /// Take over a flannel lease (no node ID) that holds this node's public IP: for migrating

@@ -5,12 +5,13 @@
 //! cargo bench -p test-netns --bench convergence                        # 10 nodes, 50 leases
 //! cargo bench -p test-netns --bench convergence -- --smoke             # 3 nodes, 5 leases
 //! cargo bench -p test-netns --bench convergence -- --variants embedded,embedded-poll20ms,etcd --method poll
+//! cargo bench -p test-netns --bench convergence -- --variants etcd,kube    # kube-apiserver in shared/kube
 //! ```
 //!
 //! Fake leases are written one at a time with the overlayd library's store API, as the
 //! cluster tests do: `/coreos.com/network/subnets/10.244.N.0-24` =
 //! `{"PublicIP":"198.18.0.X","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:…"}}`.
-//! The clock starts when `put` returns (the write is committed) and stops, per node, when the
+//! The clock starts when the write returns (the write is committed) and stops, per node, when the
 //! kernel of that node has a route to `10.244.N.0/24`:
 //!
 //! - `--method monitor` (default): the first RTM_NEWROUTE for that subnet, read from an
@@ -20,7 +21,10 @@
 //! Leases are written 50–250 ms apart (random) so that writes do not lock onto the daemons'
 //! store polling phase. Variants (each a fresh cluster): `embedded` (the daemons' default
 //! 100 ms store poll), `embedded-pollNms` (`OVERLAYD_STORE_POLL=Nms` in the daemons'
-//! environment), `etcd` (the harness's etcd store: watches are pushed).
+//! environment), `etcd` (the harness's etcd store: watches are pushed), `kube` (Kubernetes
+//! mode against a real kube-apiserver: a Node with the podCIDR but no annotations is made
+//! for each lease beforehand, not managed so no lease; the "write" is a merge patch adding
+//! flannel's annotations to it, and the clock starts when the API server answers it).
 
 mod common;
 
@@ -55,6 +59,7 @@ fn variant(s: &str) -> Variant {
     match s {
         "embedded" => Variant { name: s.into(), store: StoreKind::Embedded, poll: None },
         "etcd" => Variant { name: s.into(), store: StoreKind::Etcd, poll: None },
+        "kube" => Variant { name: s.into(), store: StoreKind::Kube, poll: None },
         _ => {
             let poll = s.strip_prefix("embedded-poll").unwrap_or_else(|| panic!("unknown variant {s}"));
             Variant { name: s.into(), store: StoreKind::Embedded, poll: Some(poll.into()) }
@@ -154,12 +159,32 @@ fn run_variant(
 
     let store_kind = v.store;
     let db = c.work_dir().join("store.db");
+    if let Some(k) = c.kube() {
+        // The Nodes exist (podCIDR assigned) before their daemons would publish anything.
+        for (n, dst) in targets.iter().enumerate() {
+            k.api.create_node(&format!("bench{n}"), &[&format!("{dst}/24")], &[]).expect("creating a Node");
+        }
+    }
+    let kubeconfig = c.kube().map(|k| k.api.kubeconfig());
     let nls_ref = &nls;
     let targets_ref = &targets;
     let writer_ns = &c.nodes[0].ns;
     // The writer runs inside node0 (etcd is reachable only on the underlay).
     let (per_lease, put_s) = writer_ns.run(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Kube: the admin's client, through the relay at 10.96.0.1:443 as the daemons reach it.
+        let nodes_api = kubeconfig.map(|kc| {
+            rt.block_on(async {
+                let o = overlayd::kube::client::ClientOptions {
+                    api_url: Some("https://10.96.0.1:443".into()),
+                    kubeconfig: Some(kc),
+                    service_account_dir: Default::default(),
+                };
+                let cfg = overlayd::kube::client::config(&o).await.expect("client config");
+                let client = overlayd::kube::client::client(cfg, Default::default()).expect("client");
+                kube::Api::<overlayd::kube::nodes::NodeLite>::all(client)
+            })
+        });
         let store: Box<dyn Store> = rt.block_on(async {
             match store_kind {
                 StoreKind::Embedded => Box::new(
@@ -174,8 +199,17 @@ fn run_variant(
                     .await
                     .unwrap(),
                 ),
+                // Not written through (the writes are Node patches below); any store will do.
+                StoreKind::Kube => Box::new(
+                    overlayd::store::embedded::EmbeddedStore::open(overlayd::store::embedded::EmbeddedOptions::new(&db))
+                        .unwrap(),
+                ),
             }
         });
+        let store_lease = match &nodes_api {
+            None => rt.block_on(store.grant(Duration::from_secs(3600))).expect("grant"),
+            Some(_) => 0,
+        };
         let mut per_lease = Vec::new();
         let mut put_s = Vec::new();
         let mut early: Vec<Arrival> = Vec::new();
@@ -193,7 +227,25 @@ fn run_variant(
                 (k + 1) & 0xff
             );
             let p0 = Instant::now();
-            rt.block_on(store.put(&key, value.as_bytes())).expect("put");
+            match &nodes_api {
+                None => {
+                    // Bound to a store lease, as a node writes its lease (one without is refused).
+                    rt.block_on(store.create(&key, value.as_bytes(), store_lease)).expect("create");
+                }
+                Some(api) => {
+                    let a = overlayd::kube::annotations::Annotations::default();
+                    let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+                    let patch = serde_json::json!({"metadata": {"annotations": {
+                        a.kube_subnet_manager: "true",
+                        a.backend_type: "vxlan",
+                        a.backend_data: v["BackendData"].to_string(),
+                        a.public_ip: v["PublicIP"],
+                    }}});
+                    let pp = kube::api::PatchParams::default();
+                    rt.block_on(api.patch(&format!("bench{k}"), &pp, &kube::api::Patch::Merge(&patch)))
+                        .expect("patching the Node");
+                }
+            }
             let t0 = Instant::now();
             put_s.push((t0 - p0).as_secs_f64());
             let mut got: Vec<Option<f64>> = vec![None; nodes];
@@ -252,6 +304,7 @@ fn store_kind_name(k: StoreKind) -> &'static str {
     match k {
         StoreKind::Embedded => "embedded",
         StoreKind::Etcd => "etcd",
+        StoreKind::Kube => "kube",
     }
 }
 

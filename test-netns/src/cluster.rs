@@ -11,6 +11,7 @@ use cni_spec::NetConfList;
 use cni_spec::runtime::{Attach, Runtime};
 use serde_json::json;
 
+use crate::kube::KubeEnv;
 use crate::{TestNs, Underlay};
 
 /// Which store the daemons share.
@@ -21,6 +22,10 @@ pub enum StoreKind {
     /// Debian's etcd on the underlay: one member, or a cluster of several
     /// ([`ClusterOptions::etcd_members`]), each in an infra namespace of its own.
     Etcd,
+    /// A real kube-apiserver (`crate::kube`): the daemons run as the DaemonSet runs them
+    /// (`--kube-subnet-mgr`, NODE_NAME, the pod's service account, the API at
+    /// `10.96.0.1:443`), node `i` is Node `node<i>` with podCIDR `10.244.<i+1>.0/24`.
+    Kube,
 }
 
 /// How to build the cluster.
@@ -220,6 +225,7 @@ pub struct Cluster {
     underlay: Underlay,
     /// The etcd members (empty on the embedded store).
     pub etcd: Vec<EtcdMember>,
+    kube: Option<KubeEnv>,
     /// The nodes, by index.
     pub nodes: Vec<ClusterNode>,
     next_id: usize,
@@ -240,7 +246,8 @@ impl Cluster {
         let work =
             tempfile::Builder::new().prefix("ferrocni-cluster.").tempdir().map_err(|e| e.to_string())?;
         let underlay = Underlay::new(None);
-        let mut cluster = Cluster { opts, work, underlay, etcd: Vec::new(), nodes: Vec::new(), next_id: 0 };
+        let mut cluster =
+            Cluster { opts, work, underlay, etcd: Vec::new(), kube: None, nodes: Vec::new(), next_id: 0 };
         if cluster.opts.store == StoreKind::Etcd {
             let members = cluster.opts.etcd_members.max(1);
             let ips: Vec<String> = (0..members).map(|m| format!("198.18.0.{}", 250 + m)).collect();
@@ -266,17 +273,23 @@ impl Cluster {
                 cluster.etcd.push(member);
             }
         }
-        for _ in 0..cluster.opts.nodes {
-            cluster.add_node()?;
-        }
         let conf = cluster.work.path().join("net-conf.json");
         let body = json!({"Network": cluster.opts.network, "Backend": {"Type": "vxlan"}});
         std::fs::write(&conf, body.to_string()).map_err(|e| e.to_string())?;
+        if cluster.opts.store == StoreKind::Kube {
+            // The ConfigMap's file is the config: there before any daemon.
+            cluster.kube = Some(KubeEnv::start(&cluster.work.path().join("kube"), &cluster.underlay)?);
+        }
+        for _ in 0..cluster.opts.nodes {
+            cluster.add_node()?;
+        }
         let first = cluster.nodes.first().ok_or("a cluster needs a node")?;
         wait_for(Duration::from_secs(30), "the first daemon's socket", || first.socket().exists())?;
-        let set = cluster.overlayctl(0, &["network", "set", conf.to_str().unwrap()])?;
-        if !set.0 {
-            return Err(format!("overlayctl network set: {}", set.1));
+        if cluster.opts.store != StoreKind::Kube {
+            let set = cluster.overlayctl(0, &["network", "set", conf.to_str().unwrap()])?;
+            if !set.0 {
+                return Err(format!("overlayctl network set: {}", set.1));
+            }
         }
         for i in 0..cluster.nodes.len() {
             cluster.wait_ready(i)?;
@@ -295,8 +308,16 @@ impl Cluster {
     }
 
     /// Adds a node (namespace, underlay port, daemon); returns its index. Waits for its
-    /// socket, not for readiness.
+    /// socket, not for readiness. In kube mode its Node object is created first, with podCIDR
+    /// `10.244.<i+1>.0/24`.
     pub fn add_node(&mut self) -> Result<usize, String> {
+        let cidr = format!("10.244.{}.0/24", self.next_id + 1);
+        self.add_node_with(&[cidr.as_str()])
+    }
+
+    /// [`Cluster::add_node`] with these podCIDRs on its Node object (none: the daemon waits
+    /// for one); the same as `add_node` outside kube mode.
+    pub fn add_node_with(&mut self, pod_cidrs: &[&str]) -> Result<usize, String> {
         let id = self.next_id;
         if id >= 240 {
             return Err("out of underlay addresses: 240 nodes were made".into());
@@ -305,6 +326,10 @@ impl Cluster {
         let ns = TestNs::new(&format!("node{id}"));
         let underlay_ip = format!("198.18.0.{}", id + 1);
         self.underlay.attach(&ns, "ul", &format!("{underlay_ip}/24"));
+        if let Some(k) = &self.kube {
+            k.route_from(&ns);
+            k.api.create_node(&format!("node{id}"), pod_cidrs, &[])?;
+        }
         let dir = self.work.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let node = ClusterNode {
@@ -319,6 +344,21 @@ impl Cluster {
         let i = self.nodes.len() - 1;
         self.start_daemon(i)?;
         Ok(i)
+    }
+
+    /// Node `i`'s Node object name in kube mode (`node<id>`, by its stable id).
+    pub fn node_name(&self, i: usize) -> String {
+        format!("node{}", self.nodes[i].id)
+    }
+
+    /// The API server and its relay, in kube mode.
+    pub fn kube(&self) -> Option<&KubeEnv> {
+        self.kube.as_ref()
+    }
+
+    /// The same, mutable (to stop and restart the API server).
+    pub fn kube_mut(&mut self) -> Option<&mut KubeEnv> {
+        self.kube.as_mut()
     }
 
     /// The index of the node with stable id `id`, while it is in the cluster.
@@ -375,18 +415,31 @@ impl Cluster {
         Ok(leader.expect("set when the wait succeeds"))
     }
 
-    /// The store options of this cluster's daemons (and of the operator's overlayctl).
+    /// The store options of this cluster's daemons (for kube mode, the DaemonSet's arguments,
+    /// deploy/kubernetes/daemonset.yaml).
     pub fn store_args(&self) -> Vec<String> {
         match self.opts.store {
             StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
             StoreKind::Embedded => {
                 vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
             }
+            StoreKind::Kube => vec![
+                "--kube-subnet-mgr".into(),
+                "--net-config-file".into(),
+                self.work.path().join("net-conf.json").display().to_string(),
+            ],
         }
     }
 
     /// Starts node `i`'s daemon (again); takes `&self` so that a running cluster can be shared.
     pub fn start_daemon(&self, i: usize) -> Result<(), String> {
+        let env: Vec<(String, String)> = match self.opts.store {
+            StoreKind::Kube => {
+                let k = self.kube.as_ref().ok_or("kube mode without an API server")?;
+                k.daemon_env(&self.node_name(i))
+            }
+            _ => Vec::new(),
+        };
         let store = self.store_args();
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
@@ -406,6 +459,7 @@ impl Cluster {
             .arg("--subnet-file")
             .arg(node.dir.join("subnet.env"))
             .args(&node.extra_args)
+            .envs(env)
             .env("RUST_LOG", "info")
             // Its own process group: a Ctrl-C in the terminal reaches the harness, which
             // stops the daemons in order, not every daemon at once.
@@ -467,7 +521,8 @@ impl Cluster {
             .arg("--socket")
             .arg(self.nodes[i].socket())
             .args(args)
-            .args(self.store_args())
+            // In kube mode the config is the ConfigMap's file: nothing for overlayctl to write.
+            .args(if matches!(self.opts.store, StoreKind::Kube) { Vec::new() } else { self.store_args() })
             .output()
             .map_err(|e| e.to_string())?;
         let text =
@@ -557,6 +612,7 @@ impl Drop for Cluster {
         for m in &mut self.etcd {
             m.stop(libc::SIGTERM);
         }
+        self.kube.take();
     }
 }
 

@@ -10,6 +10,7 @@
 mod capture;
 pub mod cluster;
 mod connectivity;
+pub mod kube;
 pub mod soak;
 mod topology;
 mod wgpeer;

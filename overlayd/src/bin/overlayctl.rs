@@ -62,6 +62,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EncryptionCmd,
     },
+    /// Copy the CNI plugins and the conflist onto the node, atomically (the DaemonSet's init
+    /// container; needs no daemon).
+    InstallCni(overlayd::kube::install::InstallOptions),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +267,15 @@ fn fields(v: &Value, keys: &[&str]) {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let out = match &cli.cmd {
+        Cmd::InstallCni(o) => {
+            for r in overlayd::kube::install::install(o)? {
+                match r {
+                    overlayd::kube::install::Outcome::Written(p) => println!("installed {}", p.display()),
+                    overlayd::kube::install::Outcome::Unchanged(p) => println!("unchanged {}", p.display()),
+                }
+            }
+            return Ok(());
+        }
         Cmd::Network { cmd: NetworkCmd::Show } => get(cli, "/v1/network")?,
         Cmd::Network { cmd: NetworkCmd::Set { file } } => {
             let mut text = Vec::new();
@@ -449,6 +461,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 s(&out["key_generation"]),
             );
         }
+        Cmd::InstallCni(_) => {}
     }
     Ok(())
 }

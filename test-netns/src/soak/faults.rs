@@ -225,6 +225,14 @@ fn store_outage(soak: &Soak) -> Result<String, String> {
             record(soak, &before, &during);
             "the store file locked exclusively"
         }
+        StoreKind::Kube => {
+            soak.write().kube_mut().ok_or("kube store without an API server")?.api.stop_apiserver();
+            soak.sleep(secs);
+            let during = snap(soak);
+            soak.write().kube_mut().ok_or("kube store without an API server")?.api.start_apiserver()?;
+            record(soak, &before, &during);
+            "kube-apiserver stopped"
+        }
     };
     // Renewals and watches resume; nothing may move.
     soak.sleep(Duration::from_secs(5));

@@ -395,6 +395,7 @@ fn store_name(s: StoreKind) -> &'static str {
     match s {
         StoreKind::Etcd => "etcd (3 members)",
         StoreKind::Embedded => "embedded",
+        StoreKind::Kube => "kubernetes",
     }
 }
 

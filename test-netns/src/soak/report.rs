@@ -566,6 +566,7 @@ pub fn build(
         store: match soak.opts.store {
             StoreKind::Etcd => "etcd (3 members)".into(),
             StoreKind::Embedded => "embedded".into(),
+            StoreKind::Kube => "kubernetes".into(),
         },
         nodes: soak.opts.nodes,
         pods_per_node: soak.opts.pods_per_node,
