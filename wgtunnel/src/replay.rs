@@ -87,9 +87,7 @@ impl Timestamps {
     pub fn prune(&self, current: &dyn Fn(&[u8; 32]) -> bool) {
         let now = SystemTime::now();
         let mut m = self.lock();
-        m.retain(|k, (_, seen)| {
-            current(k) || now.duration_since(*seen).unwrap_or_default() < RETAIN_REMOVED
-        });
+        m.retain(|k, (_, seen)| current(k) || now.duration_since(*seen).unwrap_or_default() < RETAIN_REMOVED);
         if m.len() > MAX_ENTRIES {
             let mut removed: Vec<([u8; 32], SystemTime)> =
                 m.iter().filter(|(k, _)| !current(k)).map(|(k, (_, s))| (*k, *s)).collect();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use boringtun::noise::{Tunn, TunnResult};
 use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use netkernel::tun::TunQueue;
 use nix::errno::Errno;
@@ -20,9 +20,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::coalesce::Coalescer;
 use super::gate::Verdict;
-use super::replay::open_static;
 use super::offload::{self, F_DATA_VALID, GSO_NONE, VNET_HDR_LEN, VnetHdr};
 use super::peers::{PeerTable, Session, dst_addr};
+use super::replay::open_static;
 use super::udp::{RecvBatch, SendBatch, UdpSocket};
 use super::{KEY_OVERLAP, Shared};
 
