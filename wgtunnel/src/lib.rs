@@ -47,7 +47,7 @@ use self::replay::Timestamps;
 use self::udp::UdpSocket;
 
 pub use self::gate::{LOAD_LIMIT, PER_SOURCE_BURST, PER_SOURCE_RATE};
-pub use self::replay::{PeerTimestamp, RETAIN_REMOVED, Tai64N};
+pub use self::replay::{MAX_ENTRIES as MAX_TIMESTAMPS, PeerTimestamp, RETAIN_REMOVED, Tai64N};
 /// How long the previous private key and the sessions made with it keep working after a
 /// key change.
 pub const KEY_OVERLAP: Duration = Duration::from_secs(30);
