@@ -118,9 +118,19 @@ mod tests {
         assert!(s.contains(
             r#"add rule inet t forward iifname != { "ferro-wg", "lo" } ip saddr 10.244.0.0/16 ip saddr != 10.244.3.0/24 counter drop"#
         ), "{s}");
-        assert!(s.contains("add rule inet t input ip saddr 10.244.3.0/24 fib saddr . iif oif missing counter drop"), "{s}");
+        assert!(
+            s.contains(
+                "add rule inet t input ip saddr 10.244.3.0/24 fib saddr . iif oif missing counter drop"
+            ),
+            "{s}"
+        );
         // No own IPv6 subnet: every source of that network must come from the tunnel.
-        assert!(s.contains(r#"add rule inet t input iifname != { "ferro-wg", "lo" } ip6 saddr fd00:10::/56 counter drop"#), "{s}");
+        assert!(
+            s.contains(
+                r#"add rule inet t input iifname != { "ferro-wg", "lo" } ip6 saddr fd00:10::/56 counter drop"#
+            ),
+            "{s}"
+        );
         assert!(!s.contains("ip6 saddr != "), "{s}");
         assert!(s.contains(r#"iifname { "flannel.1" } counter drop"#));
         // Nothing but the chains without devices or networks.

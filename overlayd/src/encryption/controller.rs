@@ -447,7 +447,9 @@ impl Controller {
         // Before any peer is set (until then no initiation is answered).
         match self.keys.load_timestamps() {
             Ok(saved) => tunnel.restore_handshake_timestamps(&saved),
-            Err(e) => tracing::warn!(error = %e, "unreadable peer timestamps; initiations recorded before this start could be answered once"),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable peer timestamps; initiations recorded before this start could be answered once")
+            }
         }
         let stamps = tunnel.handshake_timestamps_changed();
         let mut run = Running { ifindex: tunnel.ifindex(), tunnel, stamps, key, port: s.port, own };

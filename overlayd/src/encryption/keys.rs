@@ -52,9 +52,9 @@ struct KeyFile {
     created: u64,
 }
 
+use wgtunnel::PeerTimestamp;
 /// The public key of a private one (the engine's computation: one definition).
 pub use wgtunnel::public_key;
-use wgtunnel::PeerTimestamp;
 
 #[derive(Serialize, Deserialize)]
 struct TimestampsFile {
@@ -185,7 +185,8 @@ impl KeyStore {
     /// as a whole: nothing of it is used.
     pub fn load_timestamps(&self) -> io::Result<Vec<PeerTimestamp>> {
         let path = self.timestamps_path();
-        let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let bad =
+            |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -291,7 +292,11 @@ mod tests {
         let ks = KeyStore::new(dir.path());
         assert!(ks.load_timestamps().unwrap().is_empty(), "no file: nothing known");
         let stamps = vec![
-            PeerTimestamp { peer: [1; 32], tai64n: [0x40, 0, 0, 0, 0x69, 0x33, 0, 1, 0, 0, 0, 9], seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000) },
+            PeerTimestamp {
+                peer: [1; 32],
+                tai64n: [0x40, 0, 0, 0, 0x69, 0x33, 0, 1, 0, 0, 0, 9],
+                seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            },
             PeerTimestamp { peer: [2; 32], tai64n: [0xff; 12], seen: UNIX_EPOCH },
         ];
         ks.save_timestamps(&stamps).unwrap();
