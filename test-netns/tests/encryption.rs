@@ -465,3 +465,156 @@ fn a_restart_never_moves_encrypted_routes_to_vxlan() {
         assert!(via_tunnel(&c, 0, 1) && via_tunnel(&c, 0, 2));
     }
 }
+
+/// The WireGuard messages of a capture on an Ethernet device (IPv4, UDP): (source, payload).
+fn wg_payloads(p: &test_netns::Packets) -> Vec<(String, Vec<u8>)> {
+    p.iter()
+        .filter_map(|p| {
+            let ihl = (*p.data.get(14)? & 0xf) as usize * 4;
+            Some((p.src?.to_string(), p.data.get(14 + ihl + 8..)?.to_vec()))
+        })
+        .collect()
+}
+
+/// A handshake initiation node 0 sent to node 1, recorded on node 1's underlay, is sent
+/// again by another host after node 1's daemon was killed and restarted: node 1 answers
+/// nothing, keeps node 0's endpoint, counts the replay; the timestamps it kept are in a
+/// 0600 file beside its key.
+#[test]
+fn a_recorded_initiation_is_not_answered_after_a_daemon_restart() {
+    require_root!();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let node0 = c.nodes[0].underlay_ip.clone();
+    let opts = test_netns::CaptureOptions {
+        filter: Some(format!("udp dst port 51820 and src host {node0}")),
+        snaplen: 512,
+        ..Default::default()
+    };
+    let cap = Capture::start_with(&c.nodes[1].ns, "ul", &opts).unwrap();
+    ctl(&c, 0, &["encryption", "enable"]);
+    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    // A restart of node 0 makes it initiate again (a fresh tunnel), while recording.
+    c.stop_daemon(0, libc::SIGTERM);
+    c.start_daemon(0).unwrap();
+    c.wait_ready(0).unwrap();
+    wait_for(Duration::from_secs(20), "node 0's new session with node 1", || {
+        status(&c, 0)["peers"][0]["established"] == true
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs = wg_payloads(&cap.stop().unwrap());
+    let inits: Vec<&Vec<u8>> =
+        msgs.iter().filter(|(_, m)| m.len() == 148 && m[0] == 1).map(|(_, m)| m).collect();
+    // The newest: the one node 1 answered last.
+    let init = (*inits.last().unwrap_or_else(|| panic!("no initiation captured of {}", msgs.len()))).clone();
+
+    let file = c.nodes[1].dir.join("state/wireguard-timestamps.json");
+    wait_for(Duration::from_secs(5), "node 1's saved timestamps", || file.exists()).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    c.stop_daemon(1, libc::SIGKILL);
+    c.start_daemon(1).unwrap();
+    c.wait_ready(1).unwrap();
+    wait_for(Duration::from_secs(20), "node 1's new session with node 0", || {
+        status(&c, 1)["peers"][0]["established"] == true
+    })
+    .unwrap();
+    let endpoint = format!("{node0}:51820");
+    assert_eq!(status(&c, 1)["peers"][0]["endpoint"], endpoint.as_str());
+
+    let x = c.attach_to_underlay("rpx", "198.18.0.150/24");
+    let node1 = format!("{}:51820", c.nodes[1].underlay_ip);
+    let answer = x.run(|| {
+        let sock = std::net::UdpSocket::bind("198.18.0.150:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        sock.send_to(&init, &node1).unwrap();
+        let mut buf = [0u8; 256];
+        sock.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    });
+    assert_eq!(answer, None, "node 1 answered a recorded initiation after its restart");
+    let st = status(&c, 1);
+    assert_eq!(st["peers"][0]["endpoint"], endpoint.as_str(), "the replay moved node 0's endpoint: {st}");
+    assert!(st["stats"]["dropped_replayed"].as_u64() >= Some(1), "the replay was not counted: {st}");
+    let a = c.add_pod(0, "rpa").unwrap();
+    let b = c.add_pod(1, "rpb").unwrap();
+    assert!(ping(&a.ns, &b.ip, 2), "traffic unaffected");
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+/// The packets counted by the rules of node `i`'s strict table whose comment has `what`.
+fn strict_drops(c: &Cluster, i: usize, what: &str) -> u64 {
+    let out = c.nodes[i].ns.exec(&["nft", "list", "table", "inet", "ferrocni_strict"]);
+    out.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Whether a UDP datagram from `src` (an address of `x`'s, any pod range) sent through node
+/// 0's underlay reaches pod `to` (listening there).
+fn injected_arrives(x: &test_netns::TestNs, src: &str, to: &test_netns::cluster::ClusterPod) -> bool {
+    let listener = {
+        let ip = to.ip.clone();
+        to.ns.run(move || std::net::UdpSocket::bind(format!("{ip}:7300")).unwrap())
+    };
+    listener.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+    let dst = format!("{}:7300", to.ip);
+    let src = format!("{src}:7301");
+    x.run(|| {
+        let s = std::net::UdpSocket::bind(&src).unwrap();
+        for _ in 0..3 {
+            s.send_to(b"plaintext", &dst).unwrap();
+        }
+    });
+    let mut buf = [0u8; 64];
+    listener.recv(&mut buf).is_ok()
+}
+
+/// A host on the underlay sends plaintext with pod-network sources (node 1's range, and
+/// node 0's own) to a pod on node 0. With encryption on but not strict they arrive (the
+/// control); with strict mode they are dropped and counted by the strict table, while the
+/// pods keep talking over the tunnel.
+#[test]
+fn strict_mode_drops_plaintext_pod_sources_on_the_underlay() {
+    require_root!();
+    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let a = c.add_pod(0, "pa").unwrap();
+    let b = c.add_pod(1, "pb").unwrap();
+    ctl(&c, 0, &["encryption", "enable"]);
+    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    let net1: ipnet::IpNet = c.pod_subnet(1).unwrap().parse().unwrap();
+    let net0: ipnet::IpNet = c.pod_subnet(0).unwrap().parse().unwrap();
+    let remote_src = net1.hosts().nth(200).unwrap().to_string();
+    let own_src = net0.hosts().nth(200).unwrap().to_string();
+    // The injector: both forged sources on its loopback, node 0 its way to every pod.
+    let x = c.attach_to_underlay("spx", "198.18.0.151/24");
+    for src in [&remote_src, &own_src] {
+        x.exec(&["ip", "addr", "add", &format!("{src}/32"), "dev", "lo"]);
+    }
+    x.exec(&["ip", "route", "add", "10.244.0.0/16", "via", &c.nodes[0].underlay_ip]);
+
+    assert!(injected_arrives(&x, &remote_src, &a), "control: without strict mode the remote source arrives");
+    assert!(injected_arrives(&x, &own_src, &a), "control: without strict mode the own-range source arrives");
+
+    ctl(&c, 0, &["encryption", "enable", "--strict"]);
+    wait_for(Duration::from_secs(20), "strict rules on node 0", || {
+        c.nodes[0].ns.exec(&["nft", "list", "tables"]).contains("ferrocni_strict")
+    })
+    .unwrap();
+    assert!(!injected_arrives(&x, &remote_src, &a), "a remote pod source in plaintext reached the pod");
+    assert!(strict_drops(&c, 0, "remote pod source not from the tunnel") >= 3, "not counted");
+    assert!(!injected_arrives(&x, &own_src, &a), "an own-range pod source in plaintext reached the pod");
+    assert!(strict_drops(&c, 0, "local pod source off its route") >= 3, "not counted");
+    // Encrypted traffic flows, both ways, through the same rules.
+    assert!(ping(&a.ns, &b.ip, 3), "pods talk over the tunnel in strict mode");
+    assert!(ping(&b.ns, &a.ip, 3), "and back");
+    let n = tcp_echo(
+        &a.ns,
+        EchoServer::start(&b.ns, &format!("{}:7000", b.ip)).addr(),
+        1 << 20,
+        Duration::from_secs(10),
+    );
+    assert_eq!(n.unwrap(), 1 << 20);
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}

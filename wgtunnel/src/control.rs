@@ -207,6 +207,8 @@ pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
             removed_established |= old.lock().established;
         }
     }
+    let keys_now: HashSet<[u8; 32]> = next.iter().map(|p| p.lock().public_key).collect();
+    shared.stamps.prune(&|k| keys_now.contains(k));
     ctl.peers = next;
     publish(shared, &mut ctl);
     initiate(shared, &fresh);

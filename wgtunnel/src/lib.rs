@@ -6,7 +6,9 @@
 //!
 //! Modules: `peers` (peer state and lookup table), `control` (set_peers/set_private_key),
 //! `worker` (the datapath), `udp` (batched socket I/O), `offload` (TSO/checksums),
-//! `timers` (WireGuard timers, fast handshake retry, expiry of old sessions).
+//! `timers` (WireGuard timers, fast handshake retry, expiry of old sessions), `gate`
+//! (cookies and per-source limits for handshake messages), `replay` (the newest initiation
+//! timestamp per peer key, across sessions and, through the control plane, restarts).
 //!
 //! Unsafe code is confined to the UDP hot path (`udp`: the `recvmmsg`/`sendmmsg` calls and
 //! their zeroed headers, for which no safe API exists without a cost); socket set-up, the
@@ -17,8 +19,10 @@
 
 mod coalesce;
 mod control;
+mod gate;
 pub mod offload;
 mod peers;
+mod replay;
 mod timers;
 mod udp;
 mod worker;
@@ -37,11 +41,13 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::watch;
 
 use self::control::Control;
+use self::gate::Gate;
 use self::peers::PeerTable;
+use self::replay::Timestamps;
 use self::udp::UdpSocket;
 
-/// Handshake messages per second (per key) before cookies are demanded.
-const HANDSHAKE_RATE_LIMIT: u64 = 200;
+pub use self::gate::{LOAD_LIMIT, PER_SOURCE_BURST, PER_SOURCE_RATE};
+pub use self::replay::{MAX_ENTRIES as MAX_TIMESTAMPS, PeerTimestamp, RETAIN_REMOVED, Tai64N};
 /// How long the previous private key and the sessions made with it keep working after a
 /// key change.
 pub const KEY_OVERLAP: Duration = Duration::from_secs(30);
@@ -158,6 +164,13 @@ pub struct TunnelStats {
     /// Packets lost on send (socket errors) or TUN write errors.
     pub dropped_io: u64,
     pub handshakes_completed: u64,
+    /// Handshake initiations whose timestamp was not newer than the newest accepted from
+    /// their peer key (replays): not answered, the endpoint not moved.
+    pub dropped_replayed: u64,
+    /// Handshake messages over their source's share while under load.
+    pub dropped_rate_limited: u64,
+    /// Cookie replies sent (handshake messages without a valid cookie while under load).
+    pub cookie_replies: u64,
 }
 
 /// Why the tunnel could not start.
@@ -189,21 +202,25 @@ pub fn public_key(private_key: &[u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(*private_key)).to_bytes()
 }
 
-/// One of our static keys with its handshake rate limiter (keyed by the public key).
+/// One of our static keys with its mac1/cookie checkers (keyed by the public key).
 #[derive(Clone)]
 pub(crate) struct OwnKey {
     pub secret: StaticSecret,
     pub public: PublicKey,
     pub generation: u64,
+    /// For the `Tunn`s: checks mac1 only (the gate has judged the message already).
     pub limiter: Arc<RateLimiter>,
+    /// For the gate: mac1, mac2 and cookie replies.
+    pub cookies: Arc<RateLimiter>,
 }
 
 impl OwnKey {
     fn new(private: [u8; 32], generation: u64) -> OwnKey {
         let secret = StaticSecret::from(private);
         let public = PublicKey::from(&secret);
-        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
-        OwnKey { secret, public, generation, limiter }
+        let limiter = Arc::new(gate::mac1_only(&public));
+        let cookies = Arc::new(gate::cookie_checker(&public));
+        OwnKey { secret, public, generation, limiter, cookies }
     }
 }
 
@@ -223,6 +240,9 @@ pub(crate) struct Counters {
     pub dropped_invalid: AtomicU64,
     pub dropped_io: AtomicU64,
     pub handshakes_completed: AtomicU64,
+    pub dropped_replayed: AtomicU64,
+    pub dropped_rate_limited: AtomicU64,
+    pub cookie_replies: AtomicU64,
 }
 
 /// What all threads share.
@@ -237,6 +257,10 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub changes: watch::Sender<u64>,
     pub stop: AtomicBool,
+    /// Admission of handshake messages (load count, per-source limits).
+    pub gate: Gate,
+    /// The newest initiation timestamp per peer key.
+    pub stamps: Timestamps,
     /// Sockets for the control path (handshakes from set_peers and the timer thread).
     pub send4: UdpSocket,
     pub send6: Option<UdpSocket>,
@@ -376,6 +400,8 @@ impl Tunnel {
             counters: Counters::default(),
             changes,
             stop: AtomicBool::new(false),
+            gate: Gate::new(),
+            stamps: Timestamps::new(),
             send4,
             send6,
         });
@@ -455,7 +481,29 @@ impl Tunnel {
             dropped_invalid: g(&c.dropped_invalid),
             dropped_io: g(&c.dropped_io),
             handshakes_completed: g(&c.handshakes_completed),
+            dropped_replayed: g(&c.dropped_replayed),
+            dropped_rate_limited: g(&c.dropped_rate_limited),
+            cookie_replies: g(&c.cookie_replies),
         }
+    }
+
+    /// The newest handshake initiation timestamp accepted from each peer key (also of
+    /// peers removed within [`RETAIN_REMOVED`]), for the control plane to persist.
+    pub fn handshake_timestamps(&self) -> Vec<PeerTimestamp> {
+        self.shared.stamps.export()
+    }
+
+    /// Restores timestamps saved by an earlier run, so that initiations recorded before a
+    /// restart are not answered after it. Only raises what is known; call it before
+    /// [`Tunnel::set_peers`] (until then no initiation is answered anyway).
+    pub fn restore_handshake_timestamps(&self, saved: &[PeerTimestamp]) {
+        self.shared.stamps.restore(saved);
+    }
+
+    /// A receiver whose value changes whenever a newer initiation timestamp was accepted
+    /// (when [`Tunnel::handshake_timestamps`] should be saved again).
+    pub fn handshake_timestamps_changed(&self) -> watch::Receiver<u64> {
+        self.shared.stamps.subscribe()
     }
 
     /// A receiver whose value changes whenever some peer's `established` flips.

@@ -1,7 +1,7 @@
 //! The timer thread: boringtun's timers (keepalive, rekey, expiry) every tick, handshake
 //! retries every second while a peer has no working session (boringtun alone would wait
 //! 5 s), the end of old sessions and of the previous key after a key change, and the
-//! handshake rate limiters' reset.
+//! handshake gate's second (load count, per-source buckets).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,10 +34,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         let keys = shared.keys();
         if now.duration_since(last_reset) >= Duration::from_secs(1) {
             last_reset = now;
-            keys.current.limiter.reset_count();
-            if let Some((k, _)) = &keys.previous {
-                k.limiter.reset_count();
-            }
+            shared.gate.tick(now);
         }
         if keys.previous.as_ref().is_some_and(|(_, until)| *until <= now) {
             let mut w = shared.keys.write().unwrap_or_else(|p| p.into_inner());

@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::PublicKey;
 use netkernel::tun::TunQueue;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::coalesce::Coalescer;
+use super::gate::Verdict;
 use super::offload::{self, F_DATA_VALID, GSO_NONE, VNET_HDR_LEN, VnetHdr};
 use super::peers::{PeerTable, Session, dst_addr};
+use super::replay::open_static;
 use super::udp::{RecvBatch, SendBatch, UdpSocket};
 use super::{KEY_OVERLAP, Shared};
 
@@ -65,6 +68,9 @@ struct Local {
     invalid: u64,
     io: u64,
     handshakes: u64,
+    replayed: u64,
+    rate_limited: u64,
+    cookies: u64,
 }
 
 struct Worker {
@@ -185,6 +191,9 @@ impl Worker {
         add(&s.dropped_invalid, c.invalid);
         add(&s.dropped_io, c.io);
         add(&s.handshakes_completed, c.handshakes);
+        add(&s.dropped_replayed, c.replayed);
+        add(&s.dropped_rate_limited, c.rate_limited);
+        add(&s.cookie_replies, c.cookies);
     }
 
     fn flush_tx(&mut self) {
@@ -378,7 +387,9 @@ impl Worker {
 
     /// A handshake response or cookie reply, for the session owning `receiver`.
     fn handshake_reply(&mut self, from: SocketAddr, d: &[u8], receiver: u32) {
-        let Some(entry) = self.table.by_receiver(receiver) else {
+        // A handle of its own: the gate below needs `self` mutably.
+        let table = self.table.clone();
+        let Some(entry) = table.by_receiver(receiver) else {
             self.c.invalid += 1;
             return;
         };
@@ -388,6 +399,27 @@ impl Worker {
             return;
         };
         let is_response = d[0] == 2;
+        if is_response {
+            // Responses cost a Diffie-Hellman too: through the gate with the key the
+            // session was made with (cookie replies carry no macs to check).
+            let keys = self.shared.keys();
+            let key = [Some(&keys.current), keys.previous.as_ref().map(|(k, _)| k)]
+                .into_iter()
+                .flatten()
+                .find(|k| k.generation == s.key_gen);
+            let Some(key) = key else {
+                self.c.invalid += 1;
+                return;
+            };
+            match self.admit(&key.cookies, from, d) {
+                Some(true) => {}
+                Some(false) => return,
+                None => {
+                    self.c.invalid += 1;
+                    return;
+                }
+            }
+        }
         match s.tunn.decapsulate(Some(from.ip()), d, self.tx.space()) {
             TunnResult::WriteToNetwork(p) => {
                 let n = p.len();
@@ -412,68 +444,100 @@ impl Worker {
         self.after_handshake(&mut st);
     }
 
-    /// A handshake initiation: find the initiator by its static key (trying our current,
-    /// then our previous key) and let the matching session answer.
+    /// The gate for one handshake message and the key of `cookies`: `None` when its mac1
+    /// is not for that key (nothing counted), else whether to process it (when not, a cookie
+    /// reply was sent or the drop counted).
+    fn admit(&mut self, cookies: &RateLimiter, from: SocketAddr, d: &[u8]) -> Option<bool> {
+        let mut cookie = [0u8; 64];
+        match self.shared.gate.check(cookies, from.ip(), d, &mut cookie) {
+            Verdict::Pass => Some(true),
+            Verdict::Cookie(n) => {
+                self.tx.space()[..n].copy_from_slice(&cookie[..n]);
+                self.tx.commit(from, n, false);
+                self.c.cookies += 1;
+                Some(false)
+            }
+            Verdict::Limited => {
+                self.c.rate_limited += 1;
+                Some(false)
+            }
+            Verdict::NotForKey => None,
+        }
+    }
+
+    /// A handshake initiation: find the key it was sent to by its mac1 (our current, then
+    /// our previous key), pass the gate once, open it as far as the initiator's static key
+    /// and timestamp, refuse a timestamp not newer than the newest accepted from that key
+    /// (a replay, also of one recorded before a restart), and let the matching session
+    /// answer.
     fn initiation(&mut self, from: SocketAddr, d: &[u8]) {
-        let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(d) else {
+        let keys = self.shared.keys();
+        let candidates = [Some(&keys.current), keys.previous.as_ref().map(|(k, _)| k)];
+        let mut to = None;
+        for k in candidates.into_iter().flatten() {
+            match self.admit(&k.cookies, from, d) {
+                Some(true) => {
+                    to = Some(k);
+                    break;
+                }
+                Some(false) => return,
+                None => {}
+            }
+        }
+        let Some(k) = to else {
             self.c.invalid += 1;
             return;
         };
-        let keys = self.shared.keys();
-        let mut cookie = [0u8; 64];
-        let candidates = [Some(&keys.current), keys.previous.as_ref().map(|(k, _)| k)];
-        for k in candidates.into_iter().flatten() {
-            // mac1 (cheap, and names the key it was sent to) and the load check before the
-            // Diffie-Hellman.
-            match k.limiter.verify_packet(Some(from.ip()), d, &mut cookie) {
-                Ok(_) => {}
-                Err(TunnResult::WriteToNetwork(c)) => {
-                    let n = c.len();
-                    self.tx.space()[..n].copy_from_slice(c);
-                    self.tx.commit(from, n, false);
-                    return;
-                }
-                Err(_) => continue,
-            }
-            let Ok(half) = parse_handshake_anon(&k.secret, &k.public, &init) else {
-                continue;
-            };
-            let Some(entry) = self.table.by_key(&half.peer_static_public) else {
-                tracing::trace!("tunnel worker: handshake from an unknown key dropped");
-                self.c.invalid += 1;
-                return;
-            };
-            let mut st = entry.peer.lock();
-            let fits = |s: &Session| s.key_gen == k.generation && s.peer_public == half.peer_static_public;
-            let st_ref = &mut *st;
-            let s = match (st_ref.pending.as_mut(), st_ref.active.as_mut(), st_ref.old.as_mut()) {
-                (Some(s), _, _) if fits(s) => s,
-                (_, Some(s), _) if fits(s) => s,
-                (_, _, Some((s, _))) if fits(s) => s,
-                _ => {
-                    self.c.invalid += 1;
-                    return;
-                }
-            };
-            match s.tunn.decapsulate(Some(from.ip()), d, self.tx.space()) {
-                TunnResult::WriteToNetwork(p) => {
-                    let n = p.len();
-                    self.tx.commit(from, n, false);
-                    self.c.handshakes += 1;
-                }
-                TunnResult::Err(e) => {
-                    tracing::trace!(error = ?e, "tunnel worker: handshake initiation dropped");
-                    self.c.invalid += 1;
-                    return;
-                }
-                _ => {}
-            }
-            drain_queue(s, &mut self.tx, from, &mut self.c);
-            st.endpoint = from;
-            self.after_handshake(&mut st);
+        let Some(opened) = open_static(&k.secret, &k.public, d) else {
+            self.c.invalid += 1;
+            return;
+        };
+        let peer_key = opened.peer_static;
+        let Some(entry) = self.table.by_key(&peer_key) else {
+            tracing::trace!("tunnel worker: handshake from an unknown key dropped");
+            self.c.invalid += 1;
+            return;
+        };
+        let shared = k.secret.diffie_hellman(&PublicKey::from(peer_key));
+        let Some(stamp) = opened.timestamp(shared.as_bytes()) else {
+            self.c.invalid += 1;
+            return;
+        };
+        // Under the peer's lock: two workers cannot both accept one timestamp.
+        let mut st = entry.peer.lock();
+        if !self.shared.stamps.is_fresh(&peer_key, &stamp) {
+            tracing::debug!(peer = %entry.peer.id, %from, "tunnel worker: replayed handshake initiation dropped");
+            self.c.replayed += 1;
             return;
         }
-        self.c.invalid += 1;
+        let fits = |s: &Session| s.key_gen == k.generation && s.peer_public == peer_key;
+        let st_ref = &mut *st;
+        let s = match (st_ref.pending.as_mut(), st_ref.active.as_mut(), st_ref.old.as_mut()) {
+            (Some(s), _, _) if fits(s) => s,
+            (_, Some(s), _) if fits(s) => s,
+            (_, _, Some((s, _))) if fits(s) => s,
+            _ => {
+                self.c.invalid += 1;
+                return;
+            }
+        };
+        match s.tunn.decapsulate(Some(from.ip()), d, self.tx.space()) {
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                self.tx.commit(from, n, false);
+                self.c.handshakes += 1;
+                self.shared.stamps.accept(peer_key, stamp);
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, "tunnel worker: handshake initiation dropped");
+                self.c.invalid += 1;
+                return;
+            }
+            _ => {}
+        }
+        drain_queue(s, &mut self.tx, from, &mut self.c);
+        st.endpoint = from;
+        self.after_handshake(&mut st);
     }
 
     /// Writes the decrypted packet at `dbuf[VNET_HDR_LEN..][..len]` to the TUN (or hands it
@@ -586,7 +650,8 @@ fn drain_queue(s: &mut Session, tx: &mut SendBatch, ep: SocketAddr, c: &mut Loca
 mod tests {
     use super::*;
 
-    use boringtun::x25519::{PublicKey, StaticSecret};
+    use boringtun::noise::Packet;
+    use boringtun::x25519::StaticSecret;
     use proptest::prelude::*;
 
     /// The part of `dbuf` `data()` decrypts into.

@@ -1077,3 +1077,198 @@ fn ipv4_mapped_endpoint_is_an_ipv4_endpoint() {
     assert_eq!(a.t().stats().handshakes_completed, hs, "no new handshake");
     assert_eq!(a.t().stats().dropped_io + b.t().stats().dropped_io, 0);
 }
+
+/// The WireGuard messages in a capture on an Ethernet device (IPv4, UDP).
+fn wg_messages(p: &test_netns::Packets) -> Vec<(std::net::IpAddr, Vec<u8>)> {
+    p.iter()
+        .filter_map(|p| {
+            let ihl = (*p.data.get(14)? & 0xf) as usize * 4;
+            Some((p.src?, p.data.get(14 + ihl + 8..)?.to_vec()))
+        })
+        .collect()
+}
+
+/// A host `x` (198.51.100.2) on b's underlay, b at 198.51.100.1 on that link.
+fn attacker_on(b: &Node, name: &str) -> TestNs {
+    let x = TestNs::new(name);
+    veth_between(&x, "ul0", &b.ns, "ulx");
+    b.ns.add_address("ulx", "198.51.100.1/24");
+    x.add_address("ul0", "198.51.100.2/24");
+    x
+}
+
+/// Sends `msg` from x to b's tunnel port and returns what comes back within `wait`.
+fn replay_from(x: &TestNs, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    x.run(|| {
+        let sock = std::net::UdpSocket::bind("198.51.100.2:0").expect("socket");
+        sock.set_read_timeout(Some(wait)).unwrap();
+        sock.send_to(msg, format!("198.51.100.1:{PORT}")).expect("send");
+        let mut buf = [0u8; 256];
+        sock.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    })
+}
+
+/// A handshake initiation a sent to b, captured on b's underlay, is sent again by another
+/// host after b's tunnel was restarted with the timestamps its previous run exported: b
+/// answers nothing, a's endpoint stays, the replay is counted. The control: restarted
+/// without them (what a restart did before), b answers the recording and moves a's
+/// endpoint to the replayer.
+#[test]
+fn a_recorded_initiation_is_not_answered_after_a_restart() {
+    require_root!();
+    let (mut a, mut b) = linked_v4("wgra", "wgrb");
+    let x = attacker_on(&b, "wgrx");
+    a.start(false, Offloads::default());
+    b.start(false, Offloads::default());
+    configure_tun(&a, &b);
+    configure_tun(&b, &a);
+    let opts = CaptureOptions {
+        filter: Some(format!("udp dst port {PORT} and src host 192.0.2.1")),
+        snaplen: 512,
+        ..Default::default()
+    };
+    let cap = Capture::start_with(&b.ns, "ul0", &opts).expect("tcpdump");
+    // b knows a first, so a's initiation (sent when a learns b) is the one that counts.
+    b.t().set_peers(vec![a.spec_for_me()]);
+    a.t().set_peers(vec![b.spec_for_me()]);
+    assert!(a.wait_established(Duration::from_secs(5)) && b.wait_established(Duration::from_secs(5)));
+    assert!(ping(&a.ns, &b.pod(), 1));
+    let msgs = wg_messages(&cap.stop().expect("capture"));
+    let init = msgs.iter().find(|(_, m)| m.len() == 148 && m[0] == 1).map(|(_, m)| m.clone());
+    let init = init.unwrap_or_else(|| panic!("no initiation from a captured: {} messages", msgs.len()));
+    let saved = b.t().handshake_timestamps();
+    assert!(saved.iter().any(|t| t.peer == public_key(&a.key)), "b keeps a's newest timestamp: {saved:?}");
+
+    let restart = |b: &mut Node, restore: bool| {
+        b.tunnel.take().unwrap().stop();
+        b.start(false, Offloads::default());
+        configure_tun(b, &a);
+        if restore {
+            b.t().restore_handshake_timestamps(&saved);
+        }
+        b.t().set_peers(vec![a.spec_for_me()]);
+        assert!(b.wait_established(Duration::from_secs(5)), "b back: {:?}", b.t().status());
+    };
+    let a_at: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+
+    restart(&mut b, true);
+    let answer = replay_from(&x, &init, Duration::from_millis(1500));
+    assert_eq!(answer, None, "the recorded initiation was answered after the restart");
+    let st = &b.t().status()[0];
+    assert_eq!(st.endpoint, Some(a_at), "the replay moved a's endpoint");
+    assert!(st.established);
+    assert_eq!(b.t().stats().dropped_replayed, 1, "{:?}", b.t().stats());
+    assert!(ping(&a.ns, &b.pod(), 1), "traffic unaffected");
+
+    // Control: the same bytes, to a restarted tunnel that was not given the timestamps.
+    restart(&mut b, false);
+    let answer = replay_from(&x, &init, Duration::from_millis(1500));
+    assert!(answer.is_some_and(|m| m[0] == 2), "without the saved timestamps the replay is answered");
+    let moved = b.t().status()[0].endpoint.map(|e| e.ip());
+    assert_eq!(moved, Some("198.51.100.2".parse().unwrap()), "and the endpoint moves to the replayer");
+}
+
+/// A host floods b with handshake initiations that pass every cheap check: right mac1 for
+/// b's key, and (once b is under load and hands out cookies) a valid cookie for its address,
+/// i.e. each would cost b Diffie-Hellman work. b's only worker must still complete a's
+/// handshake: the flooding source is held to its per-source share and counted.
+#[test]
+fn a_handshake_flood_from_one_source_does_not_starve_another() {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    require_root!();
+    let (mut a, mut b) = linked_v4("wgfa", "wgfb");
+    let x = attacker_on(&b, "wgfx");
+    b.start_threads(false, Offloads::default(), 1);
+    configure_tun(&b, &a);
+    let b_at: SocketAddr = format!("198.51.100.1:{PORT}").parse().unwrap();
+
+    // The attacker earns a cookie as a real initiator would: initiations until b is under
+    // load and answers with a cookie reply, which its boringtun takes.
+    let mut fake = Tunn::new(
+        StaticSecret::from(random_key()),
+        PublicKey::from(public_key(&b.key)),
+        None,
+        None,
+        fastrand::u32(..1 << 24),
+        None,
+    );
+    let mut buf = [0u8; 256];
+    let TunnResult::WriteToNetwork(first) = fake.format_handshake_initiation(&mut buf, true) else {
+        panic!("initiation");
+    };
+    let first = first.to_vec();
+    let sock = x.run(|| std::net::UdpSocket::bind("198.51.100.2:0")).expect("socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut cookie = None;
+    for _ in 0..20 {
+        for _ in 0..wgtunnel::LOAD_LIMIT + 20 {
+            sock.send_to(&first, b_at).unwrap();
+        }
+        let mut r = [0u8; 128];
+        if let Ok(n) = sock.recv(&mut r)
+            && n == 64
+            && r[0] == 3
+        {
+            cookie = Some(r[..n].to_vec());
+            break;
+        }
+    }
+    let cookie = cookie.expect("b under load answers with a cookie");
+    assert!(matches!(fake.decapsulate(None, &cookie, &mut buf), TunnResult::Done), "cookie taken");
+    let TunnResult::WriteToNetwork(proven) = fake.format_handshake_initiation(&mut buf, true) else {
+        panic!("initiation");
+    };
+    let proven = proven.to_vec();
+
+    // The flood: about 5000 a second (the worker and the sender share a 2-core machine),
+    // for as long as a's handshake takes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sent, sock) = (stop.clone(), sent.clone(), sock.try_clone().unwrap());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..5 {
+                    if sock.send_to(&proven, b_at).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = b.t().stats();
+    let sent_before = sent.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    a.start(false, Offloads::default());
+    configure_tun(&a, &b);
+    b.t().set_peers(vec![a.spec_for_me()]);
+    a.t().set_peers(vec![b.spec_for_me()]);
+    let up = a.wait_established(Duration::from_secs(10)) && b.wait_established(Duration::from_secs(2));
+    let took = t0.elapsed();
+    let pinged = up && ping(&a.ns, &b.pod(), 2);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let after = b.t().stats();
+    let flooded = sent.load(Ordering::Relaxed) - sent_before;
+    eprintln!(
+        "flood of {flooded} proven initiations: a's handshake took {took:?}; b limited {}, cookies {}, invalid {}",
+        after.dropped_rate_limited - before.dropped_rate_limited,
+        after.cookie_replies - before.cookie_replies,
+        after.dropped_invalid - before.dropped_invalid,
+    );
+    assert!(up, "a's handshake starved by the flood: {:?} {:?}", a.t().status(), b.t().status());
+    assert!(pinged, "a → b during the flood");
+    let limited = after.dropped_rate_limited - before.dropped_rate_limited;
+    assert!(limited >= flooded / 2, "the flooding source was not held to its share: {limited} of {flooded}");
+    // What the flood got through to the Diffie-Hellman (refused there: an unknown key) is
+    // bounded by the load limit and the per-source share per second, not by its rate.
+    let secs = t0.elapsed().as_secs() + 2;
+    let bound = (wgtunnel::LOAD_LIMIT + wgtunnel::PER_SOURCE_RATE) * secs + wgtunnel::PER_SOURCE_BURST;
+    let invalid = after.dropped_invalid - before.dropped_invalid;
+    assert!(invalid <= bound, "{invalid} flood initiations reached the key exchange (bound {bound})");
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use netkernel::strict::StrictRules;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
@@ -77,7 +78,7 @@ pub struct ControllerSettings {
     pub state_dir: std::path::PathBuf,
     /// The underlay MTU.
     pub underlay_mtu: u32,
-    /// The VXLAN devices (strict mode drops plaintext on them).
+    /// The VXLAN devices (strict mode drops all traffic on them).
     pub vxlan_devices: Vec<String>,
     /// This node does not take part (`--no-encryption`): it never publishes a key.
     pub opt_out: bool,
@@ -89,6 +90,8 @@ pub struct ControllerSettings {
 
 struct Running {
     tunnel: Tunnel,
+    /// Changes when the tunnel accepted a newer peer timestamp (to be saved).
+    stamps: watch::Receiver<u64>,
     key: NodeKey,
     port: u16,
     ifindex: u32,
@@ -118,6 +121,8 @@ pub struct Controller {
     seeded: BTreeSet<IpNet>,
     started: Instant,
     strict_on: Option<bool>,
+    /// The rules the strict table was last made from.
+    strict_rules: Option<StrictRules>,
     strict_checked: Instant,
     cleaned_leftover: bool,
 }
@@ -164,6 +169,7 @@ impl Controller {
             seeded,
             started: Instant::now(),
             strict_on: None,
+            strict_rules: None,
             strict_checked: Instant::now(),
             cleaned_leftover: false,
         })
@@ -192,18 +198,24 @@ impl Controller {
                 Phase::On(r) | Phase::Leaving { run: r, .. } => Some(r.tunnel.changes()),
                 Phase::Off => None,
             };
+            let mut stamps = match &self.phase {
+                Phase::On(r) | Phase::Leaving { run: r, .. } => Some(r.stamps.clone()),
+                Phase::Off => None,
+            };
             tokio::select! {
                 r = io.config.changed() => if r.is_err() { break },
                 r = io.own.changed() => if r.is_err() { break },
                 r = io.peers.changed() => if r.is_err() { break },
                 _ = async { changes.as_mut().unwrap().changed().await }, if changes.is_some() => {}
+                _ = async { stamps.as_mut().unwrap().changed().await }, if stamps.is_some() => {}
                 _ = tick.tick() => {}
                 _ = io.shutdown.changed() => break,
             }
         }
         let left = io.node.keeper.borrow().released;
         match std::mem::replace(&mut self.phase, Phase::Off) {
-            Phase::On(r) | Phase::Leaving { run: r, .. } => {
+            Phase::On(mut r) | Phase::Leaving { run: mut r, .. } => {
+                self.save_timestamps(&mut r);
                 kernel::blocking(|| r.tunnel.stop());
             }
             Phase::Off => {}
@@ -262,6 +274,7 @@ impl Controller {
                 }
             }
             Phase::On(run) => {
+                self.save_timestamps(run);
                 if let Some(own) = own
                     && own != run.own
                 {
@@ -303,6 +316,7 @@ impl Controller {
                 }
             }
             Phase::Leaving { run, since, unpublished } => {
+                self.save_timestamps(run);
                 // Routes go back at once (choice stays empty); the key leaves the lease a
                 // little later, once our routes no longer point into the tunnel.
                 choice.ifindex = Some(run.ifindex);
@@ -320,7 +334,8 @@ impl Controller {
         if !waiting {
             self.set_routes(choice, io).await;
         }
-        self.set_strict(want && settings.strict).await;
+        let strict = (want && settings.strict).then(|| self.strict_rules(&config, own));
+        self.set_strict(strict).await;
         io.status.send_replace(self.status_json(&settings, want));
         if let Some(v) = publish {
             self.publish(v, io).await;
@@ -398,6 +413,9 @@ impl Controller {
                 "dropped_invalid": st.dropped_invalid,
                 "dropped_io": st.dropped_io,
                 "handshakes_completed": st.handshakes_completed,
+                "dropped_replayed": st.dropped_replayed,
+                "dropped_rate_limited": st.dropped_rate_limited,
+                "cookie_replies": st.cookie_replies,
             });
         }
         v
@@ -426,7 +444,15 @@ impl Controller {
             TunnelConfig { name: DEVICE.into(), port: s.port, threads: self.cfg.threads, persist: true };
         let tunnel = kernel::blocking(|| Tunnel::start(cfg, key.private))
             .map_err(|e| format!("starting the tunnel: {e}"))?;
-        let mut run = Running { ifindex: tunnel.ifindex(), tunnel, key, port: s.port, own };
+        // Before any peer is set (until then no initiation is answered).
+        match self.keys.load_timestamps() {
+            Ok(saved) => tunnel.restore_handshake_timestamps(&saved),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable peer timestamps; initiations recorded before this start could be answered once")
+            }
+        }
+        let stamps = tunnel.handshake_timestamps_changed();
+        let mut run = Running { ifindex: tunnel.ifindex(), tunnel, stamps, key, port: s.port, own };
         kernel::blocking(|| self.setup_device(&mut run)).map_err(|e| format!("setting up {DEVICE}: {e}"))?;
         tracing::info!(device = DEVICE, port = s.port, public_key = %super::settings::encode_key(&run.key.public), "encryption tunnel up");
         Ok(run)
@@ -447,6 +473,8 @@ impl Controller {
                 })
                 .map_err(|e| format!("restarting the tunnel: {e}"))?,
             );
+            run.tunnel.restore_handshake_timestamps(&old.handshake_timestamps());
+            run.stamps = run.tunnel.handshake_timestamps_changed();
             kernel::blocking(|| old.stop());
             run.port = s.port;
             self.last_peers.clear();
@@ -467,6 +495,18 @@ impl Controller {
             run.key = key;
         }
         Ok(())
+    }
+
+    /// Saves the peers' newest handshake timestamps when the tunnel accepted a newer one.
+    fn save_timestamps(&self, run: &mut Running) {
+        if !run.stamps.has_changed().unwrap_or(false) {
+            return;
+        }
+        run.stamps.mark_unchanged();
+        let stamps = run.tunnel.handshake_timestamps();
+        if let Err(e) = kernel::blocking(|| self.keys.save_timestamps(&stamps)) {
+            tracing::error!(file = %self.keys.timestamps_path().display(), error = %e, "saving the peers' handshake timestamps");
+        }
     }
 
     fn warn_once(&mut self, id: &str, why: String) {
@@ -584,23 +624,36 @@ impl Controller {
         }
     }
 
-    async fn set_strict(&mut self, on: bool) {
+    /// The strict table's rules: plaintext overlay devices closed, and pod-network sources
+    /// accepted only from the tunnel (remote pods) or along their route (our own pods).
+    fn strict_rules(&self, config: &NetworkConfig, own: Option<SubnetKey>) -> StrictRules {
+        let own_v4 = own.and_then(|o| o.ipv4).map(IpNet::V4);
+        let own_v6 = own.and_then(|o| o.ipv6).map(IpNet::V6);
+        StrictRules {
+            plaintext_devices: self.cfg.vxlan_devices.clone(),
+            tunnel: DEVICE.into(),
+            pod_networks: [&config.ipv4, &config.ipv6].into_iter().flatten().map(|p| p.network).collect(),
+            own_subnets: own_v4.into_iter().chain(own_v6).collect(),
+        }
+    }
+
+    async fn set_strict(&mut self, want: Option<StrictRules>) {
+        let on = want.is_some();
         // While on, checked every 10 s too, so a hand-deleted table comes back; once known
         // removed there is nothing to watch (no nft process per tick on plain clusters).
         let recheck = on && self.strict_checked.elapsed() >= crate::backend::RESYNC_EVERY;
-        if self.strict_on == Some(on) && !recheck {
+        if self.strict_on == Some(on) && self.strict_rules == want && !recheck {
             return;
         }
-        let devices = self.cfg.vxlan_devices.clone();
-        let r = kernel::blocking(|| {
-            if on {
-                if self.strict_on == Some(true) && netkernel::strict::present(STRICT_TABLE)? {
+        let same = self.strict_on == Some(true) && self.strict_rules == want;
+        let r = kernel::blocking(|| match &want {
+            Some(rules) => {
+                if same && netkernel::strict::present(STRICT_TABLE)? {
                     return Ok(());
                 }
-                netkernel::strict::ensure(STRICT_TABLE, &devices)
-            } else {
-                netkernel::strict::remove(STRICT_TABLE)
+                netkernel::strict::ensure(STRICT_TABLE, rules)
             }
+            None => netkernel::strict::remove(STRICT_TABLE),
         });
         self.strict_checked = Instant::now();
         match r {
@@ -610,6 +663,7 @@ impl Controller {
                     tracing::info!(strict = on, "strict encryption rules");
                 }
                 self.strict_on = Some(on);
+                self.strict_rules = want;
             }
             Err(e) => tracing::error!(error = %e, "strict encryption rules"),
         }

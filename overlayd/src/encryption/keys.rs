@@ -1,6 +1,10 @@
 //! This node's WireGuard key pair, kept in the state directory (`wireguard-key.json`, mode
 //! 0600) so that restarts keep it: peers need not learn a new key, and sessions come back
 //! with one handshake. Never logged: `Debug` shows only the public key.
+//!
+//! Beside it (`wireguard-timestamps.json`, 0600, written atomically), the newest handshake
+//! initiation timestamp accepted from each peer key, so that an initiation recorded before
+//! a restart is not answered after it (the tunnel refuses any not newer than these).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,8 @@ use crate::state::write_atomic;
 
 /// The key file's name in the state directory.
 pub const KEY_FILE: &str = "wireguard-key.json";
+/// The peers' newest handshake timestamps, in the state directory.
+pub const TIMESTAMPS_FILE: &str = "wireguard-timestamps.json";
 
 /// A key pair and when and why it was made.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,8 +52,42 @@ struct KeyFile {
     created: u64,
 }
 
+use wgtunnel::PeerTimestamp;
 /// The public key of a private one (the engine's computation: one definition).
 pub use wgtunnel::public_key;
+
+#[derive(Serialize, Deserialize)]
+struct TimestampsFile {
+    #[serde(rename = "Peers")]
+    peers: Vec<TimestampEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TimestampEntry {
+    #[serde(rename = "PublicKey")]
+    public_key: String,
+    /// The 12-byte TAI64N label in hex.
+    #[serde(rename = "TAI64N")]
+    tai64n: String,
+    /// When it was accepted, Unix seconds.
+    #[serde(rename = "Seen")]
+    seen: u64,
+}
+
+fn tai64n_hex(t: &[u8; 12]) -> String {
+    t.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tai64n_parse(s: &str) -> Option<[u8; 12]> {
+    if s.len() != 24 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 12];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
 
 /// 32 bytes of secret key material (see [`crate::state::random_bytes`]).
 pub fn random_key() -> io::Result<[u8; 32]> {
@@ -136,6 +176,57 @@ impl KeyStore {
         std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
     }
 
+    /// The timestamps file's path.
+    pub fn timestamps_path(&self) -> PathBuf {
+        self.path.with_file_name(TIMESTAMPS_FILE)
+    }
+
+    /// The saved peer timestamps (none when there is no file). A damaged file is an error
+    /// as a whole: nothing of it is used.
+    pub fn load_timestamps(&self) -> io::Result<Vec<PeerTimestamp>> {
+        let path = self.timestamps_path();
+        let bad =
+            |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let f: TimestampsFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        if f.peers.len() > wgtunnel::MAX_TIMESTAMPS {
+            return Err(bad(format!("{} entries, at most {}", f.peers.len(), wgtunnel::MAX_TIMESTAMPS)));
+        }
+        f.peers
+            .iter()
+            .map(|e| {
+                Ok(PeerTimestamp {
+                    peer: decode_key(&e.public_key).ok_or_else(|| bad("not a WireGuard key".into()))?,
+                    tai64n: tai64n_parse(&e.tai64n).ok_or_else(|| bad("not a TAI64N label".into()))?,
+                    seen: UNIX_EPOCH + Duration::from_secs(e.seen),
+                })
+            })
+            .collect()
+    }
+
+    /// Saves the peer timestamps (0600, atomically).
+    pub fn save_timestamps(&self, stamps: &[PeerTimestamp]) -> io::Result<()> {
+        let f = TimestampsFile {
+            peers: stamps
+                .iter()
+                .map(|p| TimestampEntry {
+                    public_key: encode_key(&p.peer),
+                    tai64n: tai64n_hex(&p.tai64n),
+                    seen: p.seen.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+                })
+                .collect(),
+        };
+        let data = serde_json::to_vec(&f).map_err(io::Error::other)?;
+        let path = self.timestamps_path();
+        write_atomic(&path, &data, 0o600)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    }
+
     /// The key to use for `generation` with an optional rotation `period`: the saved one
     /// unless it is missing, damaged, of an older generation or older than the period, in
     /// which case a new one is made and saved. Returns the key and whether it is new.
@@ -193,6 +284,36 @@ mod tests {
         let (k2, new) = ks.current(0, None).unwrap();
         assert!(new && k2 != k);
         assert!(ks.load().unwrap().is_some());
+    }
+
+    #[test]
+    fn peer_timestamps_round_trip_private_and_damage_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::new(dir.path());
+        assert!(ks.load_timestamps().unwrap().is_empty(), "no file: nothing known");
+        let stamps = vec![
+            PeerTimestamp {
+                peer: [1; 32],
+                tai64n: [0x40, 0, 0, 0, 0x69, 0x33, 0, 1, 0, 0, 0, 9],
+                seen: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            },
+            PeerTimestamp { peer: [2; 32], tai64n: [0xff; 12], seen: UNIX_EPOCH },
+        ];
+        ks.save_timestamps(&stamps).unwrap();
+        assert_eq!(ks.load_timestamps().unwrap(), stamps);
+        let meta = std::fs::metadata(ks.timestamps_path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(ks.load().unwrap().is_none(), "the key file is another file");
+        for bad in [
+            "{not json",
+            r#"{"Peers":[{"PublicKey":"short","TAI64N":"000000000000000000000000","Seen":0}]}"#,
+            r#"{"Peers":[{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","TAI64N":"00","Seen":0}]}"#,
+            r#"{"Peers":[{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","TAI64N":"zz0000000000000000000000","Seen":0}]}"#,
+            r#"{"Peers":[{"PublicKey":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","TAI64N":"éé00000000000000000000","Seen":0}]}"#,
+        ] {
+            std::fs::write(ks.timestamps_path(), bad).unwrap();
+            assert!(ks.load_timestamps().is_err(), "{bad}");
+        }
     }
 
     #[test]
