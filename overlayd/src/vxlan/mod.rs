@@ -221,8 +221,11 @@ impl Datapath for Kernel<'_> {
 
     fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<(u32, Option<String>), String> {
         let (link, replaced) = self.0.ensure_vxlan(spec).map_err(|e| e.to_string())?;
-        // Router advertisements have no business on an overlay device.
+        // Router advertisements have no business on an overlay device, and duplicate address
+        // detection would hold our VTEP address tentative (unusable) for a second or two:
+        // the address is ours by lease.
         let _ = netkernel::sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", link.name), "0");
+        let _ = netkernel::sysctl::write(&format!("net/ipv6/conf/{}/accept_dad", link.name), "0");
         Ok((link.index, replaced))
     }
 

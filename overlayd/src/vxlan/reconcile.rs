@@ -396,3 +396,369 @@ fn describe(op: &OverlayOp) -> String {
         OverlayOp::DelRoute(r) => format!("removing route to {}", r.dst),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The isolation property, on an in-memory kernel whose operations fail on demand.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+
+    /// A fault confined to one family.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// The device on this underlay family cannot be made (and is gone).
+        Device,
+        /// Our address of this pod family cannot be added.
+        Address,
+        /// Neighbour entries of this pod family fail.
+        Neighbour,
+        /// Routes of this pod family fail.
+        Route,
+        /// Routes of this pod family cannot be read.
+        ReadRoutes,
+    }
+
+    #[derive(Default)]
+    struct State {
+        links: BTreeMap<String, (u32, VxlanSpec)>,
+        next: u32,
+        addrs: BTreeMap<u32, BTreeSet<IpNet>>,
+        neigh: BTreeMap<u32, BTreeSet<Neighbour>>,
+        fdb: BTreeMap<u32, BTreeSet<FdbEntry>>,
+        routes: Vec<Route>,
+    }
+
+    impl State {
+        fn drop_link(&mut self, index: u32) {
+            self.links.retain(|_, (i, _)| *i != index);
+            self.addrs.remove(&index);
+            self.neigh.remove(&index);
+            self.fdb.remove(&index);
+            self.routes.retain(|r| r.oif != Some(index));
+        }
+    }
+
+    struct Fake {
+        s: RefCell<State>,
+        faults: Vec<(Fam, Fault)>,
+    }
+
+    const UL: u32 = 2;
+
+    impl Fake {
+        fn new() -> Self {
+            Fake { s: RefCell::new(State { next: 10, ..Default::default() }), faults: Vec::new() }
+        }
+        fn fails(&self, fam: Fam, f: Fault) -> bool {
+            self.faults.contains(&(fam, f))
+        }
+    }
+
+    impl Datapath for Fake {
+        fn underlay(&self, _name: &str) -> Result<(u32, Vec<IpNet>), String> {
+            Ok((UL, vec!["198.18.0.1/24".parse().unwrap(), "fd18::1/64".parse().unwrap()]))
+        }
+        fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<(u32, Option<String>), String> {
+            let mut s = self.s.borrow_mut();
+            if self.fails(Fam::of(spec.local), Fault::Device) {
+                if let Some((i, _)) = s.links.get(&spec.name).cloned() {
+                    s.drop_link(i);
+                }
+                return Err("injected".into());
+            }
+            if let Some((i, have)) = s.links.get(&spec.name).cloned() {
+                if have == *spec {
+                    return Ok((i, None));
+                }
+                s.drop_link(i);
+            }
+            // Two devices with one VNI and port on one underlay family: what the kernel refuses.
+            let clash = s.links.values().any(|(_, o)| {
+                o.vni == spec.vni && o.port == spec.port && o.local.is_ipv6() == spec.local.is_ipv6()
+            });
+            if clash {
+                return Err("File exists".into());
+            }
+            s.next += 1;
+            let i = s.next;
+            s.links.insert(spec.name.clone(), (i, spec.clone()));
+            Ok((i, None))
+        }
+        fn remove_device(&self, name: &str) -> Result<(), String> {
+            let mut s = self.s.borrow_mut();
+            if let Some((i, _)) = s.links.get(name).cloned() {
+                s.drop_link(i);
+            }
+            Ok(())
+        }
+        fn addresses(&self, index: u32) -> Result<Vec<IpNet>, String> {
+            Ok(self.s.borrow().addrs.get(&index).into_iter().flatten().copied().collect())
+        }
+        fn del_address(&self, index: u32, addr: IpNet) -> Result<(), String> {
+            self.s.borrow_mut().addrs.entry(index).or_default().remove(&addr);
+            Ok(())
+        }
+        fn ensure_address(&self, index: u32, addr: IpNet) -> Result<(), String> {
+            if self.fails(Fam::of(addr.addr()), Fault::Address) {
+                return Err("injected".into());
+            }
+            self.s.borrow_mut().addrs.entry(index).or_default().insert(addr);
+            Ok(())
+        }
+        fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>, String> {
+            Ok(self.s.borrow().neigh.get(&index).into_iter().flatten().copied().collect())
+        }
+        fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>, String> {
+            Ok(self.s.borrow().fdb.get(&index).into_iter().flatten().copied().collect())
+        }
+        fn routes(&self, v6: bool) -> Result<Vec<Route>, String> {
+            if self.fails(if v6 { Fam::V6 } else { Fam::V4 }, Fault::ReadRoutes) {
+                return Err("injected".into());
+            }
+            Ok(self.s.borrow().routes.iter().filter(|r| r.dst.addr().is_ipv6() == v6).cloned().collect())
+        }
+        fn apply(&self, ops: Vec<OverlayOp>) -> Vec<(OverlayOp, String)> {
+            let mut failed = Vec::new();
+            let mut s = self.s.borrow_mut();
+            for op in ops {
+                let ok = match &op {
+                    OverlayOp::SetNeighbour(i, n) if !self.fails(Fam::of(n.ip), Fault::Neighbour) => {
+                        let set = s.neigh.entry(*i).or_default();
+                        set.retain(|x| x.ip != n.ip);
+                        set.insert(*n)
+                    }
+                    OverlayOp::DelNeighbour(i, ip) => {
+                        s.neigh.entry(*i).or_default().retain(|x| x.ip != *ip);
+                        true
+                    }
+                    OverlayOp::SetFdb(i, f) => s.fdb.entry(*i).or_default().insert(*f),
+                    OverlayOp::DelFdb(i, f) => s.fdb.entry(*i).or_default().remove(f),
+                    OverlayOp::SetRoute(r) if !self.fails(Fam::of(r.dst.addr()), Fault::Route) => {
+                        s.routes.retain(|h| h.dst != r.dst);
+                        s.routes.push(r.clone());
+                        true
+                    }
+                    OverlayOp::DelRoute(r) => {
+                        s.routes.retain(|h| !(h.dst == r.dst && h.gateway == r.gateway && h.oif == r.oif));
+                        true
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    failed.push((op, "injected".to_string()));
+                }
+            }
+            failed
+        }
+    }
+
+    fn spec(outer: Fam) -> DeviceWant {
+        let (name, local) = match outer {
+            Fam::V4 => ("flannel.1", "198.18.0.1"),
+            Fam::V6 => ("flannel-v6.1", "fd18::1"),
+        };
+        DeviceWant {
+            outer,
+            spec: VxlanSpec {
+                name: name.into(),
+                vni: 1,
+                port: 8472,
+                local: local.parse().unwrap(),
+                dev: 0,
+                mtu: 1430,
+                mac: [2, 0, 0, 0, 0, outer as u8 + 1],
+            },
+        }
+    }
+
+    /// Node `n`'s subnet in `fam`, and its endpoint on underlay family `outer`.
+    fn peer(n: u8, fam: Fam, outer: Fam) -> PeerWant {
+        let subnet = match fam {
+            Fam::V4 => format!("10.244.{n}.0/24"),
+            Fam::V6 => format!("fd10:244:0:{n:x}::/64"),
+        };
+        let public = match outer {
+            Fam::V4 => format!("198.18.0.{n}"),
+            Fam::V6 => format!("fd18::{n:x}"),
+        };
+        PeerWant {
+            key: format!("node{n}"),
+            subnet: subnet.parse().unwrap(),
+            path: Some(Vtep { public: public.parse().unwrap(), mac: [2, 1, 0, 0, n, outer as u8] }),
+        }
+    }
+
+    /// Desired state with peers `ns`, both pod families; over a dual underlay each family
+    /// rides its own underlay family, over an IPv4-only one both ride IPv4.
+    fn want(ns: &BTreeSet<u8>, dual_underlay: bool) -> (Vec<DeviceWant>, Vec<InnerWant>) {
+        let outer6 = if dual_underlay { Fam::V6 } else { Fam::V4 };
+        let devices = if dual_underlay { vec![spec(Fam::V4), spec(Fam::V6)] } else { vec![spec(Fam::V4)] };
+        let inner = vec![
+            InnerWant {
+                fam: Fam::V4,
+                own: "10.244.1.0/24".parse().unwrap(),
+                network: "10.244.0.0/16".parse().unwrap(),
+                peers: ns.iter().map(|&n| peer(n, Fam::V4, Fam::V4)).collect(),
+            },
+            InnerWant {
+                fam: Fam::V6,
+                own: "fd10:244:0:1::/64".parse().unwrap(),
+                network: "fd10:244::/56".parse().unwrap(),
+                peers: ns.iter().map(|&n| peer(n, Fam::V6, outer6)).collect(),
+            },
+        ];
+        (devices, inner)
+    }
+
+    /// Every peer of `fam` has its route, neighbour and FDB entry, on a live device.
+    fn programmed(k: &Fake, fam: &InnerWant) -> Result<(), String> {
+        let s = k.s.borrow();
+        for p in &fam.peers {
+            let v = p.path.unwrap();
+            let vtep = first_addr(&p.subnet);
+            let r = s.routes.iter().find(|r| r.dst == p.subnet).ok_or(format!("no route to {}", p.subnet))?;
+            let dev = r.oif.unwrap();
+            let live =
+                s.links.values().find(|(i, _)| *i == dev).ok_or(format!("{}: dead device", p.subnet))?;
+            if r.gateway != Some(vtep) || live.1.local.is_ipv6() != v.public.is_ipv6() {
+                return Err(format!("wrong route {r:?}"));
+            }
+            let n = s.neigh.get(&dev).is_some_and(|n| n.contains(&Neighbour { ip: vtep, mac: v.mac }));
+            let f = s.fdb.get(&dev).is_some_and(|f| f.contains(&FdbEntry { mac: v.mac, dst: v.public }));
+            if !(n && f) {
+                return Err(format!("{}: neighbour {n}, fdb {f}", p.subnet));
+            }
+        }
+        Ok(())
+    }
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![
+            Just(Fault::Device),
+            Just(Fault::Address),
+            Just(Fault::Neighbour),
+            Just(Fault::Route),
+            Just(Fault::ReadRoutes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Rounds of reconciliation with peers coming and going, and any faults in one
+        /// family: the other family is fully programmed after every round, reports nothing,
+        /// and the failing family recovers once the faults stop.
+        #[test]
+        fn no_family_fault_stops_the_other_family(
+            bad_v6 in any::<bool>(),
+            dual_underlay in any::<bool>(),
+            rounds in proptest::collection::vec(
+                (proptest::collection::btree_set(2u8..12, 0..5), proptest::collection::vec(fault(), 0..4)),
+                1..8,
+            ),
+        ) {
+            let (bad, good) = if bad_v6 { (Fam::V6, Fam::V4) } else { (Fam::V4, Fam::V6) };
+            let k = RefCell::new(Fake::new());
+            let tunnel = TunnelRoutes::default();
+            let mut last = BTreeSet::new();
+            for (i, (peers, faults)) in rounds.iter().enumerate() {
+                // Over an IPv4-only underlay both pod families share the IPv4 device: its
+                // loss is no family's own fault there.
+                let faults: Vec<(Fam, Fault)> = faults
+                    .iter()
+                    .filter(|f| dual_underlay || **f != Fault::Device)
+                    .map(|f| (bad, *f))
+                    .collect();
+                k.borrow_mut().faults = faults;
+                let (devices, inner) = want(peers, dual_underlay);
+                let d = Desired {
+                    underlay: "ul",
+                    devices,
+                    absent: Vec::new(),
+                    inner: inner.clone(),
+                    direct_routing: false,
+                    prune: i > 0,
+                    tunnel: &tunnel,
+                };
+                let out = reconcile(&*k.borrow(), &d).unwrap();
+                let g = inner.iter().find(|f| f.fam == good).unwrap();
+                prop_assert_eq!(programmed(&k.borrow(), g), Ok(()), "round {}", i);
+                prop_assert_eq!(&out.families[&good].errors, &Vec::<String>::new());
+                // Nothing of peers gone stays in the good family.
+                let kk = k.borrow();
+                let s = kk.s.borrow();
+                for r in s.routes.iter().filter(|r| Fam::of(r.dst.addr()) == good) {
+                    prop_assert!(g.peers.iter().any(|p| p.subnet == r.dst), "stale route {:?}", r);
+                }
+                last = peers.clone();
+            }
+            // The faults stop: both families are programmed.
+            k.borrow_mut().faults.clear();
+            let (devices, inner) = want(&last, dual_underlay);
+            let d = Desired {
+                underlay: "ul",
+                devices,
+                absent: Vec::new(),
+                inner: inner.clone(),
+                direct_routing: false,
+                prune: true,
+                tunnel: &tunnel,
+            };
+            let out = reconcile(&*k.borrow(), &d).unwrap();
+            for f in &inner {
+                prop_assert_eq!(programmed(&k.borrow(), f), Ok(()));
+                prop_assert!(out.families[&f.fam].errors.is_empty(), "{:?}", out.families);
+            }
+        }
+    }
+
+    #[test]
+    fn both_pod_families_share_the_one_device_of_an_ipv4_underlay() {
+        // The bug of issue 20: a second device for IPv6 pods on the IPv4 underlay clashed with
+        // the first ("File exists") and nothing was programmed.
+        let k = Fake::new();
+        let tunnel = TunnelRoutes::default();
+        let (devices, inner) = want(&[2u8, 3].into(), false);
+        let d = Desired {
+            underlay: "ul",
+            devices,
+            absent: vec!["flannel-v6.1".into()],
+            inner: inner.clone(),
+            direct_routing: false,
+            prune: false,
+            tunnel: &tunnel,
+        };
+        let out = reconcile(&k, &d).unwrap();
+        assert!(out.families.values().all(|f| f.errors.is_empty()), "{out:?}");
+        assert_eq!(k.s.borrow().links.len(), 1);
+        for f in &inner {
+            assert_eq!(programmed(&k, f), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_peer_without_a_common_underlay_family_is_named_not_fatal() {
+        let k = Fake::new();
+        let tunnel = TunnelRoutes::default();
+        let (devices, mut inner) = want(&[2u8, 3].into(), true);
+        inner[1].peers[0].path = None;
+        let d = Desired {
+            underlay: "ul",
+            devices,
+            absent: Vec::new(),
+            inner: inner.clone(),
+            direct_routing: false,
+            prune: false,
+            tunnel: &tunnel,
+        };
+        let out = reconcile(&k, &d).unwrap();
+        assert_eq!(out.families[&Fam::V6].no_common_underlay, vec!["node2".to_string()]);
+        assert!(out.families[&Fam::V6].errors.is_empty());
+        assert_eq!(out.families[&Fam::V6].peers, 1);
+        inner[1].peers.remove(0);
+        assert_eq!(programmed(&k, &inner[1]), Ok(()));
+        assert_eq!(programmed(&k, &inner[0]), Ok(()));
+    }
+}
