@@ -81,11 +81,14 @@ async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result
     let r = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
-            if ready {
-                reply(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            // A family that fails does not make the node unready while another works; it is
+            // named here, one line each.
+            let mut body = if ready { "ready\n" } else { "not ready\n" }.to_string();
+            for p in shared.datapath.borrow().problems() {
+                body.push_str(&format!("degraded {p}\n"));
             }
+            let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            reply(code, "text/plain", body)
         }
         (&Method::GET, "/metrics") => {
             reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render(&shared.gauges()))
@@ -191,6 +194,7 @@ fn status(shared: &Node) -> Reply {
                 "listing_applied": shared.datapath.borrow().listing_applied,
                 "failing_batches": shared.datapath.borrow().failing,
                 "last_error": shared.datapath.borrow().last_error,
+                "families": shared.datapath.borrow().families,
             },
             "store": shared.store.describe(),
             "store_ok": k.store_ok,

@@ -61,6 +61,32 @@ pub trait Backend: Send + 'static {
     fn echo_targets(&self, _peers: &PeerSet) -> Vec<EchoTarget> {
         Vec::new()
     }
+    /// What the last batch left, per pod address family (none for a backend without a
+    /// datapath).
+    fn families(&self) -> Vec<FamilyHealth> {
+        Vec::new()
+    }
+}
+
+/// One pod address family of the datapath after the last batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FamilyHealth {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// Peers programmed in this family.
+    pub peers: usize,
+    /// What failed (empty: everything the leases ask for is programmed).
+    pub errors: Vec<String>,
+    /// Peers that share no underlay family with this node: unreachable until one of the two
+    /// gets an address in the other's family.
+    pub no_common_underlay: Vec<String>,
+}
+
+impl FamilyHealth {
+    /// Nothing failed.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
 }
 
 /// What the backend has done, for readiness and status.
@@ -76,6 +102,28 @@ pub struct DatapathReport {
     pub failing: u32,
     /// The last failure, while `failing > 0`.
     pub last_error: Option<String>,
+    /// Each pod family's state: one failing never holds the other back.
+    pub families: Vec<FamilyHealth>,
+}
+
+impl DatapathReport {
+    /// What is wrong, one line per family with a problem (for `/readyz`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in &self.families {
+            if !f.errors.is_empty() {
+                out.push(format!("{}: {}", f.family, f.errors.join("; ")));
+            }
+            if !f.no_common_underlay.is_empty() {
+                out.push(format!(
+                    "{}: no common underlay family with {}",
+                    f.family,
+                    f.no_common_underlay.join(", ")
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// vxlan's control plane only: publishes `{"VNI":…,"VtepMAC":…}` and counts batches.
@@ -172,18 +220,37 @@ pub async fn run_backend(
             _ => {}
         }
         let set = peers.borrow().clone();
-        match backend.apply(&ev, &set).await {
+        let result = backend.apply(&ev, &set).await;
+        let families = backend.families();
+        metrics.set_families(&families);
+        let degraded = families.iter().any(|f| !f.ok());
+        match result {
             Ok(()) => {
-                retry = None;
-                backoff.reset();
+                if degraded {
+                    // A family failed while another works: the working one counts as applied,
+                    // the failed one is retried soon.
+                    metrics.inc(&metrics.backend_failures);
+                    retry = Some(tokio::time::Instant::now() + backoff.delay());
+                } else {
+                    retry = None;
+                    backoff.reset();
+                }
                 let echo = backend.echo_targets(&set);
                 report.send_if_modified(|r| {
                     let next = DatapathReport {
                         own: r.own,
                         listing_applied: r.own.is_some() && synced,
                         echo,
-                        failing: 0,
-                        last_error: None,
+                        failing: if degraded { r.failing + 1 } else { 0 },
+                        last_error: degraded.then(|| {
+                            families
+                                .iter()
+                                .filter(|f| !f.ok())
+                                .map(|f| format!("{}: {}", f.family, f.errors.join("; ")))
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        }),
+                        families,
                     };
                     let changed = *r != next;
                     *r = next;
@@ -198,6 +265,7 @@ pub async fn run_backend(
                 report.send_modify(|r| {
                     r.failing += 1;
                     r.last_error = Some(e.to_string());
+                    r.families = families;
                 });
             }
         }

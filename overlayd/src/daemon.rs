@@ -197,7 +197,13 @@ async fn start(
     let encrypting = encryption.enabled && !args.no_encryption && !args.no_datapath;
     let underlay = &node.underlay;
     let underlay_mtu = underlay.mtu.unwrap_or(1500);
-    let mtu = pod_mtu(args.mtu, &config, underlay.mtu, encrypting.then(|| encrypted_mtu(underlay_mtu)));
+    let mtu = pod_mtu(
+        args.mtu,
+        &config,
+        underlay.mtu,
+        underlay.public_ipv6.is_some(),
+        encrypting.then(|| encrypted_mtu(underlay_mtu)),
+    );
     mtu_tx.send_replace(mtu);
 
     let tunnel_routes: SharedRoutes = Arc::default();
@@ -214,11 +220,7 @@ async fn start(
         public_ipv6: underlay.public_ipv6,
         backend_type: backend.backend_type().into(),
         backend_data: backend.lease_data(),
-        backend_v6_data: if config.ipv6.is_some() && config.ipv4.is_some() {
-            backend.lease_data()
-        } else {
-            backend.lease_v6_data()
-        },
+        backend_v6_data: backend.lease_v6_data(),
         node_id: Some(node.id.clone()),
         identity: Some(identity.public_b64()),
         signature: None,
@@ -301,6 +303,10 @@ async fn start(
                 opt_out: args.no_encryption,
                 threads: args.tunnel_threads,
                 fixed_mtu: args.mtu.is_some(),
+                outer: crate::peer::Outer {
+                    v4: underlay.public_ip.is_some(),
+                    v6: underlay.public_ipv6.is_some(),
+                },
             },
             tunnel_routes,
         )
@@ -334,8 +340,9 @@ async fn start(
 }
 
 fn vxlan_devices(config: &NetworkConfig) -> Vec<String> {
+    use crate::vxlan::{device_name, reconcile::Fam};
     let vni = config.vxlan().vni;
-    vec![format!("flannel.{vni}"), format!("flannel-v6.{vni}")]
+    vec![device_name(Fam::V4, vni), device_name(Fam::V6, vni)]
 }
 
 /// The datapath this node runs.

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub backend_failures: AtomicU64,
     /// Peers that did not answer the readiness probe in time (last probe).
     pub ready_silent_peers: AtomicU64,
+    /// Per pod family (IPv4, IPv6): 1 while the last batch left it failing.
+    pub family_failing: [AtomicU64; 2],
+    /// Per pod family: batches that left it failing.
+    pub family_failures: [AtomicU64; 2],
+    /// Per pod family: peers with no common underlay family (last batch).
+    pub family_no_common_underlay: [AtomicU64; 2],
 }
 
 /// Values that are read from elsewhere at scrape time.
@@ -65,6 +71,20 @@ impl Metrics {
     /// +n.
     pub fn add(&self, c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records the families' state after a batch.
+    pub fn set_families(&self, families: &[crate::backend::FamilyHealth]) {
+        for (i, name) in ["ipv4", "ipv6"].into_iter().enumerate() {
+            let f = families.iter().find(|f| f.family == name);
+            let failing = f.is_some_and(|f| !f.ok());
+            self.family_failing[i].store(failing as u64, Ordering::Relaxed);
+            if failing {
+                self.inc(&self.family_failures[i]);
+            }
+            let none = f.map_or(0, |f| f.no_common_underlay.len() as u64);
+            self.family_no_common_underlay[i].store(none, Ordering::Relaxed);
+        }
     }
 
     /// Peer events so far (added + changed + removed).
@@ -174,6 +194,25 @@ impl Metrics {
             "gauge",
             "Peers that did not answer the last readiness probe before its deadline.",
             &[("", l(&self.ready_silent_peers))],
+        );
+        let fam = |c: &[AtomicU64; 2]| [("{family=\"ipv4\"}", l(&c[0])), ("{family=\"ipv6\"}", l(&c[1]))];
+        metric(
+            "overlayd_datapath_family_failing",
+            "gauge",
+            "1 while the last batch left this pod family's datapath partly unprogrammed.",
+            &fam(&self.family_failing),
+        );
+        metric(
+            "overlayd_datapath_family_failures_total",
+            "counter",
+            "Batches that left this pod family's datapath partly unprogrammed (retried).",
+            &fam(&self.family_failures),
+        );
+        metric(
+            "overlayd_datapath_no_common_underlay_peers",
+            "gauge",
+            "Peers this pod family cannot reach: they share no underlay family with this node.",
+            &fam(&self.family_no_common_underlay),
         );
         let o = &g.ops;
         metric(

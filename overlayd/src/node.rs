@@ -32,8 +32,9 @@ use crate::pins::SharedPins;
 use crate::readiness::Confirmation;
 use crate::store::SharedStore;
 use crate::subnet::{KeyLayout, SubnetKey};
-use crate::underlay::{Underlay, VXLAN_V4_OVERHEAD};
+use crate::underlay::Underlay;
 use crate::validate::Validator;
+use crate::vxlan::{V4_OVERHEAD, V6_OVERHEAD};
 
 /// The pod MTU when nothing else says (a 1500-byte underlay minus VXLAN's overhead).
 pub const FALLBACK_MTU: u32 = 1450;
@@ -236,6 +237,7 @@ pub fn pod_mtu(
     explicit: Option<u32>,
     config: &NetworkConfig,
     underlay_mtu: Option<u32>,
+    ipv6_underlay: bool,
     encrypted: Option<u32>,
 ) -> u32 {
     if let Some(m) = explicit {
@@ -243,7 +245,9 @@ pub fn pod_mtu(
     }
     let base = (config.vxlan().mtu > 0)
         .then_some(config.vxlan().mtu)
-        .or(underlay_mtu.map(|m| m.saturating_sub(VXLAN_V4_OVERHEAD)))
+        // One MTU for the pods whichever device carries their packets: the larger overhead
+        // of the underlay families this node has.
+        .or(underlay_mtu.map(|m| m.saturating_sub(if ipv6_underlay { V6_OVERHEAD } else { V4_OVERHEAD })))
         .unwrap_or(FALLBACK_MTU);
     encrypted.map_or(base, |e| base.min(e))
 }
@@ -259,11 +263,16 @@ mod tests {
             NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1300}}"#)
                 .unwrap()
                 .config;
-        assert_eq!(pod_mtu(Some(1200), &with_mtu, Some(9000), Some(1000)), 1200, "--mtu wins over all");
-        assert_eq!(pod_mtu(None, &with_mtu, Some(9000), None), 1300);
-        assert_eq!(pod_mtu(None, &plain, Some(9000), None), 8950);
-        assert_eq!(pod_mtu(None, &plain, None, None), FALLBACK_MTU);
-        assert_eq!(pod_mtu(None, &plain, Some(1500), Some(1420)), 1420, "encryption lowers it");
-        assert_eq!(pod_mtu(None, &with_mtu, Some(1500), Some(1420)), 1300, "never raises it");
+        assert_eq!(
+            pod_mtu(Some(1200), &with_mtu, Some(9000), false, Some(1000)),
+            1200,
+            "--mtu wins over all"
+        );
+        assert_eq!(pod_mtu(None, &with_mtu, Some(9000), false, None), 1300);
+        assert_eq!(pod_mtu(None, &plain, Some(9000), false, None), 8950);
+        assert_eq!(pod_mtu(None, &plain, Some(1500), true, None), 1430, "an IPv6 underlay costs 20 more");
+        assert_eq!(pod_mtu(None, &plain, None, false, None), FALLBACK_MTU);
+        assert_eq!(pod_mtu(None, &plain, Some(1500), false, Some(1420)), 1420, "encryption lowers it");
+        assert_eq!(pod_mtu(None, &with_mtu, Some(1500), false, Some(1420)), 1300, "never raises it");
     }
 }

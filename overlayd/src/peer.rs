@@ -19,15 +19,30 @@ use crate::subnet::SubnetKey;
 /// copied.
 pub type PeerSet = Arc<BTreeMap<SubnetKey, Arc<Peer>>>;
 
-/// One address family of a peer's overlay: where its pods are and how to reach them.
+/// One address family of a peer's pods (the inner family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerFamily {
     /// Its pod subnet in this family.
     pub subnet: IpNet,
-    /// Its underlay address that carries this family's overlay traffic.
+}
+
+/// One of a peer's VXLAN endpoints: a device on one underlay family (the outer family),
+/// which carries pod traffic of either inner family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vtep {
+    /// Its underlay address in that family.
     pub public: IpAddr,
-    /// Its VTEP MAC for this family.
-    pub vtep_mac: Mac,
+    /// The MAC of its device for that family.
+    pub mac: Mac,
+}
+
+/// Which underlay (outer) families a node has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outer {
+    /// An IPv4 underlay address.
+    pub v4: bool,
+    /// An IPv6 underlay address.
+    pub v6: bool,
 }
 
 /// A valid remote lease.
@@ -39,6 +54,10 @@ pub struct Peer {
     pub v4: Option<PeerFamily>,
     /// The IPv6 overlay, when the network has IPv6.
     pub v6: Option<PeerFamily>,
+    /// Its VXLAN endpoint on the IPv4 underlay (`PublicIP` + `BackendData`).
+    pub vtep4: Option<Vtep>,
+    /// Its VXLAN endpoint on the IPv6 underlay (`PublicIPv6` + `BackendV6Data`).
+    pub vtep6: Option<Vtep>,
     /// Its identity key, when it publishes one (every overlayd does; flannel does not).
     pub identity: Option<PublicKey>,
     /// Its lease is signed by that key (and the key is pinned to its node ID).
@@ -56,9 +75,21 @@ impl Peer {
         self.v4.iter().chain(self.v6.iter())
     }
 
-    /// The address its tunnel is reached at: its IPv4 public address, else its IPv6 one.
-    pub fn public_address(&self) -> Option<IpAddr> {
-        self.attrs.public_ip.map(IpAddr::V4).or(self.attrs.public_ipv6.map(IpAddr::V6))
+    /// The underlay family both ends have to carry pod traffic of inner family `v6`: the
+    /// same family as the inner one when both have it (flannel's layout), else the other;
+    /// `None` when the two nodes share no underlay family.
+    pub fn outer_for(&self, inner_v6: bool, own: Outer) -> Option<Vtep> {
+        let v4 = self.vtep4.filter(|_| own.v4);
+        let v6 = self.vtep6.filter(|_| own.v6);
+        if inner_v6 { v6.or(v4) } else { v4.or(v6) }
+    }
+
+    /// The address its tunnel is reached at: in a family this node's underlay has, IPv4
+    /// first; `None` when there is no common family.
+    pub fn public_address(&self, own: Outer) -> Option<IpAddr> {
+        let v4 = self.attrs.public_ip.map(IpAddr::V4).filter(|_| own.v4);
+        let v6 = self.attrs.public_ipv6.map(IpAddr::V6).filter(|_| own.v6);
+        v4.or(v6)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::attrs::{LeaseAttrs, MAX_VALUE, VxlanData};
 use crate::config::NetworkConfig;
 use crate::encryption::lease_data::TunnelAttrs;
 use crate::identity::PublicKey;
-use crate::peer::{Peer, PeerFamily};
+use crate::peer::{Peer, PeerFamily, Vtep};
 use crate::pins::SharedPins;
 use crate::store::KeyValue;
 use crate::subnet::{KeyError, SubnetKey};
@@ -275,31 +275,23 @@ impl Validator {
             return Err(InvalidLease::NoPublicIp);
         }
         let vni = self.config.vxlan().vni;
-        let family = |subnet: Option<IpNet>, data: &Value, public: Option<IpAddr>| {
-            let Some(subnet) = subnet else { return Ok(None) };
+        let vtep = |data: &Value, public: IpAddr| {
             let d = VxlanData::from_value(data).map_err(InvalidLease::BackendData)?;
             if d.vni != vni {
                 return Err(InvalidLease::Vni { got: d.vni, want: vni });
             }
-            let public = public.ok_or(InvalidLease::NoPublicIp)?;
-            Ok(Some(PeerFamily { subnet: subnet.trunc(), public, vtep_mac: d.vtep_mac }))
+            Ok(Vtep { public, mac: d.vtep_mac })
         };
-        // Only the families the network uses count; the IPv4 overlay runs over an IPv4
-        // underlay, the IPv6 one over either.
-        let v4 = match self.config.ipv4 {
-            Some(_) => family(key.ipv4.map(IpNet::V4), &attrs.backend_data, usable4.map(IpAddr::V4))?,
-            None => None,
-        };
-        let v6 = match self.config.ipv6 {
-            // flannel's vxlan publishes v6 data separately when dual stack; IPv6-only leases
-            // may carry it in BackendData.
-            Some(_) => family(
-                key.ipv6.map(IpNet::V6),
-                if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data },
-                usable6.map(IpAddr::V6).or(usable4.map(IpAddr::V4)),
-            )?,
-            None => None,
-        };
+        // One device per underlay family, each carrying either pod family: `PublicIP` with
+        // `BackendData` is its IPv4-underlay device, `PublicIPv6` with `BackendV6Data` its
+        // IPv6 one (a node on an IPv6-only underlay may publish it in `BackendData` only).
+        let vtep4 = usable4.map(|ip| vtep(&attrs.backend_data, IpAddr::V4(ip))).transpose()?;
+        let data6 =
+            if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data };
+        let vtep6 = usable6.map(|ip| vtep(data6, IpAddr::V6(ip))).transpose()?;
+        // Only the families the network uses count (check_subnets made sure they are there).
+        let v4 = self.config.ipv4.as_ref().and(key.ipv4).map(|n| PeerFamily { subnet: IpNet::V4(n).trunc() });
+        let v6 = self.config.ipv6.as_ref().and(key.ipv6).map(|n| PeerFamily { subnet: IpNet::V6(n).trunc() });
         let identity = match (signer, &attrs.identity) {
             (Some(s), _) => Some(s),
             (None, None) => None,
@@ -310,6 +302,8 @@ impl Validator {
             key: *key,
             v4,
             v6,
+            vtep4,
+            vtep6,
             identity,
             signed: signer.is_some(),
             tunnel,
@@ -440,8 +434,8 @@ mod tests {
         let p = peer(&v, "10.5.3.0-24", &upper);
         let f = p.v4.expect("the IPv4 family");
         assert_eq!(f.subnet, "10.5.3.0/24".parse::<IpNet>().unwrap());
-        assert_eq!(f.public, "192.0.2.7".parse::<IpAddr>().unwrap());
-        assert_eq!(f.vtep_mac, [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]);
+        let vtep = Vtep { public: "192.0.2.7".parse().unwrap(), mac: [0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44] };
+        assert_eq!((p.vtep4, p.vtep6), (Some(vtep), None));
         assert_eq!(p.v6, None, "the network has no IPv6");
         assert_eq!(p.tunnel, Ok(None));
 
@@ -450,10 +444,15 @@ mod tests {
         let e = v.check(&key("10.5.3.0-24"), other_vni.as_bytes(), None).unwrap_err();
         assert_eq!(e, InvalidLease::Vni { got: 2, want: 1 });
 
-        // An IPv4 overlay needs an IPv4 underlay address.
+        // An IPv4 overlay over an IPv6-only underlay: the device is the IPv6 one.
         let v6_only =
             GOOD.replace("\"PublicIP\":\"192.0.2.7\",\"PublicIPv6\":null", "\"PublicIPv6\":\"2001:db8::7\"");
-        let e = v.check(&key("10.5.3.0-24"), v6_only.as_bytes(), None).unwrap_err();
+        let p = peer(&v, "10.5.3.0-24", &v6_only);
+        assert_eq!(p.vtep4, None);
+        assert_eq!(p.vtep6.map(|t| t.public), Some("2001:db8::7".parse().unwrap()));
+        assert!(p.v4.is_some());
+        let none = GOOD.replace("\"PublicIP\":\"192.0.2.7\",", "");
+        let e = v.check(&key("10.5.3.0-24"), none.as_bytes(), None).unwrap_err();
         assert_eq!(e, InvalidLease::NoPublicIp);
 
         // A family the network does not use is refused (it would be a range nobody checks).

@@ -44,7 +44,37 @@ pub struct ClusterOptions {
     /// etcd members (with [`StoreKind::Etcd`]): 1, or 3 for a cluster that survives the loss
     /// of one member.
     pub etcd_members: usize,
+    /// The cluster's IPv6 network (`IPv6Network`, with `EnableIPv6`), when the pods get IPv6.
+    pub ipv6_network: Option<String>,
+    /// Whether the pods get IPv4 (`EnableIPv4`; `network` is not published without it).
+    pub enable_ipv4: bool,
+    /// Which address families the underlay carries (IPv4 `198.18.0.0/24`, IPv6 `fd18::/64`).
+    pub underlay: UnderlayFamilies,
+    /// Extra keys of the network config's `Backend` object (e.g. encryption settings).
+    pub backend_extra: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The address families of the cluster's underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayFamilies {
+    /// Nodes have an IPv4 underlay address.
+    pub v4: bool,
+    /// Nodes have an IPv6 underlay address.
+    pub v6: bool,
+}
+
+impl UnderlayFamilies {
+    /// IPv4 only (the default).
+    pub const V4: UnderlayFamilies = UnderlayFamilies { v4: true, v6: false };
+    /// IPv6 only.
+    pub const V6: UnderlayFamilies = UnderlayFamilies { v4: false, v6: true };
+    /// Both.
+    pub const DUAL: UnderlayFamilies = UnderlayFamilies { v4: true, v6: true };
+}
+
+/// The IPv6 test network the pods get with [`ClusterOptions::dual_stack`] and
+/// [`ClusterOptions::ipv6_only`].
+pub const IPV6_POD_NETWORK: &str = "fd10:244::/56";
 
 impl ClusterOptions {
     /// `nodes` nodes on the embedded store, binaries from `bin_dir`.
@@ -56,7 +86,49 @@ impl ClusterOptions {
             network: "10.244.0.0/16".into(),
             lease_ttl: "24h".into(),
             etcd_members: 1,
+            ipv6_network: None,
+            enable_ipv4: true,
+            underlay: UnderlayFamilies::V4,
+            backend_extra: serde_json::Map::new(),
         }
+    }
+
+    /// Pods get both families.
+    pub fn dual_stack(mut self) -> Self {
+        self.ipv6_network = Some(IPV6_POD_NETWORK.into());
+        self.enable_ipv4 = true;
+        self
+    }
+
+    /// Pods get IPv6 only (`EnableIPv4: false`).
+    pub fn ipv6_only(mut self) -> Self {
+        self.ipv6_network = Some(IPV6_POD_NETWORK.into());
+        self.enable_ipv4 = false;
+        self
+    }
+
+    /// The underlay's families.
+    pub fn with_underlay(mut self, underlay: UnderlayFamilies) -> Self {
+        self.underlay = underlay;
+        self
+    }
+
+    /// The network config the cluster publishes.
+    pub fn net_config(&self) -> serde_json::Value {
+        let mut backend = serde_json::Map::new();
+        backend.insert("Type".into(), "vxlan".into());
+        backend.extend(self.backend_extra.clone());
+        let mut conf = json!({"Backend": backend});
+        if self.enable_ipv4 {
+            conf["Network"] = self.network.clone().into();
+        } else {
+            conf["EnableIPv4"] = false.into();
+        }
+        if let Some(v6) = &self.ipv6_network {
+            conf["EnableIPv6"] = true.into();
+            conf["IPv6Network"] = v6.clone().into();
+        }
+        conf
     }
 }
 
@@ -69,8 +141,10 @@ pub struct ClusterNode {
     pub id: usize,
     /// Its namespace.
     pub ns: TestNs,
-    /// Its underlay address.
+    /// Its underlay address (IPv4 when the underlay has IPv4, else IPv6).
     pub underlay_ip: String,
+    /// Its IPv6 underlay address, when the underlay has IPv6 (`fd18::<id + 1>`).
+    pub underlay_ipv6: Option<String>,
     /// Its files: state, socket, subnet.env, IPAM, saved configs, result cache, log.
     pub dir: PathBuf,
     daemon: std::sync::Mutex<Option<Child>>,
@@ -210,8 +284,10 @@ pub struct ClusterPod {
     pub ns: TestNs,
     /// The node it runs on.
     pub node: usize,
-    /// Its address.
+    /// Its first address.
     pub ip: String,
+    /// All its addresses (one per family the network has), IPv4 first.
+    pub ips: Vec<String>,
     /// How the runtime attached it.
     pub attach: Attach,
     /// What ADD returned.
@@ -249,6 +325,9 @@ impl Cluster {
         let mut cluster =
             Cluster { opts, work, underlay, etcd: Vec::new(), kube: None, nodes: Vec::new(), next_id: 0 };
         if cluster.opts.store == StoreKind::Etcd {
+            if !cluster.opts.underlay.v4 {
+                return Err("the harness runs etcd on the IPv4 underlay: give the underlay IPv4".into());
+            }
             let members = cluster.opts.etcd_members.max(1);
             let ips: Vec<String> = (0..members).map(|m| format!("198.18.0.{}", 250 + m)).collect();
             let initial_cluster = ips
@@ -274,7 +353,7 @@ impl Cluster {
             }
         }
         let conf = cluster.work.path().join("net-conf.json");
-        let body = json!({"Network": cluster.opts.network, "Backend": {"Type": "vxlan"}});
+        let body = cluster.opts.net_config();
         std::fs::write(&conf, body.to_string()).map_err(|e| e.to_string())?;
         if cluster.opts.store == StoreKind::Kube {
             // The ConfigMap's file is the config: there before any daemon.
@@ -292,7 +371,9 @@ impl Cluster {
             }
         }
         for i in 0..cluster.nodes.len() {
-            cluster.wait_ready(i)?;
+            if let Err(e) = cluster.wait_ready(i) {
+                return Err(format!("{e}\n{}", cluster.diagnostics()));
+            }
         }
         Ok(cluster)
     }
@@ -324,8 +405,19 @@ impl Cluster {
         }
         self.next_id += 1;
         let ns = TestNs::new(&format!("node{id}"));
-        let underlay_ip = format!("198.18.0.{}", id + 1);
-        self.underlay.attach(&ns, "ul", &format!("{underlay_ip}/24"));
+        let fams = self.opts.underlay;
+        let v4 = format!("198.18.0.{}", id + 1);
+        let v6 = format!("fd18::{:x}", id + 1);
+        let underlay_ip = if fams.v4 { v4.clone() } else { v6.clone() };
+        let underlay_ipv6 = fams.v6.then(|| v6.clone());
+        let mut addrs = Vec::new();
+        if fams.v4 {
+            addrs.push(format!("{v4}/24"));
+        }
+        if fams.v6 {
+            addrs.push(format!("{v6}/64"));
+        }
+        self.underlay.attach_all(&ns, "ul", &addrs);
         if let Some(k) = &self.kube {
             k.route_from(&ns);
             k.api.create_node(&format!("node{id}"), pod_cidrs, &[])?;
@@ -336,6 +428,7 @@ impl Cluster {
             id,
             ns,
             underlay_ip,
+            underlay_ipv6,
             dir,
             daemon: std::sync::Mutex::new(None),
             extra_args: Vec::new(),
@@ -544,8 +637,11 @@ impl Cluster {
         let rt = self.runtime(node);
         let result =
             n.ns.run(|| rt.add(&list, &attach)).map_err(|e| format!("ADD {name} on node{node}: {e}"))?;
-        let ip = result.ips.first().map(|ip| ip.address.addr().to_string()).ok_or("ADD gave no address")?;
-        Ok(ClusterPod { ns, node, ip, attach, result })
+        let mut addrs: Vec<std::net::IpAddr> = result.ips.iter().map(|ip| ip.address.addr()).collect();
+        addrs.sort_by_key(|a| a.is_ipv6());
+        let ips: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let ip = ips.first().cloned().ok_or("ADD gave no address")?;
+        Ok(ClusterPod { ns, node, ip, ips, attach, result })
     }
 
     /// Detaches a pod (DEL through the runtime, in its node).

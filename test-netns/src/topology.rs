@@ -44,6 +44,12 @@ impl Underlay {
 
     /// Plugs `node` into the switch as interface `ifname` with `addr` (e.g. `192.0.2.1/24`).
     pub fn attach(&self, node: &TestNs, ifname: &str, addr: &str) {
+        self.attach_all(node, ifname, &[addr.to_string()]);
+    }
+
+    /// Plugs `node` into the switch as `ifname` with each of `addrs` (IPv4 and/or IPv6;
+    /// duplicate address detection is off on it, so an IPv6 address is usable at once).
+    pub fn attach_all(&self, node: &TestNs, ifname: &str, addrs: &[String]) {
         let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
         let nl = self.switch.netlink();
         nl.add_veth(&port, ifname, Some(node.netns()), &VethOptions::default())
@@ -51,6 +57,10 @@ impl Underlay {
         let idx = self.switch.link_index(&port);
         nl.set_master(idx, self.bridge_index).expect("port on the switch");
         nl.set_up(idx).expect("port up");
-        node.add_address(ifname, addr);
+        node.run(|| netkernel::sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0"))
+            .expect("DAD off on the underlay port");
+        for addr in addrs {
+            node.add_address(ifname, addr);
+        }
     }
 }

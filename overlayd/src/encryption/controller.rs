@@ -86,6 +86,8 @@ pub struct ControllerSettings {
     pub threads: usize,
     /// The pod MTU was set by hand (`--mtu`): encryption does not lower it.
     pub fixed_mtu: bool,
+    /// This node's underlay families: a peer's tunnel endpoint is taken in one of them.
+    pub outer: crate::peer::Outer,
 }
 
 struct Running {
@@ -532,7 +534,14 @@ impl Controller {
                     continue;
                 }
             };
-            let ep = match endpoint(p.public_address(), &attrs) {
+            let Some(public) = p.public_address(self.cfg.outer) else {
+                self.warn_once(
+                    &id,
+                    "no common underlay family: it has none of this node's address families".into(),
+                );
+                continue;
+            };
+            let ep = match endpoint(Some(public), &attrs) {
                 Ok(ep) => ep,
                 Err(e) => {
                     self.warn_once(&id, e);

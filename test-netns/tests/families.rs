@@ -1,0 +1,325 @@
+//! Address families end to end: pod families {IPv4, IPv6, dual} over underlays {IPv4-only,
+//! IPv6-only, dual}, plain and encrypted; every pair of pods in every family by ping and TCP.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use test_netns::cluster::{
+    Cluster, ClusterOptions, ClusterPod, UnderlayFamilies, bin_dir, http_get, ping_flood, ping_result,
+    wait_for,
+};
+use test_netns::{EchoServer, TestNs, ping, require_root, tcp_echo, veth_between};
+
+const ECHO_PORT: u16 = 7070;
+
+/// The pairs (from, to address) that fail ping or a TCP echo, over every address of every pod.
+fn failing_pairs(pods: &[ClusterPod]) -> Vec<String> {
+    let servers: Vec<EchoServer> =
+        pods.iter().map(|p| EchoServer::start(&p.ns, &format!("[::]:{ECHO_PORT}"))).collect();
+    let mut failed = Vec::new();
+    for a in pods {
+        for b in pods {
+            if std::ptr::eq(a, b) {
+                continue;
+            }
+            for ip in &b.ips {
+                if !ping(&a.ns, ip, 2) {
+                    failed.push(format!("ping {} -> {ip}", a.ip));
+                }
+                let to = SocketAddr::new(ip.parse().unwrap(), ECHO_PORT);
+                if let Err(e) = tcp_echo(&a.ns, to, 64 * 1024, Duration::from_secs(3)) {
+                    failed.push(format!("tcp {} -> {to}: {e}", a.ip));
+                }
+            }
+        }
+    }
+    drop(servers);
+    failed
+}
+
+/// Waits (bounded) until every pair works; the failures of the last try otherwise.
+fn all_pairs_reach(pods: &[ClusterPod]) -> Result<(), Vec<String>> {
+    let mut last = Vec::new();
+    let ok = wait_for(Duration::from_secs(10), "every pair in every family", || {
+        last = failing_pairs(pods);
+        last.is_empty()
+    });
+    ok.map_err(|_| last)
+}
+
+fn pods_on_each_node(c: &Cluster, tag: &str) -> Vec<ClusterPod> {
+    (0..c.nodes.len()).map(|n| c.add_pod(n, &format!("{tag}{n}")).unwrap()).collect()
+}
+
+fn ctl(c: &Cluster, node: usize, args: &[&str]) -> String {
+    let (ok, out) = c.overlayctl(node, args).unwrap();
+    assert!(ok, "overlayctl {args:?} on node{node}: {out}");
+    out
+}
+
+/// The pod families of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pods {
+    V4,
+    V6,
+    Dual,
+}
+
+fn options(pods: Pods, underlay: UnderlayFamilies, nodes: usize) -> ClusterOptions {
+    let o = ClusterOptions::new(nodes, bin_dir()).with_underlay(underlay);
+    match pods {
+        Pods::V4 => o,
+        Pods::V6 => o.ipv6_only(),
+        Pods::Dual => o.dual_stack(),
+    }
+}
+
+/// The MTU of a pod's eth0.
+fn pod_mtu(p: &ClusterPod) -> u32 {
+    let out = p.ns.exec(&["ip", "-o", "link", "show", "eth0"]);
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "mtu").and_then(|_| words.next()).and_then(|m| m.parse().ok()).unwrap()
+}
+
+/// What node `i`'s kernel says about the route to `ip` (empty when it has none).
+fn route_to(c: &Cluster, i: usize, ip: &str) -> String {
+    let out = c.nodes[i].ns.command("ip").args(["route", "get", ip]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether every node routes every other node's pod subnets (all families) into the tunnel.
+fn all_via_tunnel(c: &Cluster, pods: &[ClusterPod]) -> bool {
+    pods.iter().all(|a| {
+        pods.iter()
+            .filter(|b| b.node != a.node)
+            .all(|b| b.ips.iter().all(|ip| route_to(c, a.node, ip).contains("dev ferro-wg")))
+    })
+}
+
+/// One cluster for a (pod families, underlay) pair: both nodes' pods reach each other in
+/// every family, plain; with `churn`, also after a daemon restart and with a node joining
+/// and one leaving; then the same with encryption on (the plain and encrypted cells share
+/// the cluster: encryption is switched on at runtime).
+fn cell(pods: Pods, underlay: UnderlayFamilies, churn: bool) {
+    let tag =
+        format!("{pods:?}-{}{}", if underlay.v4 { "4" } else { "" }, if underlay.v6 { "6" } else { "" });
+    let mut c = Cluster::start(options(pods, underlay, 2)).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let mut ps = pods_on_each_node(&c, "m");
+    let families = if pods == Pods::Dual { 2 } else { 1 };
+    for p in &ps {
+        assert_eq!(p.ips.len(), families, "{tag}: {:?}", p.ips);
+        assert_eq!(p.ips.iter().any(|ip| ip.contains(':')), pods != Pods::V4, "{tag}: {:?}", p.ips);
+        // One MTU that fits the largest encapsulation the node may use.
+        let want = if underlay.v6 { 1430 } else { 1450 };
+        assert_eq!(pod_mtu(p), want, "{tag}: pod MTU");
+    }
+    assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: plain");
+    if churn {
+        c.stop_daemon(0, libc::SIGTERM);
+        c.start_daemon(0).unwrap();
+        c.wait_ready(0).unwrap();
+        assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: after a restart");
+        let j = c.add_node().unwrap();
+        c.wait_ready(j).unwrap();
+        ps.push(c.add_pod(j, "mj").unwrap());
+        assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: a node joined");
+        // Node 1 leaves (its daemon stops, its lease goes); it stays in the list, idle.
+        let left: Vec<String> = ps.iter().filter(|p| p.node == 1).flat_map(|p| p.ips.clone()).collect();
+        ctl(&c, 1, &["leave"]);
+        for p in ps.iter().filter(|p| p.node == 1) {
+            c.del_pod(p).unwrap();
+        }
+        ps.retain(|p| p.node != 1);
+        wait_for(Duration::from_secs(15), "the routes to the node that left to go", || {
+            left.iter().all(|ip| !route_to(&c, 0, ip).contains("flannel"))
+        })
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: a node left");
+    }
+    ctl(&c, 0, &["encryption", "enable"]);
+    wait_for(Duration::from_secs(30), "every route into the tunnel", || all_via_tunnel(&c, &ps))
+        .unwrap_or_else(|e| panic!("{tag}: {e}\n{}", c.diagnostics()));
+    assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: encrypted");
+    for p in &ps {
+        c.del_pod(p).unwrap();
+    }
+}
+
+#[test]
+fn matrix_dual_pods_dual_underlay() {
+    require_root!();
+    cell(Pods::Dual, UnderlayFamilies::DUAL, true);
+}
+
+#[test]
+fn matrix_dual_pods_v4_underlay() {
+    require_root!();
+    cell(Pods::Dual, UnderlayFamilies::V4, true);
+}
+
+#[test]
+fn matrix_dual_pods_v6_underlay() {
+    require_root!();
+    cell(Pods::Dual, UnderlayFamilies::V6, false);
+}
+
+#[test]
+fn matrix_v6_pods_v6_underlay() {
+    require_root!();
+    cell(Pods::V6, UnderlayFamilies::V6, true);
+}
+
+#[test]
+fn matrix_v6_pods_v4_underlay() {
+    require_root!();
+    cell(Pods::V6, UnderlayFamilies::V4, false);
+}
+
+#[test]
+fn matrix_v6_pods_dual_underlay() {
+    require_root!();
+    cell(Pods::V6, UnderlayFamilies::DUAL, false);
+}
+
+#[test]
+fn matrix_v4_pods_v6_underlay() {
+    require_root!();
+    cell(Pods::V4, UnderlayFamilies::V6, false);
+}
+
+#[test]
+fn matrix_v4_pods_dual_underlay() {
+    require_root!();
+    cell(Pods::V4, UnderlayFamilies::DUAL, false);
+}
+
+// IPv4 pods over an IPv4 underlay, plain, with churn and encryption: the existing suite
+// (cluster.rs, encryption.rs) covers that cell.
+
+#[test]
+fn dual_stack_pods_over_an_ipv4_only_underlay() {
+    require_root!();
+    // The first report of issue 20: this config installed no routes for either family.
+    let c =
+        Cluster::start(ClusterOptions::new(2, bin_dir()).dual_stack().with_underlay(UnderlayFamilies::V4))
+            .unwrap();
+    let pods = pods_on_each_node(&c, "d4");
+    assert!(pods.iter().all(|p| p.ips.len() == 2), "{:?}", pods.iter().map(|p| &p.ips).collect::<Vec<_>>());
+    assert_eq!(all_pairs_reach(&pods), Ok(()));
+    for p in &pods {
+        c.del_pod(p).unwrap();
+    }
+}
+
+fn status_json(c: &Cluster, node: usize) -> serde_json::Value {
+    serde_json::from_str(&ctl(c, node, &["--json", "status"])).unwrap()
+}
+
+/// The datapath state of pod family `fam` (`ipv4`/`ipv6`) in node `i`'s status.
+fn family_errors(c: &Cluster, i: usize, fam: &str) -> Vec<String> {
+    let s = status_json(c, i);
+    let f = s["datapath"]["families"].as_array().unwrap().iter().find(|f| f["family"] == fam).cloned();
+    let f = f.unwrap_or_else(|| panic!("no {fam} in {s}"));
+    f["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect()
+}
+
+fn v4_pings_all(pods: &[ClusterPod]) -> bool {
+    pods.iter().all(|a| pods.iter().filter(|b| b.node != a.node).all(|b| ping(&a.ns, &b.ips[0], 2)))
+}
+
+#[test]
+fn a_family_fault_is_reported_and_never_stops_the_other_family() {
+    require_root!();
+    let c = Cluster::start(options(Pods::Dual, UnderlayFamilies::DUAL, 2)).unwrap();
+    let pods = pods_on_each_node(&c, "iso");
+    assert_eq!(all_pairs_reach(&pods), Ok(()));
+
+    // The IPv6 device deleted by hand under IPv4 load: no IPv4 packet lost, IPv6 back soon.
+    // One repeat is allowed when a packet is lost (a busy 2-core machine can drop one on its
+    // own); every figure is printed.
+    let mut lost = Vec::new();
+    for _attempt in 0..2 {
+        let flood = ping_flood(&pods[0].ns, &pods[1].ips[0], 4);
+        std::thread::sleep(Duration::from_millis(500));
+        c.nodes[0].ns.exec(&["ip", "link", "del", "flannel-v6.1"]);
+        let (sent, received) = ping_result(flood);
+        eprintln!("IPv4 at 100 pps while the IPv6 device was deleted: {} of {sent} lost", sent - received);
+        lost.push(sent - received);
+        assert_eq!(all_pairs_reach(&pods), Ok(()), "the IPv6 device comes back");
+        if sent == received {
+            break;
+        }
+    }
+    assert_eq!(lost.last(), Some(&0), "IPv4 lost packets while the IPv6 device was deleted: {lost:?}");
+
+    // A lasting IPv6 fault on node0 (IPv6 off on its IPv6 device: our address cannot be
+    // added): named in the status, /readyz and the metrics; IPv4 keeps flowing.
+    let v6_switch = |on: bool| {
+        let v = if on { "0" } else { "1" };
+        c.nodes[0].ns.run(|| netkernel::sysctl::write("net/ipv6/conf/flannel-v6.1/disable_ipv6", v)).unwrap();
+    };
+    v6_switch(false);
+    wait_for(Duration::from_secs(20), "the IPv6 fault in the status", || {
+        !family_errors(&c, 0, "ipv6").is_empty()
+    })
+    .unwrap();
+    assert_eq!(family_errors(&c, 0, "ipv4"), Vec::<String>::new());
+    let (code, body) = http_get(&c.nodes[0].socket(), "/readyz").unwrap();
+    assert_eq!(code, 200, "IPv4 works: still ready ({body})");
+    assert!(body.contains("degraded ipv6:"), "{body}");
+    let (_, metrics) = http_get(&c.nodes[0].socket(), "/metrics").unwrap();
+    assert!(metrics.contains("overlayd_datapath_family_failing{family=\"ipv6\"} 1"), "{metrics}");
+    assert!(metrics.contains("overlayd_datapath_family_failing{family=\"ipv4\"} 0"), "{metrics}");
+    let text = ctl(&c, 0, &["status"]);
+    assert!(text.contains("ipv6"), "{text}");
+    // Several retries later, IPv4 still flows.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(v4_pings_all(&pods), "IPv4 stopped while IPv6 failed");
+
+    // The fault goes: IPv6 is programmed again, nothing reported.
+    v6_switch(true);
+    wait_for(Duration::from_secs(20), "the IPv6 fault to clear", || family_errors(&c, 0, "ipv6").is_empty())
+        .unwrap();
+    assert_eq!(all_pairs_reach(&pods), Ok(()));
+    let (_, body) = http_get(&c.nodes[0].socket(), "/readyz").unwrap();
+    assert_eq!(body, "ready\n");
+    for p in &pods {
+        c.del_pod(p).unwrap();
+    }
+}
+
+#[test]
+fn ipv6_only_pods_egress_masqueraded_but_talk_to_each_other_unmasqueraded() {
+    require_root!();
+    let c = Cluster::start(options(Pods::V6, UnderlayFamilies::V6, 2)).unwrap();
+    let a = c.add_pod(0, "m6a").unwrap();
+    let b = c.add_pod(1, "m6b").unwrap();
+    let outside = TestNs::new("world6");
+    veth_between(&c.nodes[0].ns, "world", &outside, "up");
+    for (ns, ifname) in [(&c.nodes[0].ns, "world"), (&outside, "up")] {
+        ns.run(|| netkernel::sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")).unwrap();
+    }
+    c.nodes[0].ns.add_address("world", "fd99::1/64");
+    outside.add_address("up", "fd99::2/64");
+
+    let listen =
+        |ns: &TestNs, addr: String| -> TcpListener { ns.run(move || TcpListener::bind(addr)).unwrap() };
+    let world = listen(&outside, "[fd99::2]:0".into());
+    let target = world.local_addr().unwrap();
+    a.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))).unwrap();
+    let (_s, peer) = world.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), "fd99::1", "egress must leave as the node");
+
+    let inside = listen(&b.ns, format!("[{}]:0", b.ip));
+    let target = inside.local_addr().unwrap();
+    a.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))).unwrap();
+    let (_s, peer) = inside.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), a.ip, "pod-to-pod traffic keeps the pod's address");
+    // No IPv4 anywhere in the pod network.
+    assert!(a.ips.iter().all(|ip| ip.contains(':')), "{:?}", a.ips);
+    let v4 = a.ns.exec(&["ip", "-4", "addr", "show", "eth0"]);
+    assert!(!v4.contains("inet "), "{v4}");
+    assert!(c.nodes[0].ns.exec(&["ip", "-4", "route", "show"]).lines().all(|l| !l.contains("flannel")));
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
