@@ -3,6 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod error;
 pub mod fsutil;
 pub mod host_local;
+pub mod loopback;
+pub mod nsutil;
 pub mod vxlan;
