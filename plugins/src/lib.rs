@@ -8,4 +8,5 @@ pub mod fsutil;
 pub mod host_local;
 pub mod loopback;
 pub mod nsutil;
+pub mod tuning;
 pub mod vxlan;
