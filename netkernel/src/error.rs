@@ -58,6 +58,9 @@ pub enum KernelError {
     /// The path is not a network namespace.
     #[error("{0} is not a network namespace")]
     NotNetns(PathBuf),
+    /// A sysctl key names no file in this namespace.
+    #[error("sysctl {0:?} does not exist in this network namespace")]
+    NoSuchSysctl(String),
     /// A name was rejected before anything was done.
     #[error("invalid name {name:?}: {why}")]
     InvalidName {

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod error;
 pub mod ethtool;
+pub mod firewall;
 #[cfg(test)]
 mod golden;
 pub mod link;
@@ -15,6 +16,7 @@ pub mod netns;
 pub mod nft;
 pub mod nodenat;
 pub mod overlay;
+pub mod portmap;
 pub mod probe;
 pub mod route;
 pub mod strict;

@@ -67,6 +67,10 @@ pub struct Link {
     pub oper_up: bool,
     /// Promiscuous mode requested on the link itself.
     pub promisc: bool,
+    /// All-multicast mode requested on the link itself.
+    pub allmulti: bool,
+    /// Transmit queue length.
+    pub txqlen: u32,
     /// For a veth, the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// For a veth whose peer is in another namespace, that namespace's id.
@@ -85,6 +89,8 @@ impl Link {
             up: m.header.flags.contains(LinkFlags::Up),
             oper_up: false,
             promisc: m.header.flags.contains(LinkFlags::Promisc),
+            allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+            txqlen: 0,
             peer_index: None,
             peer_netns_id: None,
         };
@@ -93,6 +99,7 @@ impl Link {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(a) if a.len() == 6 => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::Controller(c) => link.master = Some(*c),
                 LinkAttribute::OperState(s) => link.oper_up = matches!(s, State::Up | State::Unknown),
                 LinkAttribute::Link(l) => link.peer_index = Some(*l),
@@ -254,6 +261,22 @@ impl Netlink {
         self.set(
             format!("setting promiscuous mode of link {index}"),
             with_flag(index, LinkFlags::Promisc, on),
+        )
+    }
+
+    /// Turns all-multicast mode on or off.
+    pub fn set_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        self.set(
+            format!("setting all-multicast mode of link {index}"),
+            with_flag(index, LinkFlags::Allmulti, on),
+        )
+    }
+
+    /// Sets the transmit queue length.
+    pub fn set_txqlen(&self, index: u32, len: u32) -> Result<()> {
+        self.set(
+            format!("setting the transmit queue length of link {index}"),
+            with_attribute(index, LinkAttribute::TxQueueLen(len)),
         )
     }
 

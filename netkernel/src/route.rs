@@ -199,6 +199,30 @@ impl Netlink {
         }
     }
 
+    /// The interface the kernel would send a packet to `dst` out of (`ip route get`), if
+    /// it has a route.
+    pub fn route_get(&self, dst: IpAddr) -> Result<Option<u32>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        m.attributes.push(RouteAttribute::Destination(route_address(dst)));
+        match self.get(Request::new(flags::GET, Rtm::GetRoute(m))) {
+            Ok(Rtm::NewRoute(r)) => Ok(r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => match nl_err(format!("looking up the route to {dst}"))(e) {
+                e if e.is_not_found()
+                    || matches!(e.errno(), Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) =>
+                {
+                    Ok(None)
+                }
+                e => Err(e),
+            },
+        }
+    }
+
     /// The routes of one family in `table` (main when `None`).
     pub fn routes(&self, v6: bool, table: Option<u32>) -> Result<Vec<Route>> {
         let msgs = if v6 {

@@ -3,6 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod error;
+pub mod firewall;
 pub mod fsutil;
 pub mod host_local;
+pub mod loopback;
+pub mod nsutil;
+pub mod portmap;
+pub mod tuning;
 pub mod vxlan;

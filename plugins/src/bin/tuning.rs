@@ -1,0 +1,4 @@
+//! The `tuning` CNI plugin.
+fn main() -> std::process::ExitCode {
+    cni_spec::plugin::run(&plugins::tuning::Tuning)
+}
