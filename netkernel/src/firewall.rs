@@ -47,14 +47,7 @@ fn is_ifname(s: &str) -> bool {
 impl FirewallTable {
     /// The table named `table` in the `inet` family (created on first use).
     pub fn new(table: &str) -> Result<Self> {
-        let ok = !table.is_empty()
-            && table.len() <= 32
-            && table.starts_with(|c: char| c.is_ascii_alphabetic())
-            && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
-        }
-        Ok(FirewallTable { table: table.to_string() })
+        Ok(FirewallTable { table: nft::table_name(table)? })
     }
 
     fn structure(&self) -> String {

@@ -17,14 +17,7 @@ pub struct MacSpoofTable {
 impl MacSpoofTable {
     /// The table named `table`; created on first use.
     pub fn new(table: &str) -> Result<Self> {
-        let ok = !table.is_empty()
-            && table.len() <= 32
-            && table.starts_with(|c: char| c.is_ascii_alphabetic())
-            && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
-        }
-        Ok(MacSpoofTable { table: table.to_string() })
+        Ok(MacSpoofTable { table: nft::table_name(table)? })
     }
 
     /// Drops frames from port `ifname` whose source MAC is not `mac`, tagged `tag`.

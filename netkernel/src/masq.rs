@@ -34,28 +34,17 @@ pub struct MasqTable {
     table: String,
 }
 
-/// Whether `s` is a safe nft identifier for our tables, chains and sets.
-fn is_ident(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 impl MasqTable {
     /// The table named `table` in the `inet` family (created on first use).
     pub fn new(table: &str) -> Result<Self> {
-        if !is_ident(table) {
-            return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
-        }
-        Ok(MasqTable { table: table.to_string() })
+        Ok(MasqTable { table: nft::table_name(table)? })
     }
 
     /// Masquerades traffic from `sources` leaving `exempt` (the group's own subnets), under
     /// `group` (a chain name), tagged `tag`. Idempotent, and safe against concurrent callers:
     /// the whole change is one transaction whose shared parts are rebuilt identically.
     pub fn add(&self, group: &str, exempt: &[IpNet], sources: &[IpAddr], tag: &str) -> Result<()> {
-        if !is_ident(group) || group.len() > 28 {
+        if !nft::is_ident(group) || group.len() > 28 {
             return Err(KernelError::InvalidName { name: group.into(), why: "not an nft identifier" });
         }
         let t = &self.table;

@@ -69,6 +69,22 @@ pub fn list_json(object: &[&str], what: &str) -> Result<Option<Value>> {
 }
 
 /// Quotes a string for an nft script (comments): only characters that cannot break out.
+/// Whether `s` is a safe nft identifier for our tables, chains and sets.
+pub(crate) fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `table`, if it is a safe nft identifier (the constructors of our tables).
+pub(crate) fn table_name(table: &str) -> Result<String> {
+    if !is_ident(table) {
+        return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
+    }
+    Ok(table.to_string())
+}
+
 pub fn quote(s: &str) -> String {
     let clean: String =
         s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ').collect();

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::error::{KernelError, Result};
+use crate::error::Result;
 use crate::nft;
 
 /// A transport protocol a port can be forwarded for.
@@ -166,14 +166,7 @@ pub struct PortmapTable {
 impl PortmapTable {
     /// The table named `table` in the `inet` family (created on first use).
     pub fn new(table: &str) -> Result<Self> {
-        let ok = !table.is_empty()
-            && table.len() <= 32
-            && table.starts_with(|c: char| c.is_ascii_alphabetic())
-            && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(KernelError::InvalidName { name: table.into(), why: "not an nft identifier" });
-        }
-        Ok(PortmapTable { table: table.to_string() })
+        Ok(PortmapTable { table: nft::table_name(table)? })
     }
 
     /// The shared structure, rebuilt identically by every caller (so concurrent ADDs agree).

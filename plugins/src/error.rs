@@ -54,6 +54,19 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// The `prevResult` a chained plugin (`plugin`) needs, or the config error naming it.
+    pub fn require_prev(
+        req: &cni_spec::Request,
+        plugin: &str,
+    ) -> Result<cni_spec::SuccessResult, PluginError> {
+        req.prev_result()?.ok_or_else(|| {
+            PluginError::config(
+                "prevResult",
+                format!("missing: {plugin} runs chained after an interface plugin"),
+            )
+        })
+    }
+
     /// A config error naming `field`.
     pub fn config(field: impl Into<String>, why: impl ToString) -> Self {
         PluginError::Config { field: field.into(), why: why.to_string() }

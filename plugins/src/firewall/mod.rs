@@ -105,12 +105,6 @@ fn table() -> Result<FirewallTable, PluginError> {
     FirewallTable::new(TABLE).map_err(PluginError::kernel("opening the firewall table"))
 }
 
-fn require_prev(req: &Request) -> Result<SuccessResult, PluginError> {
-    req.prev_result()?.ok_or_else(|| {
-        PluginError::config("prevResult", "missing: firewall must be called as a chained plugin")
-    })
-}
-
 /// The bridge the container hangs off: a host-side interface of `prevResult` that is a
 /// bridge on this node.
 fn bridge_of(prev: &SuccessResult) -> Result<String, PluginError> {
@@ -132,7 +126,7 @@ fn bridge_of(prev: &SuccessResult) -> Result<String, PluginError> {
 
 fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let conf = FirewallConf::load(req)?;
-    let prev = require_prev(req)?;
+    let prev = PluginError::require_prev(req, "firewall")?;
     let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
     let bridge = if conf.same_bridge { Some(bridge_of(&prev)?) } else { None };
     if ips.is_empty() && bridge.is_none() {
@@ -152,7 +146,7 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = FirewallConf::load(req)?;
-    let prev = require_prev(req)?;
+    let prev = PluginError::require_prev(req, "firewall")?;
     let t = table()?;
     let tag = tag(req.network_name()?, &req.env.container_id, &req.env.ifname);
     let have = t.allowed().map_err(PluginError::kernel("listing firewall entries"))?;

@@ -51,12 +51,6 @@ fn table() -> Result<PortmapTable, PluginError> {
     PortmapTable::new(TABLE).map_err(PluginError::kernel("opening the port-mapping table"))
 }
 
-fn require_prev(req: &Request) -> Result<SuccessResult, PluginError> {
-    req.prev_result()?.ok_or_else(|| {
-        PluginError::config("prevResult", "missing: portmap must be called as a chained plugin")
-    })
-}
-
 /// The elements one attachment needs.
 fn elements(conf: &PortmapConf, nets: &[IpNet]) -> Vec<Element> {
     let mut out = Vec::new();
@@ -117,7 +111,7 @@ fn enable_route_localnet(ip: IpAddr) -> Result<Option<String>, PluginError> {
 
 fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let conf = PortmapConf::load(req)?;
-    let prev = require_prev(req)?;
+    let prev = PluginError::require_prev(req, "portmap")?;
     if conf.mappings.is_empty() {
         return Ok(prev);
     }
@@ -171,7 +165,7 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = PortmapConf::load(req)?;
-    let prev = require_prev(req)?;
+    let prev = PluginError::require_prev(req, "portmap")?;
     if conf.mappings.is_empty() {
         return Ok(());
     }

@@ -43,12 +43,6 @@ fn saved_path(conf: &TuningConf, req: &Request) -> PathBuf {
     conf.data_dir.join(format!("{}_{}.json", req.env.container_id, req.env.ifname))
 }
 
-fn require_prev(req: &Request) -> Result<SuccessResult, PluginError> {
-    req.prev_result()?.ok_or_else(|| {
-        PluginError::config("prevResult", "missing: tuning runs chained after an interface plugin")
-    })
-}
-
 /// The sysctl files of the config, resolved inside the container: (key as written, file).
 fn sysctl_files(conf: &TuningConf, ifname: &str) -> Result<Vec<(String, PathBuf)>, PluginError> {
     let mut out = Vec::new();
@@ -73,7 +67,7 @@ fn container_link(nl: &Netlink, ifname: &str) -> Result<Link, PluginError> {
 
 fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let conf = TuningConf::load(req)?;
-    let mut result = require_prev(req)?;
+    let mut result = PluginError::require_prev(req, "tuning")?;
     let ifname = req.env.ifname.clone();
     let ns = nsutil::open(req)?;
     let nl = Netlink::in_netns(&ns).map_err(PluginError::kernel("opening netlink in the container"))?;
@@ -166,7 +160,7 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = TuningConf::load(req)?;
-    require_prev(req)?;
+    PluginError::require_prev(req, "tuning")?;
     let ifname = req.env.ifname.clone();
     let ns = nsutil::open(req)?;
     let c = conf.clone();
