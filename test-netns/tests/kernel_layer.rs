@@ -475,49 +475,6 @@ fn link_dumps_torn_by_new_links_are_repeated() {
 }
 
 #[test]
-fn one_handle_serves_thousands_of_calls() {
-    fn shareable<T: Send + Sync>(_: &T) {}
-    require_root!();
-    let host = TestNs::new("longlived");
-    let dev = add_device(&host, "ll0");
-    let nl = host.netlink();
-    shareable(&nl);
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-    let before = fds();
-    let t = std::time::Instant::now();
-    let mut calls = 0;
-    for i in 0..1500u32 {
-        let r =
-            Route::new(format!("10.{}.{}.0/24", 100 + i / 250, i % 250).parse().unwrap(), None, Some(dev));
-        nl.add_route(&r).unwrap();
-        assert!(nl.link("ll0").unwrap().is_some());
-        assert!(nl.link_by_index(dev).unwrap().unwrap().up);
-        calls += 3;
-        if i % 100 == 0 {
-            assert_eq!(nl.routes(false, None).unwrap().len(), i as usize + 1);
-            calls += 1;
-        }
-    }
-    // And from another thread: the handle is one socket in its namespace, whoever calls.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..1500u32 {
-                let r = Route::new(
-                    format!("10.{}.{}.0/24", 100 + i / 250, i % 250).parse().unwrap(),
-                    None,
-                    Some(dev),
-                );
-                nl.del_route(&r).unwrap();
-            }
-        });
-    });
-    calls += 1500;
-    assert!(nl.routes(false, None).unwrap().is_empty());
-    assert_eq!(fds(), before, "calls must not open sockets");
-    eprintln!("{calls} calls on one handle in {:?}", t.elapsed());
-}
-
-#[test]
 fn a_batch_of_5000_overlay_changes_reports_each_failure_on_its_own() {
     use netkernel::overlay::{FdbEntry, Neighbour, OverlayOp, VxlanSpec};
     require_root!();
