@@ -13,6 +13,18 @@ pub fn veth_between(a: &TestNs, a_if: &str, b: &TestNs, b_if: &str) {
         .unwrap_or_else(|e| panic!("veth {}:{a_if} <-> {}:{b_if}: {e}", a.name(), b.name()));
     nl.set_up(a.link_index(a_if)).expect("veth end up");
     b.netlink().set_up(b.link_index(b_if)).expect("veth peer up");
+    // Usable only once both ends have carrier: a neighbour solicitation sent before is lost,
+    // and the kernel asks again only a second later.
+    let started = std::time::Instant::now();
+    let oper_up =
+        |ns: &TestNs, ifname: &str| ns.netlink().link(ifname).ok().flatten().is_some_and(|l| l.oper_up);
+    while !(oper_up(a, a_if) && oper_up(b, b_if)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "veth {a_if} <-> {b_if} never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// A layer-2 switch in a namespace of its own, joining fake nodes: each attached node gets
