@@ -11,6 +11,7 @@
 //! - [`plugin`]: the entry point for a plugin binary.
 //! - [`delegate`]: running another plugin (IPAM) from a plugin.
 //! - [`runtime`]: running a network list as libcni does, with its result cache.
+//! - [`fs`]: durable atomic file replacement for caches and saved state.
 //!
 //! A whole plugin:
 //!
@@ -37,6 +38,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod fs;
 pub mod input;
 mod json;
 pub mod parse;

@@ -95,7 +95,7 @@ impl Identity {
                 let pem = key
                     .to_pkcs8_pem(Default::default())
                     .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-                crate::state::write_atomic(&path, pem.as_bytes(), 0o600).map_err(io)?;
+                cni_spec::fs::write_atomic(&path, pem.as_bytes(), 0o600).map_err(io)?;
                 tracing::info!(public_key = %PublicKey(key.verifying_key().to_bytes()), "made this node's identity key");
                 Ok(Identity { key, path })
             }

@@ -108,7 +108,7 @@ impl Pins {
         let Some(path) = &self.path else { return };
         let m: BTreeMap<&String, String> = self.map.iter().map(|(n, k)| (n, k.to_string())).collect();
         let bytes = serde_json::to_vec_pretty(&m).expect("pins serialize");
-        if let Err(e) = crate::state::write_atomic(path, &bytes, 0o600) {
+        if let Err(e) = cni_spec::fs::write_atomic(path, &bytes, 0o600) {
             tracing::error!(file = %path.display(), error = %e, "saving pinned identities");
         }
     }

@@ -2,8 +2,8 @@
 //! unlike flannel's public IP), the last lease it held, and the VTEP MAC it publishes
 //! (kept so that peers' FDB entries stay right across restarts: flannel #1828).
 
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -32,26 +32,6 @@ impl SavedLease {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
-}
-
-/// Writes `data` to `path` atomically (temporary file, fsync, rename, fsync of the
-/// directory), so that readers see the old or the new content, never a mix.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name =
-        path.file_name().ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Creates `dir` and its parents with `mode` for the ones it makes.
@@ -91,7 +71,7 @@ impl StateDir {
             Err(e) => return Err(e),
         }
         let v = make()?;
-        write_atomic(&p, format!("{v}\n").as_bytes(), 0o600)?;
+        cni_spec::fs::write_atomic(&p, format!("{v}\n").as_bytes(), 0o600)?;
         Ok(v)
     }
 
@@ -133,7 +113,7 @@ impl StateDir {
     /// Saves the lease held now.
     pub fn save_lease(&self, l: &SavedLease) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(l).expect("saved lease serializes");
-        write_atomic(&self.dir.join("lease.json"), &data, 0o600)
+        cni_spec::fs::write_atomic(&self.dir.join("lease.json"), &data, 0o600)
     }
 
     /// Forgets the lease (after `leave`).

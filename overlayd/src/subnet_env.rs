@@ -101,7 +101,7 @@ impl SubnetEnv {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::state::ensure_dir(dir, 0o755)?;
         }
-        crate::state::write_atomic(path, text.as_bytes(), 0o644)?;
+        cni_spec::fs::write_atomic(path, text.as_bytes(), 0o644)?;
         Ok(true)
     }
 

@@ -5,8 +5,7 @@
 //! (directory 0700, file 0600), JSON with `kind: "cniCacheV1"`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -136,22 +135,9 @@ impl ResultCache {
             .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
         let path = self.path(&entry.network_name, &entry.container_id, &entry.if_name);
-        // A hidden name of its own: `with_extension` would cut at a `.` in the container ID
-        // or ifname, and attachments sharing that prefix would share the temporary file.
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
         let bytes = serde_json::to_vec(entry).expect("cache entries serialize");
-        let write = || -> std::io::Result<()> {
-            let mut f =
-                fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("writing {}", path.display()), &e)
-        })
+        crate::fs::write_atomic(&path, &bytes, 0o600)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), &e))
     }
 
     /// Reads one entry; `None` when there is none.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::settings::{decode_key, encode_key};
-use crate::state::write_atomic;
+use cni_spec::fs::write_atomic;
 
 /// The key file's name in the state directory.
 pub const KEY_FILE: &str = "wireguard-key.json";
@@ -170,10 +170,8 @@ impl KeyStore {
             created: key.created.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
         };
         let data = serde_json::to_vec(&f).map_err(io::Error::other)?;
-        write_atomic(&self.path, &data, 0o600)?;
-        // write_atomic creates with the mode, but an old file's mode is not ours to trust.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
+        // A fresh file of exactly 0600 replaces the old one, whatever the old one's mode was.
+        write_atomic(&self.path, &data, 0o600)
     }
 
     /// The timestamps file's path.
@@ -222,9 +220,7 @@ impl KeyStore {
         };
         let data = serde_json::to_vec(&f).map_err(io::Error::other)?;
         let path = self.timestamps_path();
-        write_atomic(&path, &data, 0o600)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        write_atomic(&path, &data, 0o600)
     }
 
     /// The key to use for `generation` with an optional rotation `period`: the saved one

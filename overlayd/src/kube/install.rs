@@ -5,8 +5,7 @@
 //! new one, never a half-written one. A running plugin keeps its old inode. Files already
 //! identical are left alone, so a restart of the pod rewrites nothing.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// What to install where.
@@ -52,25 +51,7 @@ pub fn install_file(path: &Path, data: &[u8], mode: u32) -> Result<bool, String>
     }
     let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.ferrocni-tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(data)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("writing {}: {e}", path.display())
-    })?;
+    cni_spec::fs::write_atomic(path, data, mode).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(true)
 }
 

@@ -2,8 +2,6 @@
 //! The file has the reference's fields (`mac`, `promisc`, `mtu`, `allmulti`), so files it
 //! wrote are restored too, plus `txQLen` and the sysctls' old values.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use netkernel::link::{Link, format_mac, parse_mac};
@@ -78,18 +76,9 @@ impl Saved {
         let dir = path.parent().unwrap_or(Path::new("/"));
         let created = fsutil::create_dirs(dir, 0o700)
             .map_err(PluginError::io(format!("creating {}", dir.display())))?;
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).expect("plain data serializes");
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&body).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&tmp, path));
+        let written = cni_spec::fs::write_atomic(path, &body, 0o600);
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
             fsutil::remove_dirs(&created);
             return Err(PluginError::io(format!("saving the original values to {}", path.display()))(e));
         }

@@ -2,8 +2,6 @@
 //! (0600, written atomically), so DEL needs neither the daemon nor an unchanged config.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use super::error::VxlanError;
@@ -37,16 +35,7 @@ impl SavedConfigs {
         let path = self.path(net, cid, ifname);
         let dir = path.parent().expect("a file in a directory");
         let created = crate::fsutil::create_dirs(dir, 0o700).map_err(io("creating", dir))?;
-        let tmp = dir.join(format!(".{cid}:{ifname}.tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f =
-                fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(conf)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
+        cni_spec::fs::write_atomic(&path, conf, 0o600).map_err(|e| {
             crate::fsutil::remove_dirs(&created);
             io("saving", &path)(e)
         })?;
