@@ -86,9 +86,15 @@ async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (&Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render(&shared.gauges()))
-        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            format!(
+                "{}{}",
+                shared.metrics.render(&shared.gauges()),
+                crate::encryption::metrics(&shared.encryption.borrow())
+            ),
+        ),
         _ if !full => error(StatusCode::NOT_FOUND, "only /healthz, /readyz and /metrics here"),
         (&Method::GET, "/v1/status") => status(&shared),
         (&Method::GET, "/v1/cni") => cni(&shared),
@@ -295,6 +301,7 @@ async fn post_encryption(req: Request<Incoming>, shared: &Node) -> Reply {
                     &json!({
                         "revision": rev,
                         "enabled": settings.enabled,
+                        "type": settings.kind.name(),
                         "strict": settings.strict,
                         "port": settings.port,
                         "key_generation": settings.key_generation,

@@ -178,7 +178,14 @@ async fn start(
     let encrypting = encryption.enabled && !args.no_encryption && !args.no_datapath;
     let underlay = &node.underlay;
     let underlay_mtu = underlay.mtu.unwrap_or(1500);
-    let mtu = pod_mtu(args.mtu, &config, underlay.mtu, encrypting.then(|| encrypted_mtu(underlay_mtu)));
+    let encrypted = match encryption.kind {
+        crate::encryption::settings::Kind::WireGuard => encrypted_mtu(underlay_mtu),
+        // The datapath is not known yet: the smaller of the two (kernel-libipsec's).
+        crate::encryption::settings::Kind::Ipsec => {
+            crate::encryption::ipsec::charon::Datapath::Libipsec.mtu(underlay_mtu)
+        }
+    };
+    let mtu = pod_mtu(args.mtu, &config, underlay.mtu, encrypting.then_some(encrypted));
     mtu_tx.send_replace(mtu);
 
     let tunnel_routes: SharedRoutes = Arc::default();
@@ -257,13 +264,17 @@ async fn start(
                 opt_out: args.no_encryption,
                 threads: args.tunnel_threads,
                 fixed_mtu: args.mtu.is_some(),
+                charon: args.charon.clone(),
+                ipsec_datapath: match args.ipsec_datapath.as_str() {
+                    "kernel" => Some(crate::encryption::ipsec::charon::Datapath::Kernel),
+                    "libipsec" => Some(crate::encryption::ipsec::charon::Datapath::Libipsec),
+                    _ => None,
+                },
             },
             tunnel_routes,
         )
         .map_err(|e| DaemonError::Kernel(e.to_string()))?;
-        if encrypting {
-            c.seed_routes();
-        }
+        c.seed_routes();
         let io = ControllerIo {
             config: node.config.clone(),
             own: node.own.clone(),

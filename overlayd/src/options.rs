@@ -148,6 +148,13 @@ pub struct DaemonArgs {
     /// Worker threads of the encryption tunnel (0 = one per CPU, at most 4).
     #[arg(long, env = "OVERLAYD_TUNNEL_THREADS", default_value_t = 0)]
     pub tunnel_threads: usize,
+    /// strongSwan's IKE daemon, started by overlayd when the cluster encrypts with IPsec.
+    #[arg(long, env = "OVERLAYD_CHARON", default_value = crate::encryption::ipsec::charon::DEFAULT_BINARY)]
+    pub charon: PathBuf,
+    /// Where ESP runs: `auto` (kernel ESP when the kernel has it, else charon's
+    /// kernel-libipsec in userspace), `kernel` or `libipsec`.
+    #[arg(long, env = "OVERLAYD_IPSEC_DATAPATH", default_value = "auto", value_parser = ["auto", "kernel", "libipsec"])]
+    pub ipsec_datapath: String,
     /// A net-conf.json to store as the network config when the store has none yet.
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
     pub net_config_file: Option<PathBuf>,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::attrs::{LeaseAttrs, MAX_VALUE, VxlanData};
 use crate::config::NetworkConfig;
-use crate::encryption::lease_data::TunnelAttrs;
+use crate::encryption::lease_data::{IpsecAttrs, TunnelAttrs};
 use crate::identity::PublicKey;
 use crate::peer::{Peer, PeerFamily};
 use crate::subnet::{KeyError, SubnetKey};
@@ -162,7 +162,8 @@ impl Validator {
             Some(s) => Some(PublicKey::parse(s).ok_or(InvalidLease::Identity)?),
         };
         let tunnel = TunnelAttrs::from_value(&attrs.encryption);
-        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, identity, tunnel, attrs })))
+        let ipsec = IpsecAttrs::from_value(&attrs.encryption);
+        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, identity, tunnel, ipsec, attrs })))
     }
 
     /// The key's subnets fit the config (inside the network, the configured length).

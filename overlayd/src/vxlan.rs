@@ -265,7 +265,7 @@ fn reconcile(
             .filter(|r| {
                 r.oif == Some(dev.index)
                     || (r.oif == Some(ul.index) && r.gateway.is_some())
-                    || (r.oif.is_some() && r.oif == tunnel.ifindex)
+                    || tunnel.is_tunnel(r.oif)
             })
             .collect();
 

@@ -241,6 +241,26 @@ impl Cluster {
         }
     }
 
+    /// The pid of node `i`'s charon (IPsec), from the pid file overlayd keeps it under.
+    pub fn charon_pid(&self, i: usize) -> Option<i32> {
+        let f = self.nodes[i].dir.join("state/ipsec/run/charon.pid");
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    }
+
+    /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).
+    pub fn kill_charon(&self, i: usize, signal: i32) {
+        let Some(pid) = self.charon_pid(i) else { return };
+        // SAFETY: kill(2) on the pid of a charon this cluster's daemon started.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: as above; signal 0 only checks.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until node `i`'s daemon is ready.
     pub fn wait_ready(&self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
@@ -338,6 +358,16 @@ impl Drop for Cluster {
         for n in &mut self.nodes {
             if let Some(mut child) = n.daemon.take() {
                 stop(&mut child, libc::SIGTERM);
+            }
+        }
+        // charon (IPsec) outlives a stopped daemon on purpose; not the cluster.
+        for i in 0..self.nodes.len() {
+            if self.charon_pid(i).is_some() {
+                self.kill_charon(i, libc::SIGTERM);
+            }
+            if let Some(pid) = self.charon_pid(i) {
+                // SAFETY: kill(2) on the pid of this cluster's charon, which ignored SIGTERM.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
         if let Some((_, mut child)) = self.etcd.take() {
