@@ -245,8 +245,7 @@ impl Cluster {
     pub fn charon_pid(&self, i: usize) -> Option<i32> {
         let f = self.nodes[i].dir.join("state/ipsec/run/charon.pid");
         let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
-        // SAFETY: kill(2) with signal 0 only checks that the process exists.
-        (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+        process_alive(pid).then_some(pid)
     }
 
     /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).
@@ -255,8 +254,7 @@ impl Cluster {
         // SAFETY: kill(2) on the pid of a charon this cluster's daemon started.
         unsafe { libc::kill(pid, signal) };
         let deadline = Instant::now() + Duration::from_secs(5);
-        // SAFETY: as above; signal 0 only checks.
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+        while process_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -374,6 +372,17 @@ impl Drop for Cluster {
             stop(&mut child, libc::SIGTERM);
         }
     }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// GET over a unix socket: (status, body).

@@ -195,7 +195,16 @@ fn read_pid(paths: &CharonPaths) -> Option<i32> {
 
 fn alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    let exists = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+    // A zombie (dead, not yet reaped by whoever its parent now is) is not alive.
+    exists && !zombie(pid)
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 impl Charon {
