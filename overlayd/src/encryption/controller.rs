@@ -262,6 +262,8 @@ impl Controller {
                 r = io.peers.changed() => if r.is_err() { break },
                 _ = async { changes.as_mut().unwrap().changed().await }, if changes.is_some() => {}
                 _ = tick.tick() => {}
+                // IPsec connections waiting for their SAs: look again sooner.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.ipsec.pending() => {}
                 _ = io.shutdown.changed() => break,
             }
         }

@@ -43,9 +43,14 @@ use crate::subnet::SubnetKey;
 /// The prefix of every connection overlayd loads (others in charon are left alone).
 pub const CONN_PREFIX: &str = "ferro-";
 /// How long the node that is not the designated initiator waits before initiating itself.
-const FALLBACK_INITIATE: Duration = Duration::from_secs(3);
-/// Between two initiations of one connection.
-const REINITIATE: Duration = Duration::from_secs(4);
+const FALLBACK_INITIATE: Duration = Duration::from_secs(2);
+/// Between two initiations of one connection: this, doubling per attempt up to
+/// [`REINITIATE_MAX`] (a peer that has not loaded our connection yet refuses the first).
+const REINITIATE: Duration = Duration::from_millis(250);
+const REINITIATE_MAX: Duration = Duration::from_secs(8);
+/// After charon was restarted, every connection is initiated from our side at once for this
+/// long: the peers still hold SAs with the charon that died.
+const EAGER_AFTER_RESTART: Duration = Duration::from_secs(10);
 /// After a failed start, the next try.
 const RETRY_START: Duration = Duration::from_secs(5);
 /// How long after disabling the `IPsec` part leaves the lease.
@@ -241,7 +246,8 @@ pub struct Engine {
     sas: BTreeMap<String, SaView>,
     /// When each connection was last seen without an SA coming up (for the fallback).
     waiting_since: HashMap<String, Instant>,
-    last_initiate: HashMap<String, Instant>,
+    last_initiate: HashMap<String, (Instant, u32)>,
+    eager_until: Option<Instant>,
     warned: HashMap<String, String>,
     failure: Option<String>,
     retry_at: Instant,
@@ -265,6 +271,7 @@ impl Engine {
             sas: BTreeMap::new(),
             waiting_since: HashMap::new(),
             last_initiate: HashMap::new(),
+            eager_until: None,
             warned: HashMap::new(),
             failure: None,
             retry_at: Instant::now(),
@@ -485,6 +492,8 @@ impl Engine {
         self.program_charon(run, s, identity)?;
         run.ifindex = None;
         self.setup_device(run);
+        self.last_initiate.clear();
+        self.eager_until = Some(Instant::now() + EAGER_AFTER_RESTART);
         tracing::info!(pid = ?run.charon.pid, "charon running again; re-programming it");
         Ok(())
     }
@@ -665,21 +674,26 @@ impl Engine {
         }
         let now = Instant::now();
         let leaving = !initiate;
+        let eager = self.eager_until.is_some_and(|t| now < t);
         for (name, spec) in &self.loaded {
             let view = self.sas.get(name);
             if view.is_some_and(|v| v.installed) {
                 self.waiting_since.insert(name.clone(), now);
+                self.last_initiate.remove(name);
                 continue;
             }
             if leaving || view.is_some_and(|v| v.ike.as_deref() == Some("CONNECTING")) {
                 continue;
             }
             let waited = self.waiting_since.get(name).map_or(Duration::ZERO, |t| now.duration_since(*t));
-            let recently = self.last_initiate.get(name).is_some_and(|t| now.duration_since(*t) < REINITIATE);
-            if recently || !(spec.initiator || waited >= FALLBACK_INITIATE) {
+            let attempts = self.last_initiate.get(name).map_or(0, |(_, n)| *n);
+            let recently = self.last_initiate.get(name).is_some_and(|(t, n)| {
+                now.duration_since(*t) < (REINITIATE * 2u32.saturating_pow(*n)).min(REINITIATE_MAX)
+            });
+            if recently || !(spec.initiator || eager || waited >= FALLBACK_INITIATE) {
                 continue;
             }
-            self.last_initiate.insert(name.clone(), now);
+            self.last_initiate.insert(name.clone(), (now, attempts + 1));
             let m =
                 Message::new().kv("child", name).kv("ike", name).kv("timeout", "-1").kv("init-limits", "no");
             if let Err(e) = c.call_ok("initiate", m) {
@@ -700,6 +714,13 @@ impl Engine {
             }
             run.generation = s.key_generation;
         }
+    }
+
+    /// Whether a connection is still waiting for its SA (the controller then looks again
+    /// sooner than its usual tick).
+    pub fn pending(&self) -> bool {
+        matches!(self.phase, Phase::On(_))
+            && self.loaded.keys().any(|n| !self.sas.get(n).is_some_and(|v| v.installed))
     }
 
     fn up_subnets(&self) -> BTreeSet<IpNet> {
