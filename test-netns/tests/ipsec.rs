@@ -233,3 +233,338 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
 }
+
+#[test]
+fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
+    require_strongswan!();
+    let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
+    let outsider = c.add_node().unwrap();
+    c.stop_daemon(outsider, libc::SIGTERM);
+    c.set_daemon_args(outsider, &["--no-encryption"]);
+    c.start_daemon(outsider).unwrap();
+    c.wait_ready(outsider).unwrap();
+    let a = c.add_pod(0, "ha").unwrap();
+    let b = c.add_pod(1, "hb").unwrap();
+    let x = c.add_pod(outsider, "hx").unwrap();
+    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
+    wait_all(&c, &[0, 1], "the joined nodes on IPsec", via(IPSEC_DEV));
+    assert!(ping(&x.ns, &a.ip, 2), "before strict mode the outsider talks over VXLAN");
+    ctl(&c, 0, &["encryption", "enable", "--strict"]);
+    wait_for(Duration::from_secs(20), "strict rules on the joined nodes", || {
+        (0..2).all(|i| c.nodes[i].ns.exec(&["nft", "list", "tables"]).contains("ferrocni_strict"))
+    })
+    .unwrap();
+    assert_eq!(status(&c, 0)["type"], "ipsec", "--strict keeps the type");
+    // The outsider's subnet is routed into IPsec too (fail closed), with no SA: dropped.
+    wait_for(Duration::from_secs(10), "the outsider's subnet routed into IPsec", || {
+        via(IPSEC_DEV)(&c, 0, outsider)
+    })
+    .unwrap();
+    let cap = Capture::start(&c.nodes[0].ns, "ul").unwrap();
+    assert!(ping(&a.ns, &b.ip, 3), "joined nodes' pods talk over IPsec");
+    assert!(!ping(&x.ns, &a.ip, 2), "the outsider's pod reached an encrypted node's pod");
+    assert!(!ping(&a.ns, &x.ip, 2), "an encrypted node's pod reached the outsider");
+    let packets = cap.stop().unwrap();
+    // The outsider sends in plaintext (it does not encrypt); node 0 never does.
+    let node0: std::net::IpAddr = c.nodes[0].underlay_ip.parse().unwrap();
+    let sent_plain: Vec<_> =
+        packets.plaintext_between(&a.ip, &x.ip).into_iter().filter(|p| p.src == Some(node0)).collect();
+    assert!(sent_plain.is_empty(), "node 0 sent plaintext after Strict: {sent_plain:?}");
+    assert!(!packets.any_plaintext_between(&a.ip, &b.ip));
+    assert_eq!(status(&c, outsider)["participating"], false);
+
+    // Hostile leases: each skipped with a reason, nothing else changes, nothing in charon.
+    let before = c.nodes[0].ns.exec(&["ip", "route"]);
+    let id1 = lease_identity(&c, 1);
+    let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:77:00:00:00:01"}"#;
+    let hostile = [
+        (
+            "10.244.251.0-24",
+            format!(
+                r#"{{"PublicIP":"198.18.0.201",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{"TrafficSelectors":["{}"]}}}}}}"#,
+                other_key(),
+                c.pod_subnet(1).unwrap()
+            ),
+        ),
+        (
+            "10.244.252.0-24",
+            format!(
+                r#"{{"PublicIP":"198.18.0.202",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":"x"}}}}"#,
+                other_key()
+            ),
+        ),
+        (
+            "10.244.253.0-24",
+            format!(r#"{{"PublicIP":"198.18.0.203",{mac},"Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#),
+        ),
+        (
+            "10.244.254.0-24",
+            format!(
+                r#"{{"PublicIP":"198.18.0.204",{mac},"Identity":"{id1}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#
+            ),
+        ),
+    ];
+    put_leases(&c, &hostile);
+    for (key, why) in [
+        ("10.244.251.0-24", "outside the lease's subnets"),
+        ("10.244.252.0-24", "not an object"),
+        ("10.244.253.0-24", "no identity key"),
+    ] {
+        wait_for(Duration::from_secs(10), why, || {
+            std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log"))
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("IPsec data ignored") && l.contains(key) && l.contains(why))
+        })
+        .unwrap();
+    }
+    wait_for(Duration::from_secs(10), "the duplicated identity refused", || {
+        std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log"))
+            .unwrap()
+            .contains("published by more than one lease; no IPsec")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let conns = c.nodes[0].ns.exec(&[
+        "swanctl",
+        "--list-conns",
+        "--uri",
+        &format!("unix://{}", c.nodes[0].dir.join("state/ipsec/charon.vici").display()),
+    ]);
+    assert!(!conns.contains("10.244.25"), "a hostile lease reached charon: {conns}");
+    let after = c.nodes[0].ns.exec(&["ip", "route"]);
+    let moved: Vec<&str> = before.lines().filter(|l| !after.contains(l)).collect();
+    assert!(moved.is_empty(), "routes changed: {moved:?}");
+    // The key claimed twice is trusted for neither: node 1 is off IPsec while the twin is there.
+    with_store(&c, async |store| {
+        for (k, _) in &hostile {
+            let key = format!("/coreos.com/network/subnets/{k}");
+            if let Some(kv) = store.get(&key).await.unwrap() {
+                store.delete(&key, kv.mod_revision).await.unwrap();
+            }
+        }
+    });
+    wait_all(&c, &[0, 1], "node 1 back on IPsec once the twin is gone", via(IPSEC_DEV));
+    assert!(ping(&a.ns, &b.ip, 2));
+    ctl(&c, 0, &["encryption", "enable"]);
+    for p in [&a, &b, &x] {
+        c.del_pod(p).unwrap();
+    }
+}
+
+/// A strongSwan configured by hand with swanctl (no overlayd) in a namespace on the
+/// underlay, with its own Ed25519 key: its lease is written into the store by hand; node 0
+/// connects to it (the hand peer only responds) and traffic flows both ways.
+#[test]
+fn a_hand_configured_strongswan_peer_talks_to_a_node() {
+    require_strongswan!();
+    let c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
+    let a = c.add_pod(0, "wa").unwrap();
+    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
+    wait_for(Duration::from_secs(20), "IPsec on node 0", || status(&c, 0)["ipsec"]["phase"] == "on").unwrap();
+
+    let ns = c.attach_to_underlay("hand", "198.18.0.200/24");
+    ns.exec(&["ip", "addr", "add", "10.244.250.1/32", "dev", "lo"]);
+    let dir = c.work_dir().join("hand");
+    let hand = HandCharon::start(&ns, &dir);
+    let node0_subnet = c.pod_subnet(0).unwrap();
+    let node0_key = lease_identity(&c, 0);
+    std::fs::write(dir.join("sw/pubkey/node0.pem"), pem_of(&node0_key)).unwrap();
+    std::fs::write(
+        dir.join("sw/swanctl.conf"),
+        format!(
+            "connections {{\n node0 {{\n  version = 2\n  remote_addrs = {}\n  encap = yes\n  proposals = aes256gcm16-prfsha384-x25519\n  local {{\n   auth = pubkey\n   pubkeys = me.pem\n  }}\n  remote {{\n   auth = pubkey\n   pubkeys = node0.pem\n  }}\n  children {{\n   node0 {{\n    local_ts = 10.244.250.0/24\n    remote_ts = {node0_subnet}\n    esp_proposals = aes256gcm16\n   }}\n  }}\n }}\n}}\n",
+            c.nodes[0].underlay_ip
+        ),
+    )
+    .unwrap();
+    hand.swanctl(&ns, &["--load-all", "--file", dir.join("sw/swanctl.conf").to_str().unwrap()]);
+    ns.exec(&["ip", "route", "add", &node0_subnet, "dev", "ipsec0", "src", "10.244.250.1"]);
+    let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:77:00:00:00:01"}"#;
+    put_leases(
+        &c,
+        &[(
+            "10.244.250.0-24",
+            format!(
+                r#"{{"PublicIP":"198.18.0.200",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#,
+                hand.public_b64()
+            ),
+        )],
+    );
+    wait_for(Duration::from_secs(20), "node 0 to route the hand peer's subnet into IPsec", || {
+        c.nodes[0].ns.exec(&["ip", "route", "show", "10.244.250.0/24"]).contains(IPSEC_DEV)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} {}", status(&c, 0), hand.swanctl(&ns, &["--list-sas"])));
+    assert!(ping(&a.ns, "10.244.250.1", 3), "pod on node 0 -> hand-configured strongSwan");
+    assert!(
+        ns.command("ping")
+            .args(["-c", "2", "-W", "2", "-I", "10.244.250.1", &a.ip])
+            .status()
+            .unwrap()
+            .success(),
+        "hand-configured strongSwan -> pod"
+    );
+    let sas = hand.swanctl(&ns, &["--list-sas"]);
+    assert!(sas.contains("ESTABLISHED") && sas.contains("INSTALLED"), "{sas}");
+    c.del_pod(&a).unwrap();
+}
+
+/// charon in a namespace of its own, configured only with swanctl.
+struct HandCharon {
+    dir: std::path::PathBuf,
+}
+
+impl HandCharon {
+    fn start(ns: &test_netns::TestNs, dir: &Path) -> HandCharon {
+        for d in ["run", "sw/private", "sw/pubkey"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let key = dir.join("sw/private/me.pem");
+        assert!(
+            std::process::Command::new("openssl")
+                .args(["genpkey", "-algorithm", "ed25519", "-out"])
+                .arg(&key)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&key)
+                .arg("-out")
+                .arg(dir.join("sw/pubkey/me.pem"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::fs::write(
+            dir.join("strongswan.conf"),
+            format!(
+                "charon {{\n load = random nonce openssl pem pkcs1 pkcs8 pubkey kdf kernel-libipsec kernel-netlink socket-default vici\n install_routes = no\n filelog {{\n  f {{\n   path = {}/charon.log\n   default = 1\n  }}\n }}\n plugins {{\n  vici {{\n   socket = unix://{}/vici\n  }}\n }}\n}}\n",
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .unwrap();
+        ns.command("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "mount --make-rprivate / && mount --bind {}/run /run && exec {CHARON}",
+                dir.display()
+            ))
+            .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let h = HandCharon { dir: dir.to_path_buf() };
+        wait_for(Duration::from_secs(10), "the hand charon's socket", || {
+            std::os::unix::net::UnixStream::connect(dir.join("vici")).is_ok()
+        })
+        .unwrap();
+        h
+    }
+
+    fn swanctl(&self, ns: &test_netns::TestNs, args: &[&str]) -> String {
+        let uri = format!("unix://{}/vici", self.dir.display());
+        let out = ns.command("swanctl").args(args).args(["--uri", &uri]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// The raw Ed25519 public key, base64, as a lease's `Identity`.
+    fn public_b64(&self) -> String {
+        let der = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(self.dir.join("sw/pubkey/me.pem"))
+            .output()
+            .unwrap()
+            .stdout;
+        b64(&der[der.len() - 32..])
+    }
+}
+
+impl Drop for HandCharon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("run/charon.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: kill(2) on the charon this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for ch in bytes.chunks(3) {
+        let n = ch.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= ch.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for ch in clean.chunks(4) {
+        let n = ch.iter().enumerate().fold(0u32, |n, (i, c)| n | (val(*c) as u32) << (18 - 6 * i));
+        for i in 0..ch.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// A lease `Identity` (raw Ed25519, base64) as a PEM public key file.
+fn pem_of(identity: &str) -> String {
+    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    der.extend(unb64(identity));
+    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", b64(&der))
+}
+
+/// A valid Ed25519 public key of nobody (the base point's encoding).
+fn other_key() -> String {
+    let mut k = [0u8; 32];
+    k[0] = 0x58;
+    k[1..].fill(0x66);
+    b64(&k)
+}
+
+/// The node's identity public key (what its lease publishes as `Identity`).
+fn lease_identity(c: &Cluster, node: usize) -> String {
+    overlayd::identity::Identity::load_or_create(&c.nodes[node].dir.join("state")).unwrap().public_b64()
+}
+
+fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = overlayd::store::embedded::EmbeddedStore::open(
+            overlayd::store::embedded::EmbeddedOptions::new(c.work_dir().join("store.db")),
+        )
+        .unwrap();
+        f(&store).await
+    })
+}
+
+fn put_leases(c: &Cluster, leases: &[(&str, String)]) {
+    with_store(c, async |store| {
+        for (key, value) in leases {
+            store.put(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes()).await.unwrap();
+        }
+    });
+}
