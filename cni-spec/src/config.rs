@@ -39,7 +39,7 @@ pub fn is_valid_name(name: &str) -> bool {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
-    /// Name servers, in priority order.
+    /// Name servers, in priority order (IP addresses: see [`Dns::validate`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     pub nameservers: Vec<String>,
     /// The local domain.
@@ -54,6 +54,38 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// Checks DNS settings from a config (`field` names where they are): every name
+    /// server is an IP address, and no value is empty or holds whitespace or control
+    /// characters (they would end up in a resolv.conf line).
+    ///
+    /// ```
+    /// let d: cni_spec::Dns = serde_json::from_str(r#"{"nameservers":["10.0.0.1\n"]}"#).unwrap();
+    /// let e = d.validate("dns").unwrap_err();
+    /// assert_eq!((e.code, e.msg.contains("dns.nameservers[0]")), (7, true));
+    /// ```
+    pub fn validate(&self, field: &str) -> Result<(), Error> {
+        for (i, ns) in self.nameservers.iter().enumerate() {
+            crate::parse::ip(ns)
+                .map_err(|e| Error::invalid_config(&format!("{field}.nameservers[{i}]"), e))?;
+        }
+        let word = |name: String, v: &str| -> Result<(), Error> {
+            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::invalid_config(&name, format!("{v:?} is not a resolver word")));
+            }
+            Ok(())
+        };
+        if let Some(d) = &self.domain {
+            word(format!("{field}.domain"), d)?;
+        }
+        for (i, s) in self.search.iter().enumerate() {
+            word(format!("{field}.search[{i}]"), s)?;
+        }
+        for (i, o) in self.options.iter().enumerate() {
+            word(format!("{field}.options[{i}]"), o)?;
+        }
+        Ok(())
+    }
+
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {
         self.nameservers.is_empty()
@@ -282,9 +314,9 @@ impl NetConf {
         Ok(conf)
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         self.version()?;
-        if self.kind.is_empty() || self.kind.contains('/') {
+        if crate::parse::plugin_name(&self.kind).is_err() {
             return Err(Error::invalid_config("type", format!("{:?} is not a plugin name", self.kind)));
         }
         if let Some(name) = &self.name
@@ -305,11 +337,19 @@ impl NetConf {
         self.name.as_deref().ok_or_else(|| Error::invalid_config("name", "missing"))
     }
 
-    /// `prevResult`, parsed as a result of this config's version (as libcni does).
+    /// `prevResult`, parsed as a result of this config's version (as libcni does). A
+    /// `prevResult` that is not a result of that version is code 7 naming it.
     pub fn prev_result(&self) -> Result<Option<SuccessResult>, Error> {
+        const PREFIX: &str = "invalid network config: ";
         match &self.prev_result {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => SuccessResult::from_value(v.clone(), self.version()?).map(Some),
+            Some(v) => SuccessResult::from_value(v.clone(), self.version()?).map(Some).map_err(|e| {
+                if e.well_known() == Some(crate::error::Code::IncompatibleVersion) {
+                    return e;
+                }
+                let why = e.msg.strip_prefix(PREFIX).unwrap_or(&e.msg).to_string();
+                Error::invalid_config("prevResult", why)
+            }),
         }
     }
 

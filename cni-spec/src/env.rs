@@ -143,6 +143,22 @@ impl CniArgs {
     }
 }
 
+/// The longest container ID a plugin takes. The spec sets no limit; runtimes use 64 hex
+/// digits. A bound keeps every place that stores the ID (lease files, tags, file names)
+/// able to hold it whole.
+///
+/// ```
+/// let long = "a".repeat(cni_spec::env::MAX_CONTAINER_ID + 1);
+/// let e = cni_spec::Environment::from_lookup(|k| match k {
+///     "CNI_COMMAND" => Some("DEL".into()),
+///     "CNI_CONTAINERID" => Some(long.clone()),
+///     "CNI_IFNAME" => Some("eth0".into()),
+///     _ => None,
+/// }).unwrap_err();
+/// assert_eq!(e.code, 4);
+/// ```
+pub const MAX_CONTAINER_ID: usize = 1024;
+
 /// The validated environment of one invocation.
 ///
 /// ```
@@ -195,10 +211,17 @@ impl Environment {
             if container_id.is_empty() {
                 return Err(Error::invalid_env("CNI_CONTAINERID", "missing"));
             }
-            if !is_valid_name(&container_id) {
+            if container_id.len() > MAX_CONTAINER_ID {
                 return Err(Error::invalid_env(
                     "CNI_CONTAINERID",
-                    format!("{container_id:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
+                    format!("longer than {MAX_CONTAINER_ID} bytes ({} bytes)", container_id.len()),
+                ));
+            }
+            if !is_valid_name(&container_id) {
+                let shown: String = container_id.chars().take(80).collect();
+                return Err(Error::invalid_env(
+                    "CNI_CONTAINERID",
+                    format!("{shown:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"),
                 ));
             }
         }
@@ -206,6 +229,12 @@ impl Environment {
         let netns = nonempty("CNI_NETNS").map(PathBuf::from);
         if matches!(command, Command::Add | Command::Check) && netns.is_none() {
             return Err(Error::invalid_env("CNI_NETNS", format!("missing (required for {command})")));
+        }
+        if per_container
+            && let Some(p) = &netns
+            && let Err(why) = crate::parse::abs_path(&p.to_string_lossy())
+        {
+            return Err(Error::invalid_env("CNI_NETNS", why));
         }
 
         let ifname = nonempty("CNI_IFNAME").unwrap_or_default();
@@ -229,27 +258,17 @@ impl Environment {
     }
 }
 
-/// Checks an interface name as Linux and the Go library do: 1–15 bytes, not `.` or `..`,
-/// no `/`, `:` or whitespace. Code 4 naming `CNI_IFNAME`.
+/// Checks an interface name (see [`crate::parse::ifname`]: 1–15 bytes of printable ASCII,
+/// not `.` or `..`, no `/`, `:`, `%` or whitespace). Code 4 naming `CNI_IFNAME`.
 ///
 /// ```
 /// assert!(cni_spec::env::validate_ifname("eth0").is_ok());
 /// assert!(cni_spec::env::validate_ifname("a-very-long-name0").is_err());
+/// assert_eq!(cni_spec::env::validate_ifname("eth\u{200b}0").unwrap_err().code, 4);
 /// ```
 pub fn validate_ifname(name: &str) -> Result<(), Error> {
-    let why = if name.is_empty() {
-        Some("missing")
-    } else if name.len() > 15 {
-        Some("longer than 15 bytes")
-    } else if name == "." || name == ".." {
-        Some("must not be . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        Some("must not contain '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match why {
-        Some(why) => Err(Error::invalid_env("CNI_IFNAME", format!("{name:?}: {why}"))),
-        None => Ok(()),
+    if name.is_empty() {
+        return Err(Error::invalid_env("CNI_IFNAME", "missing"));
     }
+    crate::parse::ifname(name).map_err(|why| Error::invalid_env("CNI_IFNAME", why))
 }

@@ -91,9 +91,20 @@ impl Environment {
     /// when that is not one). The plugin's stderr is passed on to ours. "Text file busy"
     /// is retried, as libcni does.
     pub fn run(&self, binary: &Path, stdin: &[u8]) -> Result<Vec<u8>, Error> {
+        self.run_with(binary, stdin, &[])
+    }
+
+    /// [`Invocation::run`] with more environment variables for the child.
+    ///
+    /// ```no_run
+    /// use cni_spec::{Command, exec::Invocation};
+    /// let inv = Invocation::new(Command::Del).container("c1", None, "eth0");
+    /// inv.run_with("/opt/cni/bin/host-local".as_ref(), b"{}", &[("FERROCNI_ROLLBACK", "1")]).unwrap();
+    /// ```
+    pub fn run_with(&self, binary: &Path, stdin: &[u8], extra: &[(&str, &str)]) -> Result<Vec<u8>, Error> {
         let mut attempt = 0;
         loop {
-            match self.run_once(binary, stdin) {
+            match self.run_once(binary, stdin, extra) {
                 Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 5 => {
                     attempt += 1;
                     thread::sleep(Duration::from_millis(100 << attempt));
@@ -106,9 +117,15 @@ impl Environment {
         }
     }
 
-    fn run_once(&self, binary: &Path, stdin: &[u8]) -> std::io::Result<std::process::Output> {
+    fn run_once(
+        &self,
+        binary: &Path,
+        stdin: &[u8],
+        extra: &[(&str, &str)],
+    ) -> std::io::Result<std::process::Output> {
         let mut child = Process::new(binary)
             .envs(self.env())
+            .envs(extra.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

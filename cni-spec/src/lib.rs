@@ -6,6 +6,8 @@
 //! - [`error`]: the error object and its well-known codes.
 //! - [`version`]: versions, feature gates, negotiation, the `VERSION` reply.
 //! - [`env`]: the `CNI_*` environment, validated.
+//! - [`input`]: reading stdin and the environment, every fault in its class (the codes).
+//! - [`parse`]: strict parsers for addresses, prefixes, MACs, interface names, paths.
 //! - [`plugin`]: the entry point for a plugin binary.
 //! - [`delegate`]: running another plugin (IPAM) from a plugin.
 //! - [`runtime`]: running a network list as libcni does, with its result cache.
@@ -35,7 +37,9 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod exec;
+pub mod input;
 mod json;
+pub mod parse;
 pub mod plugin;
 pub mod result;
 pub mod runtime;

@@ -16,7 +16,7 @@
 //! fn main() -> std::process::ExitCode { plugin::run(&Noop) }
 //! ```
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 
@@ -27,9 +27,9 @@ use serde_json::Value;
 use crate::config::NetConf;
 use crate::env::{Command, Environment};
 use crate::error::{Code, Error};
-use crate::json;
 use crate::result::SuccessResult;
 use crate::version::{Version, VersionInfo, format_versions};
+use crate::{input, json};
 
 /// One attachment, as listed in a GC request's `cni.dev/valid-attachments`.
 ///
@@ -58,6 +58,21 @@ pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
 /// The key of the original 1.1.0 text.
 pub const LEGACY_ATTACHMENTS_KEY: &str = "cni.dev/attachments";
 
+/// The config keys the spec defines (a key that differs from one only in case is refused).
+const WELL_KNOWN: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "capabilities",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+];
+
 /// Everything one invocation brings: the environment, the parsed config and the raw bytes.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -72,19 +87,47 @@ pub struct Request {
 }
 
 impl Request {
-    /// Builds a request from an environment and a stdin config.
+    /// Builds a request from an environment and a stdin config (see [`crate::input`] for
+    /// the classes of fault): the config must decode (else code 6), be an object with a
+    /// `cniVersion` (else code 7 naming it: runtimes always write one, so a config without
+    /// it did not come from a runtime) that this library knows (else code 1), and its
+    /// well-known fields must be right (else code 7 naming the field).
+    ///
+    /// ```
+    /// use cni_spec::{Command, Environment, Request};
+    /// let env = Environment::new(Command::Del).container("c1", None, "eth0");
+    /// let req = Request::new(env.clone(), br#"{"cniVersion":"1.0.0","name":"n","type":"x"}"#.to_vec()).unwrap();
+    /// assert_eq!(req.version, cni_spec::Version::V1_0_0);
+    /// assert_eq!(Request::new(env.clone(), b" ".to_vec()).unwrap_err().code, 6);
+    /// assert_eq!(Request::new(env.clone(), br#"{"a":1,"a":1}"#.to_vec()).unwrap_err().code, 6);
+    /// let e = Request::new(env, br#"{"name":"n","type":"x"}"#.to_vec()).unwrap_err();
+    /// assert_eq!((e.code, e.msg.contains("cniVersion")), (7, true));
+    /// ```
     pub fn new(env: Environment, raw: Vec<u8>) -> Result<Self, Error> {
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::new(Code::InvalidConfig, "invalid network config: missing on stdin"));
+        let value = json::decode(&raw)?;
+        let Some(obj) = value.as_object() else {
+            return Err(Error::new(Code::InvalidConfig, "invalid network config: must be a JSON object"));
+        };
+        match obj.get("cniVersion") {
+            None | Some(Value::Null) => return Err(Error::invalid_config("cniVersion", "missing")),
+            Some(Value::String(s)) if s.is_empty() => {
+                return Err(Error::invalid_config("cniVersion", "empty"));
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => {
+                return Err(Error::invalid_config("cniVersion", format!("must be a string, got {other}")));
+            }
         }
-        let config = NetConf::parse(&raw)?;
+        input::refuse_case_variants(obj, WELL_KNOWN, "")?;
+        let config: NetConf = json::from_value(value)?;
+        config.validate()?;
         let version = config.version()?;
         Ok(Request { env, config, raw, version })
     }
 
-    /// Parses the config into the plugin's own type (its options).
-    ///
-    /// A syntax error is code 6, a wrong field code 7 naming it.
+    /// Parses the config into the plugin's own type (its options), strictly (see
+    /// [`crate::input::from_slice`]): a decoding fault is code 6, a wrong field code 7
+    /// naming it.
     pub fn parse_config<T: DeserializeOwned>(&self) -> Result<T, Error> {
         json::from_slice(&self.raw)
     }
@@ -163,19 +206,33 @@ pub struct Outcome {
 /// Runs `plugin` on the process environment and stdin, prints to stdout, and returns the
 /// exit code. Logs belong on stderr; nothing else is written to stdout.
 pub fn run<P: Plugin + ?Sized>(plugin: &P) -> ExitCode {
-    // Run by hand, without a command: say what this is and succeed, as the Go skeleton
-    // does, without waiting for a stdin nobody will close.
-    if std::env::var_os("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+    let env = |k: &str| input::env_var(k);
+    // Run by hand, without a command: say what this is, and fail (code 4) as for any other
+    // bad environment, without waiting for a stdin nobody will close.
+    if env("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
         let versions = format_versions(plugin.supported_versions());
         eprintln!("{}\nCNI protocol versions supported: {versions}", plugin.about());
-        return ExitCode::SUCCESS;
+        let e = Error::invalid_env("CNI_COMMAND", "missing (ADD, DEL, CHECK, STATUS, GC or VERSION)");
+        return print(error_outcome(&e, None));
     }
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin);
-    let outcome = match read {
-        Ok(_) => dispatch(plugin, |k| std::env::var(k).ok(), stdin),
-        Err(e) => error_outcome(&Error::io("reading the network config from stdin", &e), None),
+    let read = if input::stdin_was_closed() {
+        // VERSION needs no stdin; every other command needs its config.
+        if env("CNI_COMMAND").as_deref() == Some("VERSION") {
+            Ok(Vec::new())
+        } else {
+            Err(Error::new(Code::IoFailure, "reading the network config from stdin: stdin is closed"))
+        }
+    } else {
+        input::read_stdin(std::io::stdin().lock())
     };
+    let outcome = match read {
+        Ok(stdin) => dispatch(plugin, env, stdin),
+        Err(e) => error_outcome(&e, None),
+    };
+    print(outcome)
+}
+
+fn print(outcome: Outcome) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(outcome.stdout.as_bytes());
     let _ = out.flush();
@@ -217,11 +274,16 @@ fn invoke<P: Plugin + ?Sized>(
 ) -> Result<String, Error> {
     let env = Environment::from_lookup(env)?;
     if env.command == Command::Version {
-        return Ok(version_reply(plugin.supported_versions(), &stdin));
+        return version_reply(plugin.supported_versions(), &stdin);
     }
     let req = Request::new(env, stdin).map_err(|e| with_supported(e, plugin.supported_versions()))?;
     *version_out = Some(req.version);
     gate(plugin.supported_versions(), req.env.command, req.version)?;
+    // A `prevResult` that ADD or CHECK is given must be a result of the config's version
+    // (code 7 naming it), whether or not the plugin reads it. DEL stays best-effort.
+    if matches!(req.env.command, Command::Add | Command::Check) {
+        req.prev_result()?;
+    }
     match req.env.command {
         Command::Add => {
             let result = plugin.add(&req)?;
@@ -279,19 +341,15 @@ pub fn gate(supported: &[Version], command: Command, version: Version) -> Result
 }
 
 /// The reply to `VERSION`, in the version the caller asked with when the plugin supports
-/// it, else in the plugin's newest.
-fn version_reply(supported: &[Version], stdin: &[u8]) -> String {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Ask {
-        cni_version: Option<String>,
-    }
+/// it, else in the plugin's newest. No stdin at all is a person asking: the newest. Stdin
+/// that does not decode is code 6, as for every other command.
+fn version_reply(supported: &[Version], stdin: &[u8]) -> Result<String, Error> {
     let newest = supported.iter().copied().max().unwrap_or(Version::CURRENT);
-    let asked = serde_json::from_slice::<Ask>(stdin)
-        .ok()
-        .and_then(|a| a.cni_version)
-        .and_then(|v| v.parse::<Version>().ok())
-        .filter(|v| supported.contains(v))
-        .unwrap_or(newest);
-    serde_json::to_string(&VersionInfo::new(asked, supported)).expect("version info serializes")
+    let asked = if stdin.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        json::decode(stdin)?.get("cniVersion").and_then(Value::as_str).and_then(|v| v.parse::<Version>().ok())
+    };
+    let asked = asked.filter(|v| supported.contains(v)).unwrap_or(newest);
+    Ok(serde_json::to_string(&VersionInfo::new(asked, supported)).expect("version info serializes"))
 }

@@ -8,6 +8,8 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+use crate::parse::serde_strict as strict;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -77,9 +79,10 @@ impl Interface {
 #[serde(rename_all = "camelCase")]
 pub struct IpConfig {
     /// The address with its prefix length, e.g. `10.1.0.5/16`.
+    #[serde(deserialize_with = "strict::prefix")]
     pub address: IpNet,
     /// The gateway, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "strict::opt_ip")]
     pub gateway: Option<IpAddr>,
     /// The index into `interfaces` this address belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,9 +117,10 @@ impl IpConfig {
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     /// The destination network.
+    #[serde(deserialize_with = "strict::prefix")]
     pub dst: IpNet,
     /// The next hop; none means the address's gateway (or on-link).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "strict::opt_ip")]
     pub gw: Option<IpAddr>,
     /// Route MTU (1.1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,8 +325,9 @@ struct Legacy {
 
 #[derive(Serialize, Deserialize)]
 struct LegacyIp {
+    #[serde(deserialize_with = "strict::prefix")]
     ip: IpNet,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "strict::opt_ip")]
     gateway: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_default")]
     routes: Vec<LegacyRoute>,
@@ -330,8 +335,9 @@ struct LegacyIp {
 
 #[derive(Serialize, Deserialize)]
 struct LegacyRoute {
+    #[serde(deserialize_with = "strict::prefix")]
     dst: IpNet,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "strict::opt_ip")]
     gw: Option<IpAddr>,
 }
 

@@ -26,7 +26,6 @@ fn malformed_json_is_code_6_with_position() {
         ("{\"type\":\"x\",}", 1, 13),
         ("{\n  \"type\": \"x\"\n  \"name\": \"n\"\n}", 3, 3),
         ("{\"type\":", 1, 8),
-        ("", 1, 0),
     ] {
         let e = assert_err(NetConf::parse(input.as_bytes()), 6, &["line", "column"]);
         assert!(e.msg.contains(&format!("line {line} column {column}")), "{input:?}: {}", e.msg);
@@ -34,6 +33,11 @@ fn malformed_json_is_code_6_with_position() {
     }
     // Trailing garbage after a valid object is malformed too.
     assert_err(NetConf::parse(br#"{"type":"x"} x"#), 6, &["line 1"]);
+    // So are empty input and a key given twice.
+    for empty in ["", " \n\t"] {
+        assert_err(NetConf::parse(empty.as_bytes()), 6, &["empty"]);
+    }
+    assert_err(NetConf::parse(br#"{"type":"x","type":"y"}"#), 6, &["duplicate key \"type\""]);
 }
 
 #[test]
@@ -140,8 +144,9 @@ fn prev_result_errors() {
     assert_err(conf.prev_result(), 7, &["ips[0]"]);
     let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","prevResult":null}"#).unwrap();
     assert_eq!(conf.prev_result().unwrap(), None);
+    // A prevResult that is not a result is a bad value in a well-formed config: code 7.
     let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"x","prevResult":[1]}"#).unwrap();
-    assert_err(conf.prev_result(), 6, &[]);
+    assert_err(conf.prev_result(), 7, &["prevResult"]);
 }
 
 // ---------------------------------------------------------------- NetConfList

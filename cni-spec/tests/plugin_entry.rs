@@ -170,7 +170,10 @@ fn version_with_stdin() {
     assert_eq!(ask(&p, br#"{"cniVersion":"0.4.0"}"#)["cniVersion"], "0.4.0");
     assert_eq!(ask(&p, br#"{"cniVersion":"0.2.0"}"#)["cniVersion"], "0.2.0");
     assert_eq!(ask(&p, br#"{"cniVersion":"9.9.9"}"#)["cniVersion"], "1.1.0");
-    assert_eq!(ask(&p, b"not json")["cniVersion"], "1.1.0");
+    assert_eq!(ask(&p, b"{}")["cniVersion"], "1.1.0");
+    // Stdin that does not decode is code 6, as for every command.
+    let bad = dispatch(&p, lookup(&[("CNI_COMMAND", "VERSION")]), b"not json".to_vec());
+    assert_eq!(error_of(&bad)["code"], 6);
     // libcni's probe, with the fake variables it sets.
     let probe = dispatch(
         &p,
@@ -367,11 +370,23 @@ fn panics_become_code_999() {
 #[test]
 fn bad_stdin() {
     let p = TestPlugin::default();
-    for empty in [&b""[..], b"  \n\t"] {
+    // Nothing to decode, or a key given twice: code 6.
+    for empty in [&b""[..], b"  \n\t", br#"{"cniVersion":"1.0.0","name":"n","type":"test","type":"x"}"#] {
         let e = error_of(&run(&p, "ADD", empty.to_vec()));
-        assert_eq!(e["code"], 7);
-        assert!(e["msg"].as_str().unwrap().contains("stdin"), "{e}");
+        assert_eq!(e["code"], 6, "{e}");
     }
+    // A config without cniVersion (missing, null or empty) is refused, naming it.
+    for conf in [
+        json!({"name": "n", "type": "test"}),
+        json!({"cniVersion": null, "name": "n", "type": "test"}),
+        json!({"cniVersion": "", "name": "n", "type": "test"}),
+    ] {
+        let e = error_of(&run(&p, "ADD", conf.to_string().into_bytes()));
+        assert_eq!(e["code"], 7, "{conf}");
+        assert!(e["msg"].as_str().unwrap().contains("cniVersion"), "{e}");
+    }
+    let e = error_of(&run(&p, "ADD", b"[1]".to_vec()));
+    assert_eq!(e["code"], 7);
     let e = error_of(&run(&p, "ADD", b"{\"cniVersion\":".to_vec()));
     assert_eq!(e["code"], 6);
     assert!(e["msg"].as_str().unwrap().contains("line 1"));
@@ -379,7 +394,7 @@ fn bad_stdin() {
     assert_eq!(e["code"], 7);
     assert!(e["msg"].as_str().unwrap().contains("type"));
     // STATUS and GC need a config as well.
-    assert_eq!(error_of(&run(&p, "STATUS", Vec::new()))["code"], 7);
+    assert_eq!(error_of(&run(&p, "STATUS", Vec::new()))["code"], 6);
     assert!(p.calls().is_empty());
 }
 
@@ -475,14 +490,15 @@ mod process {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // A plugin that fails before reading stdin (no command) may close it first.
+        let _ = child.stdin.take().unwrap().write_all(stdin);
         let out = child.wait_with_output().unwrap();
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         (out.status.code().unwrap(), text(out.stdout), text(out.stderr))
     }
 
     #[test]
-    fn without_command_it_prints_about_and_succeeds_without_reading_stdin() {
+    fn without_command_it_prints_about_and_fails_without_reading_stdin() {
         // stdin stays open: the plugin must not wait for it.
         let mut child = Process::new(ECHO)
             .env_clear()
@@ -506,8 +522,11 @@ mod process {
         drop(stdin);
         let out = child.wait_with_output().unwrap();
         let status = status.expect("the plugin waited for stdin");
-        assert!(status.success());
-        assert!(out.stdout.is_empty());
+        // No command is a bad environment: code 4 naming CNI_COMMAND, exit 1.
+        assert_eq!(status.code(), Some(1));
+        let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(e["code"], 4);
+        assert!(e["msg"].as_str().unwrap().contains("CNI_COMMAND"), "{e}");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(stderr.contains("cni-echo: a CNI test plugin"), "{stderr}");
         assert!(
@@ -548,7 +567,10 @@ mod process {
 
         let (code, out, _) = echo(&env, b"");
         assert_eq!(code, 1);
-        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["code"], 7);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["code"], 6);
+        let (code, out, _) = echo(&[("CNI_COMMAND", ""), ("CNI_CONTAINERID", "c1")], b"{}");
+        assert_eq!(code, 1);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["code"], 4);
         let (code, out, _) = echo(&[("CNI_COMMAND", "ADD")], b"{}");
         assert_eq!(code, 1);
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["code"], 4);

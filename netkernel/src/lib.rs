@@ -16,6 +16,7 @@ pub mod nft;
 pub mod nodenat;
 pub mod overlay;
 pub mod probe;
+pub mod process;
 pub mod route;
 pub mod strict;
 pub mod sysctl;

@@ -12,8 +12,21 @@ use crate::error::{KernelError, Result};
 /// The `nft` binary.
 const NFT: &str = "nft";
 
+/// Where `nft` is when `PATH` does not say: plugins are often run with a bare environment
+/// (a runtime passes the `CNI_*` variables, not always `PATH`), and `nft` lives in `sbin`.
+const NFT_FALLBACKS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/local/sbin/nft", "/usr/bin/nft"];
+
+/// The `nft` to run: from `PATH`, else the first of the usual places that exists.
+fn nft_binary() -> std::path::PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join(NFT)).find(|p| p.is_file()));
+    in_path
+        .or_else(|| NFT_FALLBACKS.iter().map(std::path::PathBuf::from).find(|p| p.is_file()))
+        .unwrap_or_else(|| NFT.into())
+}
+
 fn run(args: &[&str], stdin: Option<&str>, what: &str) -> Result<String> {
-    let mut child = Command::new(NFT)
+    let mut child = Command::new(nft_binary())
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

@@ -26,7 +26,7 @@ use overlayd::store::{OpCounts, SharedStore};
 use overlayd::subnet::KeyLayout;
 use overlayd::validate::Validator;
 use overlayd::watcher::{LeaseView, PeerEvent, Watcher, WatcherIo};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 struct Args {
     nodes: Vec<usize>,
@@ -120,6 +120,7 @@ fn attrs(i: usize) -> LeaseAttrs {
         backend_v6_data: serde_json::Value::Null,
         node_id: Some(format!("bench-node-{i}")),
         identity: None,
+        signature: None,
         encryption: serde_json::Value::Null,
     }
 }
@@ -157,7 +158,7 @@ fn spawn_watcher(
     let (tx, mut rx) = mpsc::channel::<BackendEvent>(1024);
     let (own_tx, own) = watch::channel(None);
     let (peers, _) = watch::channel(PeerSet::default());
-    let mut io = WatcherIo { peers, events: tx, own, own_touched: Arc::new(Notify::new()), shutdown: stop };
+    let mut io = WatcherIo { peers, events: tx, own, own_key: mpsc::channel(16).0, shutdown: stop };
     tokio::spawn(async move {
         // The watcher stops when its own-subnet sender goes away: keep it alive.
         let _own = own_tx;

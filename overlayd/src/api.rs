@@ -17,7 +17,7 @@ use crate::config::NetworkConfig;
 use crate::lease::{KeeperCommand, OwnLease};
 use crate::node::Node;
 use crate::peer::Peer;
-use crate::validate::{Validator, Verdict};
+use crate::validate::Verdict;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -215,7 +215,7 @@ async fn leases(shared: &Node) -> Reply {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let own = shared.keeper.borrow().lease.as_ref().map(|l| l.key);
-    let validator = shared.config().map(|c| Validator::new(c, shared.id.clone()));
+    let validator = shared.validator();
     let rows: Vec<Value> = listing
         .kvs
         .iter()
@@ -226,7 +226,7 @@ async fn leases(shared: &Node) -> Reply {
             let verdict = match (&validator, shared.layout.parse_lease(&kv.key)) {
                 (_, Err(e)) => Err(e.to_string()),
                 (None, Ok(_)) => Err("no network config".to_string()),
-                (Some(v), Ok(key)) => v.check(&key, &kv.value, own.as_ref()).map_err(|e| e.to_string()),
+                (Some(v), Ok(key)) => v.check_stored(&key, kv, own.as_ref()).map_err(|e| e.to_string()),
             };
             json!({
                 "key": kv.key.strip_prefix(&shared.layout.subnets()).unwrap_or(&kv.key),

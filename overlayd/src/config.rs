@@ -120,6 +120,9 @@ pub struct NetworkConfig {
     pub encryption: Option<EncryptionConfig>,
     /// `EnableNFTables` (kept for compatibility; masquerading arrives later).
     pub enable_nftables: bool,
+    /// `RequireSignedLeases`: a lease must carry a valid signature by its node's identity key
+    /// (see docs/security.md); off by default so flannel nodes and older overlayds can join.
+    pub require_signed_leases: bool,
 }
 
 /// A parsed config plus what was accepted but deserves a log line.
@@ -145,6 +148,7 @@ const KNOWN: &[&str] = &[
     "Backend",
     "Encryption",
     "EnableNFTables",
+    "RequireSignedLeases",
 ];
 
 /// Case-insensitive field access, as Go's `encoding/json` does it.
@@ -250,7 +254,11 @@ impl NetworkConfig {
         let (_, enc_warnings) = crate::encryption::EncryptionSettings::from_config(encryption.as_ref())?;
         warnings.extend(enc_warnings);
         let enable_nftables = f.bool("EnableNFTables", false)?;
-        Ok(Parsed { config: NetworkConfig { ipv4, ipv6, backend, encryption, enable_nftables }, warnings })
+        let require_signed_leases = f.bool("RequireSignedLeases", false)?;
+        Ok(Parsed {
+            config: NetworkConfig { ipv4, ipv6, backend, encryption, enable_nftables, require_signed_leases },
+            warnings,
+        })
     }
 
     /// The typed `Encryption` settings (the section was validated by the parser).
@@ -291,6 +299,7 @@ impl NetworkConfig {
             m.insert("Encryption".into(), Value::Object(em));
         }
         m.insert("EnableNFTables".into(), json!(self.enable_nftables));
+        m.insert("RequireSignedLeases".into(), json!(self.require_signed_leases));
         Value::Object(m)
     }
 }

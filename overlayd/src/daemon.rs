@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::attrs::{LeaseAttrs, VxlanData};
 use crate::backend::{Backend, ControlPlaneOnly, run_backend};
@@ -26,13 +26,13 @@ use crate::lease::{LeaseManager, LeaseSettings, run_keeper};
 use crate::node::{Node, NodeFacts, NodeWriters, pod_mtu};
 use crate::options::DaemonArgs;
 use crate::outputs::LeaseOutputs;
+use crate::pins::Pins;
 use crate::readiness::{confirm_datapath, follow_ready};
 use crate::state::StateDir;
 use crate::store::StoreError;
 use crate::subnet::KeyLayout;
 use crate::subnet_env::SubnetEnv;
 use crate::underlay::Underlay;
-use crate::validate::Validator;
 use crate::watcher::{LeaseView, Watcher, WatcherIo};
 
 /// Why the daemon stopped with an error.
@@ -94,7 +94,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
     let node_id = state.node_id().map_err(io_err("node ID"))?;
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
-    let identity = Identity::load_or_create(&args.state_dir)?;
+    let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
     tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).
@@ -116,6 +116,8 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         underlay,
         ip_masq: args.ip_masq,
         subnet_file: args.subnet_file.clone(),
+        pins: Pins::load(&args.state_dir).shared(),
+        identity: identity.public(),
     });
     let shutdown = writers.shutdown.clone();
     spawn_signal_handler(shutdown.clone());
@@ -148,7 +150,7 @@ async fn start(
     args: &DaemonArgs,
     state: StateDir,
     vtep_mac: netkernel::link::Mac,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     node: Node,
     writers: NodeWriters,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -209,6 +211,7 @@ async fn start(
         },
         node_id: Some(node.id.clone()),
         identity: Some(identity.public_b64()),
+        signature: None,
         encryption: published,
     };
     let mut settings = LeaseSettings::with_ttl(args.subnet_lease_ttl);
@@ -218,14 +221,16 @@ async fn start(
     let saved = state.load_lease().and_then(|l| l.subnet_key());
     let from_file = SubnetEnv::read_previous(&args.subnet_file);
     let mgr = LeaseManager::new(node.store.clone(), node.layout.clone(), config.clone(), attrs, settings)
-        .with_previous(saved, from_file);
-    let own_touched = Arc::new(Notify::new());
+        .with_previous(saved, from_file)
+        .with_identity(identity.clone())
+        .adopting_flannel(args.adopt_flannel_lease);
+    let (own_key_tx, own_key_rx) = mpsc::channel(16);
     let metrics = node.metrics.clone();
     tasks.push(tokio::spawn(run_keeper(
         mgr,
         keeper_tx,
         commands,
-        own_touched.clone(),
+        own_key_rx,
         shutdown.clone(),
         metrics.clone(),
     )));
@@ -239,13 +244,14 @@ async fn start(
         datapath_tx,
         metrics.clone(),
     )));
-    let view = LeaseView::new(Validator::new(config.clone(), node.id.clone()), node.layout.clone(), None);
+    let validator = node.validator().expect("the config is loaded");
+    let view = LeaseView::new(validator, node.layout.clone(), None);
     let mut watcher = Watcher::new(node.store.clone(), view, metrics.clone());
     let mut io = WatcherIo {
         peers: peers_tx,
         events: backend_tx.clone(),
         own: node.own.clone(),
-        own_touched,
+        own_key: own_key_tx,
         shutdown: shutdown.clone(),
     };
     tasks.push(tokio::spawn(async move {

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::attrs::LeaseAttrs;
 use crate::config::NetworkConfig;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 pub use crate::retry::Backoff;
 use crate::store::{Cas, Create, KeyValue, LeaseId, Revision, SharedStore, StoreError};
@@ -78,6 +79,28 @@ pub enum LeaseError {
     Contention(u32),
 }
 
+/// A change to our own key that the watcher saw: the write's revision, or `None` for a
+/// deletion. The keeper compares it with its own last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnKeyChange {
+    /// The key (our subnets).
+    pub key: SubnetKey,
+    /// `mod_revision` of the write; `None` when deleted.
+    pub revision: Option<Revision>,
+}
+
+/// What defending our key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Defence {
+    /// Untouched: the change was our own write.
+    Intact,
+    /// Someone else's write was undone; our value is back.
+    Restored(Box<OwnLease>),
+    /// Another node holds the key now, by a lease it signed (or our store lease is gone):
+    /// handled like a lost lease.
+    Lost(Option<KeyValue>),
+}
+
 /// Outcome of a renewal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
@@ -100,6 +123,14 @@ pub struct LeaseManager {
     from_subnet_file: Option<SubnetKey>,
     /// Lost races so far (for metrics and the benchmark).
     races: u64,
+    /// The node's identity: every value written is signed for its key.
+    identity: Option<Arc<Identity>>,
+    /// The key the state directory says we held: an unsigned lease with our node ID there
+    /// is ours (written before leases were signed).
+    trusted_unsigned: Option<SubnetKey>,
+    /// Take over a flannel lease (no node ID) with our public IP (migration; off by default:
+    /// anyone could plant one).
+    adopt_flannel: bool,
 }
 
 impl std::fmt::Debug for LeaseManager {
@@ -121,14 +152,50 @@ impl LeaseManager {
         settings: LeaseSettings,
     ) -> Self {
         assert!(attrs.node_id.is_some(), "a lease manager needs a node ID");
-        LeaseManager { store, layout, config, attrs, settings, last: None, from_subnet_file: None, races: 0 }
+        LeaseManager {
+            store,
+            layout,
+            config,
+            attrs,
+            settings,
+            last: None,
+            from_subnet_file: None,
+            races: 0,
+            identity: None,
+            trusted_unsigned: None,
+            adopt_flannel: false,
+        }
     }
 
     /// The subnets held before: from the state directory (`saved`) and the subnet file.
     pub fn with_previous(mut self, saved: Option<SubnetKey>, subnet_file: Option<SubnetKey>) -> Self {
         self.last = saved;
+        self.trusted_unsigned = saved;
         self.from_subnet_file = subnet_file;
         self
+    }
+
+    /// Signs every value with `identity`; only leases it signed are this node's.
+    pub fn with_identity(mut self, identity: Arc<Identity>) -> Self {
+        self.attrs.identity = Some(identity.public_b64());
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Takes over a flannel lease (no node ID) holding our public IP: for migrating a node
+    /// from flanneld (`--adopt-flannel-lease`).
+    pub fn adopting_flannel(mut self, yes: bool) -> Self {
+        self.adopt_flannel = yes;
+        self
+    }
+
+    /// What we store at `key`: our attributes, signed for that key when we have an identity.
+    fn value(&self, key: &SubnetKey) -> (Vec<u8>, LeaseAttrs) {
+        let attrs = match &self.identity {
+            Some(id) => self.attrs.signed(key, id),
+            None => self.attrs.clone(),
+        };
+        (attrs.to_bytes(), attrs)
     }
 
     /// The settings.
@@ -151,13 +218,24 @@ impl LeaseManager {
         &self.layout
     }
 
-    fn is_ours(&self, kv: &KeyValue) -> bool {
-        match serde_json::from_slice::<LeaseAttrs>(&kv.value) {
-            Ok(a) if a.node_id.is_some() => a.node_id == self.attrs.node_id,
-            // Written by flannel, whose identity is the public IP: take it over when
-            // migrating (the adoption compares on mod_revision like any other).
-            Ok(a) => a.public_ip.is_some() && a.public_ip == self.attrs.public_ip,
-            Err(_) => false,
+    /// Whether `kv` (at `key`) is a lease this node wrote. With an identity: signed by it;
+    /// unsigned only where our state directory says we held it (written by an older
+    /// version). A key planted with our node ID anywhere else is not ours.
+    fn is_ours(&self, key: &SubnetKey, kv: &KeyValue) -> bool {
+        let Ok(a) = serde_json::from_slice::<LeaseAttrs>(&kv.value) else { return false };
+        if a.node_id.is_none() {
+            // Written by flannel, whose identity is the public IP: taken over only when
+            // migrating on purpose.
+            return self.adopt_flannel && a.public_ip.is_some() && a.public_ip == self.attrs.public_ip;
+        }
+        if a.node_id != self.attrs.node_id {
+            return false;
+        }
+        match (&self.identity, a.signer(key)) {
+            (None, _) => true,
+            (Some(me), Ok(Some(signer))) => signer == me.public(),
+            (Some(_), Ok(None)) => self.trusted_unsigned == Some(*key),
+            (Some(_), Err(_)) => false,
         }
     }
 
@@ -187,7 +265,7 @@ impl LeaseManager {
         // 1. Our own lease, found cheaply through the key we last held.
         if let Some(k) = self.last.filter(|k| self.compatible(k))
             && let Some(kv) = self.store.get(&self.layout.lease(&k)).await?
-            && self.is_ours(&kv)
+            && self.is_ours(&k, &kv)
             && let Some(l) = self.adopt(k, &kv).await?
         {
             return Ok(Some(l));
@@ -200,7 +278,7 @@ impl LeaseManager {
             let Ok(key) = self.layout.parse_lease(&kv.key) else {
                 continue;
             };
-            if self.is_ours(kv) {
+            if self.is_ours(&key, kv) {
                 if adopted.is_none() && self.compatible(&key) {
                     adopted = self.adopt(key, kv).await?;
                     if adopted.is_some() {
@@ -219,9 +297,8 @@ impl LeaseManager {
         if adopted.is_some() {
             return Ok(adopted);
         }
-        let value = self.attrs.to_bytes();
         let store_lease = self.store.grant(self.settings.ttl).await?;
-        let created = self.create_new(&mut taken, &value, store_lease, races).await;
+        let created = self.create_new(&mut taken, store_lease, races).await;
         match created {
             Ok(Some(l)) => Ok(Some(l)),
             other => {
@@ -235,7 +312,6 @@ impl LeaseManager {
     async fn create_new(
         &mut self,
         taken: &mut Vec<IpNet>,
-        value: &[u8],
         store_lease: LeaseId,
         races: &mut u32,
     ) -> Result<Option<OwnLease>, LeaseError> {
@@ -243,7 +319,7 @@ impl LeaseManager {
         for prev in [self.last, self.from_subnet_file].into_iter().flatten() {
             let free = prev.nets().all(|n| !taken.iter().any(|t| overlap(t, &n)));
             if self.compatible(&prev) && free {
-                match self.create(prev, value, store_lease).await? {
+                match self.create(prev, store_lease).await? {
                     Ok(l) => return Ok(Some(l)),
                     Err(kv) => {
                         *races += 1;
@@ -258,7 +334,7 @@ impl LeaseManager {
         let mut window = self.settings.free_window.max(1);
         for _ in 0..RACES_PER_ROUND {
             let key = self.pick_free(taken, window)?;
-            match self.create(key, value, store_lease).await? {
+            match self.create(key, store_lease).await? {
                 Ok(l) => return Ok(Some(l)),
                 Err(kv) => {
                     *races += 1;
@@ -311,10 +387,10 @@ impl LeaseManager {
     async fn create(
         &self,
         key: SubnetKey,
-        value: &[u8],
         store_lease: LeaseId,
     ) -> Result<Result<OwnLease, KeyValue>, StoreError> {
-        match self.store.create(&self.layout.lease(&key), value, store_lease).await? {
+        let (value, attrs) = self.value(&key);
+        match self.store.create(&self.layout.lease(&key), &value, store_lease).await? {
             Create::Created(rev) => {
                 if self.config.ipv4.is_some()
                     && self.config.ipv6.is_some()
@@ -326,7 +402,7 @@ impl LeaseManager {
                     return Ok(Err(older));
                 }
                 tracing::info!(subnet = %key, "acquired a new lease");
-                Ok(Ok(OwnLease { key, attrs: self.attrs.clone(), mod_revision: rev, store_lease }))
+                Ok(Ok(OwnLease { key, attrs, mod_revision: rev, store_lease }))
             }
             Create::Exists(kv) => Ok(Err(kv)),
         }
@@ -354,7 +430,7 @@ impl LeaseManager {
     /// our current attributes, if it has not changed since `kv` was read.
     async fn adopt(&self, key: SubnetKey, kv: &KeyValue) -> Result<Option<OwnLease>, StoreError> {
         let store_lease = self.store.grant(self.settings.ttl).await?;
-        let value = self.attrs.to_bytes();
+        let (value, attrs) = self.value(&key);
         match self.store.update(&kv.key, &value, store_lease, kv.mod_revision).await {
             Ok(Cas::Done(rev)) => {
                 if kv.lease != 0 && kv.lease != store_lease {
@@ -362,7 +438,7 @@ impl LeaseManager {
                     let _ = self.store.revoke(kv.lease).await;
                 }
                 tracing::info!(subnet = %key, "kept this node's existing lease");
-                Ok(Some(OwnLease { key, attrs: self.attrs.clone(), mod_revision: rev, store_lease }))
+                Ok(Some(OwnLease { key, attrs, mod_revision: rev, store_lease }))
             }
             Ok(Cas::Conflict(_)) => {
                 let _ = self.store.revoke(store_lease).await;
@@ -385,12 +461,50 @@ impl LeaseManager {
     /// not changed since we last wrote it. `Ok(None)`: it had (the renewal finds out).
     pub async fn republish(&self, lease: &OwnLease) -> Result<Option<OwnLease>, StoreError> {
         let key = self.layout.lease(&lease.key);
-        let value = self.attrs.to_bytes();
+        let (value, attrs) = self.value(&lease.key);
         match self.store.update(&key, &value, lease.store_lease, lease.mod_revision).await? {
-            Cas::Done(rev) => {
-                Ok(Some(OwnLease { mod_revision: rev, attrs: self.attrs.clone(), ..lease.clone() }))
-            }
+            Cas::Done(rev) => Ok(Some(OwnLease { mod_revision: rev, attrs, ..lease.clone() })),
             Cas::Conflict(_) => Ok(None),
+        }
+    }
+
+    /// Someone else wrote or deleted our key while our store lease lives (the watcher saw
+    /// it; a legitimate holder can only appear after our store lease expired or we
+    /// released). Puts our value back, unless another node holds it by a lease it signed.
+    pub async fn defend(&self, lease: &OwnLease) -> Result<Defence, StoreError> {
+        let key = self.layout.lease(&lease.key);
+        if self.store.keep_alive(lease.store_lease).await?.is_none() {
+            return Ok(Defence::Lost(self.store.get(&key).await?));
+        }
+        let (value, attrs) = self.value(&lease.key);
+        let restored = |rev| {
+            Defence::Restored(Box::new(OwnLease { mod_revision: rev, attrs: attrs.clone(), ..lease.clone() }))
+        };
+        match self.store.get(&key).await? {
+            Some(kv) if kv.mod_revision == lease.mod_revision => Ok(Defence::Intact),
+            Some(kv) if self.held_by_another_node(&lease.key, &kv) => Ok(Defence::Lost(Some(kv))),
+            Some(kv) => match self.store.update(&key, &value, lease.store_lease, kv.mod_revision).await? {
+                Cas::Done(rev) => Ok(restored(rev)),
+                // Written again meanwhile: the watcher reports that write too.
+                Cas::Conflict(_) => Ok(Defence::Intact),
+            },
+            None => match self.store.create(&key, &value, lease.store_lease).await? {
+                Create::Created(rev) => Ok(restored(rev)),
+                Create::Exists(_) => Ok(Defence::Intact),
+            },
+        }
+    }
+
+    /// Whether `kv` proves another node holds `key`: signed by an identity that is not ours
+    /// (without an identity of our own, any other node ID).
+    fn held_by_another_node(&self, key: &SubnetKey, kv: &KeyValue) -> bool {
+        let Ok(a) = serde_json::from_slice::<LeaseAttrs>(&kv.value) else { return false };
+        if a.node_id == self.attrs.node_id {
+            return false;
+        }
+        match &self.identity {
+            Some(me) => matches!(a.signer(key), Ok(Some(s)) if s != me.public()),
+            None => a.node_id.is_some(),
         }
     }
 
@@ -475,7 +589,7 @@ pub async fn run_keeper(
     mut mgr: LeaseManager,
     status: watch::Sender<KeeperStatus>,
     mut cmds: mpsc::Receiver<KeeperCommand>,
-    own_touched: Arc<Notify>,
+    mut own_key: mpsc::Receiver<OwnKeyChange>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
@@ -510,8 +624,26 @@ pub async fn run_keeper(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
-            _ = own_touched.notified() => {
-                tracing::info!(subnet = %lease.key, "our lease key changed in the store; checking it");
+            Some(change) = own_key.recv() => {
+                if change.key != lease.key || change.revision == Some(lease.mod_revision) {
+                    continue; // our own write, or a key we no longer hold
+                }
+                match mgr.defend(&lease).await {
+                    Ok(Defence::Intact) => continue,
+                    Ok(Defence::Restored(l)) => {
+                        metrics.inc(&metrics.own_lease_restored);
+                        tracing::warn!(subnet = %lease.key, written = ?change.revision, "someone else changed this node's lease; put it back");
+                        lease = *l;
+                        status.send_modify(|s| s.lease = Some(lease.clone()));
+                        continue;
+                    }
+                    // Lost: the renewal below finds it out and moves on.
+                    Ok(Defence::Lost(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checking our lease after a change; retrying at the renewal");
+                        continue;
+                    }
+                }
             }
             cmd = cmds.recv() => match cmd {
                 None => return,
@@ -558,11 +690,10 @@ pub async fn run_keeper(
             }
             Ok(Renewal::Lost(cur)) => {
                 metrics.inc(&metrics.leases_lost);
-                tracing::warn!(
-                    subnet = %lease.key,
-                    now = %cur.as_ref().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).unwrap_or_else(|| "nothing".into()),
-                    "lease lost; taking the same subnet again if it is free"
-                );
+                // A hostile value can be large and hold anything: a short, printable excerpt.
+                let now =
+                    cur.as_ref().map_or_else(|| "nothing".into(), |kv| crate::logsafe::excerpt(&kv.value));
+                tracing::warn!(subnet = %lease.key, %now, "lease lost; taking the same subnet again if it is free");
                 match mgr.reacquire(&lease).await {
                     Ok(new) => {
                         let moved = new.key != lease.key;

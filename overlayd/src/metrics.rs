@@ -15,6 +15,8 @@ pub struct Metrics {
     pub renewal_failures: AtomicU64,
     /// Leases found lost at renewal.
     pub leases_lost: AtomicU64,
+    /// Writes by someone else to our own lease key, undone.
+    pub own_lease_restored: AtomicU64,
     /// Peers added.
     pub peers_added: AtomicU64,
     /// Peers changed.
@@ -117,6 +119,12 @@ impl Metrics {
             "counter",
             "Renewals that found the lease gone.",
             &[("", l(&self.leases_lost))],
+        );
+        metric(
+            "overlayd_own_lease_restored_total",
+            "counter",
+            "Writes by someone else to this node's lease key that were undone.",
+            &[("", l(&self.own_lease_restored))],
         );
         metric(
             "overlayd_subnet_changes_total",

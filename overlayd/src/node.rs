@@ -14,6 +14,7 @@
 //! | `datapath` | the backend runner (`backend::run_backend`) |
 //! | `readiness`, `ready` | the readiness check (`readiness`) |
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,13 +24,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::DatapathReport;
 use crate::config::NetworkConfig;
+use crate::identity::PublicKey;
 use crate::lease::{KeeperCommand, KeeperStatus};
 use crate::metrics::{Gauges, Metrics};
 pub use crate::peer::PeerSet;
+use crate::pins::SharedPins;
 use crate::readiness::Confirmation;
 use crate::store::SharedStore;
 use crate::subnet::{KeyLayout, SubnetKey};
 use crate::underlay::{Underlay, VXLAN_V4_OVERHEAD};
+use crate::validate::Validator;
 
 /// The pod MTU when nothing else says (a 1500-byte underlay minus VXLAN's overhead).
 pub const FALLBACK_MTU: u32 = 1450;
@@ -53,6 +57,11 @@ pub struct Node {
     pub started: Instant,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// This node's identity key (public half).
+    pub identity: PublicKey,
+    /// Node IDs pinned to identity keys: pinned by the watcher on first sight, forgotten
+    /// only by the operator (`overlayctl identity forget`).
+    pub pins: SharedPins,
     /// The network config in effect, once there is one.
     pub config: watch::Receiver<Option<NetworkConfig>>,
     /// The lease keeper's status.
@@ -124,6 +133,10 @@ pub struct NodeFacts {
     pub ip_masq: bool,
     /// `subnet.env`'s path.
     pub subnet_file: PathBuf,
+    /// Pinned identities.
+    pub pins: SharedPins,
+    /// The identity's public half.
+    pub identity: PublicKey,
 }
 
 impl Node {
@@ -149,6 +162,8 @@ impl Node {
             subnet_file: facts.subnet_file,
             started: Instant::now(),
             metrics: Arc::default(),
+            pins: facts.pins,
+            identity: facts.identity,
             config,
             keeper,
             own,
@@ -180,6 +195,19 @@ impl Node {
     /// The config in effect, if loaded.
     pub fn config(&self) -> Option<NetworkConfig> {
         self.config.borrow().clone()
+    }
+
+    /// The lease checks of this node under the config in effect (None before there is one):
+    /// the same for the watcher and for what the API shows.
+    pub fn validator(&self) -> Option<Validator> {
+        let config = self.config()?;
+        let own = [self.underlay.public_ip.map(IpAddr::V4), self.underlay.public_ipv6.map(IpAddr::V6)];
+        Some(
+            Validator::new(config, self.id.clone())
+                .with_identity(self.identity)
+                .with_own_addresses(own.into_iter().flatten().collect())
+                .with_pins(self.pins.clone()),
+        )
     }
 
     /// Whether the node is ready.

@@ -158,6 +158,10 @@ pub struct DaemonArgs {
     /// A net-conf.json to store as the network config when the store has none yet.
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
     pub net_config_file: Option<PathBuf>,
+    /// Take over a flannel lease (no node ID) that holds this node's public IP: for migrating
+    /// a node from flanneld. Off by default: anyone who can write the store could plant one.
+    #[arg(long, env = "OVERLAYD_ADOPT_FLANNEL_LEASE")]
+    pub adopt_flannel_lease: bool,
     /// How long readiness waits for the peers to answer across the overlay (peers still
     /// silent then are named in `overlayctl status`; the node becomes ready without them).
     #[arg(long, env = "OVERLAYD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

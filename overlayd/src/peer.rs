@@ -41,6 +41,8 @@ pub struct Peer {
     pub v6: Option<PeerFamily>,
     /// Its identity key, when it publishes one (every overlayd does; flannel does not).
     pub identity: Option<PublicKey>,
+    /// Its lease is signed by that key (and the key is pinned to its node ID).
+    pub signed: bool,
     /// Its tunnel for encryption: `Ok(None)` when it publishes none, `Err` (why) when what it
     /// publishes is malformed — which costs only the tunnel to it, never its lease.
     pub tunnel: Result<Option<TunnelAttrs>, String>,

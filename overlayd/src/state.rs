@@ -2,7 +2,7 @@
 //! unlike flannel's public IP), the last lease it held, and the VTEP MAC it publishes
 //! (kept so that peers' FDB entries stay right across restarts: flannel #1828).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -59,10 +59,12 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
-/// `n` random bytes from the kernel.
+/// `N` random bytes from the kernel's random source (getrandom(2), through the `getrandom`
+/// crate): the one source of secrets and identifiers here (node IDs, MACs, private keys,
+/// pre-shared keys, the identity seed). Non-secret randomness (jitter, picks) uses `fastrand`.
 pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    getrandom::fill(&mut b)?;
     Ok(b)
 }
 

@@ -11,6 +11,8 @@ use crate::config::NetworkConfig;
 use crate::encryption::lease_data::{IpsecAttrs, TunnelAttrs};
 use crate::identity::PublicKey;
 use crate::peer::{Peer, PeerFamily};
+use crate::pins::SharedPins;
+use crate::store::KeyValue;
 use crate::subnet::{KeyError, SubnetKey};
 
 /// Why a lease under `<prefix>/subnets/` is ignored.
@@ -25,6 +27,9 @@ pub enum InvalidLease {
     /// Not lease JSON.
     #[error("value is not lease JSON: {0}")]
     Json(String),
+    /// Written without a store lease: it would never expire.
+    #[error("written without a store lease (it would never expire)")]
+    NoStoreLease,
     /// Subnet not inside the network or of the wrong length.
     #[error("subnet {subnet} is not a /{len} inside {network}")]
     Outside {
@@ -38,6 +43,9 @@ pub enum InvalidLease {
     /// The network needs a family the key lacks.
     #[error("no {0} subnet, but the network has {0} enabled")]
     MissingFamily(&'static str),
+    /// The key has a family the network does not use.
+    #[error("an {0} subnet, but the network has no {0}")]
+    UnusedFamily(&'static str),
     /// Another backend.
     #[error("backend type {got:?}, the network uses {want:?}")]
     BackendType {
@@ -52,6 +60,25 @@ pub enum InvalidLease {
     /// The identity key does not parse.
     #[error("Identity is not an Ed25519 public key (base64 of 32 bytes)")]
     Identity,
+    /// A signature that does not verify.
+    #[error("bad signature: {0}")]
+    BadSignature(&'static str),
+    /// Unsigned, where signatures are required (`RequireSignedLeases`, or a pinned node).
+    #[error("not signed, and {0}")]
+    Unsigned(&'static str),
+    /// Signed by another key than the one its node ID is pinned to.
+    #[error("node {node} is pinned to identity {pinned}; this lease is signed by {signer}")]
+    IdentityMismatch {
+        /// The node ID.
+        node: String,
+        /// The pinned key.
+        pinned: String,
+        /// Who signed.
+        signer: String,
+    },
+    /// Carries this node's ID without this node's signature.
+    #[error("carries this node's ID but was not written by this node")]
+    Forged,
     /// Another VXLAN network.
     #[error("VNI {got}, the network uses {want}")]
     Vni {
@@ -63,9 +90,20 @@ pub enum InvalidLease {
     /// No usable underlay address.
     #[error("no usable public IP")]
     NoPublicIp,
+    /// A public address no peer may be sent to.
+    #[error("public IP {ip} is {why}")]
+    PublicIp {
+        /// The address.
+        ip: IpAddr,
+        /// What it is.
+        why: &'static str,
+    },
     /// Claims (part of) our own subnet without being us.
     #[error("overlaps our own subnet {0}")]
     OverlapsOwn(String),
+    /// Claims a subnet an older lease holds.
+    #[error("overlaps {0}, an older lease")]
+    OverlapsOlder(String),
 }
 
 /// What a valid lease is, seen from this node.
@@ -73,7 +111,7 @@ pub enum InvalidLease {
 pub enum Verdict {
     /// Another node's, typed.
     Peer(Box<Peer>),
-    /// One of ours (same node ID).
+    /// One of ours (same node ID, and our signature when we have an identity).
     Own(Box<LeaseAttrs>),
 }
 
@@ -82,17 +120,98 @@ pub enum Verdict {
 pub struct Validator {
     config: NetworkConfig,
     node_id: String,
+    identity: Option<PublicKey>,
+    own_addresses: Vec<IpAddr>,
+    pins: Option<SharedPins>,
+}
+
+/// Why an underlay address cannot be a peer's, if it cannot. IPv4-mapped and -compatible
+/// IPv6 forms are refused outright: a `PublicIPv6` must be an IPv6 underlay address.
+pub fn unusable_public_ip(ip: IpAddr, own: &[IpAddr]) -> Option<&'static str> {
+    if own.contains(&ip) {
+        return Some("this node's own address");
+    }
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            if a.is_unspecified() || o[0] == 0 {
+                Some("in 0.0.0.0/8")
+            } else if a.is_loopback() {
+                Some("a loopback address")
+            } else if a.is_link_local() {
+                Some("link-local (169.254.0.0/16)")
+            } else if a.is_multicast() {
+                Some("multicast")
+            } else if o[0] >= 240 {
+                Some("reserved (240.0.0.0/4) or broadcast")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(a) => {
+            let seg = a.segments();
+            if a.is_unspecified() || a.is_loopback() {
+                Some("unspecified or loopback")
+            } else if a.is_multicast() {
+                Some("multicast")
+            } else if seg[0] & 0xffc0 == 0xfe80 {
+                Some("link-local (fe80::/10)")
+            } else if a.to_ipv4_mapped().is_some() || (seg[..6] == [0; 6]) {
+                Some("an IPv4 address in IPv6 form")
+            } else {
+                None
+            }
+        }
+    }
 }
 
 impl Validator {
     /// For `config`, as node `node_id`.
     pub fn new(config: NetworkConfig, node_id: impl Into<String>) -> Self {
-        Validator { config, node_id: node_id.into() }
+        Validator { config, node_id: node_id.into(), identity: None, own_addresses: Vec::new(), pins: None }
+    }
+
+    /// This node's identity key: a lease with our node ID counts as ours only when it signed
+    /// it.
+    pub fn with_identity(mut self, identity: PublicKey) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// This node's own underlay addresses: never a peer's.
+    pub fn with_own_addresses(mut self, addrs: Vec<IpAddr>) -> Self {
+        self.own_addresses = addrs;
+        self
+    }
+
+    /// The pinned identities to hold signed leases to.
+    pub fn with_pins(mut self, pins: SharedPins) -> Self {
+        self.pins = Some(pins);
+        self
     }
 
     /// The config it checks against.
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// The pins, if any.
+    pub fn pins(&self) -> Option<&SharedPins> {
+        self.pins.as_ref()
+    }
+
+    /// Checks one stored lease: as [`Validator::check`], and it must be bound to a store lease
+    /// (a key written without one would never expire).
+    pub fn check_stored(
+        &self,
+        key: &SubnetKey,
+        kv: &KeyValue,
+        own: Option<&SubnetKey>,
+    ) -> Result<Verdict, InvalidLease> {
+        if kv.lease == 0 {
+            return Err(InvalidLease::NoStoreLease);
+        }
+        self.check(key, &kv.value, own)
     }
 
     /// Checks one key/value; `own` is this node's current subnet.
@@ -107,8 +226,31 @@ impl Validator {
         }
         let attrs: LeaseAttrs =
             serde_json::from_slice(value).map_err(|e| InvalidLease::Json(e.to_string()))?;
+        let signer = attrs.signer(key).map_err(InvalidLease::BadSignature)?;
         if attrs.node_id.as_deref() == Some(self.node_id.as_str()) {
-            return Ok(Verdict::Own(Box::new(attrs)));
+            return match (self.identity, signer) {
+                (Some(me), Some(s)) if s != me => Err(InvalidLease::Forged),
+                (Some(_), None) if self.config.require_signed_leases => Err(InvalidLease::Forged),
+                _ => Ok(Verdict::Own(Box::new(attrs))),
+            };
+        }
+        let pinned = match (&self.pins, &attrs.node_id) {
+            (Some(p), Some(n)) => p.read().ok().and_then(|p| p.get(n)),
+            _ => None,
+        };
+        match (pinned, signer) {
+            (Some(p), Some(s)) if p != s => {
+                return Err(InvalidLease::IdentityMismatch {
+                    node: attrs.node_id.clone().unwrap_or_default().chars().take(64).collect(),
+                    pinned: p.to_string(),
+                    signer: s.to_string(),
+                });
+            }
+            (Some(_), None) => return Err(InvalidLease::Unsigned("its node ID is pinned to an identity")),
+            (None, None) if self.config.require_signed_leases => {
+                return Err(InvalidLease::Unsigned("the network requires signed leases"));
+            }
+            _ => {}
         }
         self.check_subnets(key)?;
         if let Some(own) = own
@@ -123,11 +265,12 @@ impl Validator {
                 want: want.into(),
             });
         }
-        let usable4 = attrs.public_ip.filter(|ip| {
-            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
-        });
-        let usable6 =
-            attrs.public_ipv6.filter(|ip| !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()));
+        for ip in attrs.public_ip.map(IpAddr::V4).into_iter().chain(attrs.public_ipv6.map(IpAddr::V6)) {
+            if let Some(why) = unusable_public_ip(ip, &self.own_addresses) {
+                return Err(InvalidLease::PublicIp { ip, why });
+            }
+        }
+        let (usable4, usable6) = (attrs.public_ip, attrs.public_ipv6);
         if usable4.is_none() && usable6.is_none() {
             return Err(InvalidLease::NoPublicIp);
         }
@@ -157,13 +300,23 @@ impl Validator {
             )?,
             None => None,
         };
-        let identity = match &attrs.identity {
-            None => None,
-            Some(s) => Some(PublicKey::parse(s).ok_or(InvalidLease::Identity)?),
+        let identity = match (signer, &attrs.identity) {
+            (Some(s), _) => Some(s),
+            (None, None) => None,
+            (None, Some(s)) => Some(PublicKey::parse(s).ok_or(InvalidLease::Identity)?),
         };
         let tunnel = TunnelAttrs::from_value(&attrs.encryption);
         let ipsec = IpsecAttrs::from_value(&attrs.encryption);
-        Ok(Verdict::Peer(Box::new(Peer { key: *key, v4, v6, identity, tunnel, ipsec, attrs })))
+        Ok(Verdict::Peer(Box::new(Peer {
+            key: *key,
+            v4,
+            v6,
+            identity,
+            signed: signer.is_some(),
+            tunnel,
+            ipsec,
+            attrs,
+        })))
     }
 
     /// The key's subnets fit the config (inside the network, the configured length).
@@ -177,6 +330,7 @@ impl Validator {
                 });
             }
             (Some(_), None) => return Err(InvalidLease::MissingFamily("IPv4")),
+            (None, Some(_)) => return Err(InvalidLease::UnusedFamily("IPv4")),
             _ => {}
         }
         match (&self.config.ipv6, key.ipv6) {
@@ -186,6 +340,7 @@ impl Validator {
                 len: p.subnet_len,
             }),
             (Some(_), None) => Err(InvalidLease::MissingFamily("IPv6")),
+            (None, Some(_)) => Err(InvalidLease::UnusedFamily("IPv6")),
             _ => Ok(()),
         }
     }
@@ -303,9 +458,9 @@ mod tests {
         let e = v.check(&key("10.5.3.0-24"), v6_only.as_bytes(), None).unwrap_err();
         assert_eq!(e, InvalidLease::NoPublicIp);
 
-        // A family the network does not use gives the peer nothing in it.
-        let p = peer(&v, "10.5.3.0-24&fd00::-64", GOOD);
-        assert_eq!((p.v4.map(|f| f.subnet.to_string()), p.v6), (Some("10.5.3.0/24".into()), None));
+        // A family the network does not use is refused (it would be a range nobody checks).
+        let e = v.check(&key("10.5.3.0-24&fd00::-64"), GOOD.as_bytes(), None).unwrap_err();
+        assert_eq!(e, InvalidLease::UnusedFamily("IPv6"));
 
         // Malformed tunnel data is carried as the reason; the lease itself stays valid.
         let bad_tunnel = GOOD.replace(
@@ -314,6 +469,77 @@ mod tests {
         );
         let p = peer(&v, "10.5.3.0-24", &bad_tunnel);
         assert!(p.tunnel.is_err() && p.v4.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn public_addresses_no_peer_may_be_sent_to_are_refused() {
+        let me: IpAddr = "192.0.2.1".parse().unwrap();
+        let v = validator().with_own_addresses(vec![me]);
+        for bad in [
+            "192.0.2.1",
+            "127.0.0.1",
+            "0.1.2.3",
+            "169.254.169.254",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            let val = GOOD.replace("192.0.2.7", bad);
+            let e = v.check(&key("10.5.3.0-24"), val.as_bytes(), None).unwrap_err();
+            assert!(matches!(e, InvalidLease::PublicIp { .. }), "{bad}: {e}");
+        }
+        for bad6 in ["::ffff:127.0.0.1", "::ffff:192.0.2.9", "fe80::1", "::1", "ff02::1", "::192.0.2.9"] {
+            let val = GOOD.replace("\"PublicIPv6\":null", &format!("\"PublicIPv6\":\"{bad6}\""));
+            let e = v.check(&key("10.5.3.0-24"), val.as_bytes(), None).unwrap_err();
+            assert!(matches!(e, InvalidLease::PublicIp { .. }), "{bad6}: {e}");
+        }
+        assert!(v.check(&key("10.5.3.0-24"), GOOD.as_bytes(), None).is_ok());
+    }
+
+    #[test]
+    fn signed_leases_pinned_identities_and_forgeries() {
+        use crate::identity::Identity;
+        use crate::pins::Pins;
+        let dir = |_| tempfile::tempdir().unwrap();
+        let (d1, d2, d3) = (dir(1), dir(2), dir(3));
+        let (me, n7, thief) = (
+            Identity::load_or_create(d1.path()).unwrap(),
+            Identity::load_or_create(d2.path()).unwrap(),
+            Identity::load_or_create(d3.path()).unwrap(),
+        );
+        let pins = Pins::in_memory().shared();
+        let v = validator().with_identity(me.public()).with_pins(pins.clone());
+        let k = key("10.5.3.0-24");
+        let attrs: LeaseAttrs = serde_json::from_str(GOOD).unwrap();
+        let signed_by = |id: &Identity, a: &LeaseAttrs| a.signed(&k, id).to_bytes();
+
+        // A signed lease is a peer with its identity; the watcher pins it.
+        let p = peer(&v, "10.5.3.0-24", std::str::from_utf8(&signed_by(&n7, &attrs)).unwrap());
+        assert!(p.signed && p.identity == Some(n7.public()));
+        pins.write().unwrap().pin("n7", n7.public());
+        // From then on n7's leases must be signed by n7's key: not another's, not unsigned.
+        let e = v.check(&k, &signed_by(&thief, &attrs), None).unwrap_err();
+        assert!(matches!(e, InvalidLease::IdentityMismatch { .. }), "{e}");
+        let e = v.check(&k, GOOD.as_bytes(), None).unwrap_err();
+        assert!(matches!(e, InvalidLease::Unsigned(_)), "{e}");
+        // A signature that does not verify is refused whatever the pins say.
+        let mut tampered: LeaseAttrs = serde_json::from_slice(&signed_by(&n7, &attrs)).unwrap();
+        tampered.public_ip = Some("192.0.2.66".parse().unwrap());
+        let e = v.check(&k, &tampered.to_bytes(), None).unwrap_err();
+        assert!(matches!(e, InvalidLease::BadSignature(_)), "{e}");
+        // A lease with our node ID that we did not sign is a forgery, not ours.
+        let mine = LeaseAttrs { node_id: Some("me".into()), ..attrs.clone() };
+        assert!(matches!(v.check(&k, &signed_by(&me, &mine), None), Ok(Verdict::Own(_))));
+        assert_eq!(v.check(&k, &signed_by(&thief, &mine), None).unwrap_err(), InvalidLease::Forged);
+
+        // RequireSignedLeases: unsigned leases of unpinned nodes are refused too.
+        let strict =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","RequireSignedLeases":true}"#).unwrap().config;
+        let v = Validator::new(strict, "me").with_identity(me.public());
+        let other = LeaseAttrs { node_id: Some("n8".into()), ..attrs.clone() };
+        assert!(matches!(v.check(&k, &other.to_bytes(), None), Err(InvalidLease::Unsigned(_))));
+        assert!(v.check(&k, &signed_by(&thief, &other), None).is_ok());
+        assert_eq!(v.check(&k, &mine.to_bytes(), None).unwrap_err(), InvalidLease::Forged);
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::backend::BackendEvent;
+use crate::lease::OwnKeyChange;
 use crate::metrics::Metrics;
 use crate::peer::PeerSet;
 pub use crate::peer::{Peer, PeerEvent};
@@ -23,15 +24,30 @@ use crate::store::{KeyValue, Revision, SharedStore, StoreError, WatchEvent, Watc
 use crate::subnet::{KeyLayout, SubnetKey};
 use crate::validate::{InvalidLease, Validator, Verdict};
 
-/// The known peers and the diffing rules; no I/O, so it is tested directly.
+/// A lease that passed every check of its own, before it meets the others.
+#[derive(Debug, Clone)]
+struct Candidate {
+    peer: Arc<Peer>,
+    create_revision: Revision,
+}
+
+/// The known peers and the rules that make them; no I/O, so it is tested directly.
+///
+/// Each lease is first judged alone (crate::validate), then against the others: of two
+/// leases claiming one subnet (in either family) or one tunnel key, the older (lower create
+/// revision) keeps it; the newer loses the subnet's routes (it is no peer) or the tunnel to
+/// it (its VXLAN entries stay). A hostile writer cannot take over what a node already holds.
 #[derive(Debug, Clone)]
 pub struct LeaseView {
     validator: Validator,
     layout: KeyLayout,
     own: Option<SubnetKey>,
+    candidates: BTreeMap<SubnetKey, Candidate>,
     peers: PeerSet,
     /// Invalid keys and the revision already warned about (one warning per write).
     invalid: HashMap<String, (Revision, String)>,
+    /// Candidates that lost a conflict, and why (warned once per reason).
+    refused: HashMap<SubnetKey, String>,
     invalid_seen: u64,
 }
 
@@ -40,8 +56,16 @@ pub struct LeaseView {
 pub struct Applied {
     /// Peer events, in order.
     pub events: Vec<PeerEvent>,
-    /// Someone else deleted or overwrote our own key.
-    pub own_touched: bool,
+    /// Writes seen on our own key: their revision, `None` for a deletion (the lease keeper
+    /// tells its own writes from anyone else's).
+    pub own_writes: Vec<Option<Revision>>,
+}
+
+impl Applied {
+    /// Whether our own key was written or deleted.
+    pub fn own_touched(&self) -> bool {
+        !self.own_writes.is_empty()
+    }
 }
 
 impl LeaseView {
@@ -51,8 +75,10 @@ impl LeaseView {
             validator,
             layout,
             own,
+            candidates: BTreeMap::new(),
             peers: PeerSet::default(),
             invalid: HashMap::new(),
+            refused: HashMap::new(),
             invalid_seen: 0,
         }
     }
@@ -77,12 +103,15 @@ impl LeaseView {
         self.peers.is_empty()
     }
 
-    /// Invalid keys currently in the store, with the reason.
-    pub fn invalid(&self) -> impl Iterator<Item = (&String, &str)> {
-        self.invalid.iter().map(|(k, (_, why))| (k, why.as_str()))
+    /// Invalid keys currently in the store, with the reason (conflicts included).
+    pub fn invalid(&self) -> impl Iterator<Item = (String, &str)> {
+        self.invalid
+            .iter()
+            .map(|(k, (_, why))| (k.clone(), why.as_str()))
+            .chain(self.refused.iter().map(|(k, why)| (self.layout.lease(k), why.as_str())))
     }
 
-    /// Invalid writes seen so far.
+    /// Invalid writes and lost conflicts seen so far.
     pub fn invalid_seen(&self) -> u64 {
         self.invalid_seen
     }
@@ -97,16 +126,23 @@ impl LeaseView {
         self.own = own;
     }
 
-    fn judge(&mut self, kv: &KeyValue) -> Option<Result<Peer, ()>> {
+    fn judge(&mut self, kv: &KeyValue) -> Option<Result<Candidate, ()>> {
         let verdict = self
             .layout
             .parse_lease(&kv.key)
             .map_err(InvalidLease::from)
-            .and_then(|key| self.validator.check(&key, &kv.value, self.own.as_ref()));
+            .and_then(|key| self.validator.check_stored(&key, kv, self.own.as_ref()));
         match verdict {
             Ok(Verdict::Peer(peer)) => {
                 self.invalid.remove(&kv.key);
-                Some(Ok(*peer))
+                if peer.signed
+                    && let (Some(node), Some(identity), Some(pins)) =
+                        (&peer.attrs.node_id, peer.identity, self.validator.pins())
+                    && let Ok(mut pins) = pins.write()
+                {
+                    pins.pin(node, identity);
+                }
+                Some(Ok(Candidate { peer: Arc::new(*peer), create_revision: kv.create_revision }))
             }
             Ok(Verdict::Own(_)) => {
                 self.invalid.remove(&kv.key);
@@ -116,7 +152,12 @@ impl LeaseView {
                 let why = why.to_string();
                 if self.invalid.get(&kv.key).map(|(r, _)| *r) != Some(kv.mod_revision) {
                     self.invalid_seen += 1;
-                    tracing::warn!(key = %kv.key.chars().take(200).collect::<String>(), reason = %why, "ignoring invalid lease");
+                    tracing::warn!(
+                        key = %crate::logsafe::excerpt(kv.key.as_bytes()),
+                        bytes = kv.value.len(),
+                        reason = %why,
+                        "ignoring invalid lease"
+                    );
                 }
                 self.invalid.insert(kv.key.clone(), (kv.mod_revision, why));
                 Some(Err(()))
@@ -124,36 +165,19 @@ impl LeaseView {
         }
     }
 
-    fn touches_own(&self, key: &str, kv: Option<&KeyValue>) -> bool {
-        let Some(own) = self.own else { return false };
-        if key != self.layout.lease(&own) {
-            return false;
-        }
-        match kv {
-            None => true,
-            Some(kv) => !matches!(self.validator.check(&own, &kv.value, None), Ok(Verdict::Own(_))),
-        }
-    }
-
     /// Replaces the view with a full listing; returns the difference as events.
     pub fn reset(&mut self, kvs: &[KeyValue]) -> Applied {
-        let mut fresh: BTreeMap<SubnetKey, Arc<Peer>> = BTreeMap::new();
+        let own_key = self.own.map(|o| self.layout.lease(&o));
+        let mut own_writes = vec![None];
+        let mut fresh = BTreeMap::new();
         let mut still_invalid = HashMap::new();
-        let mut own_present = false;
         for kv in kvs {
-            if let Some(own) = self.own
-                && kv.key == self.layout.lease(&own)
-            {
-                own_present = !self.touches_own(&kv.key, Some(kv));
+            if own_key.as_deref() == Some(kv.key.as_str()) {
+                own_writes = vec![Some(kv.mod_revision)];
             }
             match self.judge(kv) {
-                Some(Ok(p)) => {
-                    // An unchanged peer keeps its shared value: readers can tell by pointer.
-                    let p = match self.peers.get(&p.key) {
-                        Some(old) if **old == p => old.clone(),
-                        _ => Arc::new(p),
-                    };
-                    fresh.insert(p.key, p);
+                Some(Ok(c)) => {
+                    fresh.insert(c.peer.key, c);
                 }
                 Some(Err(())) => {
                     if let Some(v) = self.invalid.remove(&kv.key) {
@@ -164,37 +188,26 @@ impl LeaseView {
             }
         }
         self.invalid = still_invalid;
-        let mut events = Vec::new();
-        for (k, p) in self.peers.iter() {
-            match fresh.get(k) {
-                None => events.push(PeerEvent::Removed(p.clone())),
-                Some(n) if !Arc::ptr_eq(n, p) => {
-                    events.push(PeerEvent::Changed { old: p.clone(), new: n.clone() })
-                }
-                Some(_) => {}
-            }
-        }
-        for (k, p) in &fresh {
-            if !self.peers.contains_key(k) {
-                events.push(PeerEvent::Added(p.clone()));
-            }
-        }
-        self.peers = Arc::new(fresh);
-        Applied { events, own_touched: self.own.is_some() && !own_present }
+        self.candidates = fresh;
+        let events = self.rebuild();
+        Applied { events, own_writes: if self.own.is_some() { own_writes } else { Vec::new() } }
     }
 
     /// Applies watch events in order.
     pub fn apply(&mut self, evs: &[WatchEvent]) -> Applied {
+        let own_key = self.own.map(|o| self.layout.lease(&o));
         let mut out = Applied::default();
         for ev in evs {
             let (key, kv) = match ev {
                 WatchEvent::Put(kv) => (&kv.key, Some(kv)),
                 WatchEvent::Delete { key, .. } => (key, None),
             };
-            out.own_touched |= self.touches_own(key, kv);
+            if own_key.as_deref() == Some(key.as_str()) {
+                out.own_writes.push(kv.map(|kv| kv.mod_revision));
+            }
             let now = match kv {
                 Some(kv) => match self.judge(kv) {
-                    Some(Ok(p)) => Some(p),
+                    Some(Ok(c)) => Some(c),
                     _ => None,
                 },
                 None => {
@@ -204,28 +217,77 @@ impl LeaseView {
             };
             // Only a canonical key can be a peer (crate::subnet), so this finds it.
             let Ok(subnet) = self.layout.parse_lease(key) else { continue };
-            let peers = Arc::make_mut(&mut self.peers);
-            match (peers.remove(&subnet), now) {
-                (None, Some(p)) => {
-                    let p = Arc::new(p);
-                    peers.insert(subnet, p.clone());
-                    out.events.push(PeerEvent::Added(p));
+            match now {
+                Some(c) => {
+                    self.candidates.insert(subnet, c);
                 }
-                (Some(old), Some(p)) => {
-                    // A rewrite with the same attributes (a peer restarting) is no event.
-                    if *old == p {
-                        peers.insert(subnet, old);
-                    } else {
-                        let p = Arc::new(p);
-                        peers.insert(subnet, p.clone());
-                        out.events.push(PeerEvent::Changed { old, new: p });
-                    }
+                None => {
+                    self.candidates.remove(&subnet);
                 }
-                (Some(old), None) => out.events.push(PeerEvent::Removed(old)),
-                (None, None) => {}
             }
         }
+        out.events = self.rebuild();
         out
+    }
+
+    /// The peer set from the candidates, oldest first taking what it claims; the events
+    /// that turn the previous set into it. Peers that did not change keep their shared value.
+    fn rebuild(&mut self) -> Vec<PeerEvent> {
+        let mut order: Vec<&Candidate> = self.candidates.values().collect();
+        order.sort_by_key(|c| (c.create_revision, c.peer.key));
+        let mut subnets: HashMap<ipnet::IpNet, SubnetKey> = HashMap::new();
+        let mut tunnel_keys: HashMap<[u8; 32], SubnetKey> = HashMap::new();
+        let mut fresh: BTreeMap<SubnetKey, Arc<Peer>> = BTreeMap::new();
+        let mut refused = HashMap::new();
+        for c in order {
+            let key = c.peer.key;
+            if let Some(older) = c.peer.families().find_map(|f| subnets.get(&f.subnet)) {
+                refused.insert(key, InvalidLease::OverlapsOlder(older.to_string()).to_string());
+                continue;
+            }
+            for f in c.peer.families() {
+                subnets.insert(f.subnet, key);
+            }
+            let mut peer = c.peer.clone();
+            if let Ok(Some(t)) = &peer.tunnel {
+                match tunnel_keys.get(&t.public_key) {
+                    Some(older) => {
+                        let why =
+                            format!("its WireGuard key is already published by {older}, an older lease");
+                        refused.insert(key, why.clone());
+                        peer = Arc::new(Peer { tunnel: Err(why), ..(*peer).clone() });
+                    }
+                    None => {
+                        tunnel_keys.insert(t.public_key, key);
+                    }
+                }
+            }
+            fresh.insert(key, peer);
+        }
+        for (key, why) in &refused {
+            if self.refused.get(key) != Some(why) {
+                self.invalid_seen += 1;
+                tracing::warn!(lease = %key, reason = %why, "lease refused");
+            }
+        }
+        self.refused = refused;
+
+        let mut events = Vec::new();
+        for (k, p) in self.peers.iter() {
+            match fresh.get_mut(k) {
+                None => events.push(PeerEvent::Removed(p.clone())),
+                Some(n) if Arc::ptr_eq(n, p) => {}
+                Some(n) if **n == **p => *n = p.clone(),
+                Some(n) => events.push(PeerEvent::Changed { old: p.clone(), new: n.clone() }),
+            }
+        }
+        for (k, p) in &fresh {
+            if !self.peers.contains_key(k) {
+                events.push(PeerEvent::Added(p.clone()));
+            }
+        }
+        self.peers = Arc::new(fresh);
+        events
     }
 }
 
@@ -256,8 +318,8 @@ pub struct WatcherIo {
     pub events: mpsc::Sender<BackendEvent>,
     /// Our subnet, as the node adopted it.
     pub own: watch::Receiver<Option<SubnetKey>>,
-    /// Poked when our own key was deleted or overwritten by someone else.
-    pub own_touched: Arc<Notify>,
+    /// To the lease keeper: every write seen on our own key.
+    pub own_key: mpsc::Sender<OwnKeyChange>,
     /// Becomes true on shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -298,8 +360,11 @@ impl Watcher {
 
     /// Publishes the set, then the events; false when the backend is gone.
     async fn emit(&self, applied: Applied, io: &WatcherIo) -> bool {
-        if applied.own_touched {
-            io.own_touched.notify_one();
+        if let Some(key) = self.view.own() {
+            for revision in &applied.own_writes {
+                // A full queue already holds a change the keeper will check the key for.
+                let _ = io.own_key.try_send(OwnKeyChange { key, revision: *revision });
+            }
         }
         if applied.events.is_empty() {
             return true;
@@ -464,7 +529,8 @@ mod tests {
             kv("10.9.3.0-24", val("c", "192.0.2.3"), 5),
         ]);
         assert_eq!(kinds(&a), ["+10.5.2.0-24"]);
-        assert!(!a.own_touched);
+        // The keeper is told the revision it sees on its key (its own write here).
+        assert_eq!(a.own_writes, [Some(2)]);
         assert_eq!(v.invalid_seen(), 2);
         // Same listing again: no events, no new warnings.
         let a = v.reset(&[
@@ -481,28 +547,83 @@ mod tests {
             kv("10.5.4.0-24", val("d", "192.0.2.4"), 8),
         ]);
         assert_eq!(kinds(&a), ["~10.5.2.0-24", "+10.5.4.0-24"]);
-        assert!(a.own_touched);
+        assert_eq!(a.own_writes, [None]);
     }
 
     #[test]
-    fn apply_puts_deletes_and_rewrites() {
+    fn apply_reports_the_net_change_of_a_batch() {
         let mut v = view("10.5.1.0-24");
         v.reset(&[kv("10.5.2.0-24", val("b", "192.0.2.2"), 3)]);
+        let before = v.peer_set();
         let a = v.apply(&[
-            // A restart of b rewrites the same attributes: nothing to do.
+            // A restart of b rewrites the same attributes: nothing to do, same shared value.
             WatchEvent::Put(kv("10.5.2.0-24", val("b", "192.0.2.2"), 10)),
+        ]);
+        assert!(a.events.is_empty());
+        assert!(Arc::ptr_eq(
+            &before[&SubnetKey::parse("10.5.2.0-24").unwrap()],
+            &v.peer_set()[&SubnetKey::parse("10.5.2.0-24").unwrap()]
+        ));
+        let a = v.apply(&[
             WatchEvent::Put(kv("10.5.5.0-24", val("e", "192.0.2.5"), 11)),
-            // A valid lease turned invalid is a removal.
+            // A valid lease turned invalid in the same batch: no net change.
             WatchEvent::Put(kv("10.5.5.0-24", b"{}".to_vec(), 12)),
             WatchEvent::Delete { key: "/p/subnets/10.5.2.0-24".into(), mod_revision: 13 },
-            // Hostile: someone writes over our subnet.
+            // Hostile: someone writes over our subnet; the keeper hears of it.
             WatchEvent::Put(kv("10.5.1.0-24", val("x", "192.0.2.9"), 14)),
         ]);
-        assert_eq!(kinds(&a), ["+10.5.5.0-24", "-10.5.5.0-24", "-10.5.2.0-24"]);
-        assert!(a.own_touched);
+        assert_eq!(kinds(&a), ["-10.5.2.0-24"]);
+        assert_eq!(a.own_writes, [Some(14)]);
         assert!(v.is_empty());
-        // Our own writes do not count as touched.
-        let a = v.apply(&[WatchEvent::Put(kv("10.5.1.0-24", val("me", "192.0.2.1"), 15))]);
-        assert!(!a.own_touched && a.events.is_empty());
+    }
+
+    #[test]
+    fn the_older_lease_keeps_a_subnet_and_a_tunnel_key() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64}"#,
+        )
+        .unwrap()
+        .config;
+        let mut v = LeaseView::new(Validator::new(c, "me"), KeyLayout::new("/p"), None);
+        let dual = |node: &str, ip: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}},"NodeID":"{node}","Encryption":{{"Type":"wireguard","PublicKey":"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=","Port":51820}}}}"#
+            )
+            .into_bytes()
+        };
+        // The victim's lease (older), then a newer one with a fresh IPv4 subnet but the
+        // victim's IPv6 subnet, then one copying the victim's tunnel key (all publish it).
+        let a = v.reset(&[
+            kv("10.5.2.0-24&fd00:0:0:2::-64", dual("victim", "192.0.2.2"), 3),
+            kv("10.5.9.0-24&fd00:0:0:2::-64", dual("overlap", "192.0.2.9"), 5),
+            kv("10.5.7.0-24&fd00:0:0:7::-64", dual("thief", "192.0.2.7"), 6),
+        ]);
+        assert_eq!(kinds(&a), ["+10.5.2.0-24&fd00:0:0:2::-64", "+10.5.7.0-24&fd00:0:0:7::-64"]);
+        let set = v.peer_set();
+        let victim = &set[&SubnetKey::parse("10.5.2.0-24&fd00:0:0:2::-64").unwrap()];
+        let thief = &set[&SubnetKey::parse("10.5.7.0-24&fd00:0:0:7::-64").unwrap()];
+        assert!(matches!(victim.tunnel, Ok(Some(_))), "the older keeps its tunnel key");
+        assert!(thief.tunnel.as_ref().is_err_and(|e| e.contains("older lease")), "{:?}", thief.tunnel);
+        assert_eq!(v.invalid().count(), 2);
+        // The victim leaves: the overlapping lease is now the only claimant.
+        let a = v.apply(&[WatchEvent::Delete {
+            key: "/p/subnets/10.5.2.0-24&fd00:0:0:2::-64".into(),
+            mod_revision: 9,
+        }]);
+        let mut k = kinds(&a);
+        k.sort();
+        assert_eq!(
+            k,
+            ["+10.5.9.0-24&fd00:0:0:2::-64", "-10.5.2.0-24&fd00:0:0:2::-64", "~10.5.7.0-24&fd00:0:0:7::-64"]
+        );
+    }
+
+    #[test]
+    fn a_key_written_without_a_store_lease_is_no_peer() {
+        let mut v = view("10.5.1.0-24");
+        let mut forever = kv("10.5.2.0-24", val("b", "192.0.2.2"), 3);
+        forever.lease = 0;
+        assert!(v.reset(&[forever]).events.is_empty());
+        assert!(v.invalid().any(|(_, why)| why.contains("never expire")));
     }
 }

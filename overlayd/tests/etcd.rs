@@ -253,31 +253,37 @@ fn hostile_leases_are_skipped_with_a_warning_by_a_running_daemon() {
     let own4: ipnet::Ipv4Net = own.replace('-', "/").parse().unwrap();
     let over = own4.supernet().unwrap().trunc();
     let valid = r#"{"PublicIP":"192.0.2.77","BackendType":"vxlan","BackendData":{"VNI":7,"VtepMAC":"02:11:22:33:44:55"},"NodeID":"x"}"#;
+    // Each written with a store lease, as a node writes its own, so that each
+    // is refused for what is wrong with its value.
     let writes = vec![
         ("10.244.250.0-24".to_string(), "{garbage".to_string()),
         ("10.9.0.0-24".to_string(), valid.to_string()),
         (format!("{}-{}", over.addr(), over.prefix_len()), valid.to_string()),
         ("10.244.251.0-24".to_string(), valid.replace("02:11", "01:11")),
+        // The one valid lease.
         ("10.244.252.0-24".to_string(), valid.to_string()),
     ];
     c.with_store(|s| async move {
+        let l = s.grant(Duration::from_secs(120)).await.unwrap();
         for (k, v) in writes {
-            s.put(&format!("/coreos.com/network/subnets/{k}"), v.as_bytes()).await.unwrap();
+            s.create(&format!("/coreos.com/network/subnets/{k}"), v.as_bytes(), l).await.unwrap();
         }
+        // Valid, but written without a store lease: it would never expire.
+        s.put("/coreos.com/network/subnets/10.244.253.0-24", valid.as_bytes()).await.unwrap();
     });
     assert!(
         wait_until(Duration::from_secs(10), || d.peer_keys() == ["10.244.252.0-24"]),
         "{:?}",
         d.peer_keys()
     );
-    assert!(wait_until(Duration::from_secs(5), || d.metric("overlayd_invalid_leases_total") == Some(4.0)));
+    assert!(wait_until(Duration::from_secs(5), || d.metric("overlayd_invalid_leases_total") == Some(5.0)));
     let log = d.log_text();
-    for why in ["not lease JSON", "not a /24 inside", "not a unicast address"] {
+    for why in ["not lease JSON", "not a /24 inside", "not a unicast address", "never expire"] {
         assert!(log.contains("ignoring invalid lease") && log.contains(why), "no warning about {why}");
     }
     let leases = d.get("/v1/leases");
     let invalid = leases["leases"].as_array().unwrap().iter().filter(|l| l["valid"] == false).count();
-    assert_eq!(invalid, 4);
+    assert_eq!(invalid, 5);
     // Still alive, still ours.
     assert_eq!(d.key().unwrap(), own);
     assert!(d.ready());

@@ -3,12 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod fsutil;
 pub mod host_local;
 pub mod vxlan;
-
-/// Maps a kernel error to a CNI error (code 999 with what was being done), for `map_err`.
-pub(crate) fn kernel_error(
-    what: impl std::fmt::Display,
-) -> impl Fn(netkernel::KernelError) -> cni_spec::Error {
-    move |e| cni_spec::Error::internal(format!("{what}: {e}"))
-}

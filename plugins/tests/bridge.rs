@@ -289,6 +289,51 @@ fn del_leaves_no_trace_in_every_situation() {
     assert_eq!(host.masq_entries(), "");
 }
 
+/// Found by the chaos soak: a sandbox's namespace is deleted before DEL while something
+/// still holds it (orphaned TCP sockets retransmitting to a peer that is gone keep a
+/// namespace alive for minutes). Its eth0 is then still plugged into the bridge with the
+/// pod's address when DEL releases that address for the next pod: two interfaces answer
+/// for one address on the bridge. DEL must unplug it: the host end named (with its MAC) in
+/// prevResult is deleted, which takes the container end with it.
+#[test]
+fn del_unplugs_a_deleted_but_lingering_namespace() {
+    require_root!();
+    let host = Host::new();
+    let mut conf = host.conf("1.1.0", json!({}), &["10.67.0.0/24"]);
+    let zombie = TestNs::new("zombie");
+    let zombie_path = zombie.path();
+    let result = host.ok("ADD", &conf, "zombie", &zombie);
+    // Held open, as a socket would hold it; the name goes.
+    let held = netkernel::NetNs::open(&zombie_path).unwrap();
+    drop(zombie);
+    assert_eq!(host.veths().len(), 1, "the namespace lingers, so does its veth");
+    conf["prevResult"] = result;
+    let out = host.exec("DEL", &conf, "zombie", zombie_path.to_str().unwrap(), "eth0");
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(host.leases().is_empty());
+    assert!(host.veths().is_empty(), "DEL left the lingering sandbox plugged into the bridge");
+    let links = netkernel::Netlink::in_netns(&held).unwrap().links().unwrap();
+    assert!(links.iter().all(|l| l.name != "eth0"), "the lingering namespace kept its eth0");
+
+    // A veth of another pod that merely took the same name later is not touched: the MAC
+    // must match too.
+    let other = TestNs::new("other");
+    let r2 = host.ok("ADD", &conf_without_prev(&conf), "other", &other);
+    let mut stale = conf.clone();
+    let host_if = r2["interfaces"][1]["name"].as_str().unwrap().to_string();
+    stale["prevResult"]["interfaces"][1]["name"] = json!(host_if);
+    let out = host.exec("DEL", &stale, "zombie", zombie_path.to_str().unwrap(), "eth0");
+    assert!(out.status.success());
+    assert_eq!(host.veths(), vec![host_if], "a DEL unplugged another pod");
+    host.ok("DEL", &conf_without_prev(&conf), "other", &other);
+}
+
+fn conf_without_prev(conf: &Value) -> Value {
+    let mut c = conf.clone();
+    c.as_object_mut().unwrap().remove("prevResult");
+    c
+}
+
 #[test]
 fn failure_after_ipam_rolls_everything_back() {
     require_root!();

@@ -772,7 +772,11 @@ fn bad_input_is_refused_without_touching_the_disk() {
             "name",
         ),
         ("malformed JSON", "{\"cniVersion\": \"1.0.0\",".into(), 6, "malformed JSON"),
-        ("empty stdin", String::new(), 7, "missing on stdin"),
+        ("empty stdin", String::new(), 6, "empty"),
+        ("no cniVersion", json!({"name": "n", "type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.2.0/24", "dataDir": data}}).to_string(), 7, "cniVersion"),
+        ("duplicate key", format!(r#"{{"cniVersion":"1.0.0","name":"n","name":"m","type":"bridge","ipam":{{"type":"host-local","subnet":"10.1.2.0/24","dataDir":{data:?}}}}}"#), 6, "duplicate key"),
+        ("name too long", json!({"cniVersion": "1.0.0", "name": "n".repeat(300), "type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.2.0/24", "dataDir": data}}).to_string(), 7, "name"),
+        ("dataDir too long", json!({"cniVersion": "1.0.0", "name": "n", "type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.2.0/24", "dataDir": format!("{}/{}", data.display(), "d".repeat(300))}}).to_string(), 7, "ipam.dataDir"),
     ];
     for (what, conf, code, text) in cases {
         let msg = add(&conf, "a", "eth0").err_code(code);
@@ -811,9 +815,11 @@ fn bad_input_is_refused_without_touching_the_disk() {
         ),
         ("GC without CNI_PATH", Call::new(OURS, "GC", "", "").without("CNI_PATH"), "CNI_PATH"),
     ];
-    // Without CNI_COMMAND a plugin only says what it is (as the Go skeleton does).
+    // Without CNI_COMMAND a plugin says what it is, and fails (code 4): the Go skeleton
+    // exits 0 here, which a runtime would take for success.
     let about = Call::new(OURS, "ADD", "a", "eth0").without("CNI_COMMAND").run(&conf);
-    assert!(about.ok().stderr.contains("CNI protocol versions supported"), "{about:?}");
+    assert!(about.stderr.contains("CNI protocol versions supported"), "{about:?}");
+    about.err_code(4);
     assert!(!net.data_dir_exists());
     for (what, call, text) in calls {
         let conf = if call.command == "GC" {

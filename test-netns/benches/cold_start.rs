@@ -499,6 +499,7 @@ fn profile(scratch: &TestNs, db: &Path, own: Ipv4Addr, fakes: &[Fake], reps: usi
                     backend_v6_data: serde_json::Value::Null,
                     node_id: Some("profile-node".into()),
                     identity: None,
+                    signature: None,
                     encryption: serde_json::Value::Null,
                 },
                 mod_revision: 1,

@@ -2,6 +2,7 @@
 //! attached with the `vxlan` plugin through the cni-spec runtime. Used by the demo and the
 //! cluster tests; everything it starts is stopped and removed on drop.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +18,8 @@ use crate::{TestNs, Underlay};
 pub enum StoreKind {
     /// One SQLite file in the cluster's work directory.
     Embedded,
-    /// Debian's etcd in an infra namespace on the underlay.
+    /// Debian's etcd on the underlay: one member, or a cluster of several
+    /// ([`ClusterOptions::etcd_members`]), each in an infra namespace of its own.
     Etcd,
 }
 
@@ -34,6 +36,9 @@ pub struct ClusterOptions {
     pub network: String,
     /// Lease TTL for the daemons.
     pub lease_ttl: String,
+    /// etcd members (with [`StoreKind::Etcd`]): 1, or 3 for a cluster that survives the loss
+    /// of one member.
+    pub etcd_members: usize,
 }
 
 impl ClusterOptions {
@@ -45,6 +50,7 @@ impl ClusterOptions {
             bin_dir: bin_dir.into(),
             network: "10.244.0.0/16".into(),
             lease_ttl: "24h".into(),
+            etcd_members: 1,
         }
     }
 }
@@ -52,13 +58,17 @@ impl ClusterOptions {
 /// One node.
 #[derive(Debug)]
 pub struct ClusterNode {
+    /// Its stable number: names it (`node<id>`), its directory and its underlay address
+    /// (`198.18.0.<id + 1>`). Indices into [`Cluster::nodes`] shift when a node is removed;
+    /// ids never do, and are never reused.
+    pub id: usize,
     /// Its namespace.
     pub ns: TestNs,
     /// Its underlay address.
     pub underlay_ip: String,
     /// Its files: state, socket, subnet.env, IPAM, saved configs, result cache, log.
     pub dir: PathBuf,
-    daemon: Option<Child>,
+    daemon: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
 }
 
@@ -83,6 +93,109 @@ impl ClusterNode {
     pub fn ready(&self) -> bool {
         http_get(&self.socket(), "/readyz").is_some_and(|(status, _)| status == 200)
     }
+
+    /// The daemon's pid, while the harness has one running.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let mut d = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let c = d.as_mut()?;
+        matches!(c.try_wait(), Ok(None)).then(|| c.id())
+    }
+
+    /// The node ID the daemon keeps in its state directory (None before its first start).
+    pub fn node_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("state/node-id")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Stops the daemon with `signal` (SIGTERM: graceful; SIGKILL: a crash) and reaps it.
+    pub fn stop_daemon(&self, signal: i32) {
+        let child = self.daemon.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            stop(&mut child, signal);
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop_daemon(libc::SIGTERM);
+    }
+}
+
+/// One etcd member of the cluster's store.
+#[derive(Debug)]
+pub struct EtcdMember {
+    /// Its name (`etcd<i>`).
+    pub name: String,
+    /// Its namespace on the underlay.
+    pub ns: TestNs,
+    /// Its underlay address (`198.18.0.250` and up).
+    pub ip: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    initial_cluster: String,
+    child: Option<Child>,
+}
+
+impl EtcdMember {
+    /// The client URL.
+    pub fn client_url(&self) -> String {
+        format!("http://{}:2379", self.ip)
+    }
+
+    /// Whether the harness has this member's process running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        if self.running() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let ip = &self.ip;
+        let child = self
+            .ns
+            .command("etcd")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &format!("http://{ip}:2379")])
+            .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+            .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
+            .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "ferrocni"])
+            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting etcd (apt-get install etcd-server): {e}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn stop(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, signal);
+        }
+    }
+
+    /// What the member says about itself (`/v3/maintenance/status` of etcd's JSON gateway):
+    /// (its member ID, the leader's member ID), or None when it does not answer.
+    pub fn status(&self) -> Option<(String, String)> {
+        // Asked from inside the member's namespace: the host cannot reach the underlay.
+        let addr = format!("{}:2379", self.ip);
+        let body = self.ns.run(|| http_post_tcp(&addr, "/v3/maintenance/status", "{}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let id = v["header"]["member_id"].as_str()?.to_string();
+        let leader = v["leader"].as_str()?.to_string();
+        Some((id, leader))
+    }
 }
 
 /// A pod.
@@ -96,6 +209,8 @@ pub struct ClusterPod {
     pub ip: String,
     /// How the runtime attached it.
     pub attach: Attach,
+    /// What ADD returned.
+    pub result: cni_spec::SuccessResult,
 }
 
 /// The cluster.
@@ -103,9 +218,11 @@ pub struct Cluster {
     opts: ClusterOptions,
     work: tempfile::TempDir,
     underlay: Underlay,
-    etcd: Option<(TestNs, Child)>,
+    /// The etcd members (empty on the embedded store).
+    pub etcd: Vec<EtcdMember>,
     /// The nodes, by index.
     pub nodes: Vec<ClusterNode>,
+    next_id: usize,
 }
 
 impl Cluster {
@@ -123,22 +240,31 @@ impl Cluster {
         let work =
             tempfile::Builder::new().prefix("ferrocni-cluster.").tempdir().map_err(|e| e.to_string())?;
         let underlay = Underlay::new(None);
-        let mut cluster = Cluster { opts, work, underlay, etcd: None, nodes: Vec::new() };
+        let mut cluster = Cluster { opts, work, underlay, etcd: Vec::new(), nodes: Vec::new(), next_id: 0 };
         if cluster.opts.store == StoreKind::Etcd {
-            let infra = TestNs::new("infra");
-            cluster.underlay.attach(&infra, "ul", "198.18.0.250/24");
-            let child = infra
-                .command("etcd")
-                .args(["--name", "cluster", "--data-dir"])
-                .arg(cluster.work.path().join("etcd"))
-                .args(["--listen-client-urls", "http://198.18.0.250:2379"])
-                .args(["--advertise-client-urls", "http://198.18.0.250:2379"])
-                .args(["--listen-peer-urls", "http://198.18.0.250:2380"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("starting etcd (apt-get install etcd-server): {e}"))?;
-            cluster.etcd = Some((infra, child));
+            let members = cluster.opts.etcd_members.max(1);
+            let ips: Vec<String> = (0..members).map(|m| format!("198.18.0.{}", 250 + m)).collect();
+            let initial_cluster = ips
+                .iter()
+                .enumerate()
+                .map(|(m, ip)| format!("etcd{m}=http://{ip}:2380"))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (m, ip) in ips.iter().enumerate() {
+                let ns = TestNs::new(&format!("etcd{m}"));
+                cluster.underlay.attach(&ns, "ul", &format!("{ip}/24"));
+                let mut member = EtcdMember {
+                    name: format!("etcd{m}"),
+                    ns,
+                    ip: ip.clone(),
+                    data_dir: cluster.work.path().join(format!("etcd{m}")),
+                    log: cluster.work.path().join(format!("etcd{m}.log")),
+                    initial_cluster: initial_cluster.clone(),
+                    child: None,
+                };
+                member.start()?;
+                cluster.etcd.push(member);
+            }
         }
         for _ in 0..cluster.opts.nodes {
             cluster.add_node()?;
@@ -163,29 +289,101 @@ impl Cluster {
         self.work.path()
     }
 
+    /// How the cluster was built.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
     /// Adds a node (namespace, underlay port, daemon); returns its index. Waits for its
     /// socket, not for readiness.
     pub fn add_node(&mut self) -> Result<usize, String> {
-        let i = self.nodes.len();
-        let ns = TestNs::new(&format!("node{i}"));
-        let underlay_ip = format!("198.18.0.{}", i + 1);
+        let id = self.next_id;
+        if id >= 240 {
+            return Err("out of underlay addresses: 240 nodes were made".into());
+        }
+        self.next_id += 1;
+        let ns = TestNs::new(&format!("node{id}"));
+        let underlay_ip = format!("198.18.0.{}", id + 1);
         self.underlay.attach(&ns, "ul", &format!("{underlay_ip}/24"));
-        let dir = self.work.path().join(format!("node{i}"));
+        let dir = self.work.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        self.nodes.push(ClusterNode { ns, underlay_ip, dir, daemon: None, extra_args: Vec::new() });
+        let node = ClusterNode {
+            id,
+            ns,
+            underlay_ip,
+            dir,
+            daemon: std::sync::Mutex::new(None),
+            extra_args: Vec::new(),
+        };
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
         self.start_daemon(i)?;
         Ok(i)
     }
 
-    /// Starts node `i`'s daemon (again).
-    pub fn start_daemon(&mut self, i: usize) -> Result<(), String> {
+    /// The index of the node with stable id `id`, while it is in the cluster.
+    pub fn index_of(&self, id: usize) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Takes node `i` out of the cluster and returns it; dropping it stops its daemon
+    /// (SIGTERM, if still running) and deletes its namespace, which unplugs it from the
+    /// underlay. Its directory stays in the work directory for inspection. Call
+    /// `overlayctl leave` first for a node that leaves for good.
+    pub fn remove_node(&mut self, i: usize) -> ClusterNode {
+        self.nodes.remove(i)
+    }
+
+    /// The etcd client URLs, comma separated (empty on the embedded store).
+    pub fn etcd_endpoints(&self) -> String {
+        self.etcd.iter().map(EtcdMember::client_url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Stops etcd member `m` with `signal` (SIGKILL: a crash) and reaps it.
+    pub fn etcd_stop(&mut self, m: usize, signal: i32) {
+        self.etcd[m].stop(signal);
+    }
+
+    /// Starts etcd member `m` again (on its data directory).
+    pub fn etcd_start(&mut self, m: usize) -> Result<(), String> {
+        self.etcd[m].start()
+    }
+
+    /// The member that leads, as every running member that answers agrees; None while there
+    /// is no agreed leader (an election, a lost quorum).
+    pub fn etcd_leader(&self) -> Option<usize> {
+        let answers: Vec<(usize, String, String)> = self
+            .etcd
+            .iter()
+            .enumerate()
+            .filter_map(|(m, member)| member.status().map(|(id, leader)| (m, id, leader)))
+            .collect();
+        let leader = answers.first()?.2.clone();
+        if leader == "0" || answers.iter().any(|(_, _, l)| *l != leader) {
+            return None;
+        }
+        answers.iter().find(|(_, id, _)| *id == leader).map(|(m, _, _)| *m)
+    }
+
+    /// Waits until the etcd members agree on a leader and return it.
+    pub fn wait_etcd_leader(&self, limit: Duration) -> Result<usize, String> {
+        let mut leader = None;
+        wait_for(limit, "an etcd leader", || {
+            leader = self.etcd_leader();
+            leader.is_some()
+        })?;
+        Ok(leader.expect("set when the wait succeeds"))
+    }
+
+    /// Starts node `i`'s daemon (again); takes `&self` so that a running cluster can be shared.
+    pub fn start_daemon(&self, i: usize) -> Result<(), String> {
         let store: Vec<String> = match self.opts.store {
-            StoreKind::Etcd => vec!["--etcd-endpoints".into(), "http://198.18.0.250:2379".into()],
+            StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
             StoreKind::Embedded => {
                 vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
             }
         };
-        let node = &mut self.nodes[i];
+        let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -204,11 +402,20 @@ impl Cluster {
             .arg(node.dir.join("subnet.env"))
             .args(&node.extra_args)
             .env("RUST_LOG", "info")
+            // Its own process group: a Ctrl-C in the terminal reaches the harness, which
+            // stops the daemons in order, not every daemon at once.
+            .process_group(0)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("starting overlayd on node{i}: {e}"))?;
-        node.daemon = Some(child);
+            .map_err(|e| format!("starting overlayd on node{}: {e}", node.id))?;
+        let mut slot = node.daemon.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut old) = slot.replace(child) {
+            // Never two daemons on one node: the old one is stopped first by callers; if
+            // not, it goes now.
+            stop(&mut old, libc::SIGKILL);
+        }
         Ok(())
     }
 
@@ -235,10 +442,8 @@ impl Cluster {
     }
 
     /// Stops node `i`'s daemon with `signal` (SIGTERM: graceful; SIGKILL: a crash).
-    pub fn stop_daemon(&mut self, i: usize, signal: i32) {
-        if let Some(mut child) = self.nodes[i].daemon.take() {
-            stop(&mut child, signal);
-        }
+    pub fn stop_daemon(&self, i: usize, signal: i32) {
+        self.nodes[i].stop_daemon(signal);
     }
 
     /// The pid of node `i`'s charon (IPsec), from the pid file overlayd keeps it under.
@@ -278,7 +483,8 @@ impl Cluster {
         Ok((out.status.success(), text))
     }
 
-    fn runtime(&self, node: usize) -> Runtime {
+    /// The runtime of node `i` (the plugins in the bin directory, the node's result cache).
+    pub fn runtime(&self, node: usize) -> Runtime {
         Runtime::new(vec![self.opts.bin_dir.clone()]).with_cache_dir(self.nodes[node].dir.join("cni-cache"))
     }
 
@@ -292,7 +498,7 @@ impl Cluster {
         let result =
             n.ns.run(|| rt.add(&list, &attach)).map_err(|e| format!("ADD {name} on node{node}: {e}"))?;
         let ip = result.ips.first().map(|ip| ip.address.addr().to_string()).ok_or("ADD gave no address")?;
-        Ok(ClusterPod { ns, node, ip, attach })
+        Ok(ClusterPod { ns, node, ip, attach, result })
     }
 
     /// Detaches a pod (DEL through the runtime, in its node).
@@ -317,8 +523,8 @@ impl Cluster {
     /// fails with the cluster still up, so a failure in CI can be read afterwards.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            out.push_str(&format!("===== node{i} ({}) =====\n", n.underlay_ip));
+        for n in &self.nodes {
+            out.push_str(&format!("===== node{} ({}) =====\n", n.id, n.underlay_ip));
             for argv in [
                 &["ip", "-d", "route", "show", "table", "all"][..],
                 &["ip", "neigh"],
@@ -353,10 +559,8 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.diagnostics());
         }
-        for n in &mut self.nodes {
-            if let Some(mut child) = n.daemon.take() {
-                stop(&mut child, libc::SIGTERM);
-            }
+        for n in &self.nodes {
+            n.stop_daemon(libc::SIGTERM);
         }
         // charon (IPsec) outlives a stopped daemon on purpose; not the cluster.
         for i in 0..self.nodes.len() {
@@ -368,8 +572,8 @@ impl Drop for Cluster {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        if let Some((_, mut child)) = self.etcd.take() {
-            stop(&mut child, libc::SIGTERM);
+        for m in &mut self.etcd {
+            m.stop(libc::SIGTERM);
         }
     }
 }
@@ -396,6 +600,46 @@ pub fn http_get(socket: &Path, path: &str) -> Option<(u16, String)> {
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
+}
+
+/// POST `body` (JSON) to `path` on a plain-HTTP TCP server at `addr` (`ip:port`), within
+/// 2 s; the body of a 200 answer.
+pub fn http_post_tcp(addr: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status: u16 = out.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, rest) = out.split_once("\r\n\r\n")?;
+    if status != 200 {
+        return None;
+    }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some(dechunk(rest));
+    }
+    Some(rest.to_string())
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Polls `f` every 50 ms until it holds or `limit` passes.
@@ -435,7 +679,7 @@ pub fn bin_dir() -> PathBuf {
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "overlayd", "-p", "plugins", "--bins"]);
+        cmd.args(["build", "-q", "-p", "overlayd", "-p", "plugins", "-p", "cni-spec", "--bins"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

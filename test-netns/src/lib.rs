@@ -10,6 +10,8 @@
 mod capture;
 pub mod cluster;
 mod connectivity;
+pub mod soak;
+pub mod strongswan;
 mod topology;
 mod wgpeer;
 

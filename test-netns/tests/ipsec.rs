@@ -4,15 +4,13 @@
 //! killed mid-traffic; a strongSwan configured by hand talking to a node; hostile leases.
 //! Every event's packet loss is printed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use test_netns::cluster::{Cluster, ClusterOptions, StoreKind, bin_dir, ping_flood, ping_result, wait_for};
+use test_netns::strongswan::HandSwan;
 use test_netns::{Capture, EchoServer, ping, require_root, tcp_echo};
 
-const CHARON: &str = "/usr/lib/ipsec/charon";
-const LIBIPSEC: &str = "/usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so";
 const IPSEC_DEV: &str = "ipsec0";
 const WG_DEV: &str = "ferro-wg";
 
@@ -20,7 +18,7 @@ const WG_DEV: &str = "ferro-wg";
 macro_rules! require_strongswan {
     () => {
         require_root!();
-        if !Path::new(CHARON).exists() || !Path::new(LIBIPSEC).exists() || !Path::new("/usr/sbin/swanctl").exists() {
+        if !test_netns::strongswan::installed() {
             test_netns::skip(
                 module_path!(),
                 "strongSwan is not installed (strongswan-charon, strongswan-swanctl, libcharon-extra-plugins; scripts/deps.sh installs them)",
@@ -275,40 +273,35 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
 
     // Hostile leases: each skipped with a reason, nothing else changes, nothing in charon.
     let before = c.nodes[0].ns.exec(&["ip", "route"]);
-    let id1 = lease_identity(&c, 1);
     let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:77:00:00:00:01"}"#;
-    let hostile = [
+    let unsigned = |key: &str, ip: &str, identity: Option<&str>, ipsec: &str| {
+        let id = identity.map(|k| format!(r#""Identity":"{k}","#)).unwrap_or_default();
         (
+            key.to_string(),
+            format!(r#"{{"PublicIP":"{ip}",{mac},{id}"Encryption":{{"Type":"ipsec","IPsec":{ipsec}}}}}"#),
+        )
+    };
+    let node1 = overlayd::identity::Identity::load_or_create(&c.nodes[1].dir.join("state")).unwrap();
+    let hostile: Vec<(String, String)> = vec![
+        unsigned(
             "10.244.251.0-24",
-            format!(
-                r#"{{"PublicIP":"198.18.0.201",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{"TrafficSelectors":["{}"]}}}}}}"#,
-                other_key(),
-                c.pod_subnet(1).unwrap()
-            ),
+            "198.18.0.201",
+            Some(&other_key()),
+            &format!(r#"{{"TrafficSelectors":["{}"]}}"#, c.pod_subnet(1).unwrap()),
         ),
-        (
-            "10.244.252.0-24",
-            format!(
-                r#"{{"PublicIP":"198.18.0.202",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":"x"}}}}"#,
-                other_key()
-            ),
-        ),
-        (
-            "10.244.253.0-24",
-            format!(r#"{{"PublicIP":"198.18.0.203",{mac},"Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#),
-        ),
-        (
-            "10.244.254.0-24",
-            format!(
-                r#"{{"PublicIP":"198.18.0.204",{mac},"Identity":"{id1}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#
-            ),
-        ),
+        unsigned("10.244.252.0-24", "198.18.0.202", Some(&other_key()), r#""x""#),
+        unsigned("10.244.253.0-24", "198.18.0.203", None, "{}"),
+        unsigned("10.244.254.0-24", "198.18.0.204", Some(&other_key()), "{}"),
+        // Node 1's own key signing a second subnet: one key is one node.
+        signed_lease("10.244.249.0-24", "198.18.0.205", &node1),
     ];
-    put_leases(&c, &hostile);
+    let refs: Vec<(&str, String)> = hostile.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    put_leases(&c, &refs);
     for (key, why) in [
         ("10.244.251.0-24", "outside the lease's subnets"),
         ("10.244.252.0-24", "not an object"),
         ("10.244.253.0-24", "no identity key"),
+        ("10.244.254.0-24", "not signed by its identity key"),
     ] {
         wait_for(Duration::from_secs(10), why, || {
             std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log"))
@@ -331,11 +324,17 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
         "--uri",
         &format!("unix://{}", c.nodes[0].dir.join("state/ipsec/charon.vici").display()),
     ]);
-    assert!(!conns.contains("10.244.25"), "a hostile lease reached charon: {conns}");
+    assert!(
+        !conns.contains("10.244.25") && !conns.contains("10.244.249"),
+        "a hostile lease reached charon: {conns}"
+    );
     let after = c.nodes[0].ns.exec(&["ip", "route"]);
     let moved: Vec<&str> = before.lines().filter(|l| !after.contains(l)).collect();
     assert!(moved.is_empty(), "routes changed: {moved:?}");
     // The key claimed twice is trusted for neither: node 1 is off IPsec while the twin is there.
+    let sub1 = c.pod_subnet(1).unwrap();
+    let st = status(&c, 0);
+    assert!(!st["ipsec"]["peers"].to_string().contains(&sub1), "node 1 kept its connection: {st}");
     with_store(&c, async |store| {
         for (k, _) in &hostile {
             let key = format!("/coreos.com/network/subnets/{k}");
@@ -344,8 +343,15 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
             }
         }
     });
-    wait_all(&c, &[0, 1], "node 1 back on IPsec once the twin is gone", via(IPSEC_DEV));
-    assert!(ping(&a.ns, &b.ip, 2));
+    // Strict routes stay on ipsec0 throughout; what comes back is node 1's SA.
+    wait_for(Duration::from_secs(30), "node 1's SA back once the twin is gone", || {
+        let st = status(&c, 0);
+        st["ipsec"]["peers"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| p["established"] == true && p["subnets"].to_string().contains(&sub1))
+        })
+    })
+    .unwrap();
+    assert!(ping(&a.ns, &b.ip, 3), "node 0's pod -> node 1's pod after the twin left");
     ctl(&c, 0, &["encryption", "enable"]);
     for p in [&a, &b, &x] {
         c.del_pod(p).unwrap();
@@ -365,32 +371,20 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
 
     let ns = c.attach_to_underlay("hand", "198.18.0.200/24");
     ns.exec(&["ip", "addr", "add", "10.244.250.1/32", "dev", "lo"]);
+    // Its key pair made as a node makes its own: a PKCS#8 PEM, which strongSwan loads as is.
     let dir = c.work_dir().join("hand");
-    let hand = HandCharon::start(&ns, &dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = overlayd::identity::Identity::load_or_create(&dir).unwrap();
+    let private = std::fs::read(identity.path()).unwrap();
+    let hand = HandSwan::start(&ns, &dir, &private, &public_key_pem(&identity.public())).unwrap();
     let node0_subnet = c.pod_subnet(0).unwrap();
-    let node0_key = lease_identity(&c, 0);
-    std::fs::write(dir.join("sw/pubkey/node0.pem"), pem_of(&node0_key)).unwrap();
-    std::fs::write(
-        dir.join("sw/swanctl.conf"),
-        format!(
-            "connections {{\n node0 {{\n  version = 2\n  remote_addrs = {}\n  encap = yes\n  proposals = aes256gcm16-prfsha384-x25519\n  local {{\n   auth = pubkey\n   pubkeys = me.pem\n  }}\n  remote {{\n   auth = pubkey\n   pubkeys = node0.pem\n  }}\n  children {{\n   node0 {{\n    local_ts = 10.244.250.0/24\n    remote_ts = {node0_subnet}\n    esp_proposals = aes256gcm16\n   }}\n  }}\n }}\n}}\n",
-            c.nodes[0].underlay_ip
-        ),
-    )
-    .unwrap();
-    hand.swanctl(&ns, &["--load-all", "--file", dir.join("sw/swanctl.conf").to_str().unwrap()]);
+    let node0 = &c.nodes[0].underlay_ip;
+    let node0_pem = public_key_pem(&lease_identity(&c, 0));
+    hand.connect(&ns, "node0", node0, &node0_pem, "10.244.250.0/24", &node0_subnet).unwrap();
     ns.exec(&["ip", "route", "add", &node0_subnet, "dev", "ipsec0", "src", "10.244.250.1"]);
-    let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:77:00:00:00:01"}"#;
-    put_leases(
-        &c,
-        &[(
-            "10.244.250.0-24",
-            format!(
-                r#"{{"PublicIP":"198.18.0.200",{mac},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#,
-                hand.public_b64()
-            ),
-        )],
-    );
+    // Its lease, signed with its key as a node signs its own (the hand peer runs no overlayd).
+    let lease = signed_lease("10.244.250.0-24", "198.18.0.200", &identity);
+    put_leases(&c, &[(lease.0.as_str(), lease.1)]);
     wait_for(Duration::from_secs(20), "node 0 to route the hand peer's subnet into IPsec", || {
         c.nodes[0].ns.exec(&["ip", "route", "show", "10.244.250.0/24"]).contains(IPSEC_DEV)
     })
@@ -409,145 +403,29 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
     c.del_pod(&a).unwrap();
 }
 
-/// charon in a namespace of its own, configured only with swanctl.
-struct HandCharon {
-    dir: std::path::PathBuf,
+/// A lease for `key` on `ip` with an IPsec part, signed by `identity` (as its node would).
+fn signed_lease(key: &str, ip: &str, identity: &overlayd::identity::Identity) -> (String, String) {
+    let value = format!(
+        r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:77:00:00:00:02"}},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#,
+        identity.public_b64()
+    );
+    let attrs: overlayd::attrs::LeaseAttrs = serde_json::from_str(&value).unwrap();
+    let subnet = overlayd::subnet::SubnetKey::parse(key).unwrap();
+    (key.to_string(), String::from_utf8(attrs.signed(&subnet, identity).to_bytes()).unwrap())
 }
 
-impl HandCharon {
-    fn start(ns: &test_netns::TestNs, dir: &Path) -> HandCharon {
-        for d in ["run", "sw/private", "sw/pubkey"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        let key = dir.join("sw/private/me.pem");
-        assert!(
-            std::process::Command::new("openssl")
-                .args(["genpkey", "-algorithm", "ed25519", "-out"])
-                .arg(&key)
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(
-            std::process::Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&key)
-                .arg("-out")
-                .arg(dir.join("sw/pubkey/me.pem"))
-                .status()
-                .unwrap()
-                .success()
-        );
-        std::fs::write(
-            dir.join("strongswan.conf"),
-            format!(
-                "charon {{\n load = random nonce openssl pem pkcs1 pkcs8 pubkey kdf kernel-libipsec kernel-netlink socket-default vici\n install_routes = no\n filelog {{\n  f {{\n   path = {}/charon.log\n   default = 1\n  }}\n }}\n plugins {{\n  vici {{\n   socket = unix://{}/vici\n  }}\n }}\n}}\n",
-                dir.display(),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        ns.command("unshare")
-            .args(["-m", "sh", "-c"])
-            .arg(format!(
-                "mount --make-rprivate / && mount --bind {}/run /run && exec {CHARON}",
-                dir.display()
-            ))
-            .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let h = HandCharon { dir: dir.to_path_buf() };
-        wait_for(Duration::from_secs(10), "the hand charon's socket", || {
-            std::os::unix::net::UnixStream::connect(dir.join("vici")).is_ok()
-        })
-        .unwrap();
-        h
-    }
-
-    fn swanctl(&self, ns: &test_netns::TestNs, args: &[&str]) -> String {
-        let uri = format!("unix://{}/vici", self.dir.display());
-        let out = ns.command("swanctl").args(args).args(["--uri", &uri]).output().unwrap();
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    }
-
-    /// The raw Ed25519 public key, base64, as a lease's `Identity`.
-    fn public_b64(&self) -> String {
-        let der = std::process::Command::new("openssl")
-            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
-            .arg(self.dir.join("sw/pubkey/me.pem"))
-            .output()
-            .unwrap()
-            .stdout;
-        b64(&der[der.len() - 32..])
-    }
+fn public_key_pem(k: &overlayd::identity::PublicKey) -> String {
+    overlayd::encryption::ipsec::public_key_pem(k)
 }
 
-impl Drop for HandCharon {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("run/charon.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) on the charon this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for ch in bytes.chunks(3) {
-        let n = ch.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= ch.len() {
-                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
-
-fn unb64(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        _ => 63,
-    };
-    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for ch in clean.chunks(4) {
-        let n = ch.iter().enumerate().fold(0u32, |n, (i, c)| n | (val(*c) as u32) << (18 - 6 * i));
-        for i in 0..ch.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
-/// A lease `Identity` (raw Ed25519, base64) as a PEM public key file.
-fn pem_of(identity: &str) -> String {
-    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-    der.extend(unb64(identity));
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", b64(&der))
-}
-
-/// A valid Ed25519 public key of nobody (the base point's encoding).
+/// A valid Ed25519 public key of nobody.
 fn other_key() -> String {
-    let mut k = [0u8; 32];
-    k[0] = 0x58;
-    k[1..].fill(0x66);
-    b64(&k)
+    overlayd::identity::PublicKey::parse("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=").unwrap().to_string()
 }
 
 /// The node's identity public key (what its lease publishes as `Identity`).
-fn lease_identity(c: &Cluster, node: usize) -> String {
-    overlayd::identity::Identity::load_or_create(&c.nodes[node].dir.join("state")).unwrap().public_b64()
+fn lease_identity(c: &Cluster, node: usize) -> overlayd::identity::PublicKey {
+    overlayd::identity::Identity::load_or_create(&c.nodes[node].dir.join("state")).unwrap().public()
 }
 
 fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -> T) -> T {
@@ -562,9 +440,14 @@ fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -
 }
 
 fn put_leases(c: &Cluster, leases: &[(&str, String)]) {
+    // With a store lease, as a node writes its own (one without would never expire and is refused).
     with_store(c, async |store| {
+        let lease = store.grant(Duration::from_secs(300)).await.unwrap();
         for (key, value) in leases {
-            store.put(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes()).await.unwrap();
+            store
+                .create(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes(), lease)
+                .await
+                .unwrap();
         }
     });
 }

@@ -1,6 +1,8 @@
 //! Talks to overlayd over its socket: network config, this node's lease, all leases,
 //! peers, store health, leave. `--json` prints the daemon's JSON for scripts.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

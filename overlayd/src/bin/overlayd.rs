@@ -1,5 +1,7 @@
 //! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

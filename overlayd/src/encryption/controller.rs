@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 use super::device;
 use super::ipsec::{self, Engine as IpsecEngine, charon::Datapath};
@@ -37,7 +38,6 @@ use crate::kernel;
 use crate::lease::KeeperCommand;
 use crate::node::{Node, PeerSet};
 use crate::subnet::SubnetKey;
-use crate::tunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 /// The tunnel device.
 pub const DEVICE: &str = "ferro-wg";
@@ -429,6 +429,9 @@ impl Controller {
                 stop = since.elapsed() >= LINGER;
             }
         }
+        // Waiting for the lease to start the tunnel (a restart): the routes a previous run
+        // left on the tunnel stay there, never moved to VXLAN (plaintext) in the meantime.
+        let waiting = matches!(phase, Phase::Off) && want && own.is_none() && !self.ipsec.active();
         self.phase = phase;
         if let Some(m) = self.ipsec_report.mtu {
             mtu_floor = Some(mtu_floor.map_or(m, |f: u32| f.min(m)));
@@ -483,7 +486,9 @@ impl Controller {
                 Kind::Ipsec => ipsec_dev,
             };
         }
-        self.set_routes(choice, io).await;
+        if !waiting {
+            self.set_routes(choice, io).await;
+        }
         self.set_strict(want && settings.strict).await;
         io.status.send_replace(self.status_json(&settings, want));
 
@@ -763,6 +768,11 @@ impl Controller {
                     encrypted.insert(*net);
                 }
             }
+        }
+        if restarting {
+            // Also before the peers are listed: what a previous run left on the tunnel stays
+            // there (never moved to VXLAN, i.e. plaintext, for a moment).
+            encrypted.extend(self.seeded.iter().filter(|(_, i)| **i == run.ifindex).map(|(n, _)| *n));
         }
         self.last_good.retain(|id, _| self.last_peers.iter().any(|p| &p.id == id));
         encrypted

@@ -6,7 +6,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use boringtun::x25519::{PublicKey, StaticSecret};
 use serde::{Deserialize, Serialize};
 
 use super::settings::{decode_key, encode_key};
@@ -47,28 +46,12 @@ struct KeyFile {
     created: u64,
 }
 
-/// The public key of a private one.
-pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
-    PublicKey::from(&StaticSecret::from(*private)).to_bytes()
-}
+/// The public key of a private one (the engine's computation: one definition).
+pub use wgtunnel::public_key;
 
-/// 32 bytes from the kernel's random source.
+/// 32 bytes of secret key material (see [`crate::state::random_bytes`]).
 pub fn random_key() -> io::Result<[u8; 32]> {
-    let mut k = [0u8; 32];
-    let mut filled = 0;
-    while filled < k.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `k`.
-        let n = unsafe { libc::getrandom(k[filled..].as_mut_ptr().cast(), k.len() - filled, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(k)
+    crate::state::random_bytes::<32>()
 }
 
 impl NodeKey {

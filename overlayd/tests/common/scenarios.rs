@@ -15,7 +15,7 @@ use overlayd::store::{SharedStore, Store};
 use overlayd::subnet::{KeyLayout, SubnetKey};
 use overlayd::validate::Validator;
 use overlayd::watcher::{LeaseView, PeerEvent, Watcher, WatcherIo};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 pub const PREFIX: &str = "/test/network";
 
@@ -41,6 +41,7 @@ pub fn attrs(node: &str, ip: Ipv4Addr) -> LeaseAttrs {
         backend_v6_data: serde_json::Value::Null,
         node_id: Some(node.to_string()),
         identity: None,
+        signature: None,
         encryption: serde_json::Value::Null,
     }
 }
@@ -147,7 +148,12 @@ pub async fn restart_keeps_subnet(store: SharedStore) {
     );
     let k = SubnetKey::parse("10.50.77.0-24").unwrap();
     store.put(&layout().lease(&k), flannel.as_bytes()).await.unwrap();
-    let mut m = manager(&store, &cfg, "node-f", 7, ttl);
+    // Anyone could have planted it: a node takes it over only when migrating on purpose.
+    let mut x = manager(&store, &cfg, "node-x", 7, ttl);
+    let ex = x.acquire().await.unwrap();
+    assert_ne!(ex.key, k, "a flannel lease with our public IP is not ours by default");
+    x.release(&ex).await.unwrap();
+    let mut m = manager(&store, &cfg, "node-f", 7, ttl).adopting_flannel(true);
     let e = m.acquire().await.unwrap();
     assert_eq!(e.key, k, "the flannel node keeps its subnet");
     assert_eq!(holders(&*store).await.get(&k.to_string()), Some(&Some("node-f".to_string())));
@@ -175,7 +181,7 @@ fn watcher_io() -> TestIo {
             peers: peers_tx,
             events: etx,
             own: own_rx,
-            own_touched: Arc::new(Notify::new()),
+            own_key: mpsc::channel(16).0,
             shutdown: srx,
         },
         rx,
@@ -427,7 +433,8 @@ pub async fn hostile_values_ignored(store: SharedStore, extra: usize) {
     let mut w = Watcher::new(store.clone(), view, metrics.clone());
     let a = w.sync().await.unwrap();
     assert_eq!(describe(&a.events), [format!("+{}", lp.key)]);
-    assert!(!a.own_touched);
+    // Our own key is reported with our own write's revision (the keeper ignores it).
+    assert_eq!(a.own_writes, [Some(lo.mod_revision)]);
     let bad = hostile.len() + extra;
     assert_eq!(w.view().invalid().count(), bad, "{:?}", w.view().invalid().collect::<Vec<_>>());
     assert_eq!(metrics.invalid_leases.load(std::sync::atomic::Ordering::Relaxed), bad as u64);

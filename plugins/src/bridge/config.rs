@@ -1,9 +1,11 @@
 //! The bridge plugin's options: the reference's JSON keys and defaults, and its validations.
 
 use cni_spec::config::{Dns, Ipam};
-use cni_spec::{Error, Request};
-use netkernel::link::{Mac, PortVlan, parse_mac};
+use cni_spec::{Request, parse};
+use netkernel::link::{Mac, PortVlan};
 use serde::Deserialize;
+
+use super::error::BridgeError;
 
 /// A `vlanTrunk` entry: one `id`, or a `minID`..`maxID` range.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -22,6 +24,25 @@ pub struct TrunkEntry {
 fn default_bridge() -> String {
     "cni0".into()
 }
+
+/// The bridge's own keys.
+const KEYS: &[&str] = &[
+    "bridge",
+    "isGateway",
+    "isDefaultGateway",
+    "forceAddress",
+    "ipMasqBackend",
+    "mtu",
+    "hairpinMode",
+    "promiscMode",
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+    "enabledad",
+    "disableContainerInterface",
+    "portIsolation",
+];
 
 /// The raw options, as in the reference's `NetConf`.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,31 +128,43 @@ pub struct BridgeConf {
 }
 
 impl BridgeConf {
-    /// Parses and validates the request's config, as the reference does.
-    pub fn load(req: &Request) -> Result<Self, Error> {
+    /// Parses and validates the request's config, as the reference does, and more
+    /// strictly: every value that the kernel or the IPAM plugin would refuse later, or
+    /// that would make an attachment other than the one asked for, is refused here.
+    pub fn load(req: &Request) -> Result<Self, BridgeError> {
         let raw: Raw = req.parse_config()?;
-        if raw.bridge.is_empty() || raw.bridge.len() > 15 || raw.bridge.contains(['/', ' ', ':']) {
-            return Err(Error::invalid_config(
-                "bridge",
-                format!("{:?} is not a valid interface name", raw.bridge),
-            ));
-        }
+        cni_spec::input::refuse_case_variants(&req.config.extra, KEYS, "")?;
+        parse::ifname(&raw.bridge).map_err(|e| BridgeError::config("bridge", e))?;
         if !(0..=4094).contains(&raw.vlan) {
-            return Err(Error::invalid_config(
+            return Err(BridgeError::config(
                 "vlan",
                 format!("invalid VLAN ID {} (must be between 0 and 4094)", raw.vlan),
             ));
         }
         let vlan_trunk = parse_trunks(&raw.vlan_trunk)?;
         if raw.hairpin_mode && raw.promisc_mode {
-            return Err(Error::invalid_config(
+            return Err(BridgeError::config(
                 "hairpinMode",
                 "cannot set hairpin mode and promiscuous mode at the same time",
             ));
         }
-        let ipam_type = raw.ipam.as_ref().map(|i| i.kind.clone()).filter(|k| !k.is_empty());
+        let ipam_type = match &raw.ipam {
+            None => None,
+            Some(ipam) if ipam.kind.is_empty() && ipam.extra.is_empty() => None,
+            Some(ipam) if ipam.kind.is_empty() => {
+                // The reference makes an attachment without an address here.
+                return Err(BridgeError::config(
+                    "ipam.type",
+                    "missing: an ipam section with options needs the IPAM plugin's type (use {} for no IPAM)",
+                ));
+            }
+            Some(ipam) => {
+                parse::plugin_name(&ipam.kind).map_err(|e| BridgeError::config("ipam.type", e))?;
+                Some(ipam.kind.clone())
+            }
+        };
         if raw.disable_container_interface && ipam_type.is_some() {
-            return Err(Error::invalid_config(
+            return Err(BridgeError::config(
                 "disableContainerInterface",
                 "cannot use IPAM when DisableContainerInterface flag is set",
             ));
@@ -139,7 +172,7 @@ impl BridgeConf {
         match raw.ip_masq_backend.as_deref() {
             None | Some("") | Some("iptables") | Some("nftables") => {}
             Some(other) => {
-                return Err(Error::invalid_config(
+                return Err(BridgeError::config(
                     "ipMasqBackend",
                     format!("{other:?} is not supported (use \"nftables\" or \"iptables\")"),
                 ));
@@ -148,8 +181,11 @@ impl BridgeConf {
         let mtu = match raw.mtu {
             None | Some(0) => None,
             Some(m) if (68..=65535).contains(&m) => Some(m as u32),
-            Some(m) => return Err(Error::invalid_config("mtu", format!("{m} is outside 68..65535"))),
+            Some(m) => return Err(BridgeError::config("mtu", format!("{m} is outside 68..65535"))),
         };
+        if let Some(dns) = &raw.dns {
+            dns.validate("dns")?;
+        }
         req.env.args.check_known(&["MAC"])?;
         Ok(BridgeConf {
             bridge: raw.bridge,
@@ -180,7 +216,7 @@ impl BridgeConf {
 }
 
 /// The container MAC: `CNI_ARGS MAC=` < `args.cni.mac` < `runtimeConfig.mac` (later wins).
-fn container_mac(req: &Request) -> Result<Option<Mac>, Error> {
+fn container_mac(req: &Request) -> Result<Option<Mac>, BridgeError> {
     let mut chosen: Option<(&str, String)> = req.env.args.get("MAC").map(|m| ("CNI_ARGS MAC", m.to_string()));
     if let Some(m) = req.config.args.as_ref().and_then(|a| a.cni.as_ref()).and_then(|c| c.mac.clone()) {
         chosen = Some(("args.cni.mac", m));
@@ -190,20 +226,20 @@ fn container_mac(req: &Request) -> Result<Option<Mac>, Error> {
     }
     match chosen {
         None => Ok(None),
-        Some((field, m)) => match parse_mac(&m) {
-            Some(mac) if mac[0] & 1 == 0 => Ok(Some(mac)),
-            Some(_) => Err(Error::invalid_config(field, format!("{m:?} is a multicast address"))),
-            None => Err(Error::invalid_config(field, format!("{m:?} is not a MAC address"))),
-        },
+        // The CNI_ARGS MAC is an environment value: code 4 naming CNI_ARGS.
+        Some(("CNI_ARGS MAC", m)) => {
+            parse::unicast_mac(&m).map(Some).map_err(|e| BridgeError::env("CNI_ARGS", format!("MAC: {e}")))
+        }
+        Some((field, m)) => parse::unicast_mac(&m).map(Some).map_err(|e| BridgeError::config(field, e)),
     }
 }
 
-fn parse_trunks(entries: &[TrunkEntry]) -> Result<Vec<PortVlan>, Error> {
-    let check = |field: String, v: i64| -> Result<u16, Error> {
+fn parse_trunks(entries: &[TrunkEntry]) -> Result<Vec<PortVlan>, BridgeError> {
+    let check = |field: String, v: i64| -> Result<u16, BridgeError> {
         if (1..=4094).contains(&v) {
             Ok(v as u16)
         } else {
-            Err(Error::invalid_config(&field, format!("invalid VLAN ID {v} (must be between 1 and 4094)")))
+            Err(BridgeError::config(field, format!("invalid VLAN ID {v} (must be between 1 and 4094)")))
         }
     };
     let mut out = Vec::new();
@@ -217,25 +253,25 @@ fn parse_trunks(entries: &[TrunkEntry]) -> Result<Vec<PortVlan>, Error> {
                 let a = check(format!("vlanTrunk[{i}].minID"), min)?;
                 let b = check(format!("vlanTrunk[{i}].maxID"), max)?;
                 if a > b {
-                    return Err(Error::invalid_config(
-                        &format!("vlanTrunk[{i}]"),
+                    return Err(BridgeError::config(
+                        format!("vlanTrunk[{i}]"),
                         "minID is greater than maxID",
                     ));
                 }
                 out.push(PortVlan::Trunk(a, b));
             }
             (None, Some(_), None) => {
-                return Err(Error::invalid_config(&format!("vlanTrunk[{i}]"), "minID without maxID"));
+                return Err(BridgeError::config(format!("vlanTrunk[{i}]"), "minID without maxID"));
             }
             (None, None, Some(_)) => {
-                return Err(Error::invalid_config(&format!("vlanTrunk[{i}]"), "maxID without minID"));
+                return Err(BridgeError::config(format!("vlanTrunk[{i}]"), "maxID without minID"));
             }
             (None, None, None) => {
-                return Err(Error::invalid_config(&format!("vlanTrunk[{i}]"), "needs id or minID/maxID"));
+                return Err(BridgeError::config(format!("vlanTrunk[{i}]"), "needs id or minID/maxID"));
             }
             _ => {
-                return Err(Error::invalid_config(
-                    &format!("vlanTrunk[{i}]"),
+                return Err(BridgeError::config(
+                    format!("vlanTrunk[{i}]"),
                     "id cannot be combined with minID/maxID",
                 ));
             }
@@ -262,8 +298,12 @@ mod tests {
         Request::new(env, conf.as_bytes().to_vec()).unwrap()
     }
 
-    fn load(extra: &str) -> Result<BridgeConf, Error> {
-        BridgeConf::load(&req(&format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge"{extra}}}"#), ""))
+    fn load(extra: &str) -> Result<BridgeConf, cni_spec::Error> {
+        let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge"{extra}}}"#);
+        // Some values are refused by the library already (the well-known fields).
+        let env = req(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "").env;
+        let r = Request::new(env, conf.into_bytes())?;
+        BridgeConf::load(&r).map_err(cni_spec::Error::from)
     }
 
     #[test]
@@ -294,6 +334,16 @@ mod tests {
             (r#","vlanTrunk":[{"id":1},{"minID":1,"maxID":4095}]"#, "vlanTrunk[1].maxID"),
             (r#","vlanTrunk":[{"id":3,"minID":1,"maxID":4}]"#, "vlanTrunk[0]"),
             (r#","isGateway":"yes""#, "isGateway"),
+            (r#","bridge":"..""#, "bridge"),
+            (r#","bridge":"h\u0000x""#, "bridge"),
+            (r#","bridge":"br%d""#, "bridge"),
+            (r#","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}]]}"#, "ipam.type"),
+            (r#","ipam":{"type":"../x"}"#, "ipam.type"),
+            (r#","dns":[]"#, "dns"),
+            (r#","dns":{"nameservers":["10.0.0.1\n"]}"#, "dns.nameservers[0]"),
+            (r#","vlanTrunk":[[5]]"#, "vlanTrunk[0]"),
+            (r#","runtimeConfig":{"mac":"01:00:5e:00:00:01"}"#, "runtimeConfig.mac"),
+            (r#","args":{"cni":{"mac":"00:00:00:00:00:00"}}"#, "args.cni.mac"),
         ] {
             let e = load(extra).unwrap_err();
             assert_eq!(e.code, 7, "{extra}: {e}");
@@ -311,26 +361,26 @@ mod tests {
     #[test]
     fn mac_precedence() {
         let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#;
-        let c = BridgeConf::load(&req(conf, "MAC=0a:00:00:00:00:01")).unwrap();
+        let load = |conf: &str, args: &str| BridgeConf::load(&req(conf, args)).map_err(cni_spec::Error::from);
+        let c = load(conf, "MAC=0a:00:00:00:00:01").unwrap();
         assert_eq!(c.mac, Some([0x0a, 0, 0, 0, 0, 1]));
         let conf =
             r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","args":{"cni":{"mac":"0a:00:00:00:00:02"}}}"#;
-        assert_eq!(BridgeConf::load(&req(conf, "MAC=0a:00:00:00:00:01")).unwrap().mac.unwrap()[5], 2);
+        assert_eq!(load(conf, "MAC=0a:00:00:00:00:01").unwrap().mac.unwrap()[5], 2);
         let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","args":{"cni":{"mac":"0a:00:00:00:00:02"}},
             "runtimeConfig":{"mac":"0a:00:00:00:00:03"}}"#;
-        assert_eq!(BridgeConf::load(&req(conf, "MAC=0a:00:00:00:00:01")).unwrap().mac.unwrap()[5], 3);
-        let e = BridgeConf::load(&req(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "MAC=nope"))
-            .unwrap_err();
-        assert!(e.msg.contains("CNI_ARGS MAC"), "{e}");
-        let e = BridgeConf::load(&req(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1"))
-            .unwrap_err();
+        assert_eq!(load(conf, "MAC=0a:00:00:00:00:01").unwrap().mac.unwrap()[5], 3);
+        let e = load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "MAC=nope").unwrap_err();
+        assert!(e.code == 4 && e.msg.contains("CNI_ARGS: MAC"), "{e}");
+        let e = load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1").unwrap_err();
         assert_eq!(e.code, 4);
         assert!(
-            BridgeConf::load(&req(
-                r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#,
-                "FOO=1;IgnoreUnknown=1"
-            ))
-            .is_ok()
+            load(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#, "FOO=1;IgnoreUnknown=1").is_ok()
         );
+        // An empty ipam section, or one with an empty type alone, is layer 2 only.
+        for ipam in [r#"{}"#, r#"{"type":""}"#] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam":{ipam}}}"#);
+            assert!(load(&conf, "").unwrap().ipam_type.is_none());
+        }
     }
 }

@@ -8,7 +8,7 @@ use cni_spec::plugin::Attachment;
 use ipnet::IpNet;
 use netkernel::masq::{MasqEntry, MasqTable};
 
-use crate::kernel_error;
+use super::error::BridgeError;
 
 /// The nft table the bridge plugin owns.
 pub const TABLE: &str = "ferrocni_bridge";
@@ -41,17 +41,17 @@ pub fn tag(network: &str, container_id: &str, ifname: &str) -> String {
     }
 }
 
-fn table() -> Result<MasqTable, cni_spec::Error> {
-    MasqTable::new(TABLE).map_err(kernel_error("opening the masquerade table"))
+fn table() -> Result<MasqTable, BridgeError> {
+    MasqTable::new(TABLE).map_err(BridgeError::kernel("opening the masquerade table"))
 }
 
 /// Masquerades `ips` of one attachment (their subnets are exempt).
-pub fn add(network: &str, container_id: &str, ifname: &str, ips: &[IpNet]) -> Result<(), cni_spec::Error> {
+pub fn add(network: &str, container_id: &str, ifname: &str, ips: &[IpNet]) -> Result<(), BridgeError> {
     let exempt: Vec<IpNet> = ips.iter().map(IpNet::trunc).collect();
     let sources: Vec<IpAddr> = ips.iter().map(IpNet::addr).collect();
     table()?
         .add(&group(network), &exempt, &sources, &tag(network, container_id, ifname))
-        .map_err(kernel_error("adding masquerade entries"))
+        .map_err(BridgeError::kernel("adding masquerade entries"))
 }
 
 /// Removes the entries of one attachment, whatever its addresses were. With the addresses
@@ -61,23 +61,19 @@ pub fn remove(
     container_id: &str,
     ifname: &str,
     known: &[IpAddr],
-) -> Result<usize, cni_spec::Error> {
+) -> Result<usize, BridgeError> {
     let t = table()?;
     if !known.is_empty() && t.remove_ips(known).is_ok() {
         return Ok(known.len());
     }
     let wanted = tag(network, container_id, ifname);
-    t.remove_where(|t| t == wanted).map_err(kernel_error("removing masquerade entries"))
+    t.remove_where(|t| t == wanted).map_err(BridgeError::kernel("removing masquerade entries"))
 }
 
 /// The entries of one attachment.
-pub fn entries_of(
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<Vec<MasqEntry>, cni_spec::Error> {
+pub fn entries_of(network: &str, container_id: &str, ifname: &str) -> Result<Vec<MasqEntry>, BridgeError> {
     let wanted = tag(network, container_id, ifname);
-    let all = table()?.entries().map_err(kernel_error("listing masquerade entries"))?;
+    let all = table()?.entries().map_err(BridgeError::kernel("listing masquerade entries"))?;
     Ok(all.into_iter().filter(|e| e.tag == wanted).collect())
 }
 
@@ -87,17 +83,17 @@ pub fn tag_of_network(tag: &str, network: &str) -> bool {
 }
 
 /// Removes the entries of `network` that belong to no attachment in `valid`.
-pub fn gc(network: &str, valid: &[Attachment]) -> Result<usize, cni_spec::Error> {
+pub fn gc(network: &str, valid: &[Attachment]) -> Result<usize, BridgeError> {
     let keep: HashSet<String> = valid.iter().map(|a| tag(network, &a.container_id, &a.ifname)).collect();
     let chain = group(network);
     let t = table()?;
     let doomed: Vec<MasqEntry> = t
         .entries()
-        .map_err(kernel_error("listing masquerade entries"))?
+        .map_err(BridgeError::kernel("listing masquerade entries"))?
         .into_iter()
         .filter(|e| e.group == chain && !keep.contains(&e.tag))
         .collect();
-    t.remove(&doomed).map_err(kernel_error("removing stale masquerade entries"))?;
+    t.remove(&doomed).map_err(BridgeError::kernel("removing stale masquerade entries"))?;
     Ok(doomed.len())
 }
 

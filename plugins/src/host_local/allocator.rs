@@ -29,6 +29,8 @@ pub trait Leases {
     fn reserve(&mut self, ip: IpAddr, a: &Attachment, set: usize) -> Result<bool, HostLocalError>;
     /// Re-reads the leases if the view may be out of date; false if it is already exact.
     fn refresh(&mut self) -> Result<bool, HostLocalError>;
+    /// Whether `ip` could be reserved now (no lease exists for it).
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, HostLocalError>;
 }
 
 impl Leases for Store {
@@ -47,6 +49,9 @@ impl Leases for Store {
     }
     fn refresh(&mut self) -> Result<bool, HostLocalError> {
         Store::refresh(self)
+    }
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, HostLocalError> {
+        Store::is_free(self, ip)
     }
 }
 
@@ -130,10 +135,43 @@ pub fn allocate(
     a: &Attachment,
     requested: Option<IpAddr>,
 ) -> Result<IpConfig, HostLocalError> {
+    let ip = pick(store, idx, set, a, requested)?;
+    if store.reserve(ip, a, idx)? {
+        return Ok(config_for(set, ip));
+    }
+    // Taken between the look and the reservation (by a writer that does not lock).
+    if requested.is_some() {
+        return Err(HostLocalError::RequestedUnavailable { set: idx, ip, range: set.to_string() });
+    }
+    for (_, ip) in RangeIter::new(set, Some(ip)) {
+        if !store.is_taken(ip) && store.reserve(ip, a, idx)? {
+            return Ok(config_for(set, ip));
+        }
+    }
+    Err(HostLocalError::Exhausted { set: idx, range: set.to_string() })
+}
+
+/// The result entry for `ip`, leased from `set`.
+pub fn config_for(set: &RangeSet, ip: IpAddr) -> IpConfig {
+    let range = set.range_for(ip).expect("allocated from the set");
+    let address = IpNet::new(ip, range.subnet.prefix_len()).expect("the subnet's prefix fits");
+    IpConfig { address, gateway: Some(range.gateway), interface: None }
+}
+
+/// Chooses the address [`allocate`] would lease, without leasing it: an ADD picks an
+/// address in every range set first, so a set that cannot give one fails the ADD before
+/// anything was written.
+pub fn pick(
+    store: &mut impl Leases,
+    idx: usize,
+    set: &RangeSet,
+    a: &Attachment,
+    requested: Option<IpAddr>,
+) -> Result<IpAddr, HostLocalError> {
     if let Some(ip) = store.held_by(a)?.into_iter().find(|ip| set.contains(*ip)) {
         return Err(HostLocalError::Duplicate { set: idx, ip, id: a.container_id.clone() });
     }
-    let ip = match requested {
+    match requested {
         Some(ip) => {
             // The config check already refused these; kept so this function stands alone.
             let range = set.range_for(ip).ok_or_else(|| {
@@ -142,32 +180,24 @@ pub fn allocate(
             if range.gateway == ip {
                 return Err(HostLocalError::config("ips", format!("requested ip {ip} is subnet's gateway")));
             }
-            if !store.reserve(ip, a, idx)? {
+            if !store.is_free(ip)? {
                 return Err(HostLocalError::RequestedUnavailable { set: idx, ip, range: set.to_string() });
             }
-            ip
+            Ok(ip)
         }
-        None => match next_free(store, idx, set, a)? {
-            Some(ip) => ip,
+        None => match next_free(store, idx, set)? {
+            Some(ip) => Ok(ip),
             // A full set seen through the index is re-checked against the directory.
-            None if store.refresh()? => next_free(store, idx, set, a)?
-                .ok_or_else(|| HostLocalError::Exhausted { set: idx, range: set.to_string() })?,
-            None => return Err(HostLocalError::Exhausted { set: idx, range: set.to_string() }),
+            None if store.refresh()? => next_free(store, idx, set)?
+                .ok_or_else(|| HostLocalError::Exhausted { set: idx, range: set.to_string() }),
+            None => Err(HostLocalError::Exhausted { set: idx, range: set.to_string() }),
         },
-    };
-    let range = set.range_for(ip).expect("allocated from the set");
-    let address = IpNet::new(ip, range.subnet.prefix_len()).expect("the subnet's prefix fits");
-    Ok(IpConfig { address, gateway: Some(range.gateway), interface: None })
+    }
 }
 
-fn next_free(
-    store: &mut impl Leases,
-    idx: usize,
-    set: &RangeSet,
-    a: &Attachment,
-) -> Result<Option<IpAddr>, HostLocalError> {
+fn next_free(store: &mut impl Leases, idx: usize, set: &RangeSet) -> Result<Option<IpAddr>, HostLocalError> {
     for (_, ip) in RangeIter::new(set, store.last_reserved(idx)) {
-        if !store.is_taken(ip) && store.reserve(ip, a, idx)? {
+        if !store.is_taken(ip) && store.is_free(ip)? {
             return Ok(Some(ip));
         }
     }
@@ -191,6 +221,9 @@ impl MemLeases {
 }
 
 impl Leases for MemLeases {
+    fn is_free(&mut self, ip: IpAddr) -> Result<bool, HostLocalError> {
+        Ok(!self.leases.contains_key(&ip))
+    }
     fn held_by(&mut self, a: &Attachment) -> Result<Vec<IpAddr>, HostLocalError> {
         Ok(self.leases.iter().filter(|(_, o)| *o == a).map(|(ip, _)| *ip).collect())
     }

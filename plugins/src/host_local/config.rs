@@ -7,11 +7,16 @@ use std::path::PathBuf;
 
 use cni_spec::config::Object;
 use cni_spec::{CniArgs, NetConf, Route, Version};
-use ipnet::IpNet;
 use serde_json::Value;
 
 use super::error::HostLocalError;
 use super::range::{RangeSet, RangeSpec};
+
+/// host-local's keys in `ipam`.
+const IPAM_KEYS: &[&str] =
+    &["type", "subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "routes", "dataDir", "resolvConf"];
+/// The keys of a range.
+const RANGE_KEYS: &[&str] = &["subnet", "rangeStart", "rangeEnd", "gateway"];
 
 /// Where leases live when `ipam.dataDir` is not set.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -40,9 +45,29 @@ impl Config {
             HostLocalError::config("ipam", "missing (host-local needs an \"ipam\" section)")
         })?;
         let obj = &ipam.extra;
+        cni_spec::input::refuse_case_variants(obj, IPAM_KEYS, "ipam")?;
 
-        let data_dir = string(obj, "dataDir", "ipam.dataDir")?.filter(|s| !s.is_empty());
-        let resolv_conf = string(obj, "resolvConf", "ipam.resolvConf")?.filter(|s| !s.is_empty());
+        // The network's store is a directory named after it.
+        cni_spec::parse::file_name(&network).map_err(|e| HostLocalError::config("name", e))?;
+        let path = |field: &str, s: Option<String>| -> Result<Option<PathBuf>, HostLocalError> {
+            match s.filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(s) => {
+                    cni_spec::parse::abs_path(&s).map(Some).map_err(|e| HostLocalError::config(field, e))
+                }
+            }
+        };
+        let data_dir = path("ipam.dataDir", string(obj, "dataDir", "ipam.dataDir")?)?;
+        let resolv_conf = path("ipam.resolvConf", string(obj, "resolvConf", "ipam.resolvConf")?)?;
+        if let Some(d) = &data_dir
+            && d.join(&network).as_os_str().len() + 1 + "last_reserved_ip.0.spare".len()
+                >= cni_spec::parse::PATH_MAX
+        {
+            return Err(HostLocalError::config(
+                "ipam.dataDir",
+                "too long for the network's files to fit in a path",
+            ));
+        }
         let routes = routes(obj)?;
 
         // The reference's order: runtime ranges first, then the legacy range, then `ranges`.
@@ -93,21 +118,25 @@ impl Config {
                 ));
             }
         }
-        for (j, later) in sets.iter().enumerate() {
-            if let Some(i) = sets[..j].iter().position(|s| s.overlaps(later)) {
-                return Err(HostLocalError::config(
-                    &later.path,
-                    format!("range set {j} overlaps with range set {i} ({})", sets[i].path),
-                ));
-            }
+        // Ranges within a set are disjoint already: an overlap is between two sets.
+        let all: Vec<(usize, &super::range::Range)> =
+            sets.iter().enumerate().flat_map(|(i, s)| s.ranges.iter().map(move |r| (i, r))).collect();
+        let spans =
+            all.iter().map(|(_, r)| (r.is_v4(), super::range::to_num(r.start), super::range::to_num(r.end)));
+        if let Some((a, b)) = super::range::first_overlap(spans) {
+            let (i, j) = (all[a].0.min(all[b].0), all[a].0.max(all[b].0));
+            return Err(HostLocalError::config(
+                &sets[j].path,
+                format!("range set {j} overlaps with range set {i} ({})", sets[i].path),
+            ));
         }
 
         Ok(Config {
             network,
-            data_dir: data_dir.map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             sets,
             routes,
-            resolv_conf: resolv_conf.map(PathBuf::from),
+            resolv_conf,
         })
     }
 
@@ -187,8 +216,7 @@ impl Config {
 /// A requested address: a plain address, or one with a prefix length (as the `ips`
 /// capability allows).
 fn parse_requested(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    let ip = s.parse::<IpAddr>().ok().or_else(|| s.parse::<IpNet>().ok().map(|n| n.addr()))?;
+    let ip = cni_spec::parse::ip(s).ok().or_else(|| cni_spec::parse::prefix(s).ok().map(|n| n.addr()))?;
     Some(ip.to_canonical())
 }
 
@@ -208,8 +236,17 @@ fn routes(obj: &Object) -> Result<Vec<Route>, HostLocalError> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                serde_json::from_value::<Route>(r.clone())
-                    .map_err(|e| HostLocalError::config(format!("ipam.routes[{i}]"), e))
+                let field = format!("ipam.routes[{i}]");
+                let route: Route = cni_spec::input::from_value_at(r.clone(), &field)?;
+                if let Some(gw) = route.gw
+                    && gw.is_ipv4() != route.dst.addr().is_ipv4()
+                {
+                    return Err(HostLocalError::config(
+                        format!("{field}.gw"),
+                        format!("{gw} is not of the family of {}", route.dst),
+                    ));
+                }
+                Ok(route)
             })
             .collect(),
         Some(other) => Err(HostLocalError::config("ipam.routes", format!("must be a list, got {other}"))),
@@ -240,6 +277,7 @@ fn ranges(obj: &Object) -> Result<Vec<(String, Vec<RangeSpec>)>, HostLocalError>
             let Value::Object(r) = r else {
                 return Err(HostLocalError::config(&rpath, format!("must be an object, got {r}")));
             };
+            cni_spec::input::refuse_case_variants(r, RANGE_KEYS, &rpath)?;
             specs.push(RangeSpec {
                 subnet: string(r, "subnet", &format!("{rpath}.subnet"))?,
                 range_start: string(r, "rangeStart", &format!("{rpath}.rangeStart"))?,
@@ -373,7 +411,22 @@ mod tests {
             ),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","dataDir":7}"#, "ipam.dataDir: must be a string"),
             (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":{}}"#, "ipam.routes: must be a list"),
-            (r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#, "ipam.routes[0]: "),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"x"}]}"#,
+                "ipam.routes[0].dst: ",
+            ),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[["0.0.0.0/0"]]}"#,
+                "ipam.routes[0]: invalid type",
+            ),
+            (
+                r#"{"type":"host-local","subnet":"10.1.2.0/24","routes":[{"dst":"0.0.0.0/0","gw":"2001:db8::1"}]}"#,
+                "ipam.routes[0].gw: 2001:db8::1 is not of the family",
+            ),
+            (r#"{"type":"host-local","subnet":"10.88.200.0/24\n"}"#, "ipam.subnet: invalid CIDR"),
+            (r#"{"type":"host-local","subnet":"010.088.200.000/24"}"#, "ipam.subnet: invalid CIDR"),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","dataDir":"relative/dir"}"#, "ipam.dataDir: "),
+            (r#"{"type":"host-local","subnet":"10.1.2.0/24","resolvConf":"/a/../b"}"#, "ipam.resolvConf: "),
         ];
         for (ipam, expected) in cases {
             let e = load_err(&net("1.0.0", ipam));

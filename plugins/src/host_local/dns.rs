@@ -7,9 +7,25 @@ use cni_spec::Dns;
 use super::error::HostLocalError;
 
 /// Reads `path` (the `ipam.resolvConf` field).
+/// A resolv.conf is a few lines; more than this is not one.
+const MAX_LEN: u64 = 1 << 20;
+
 pub fn read(path: &Path) -> Result<Dns, HostLocalError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| HostLocalError::config("ipam.resolvConf", format!("reading {}: {e}", path.display())))?;
+    use std::io::Read;
+    let fail =
+        |why: String| HostLocalError::config("ipam.resolvConf", format!("reading {}: {why}", path.display()));
+    // Checked before opening: a FIFO would block the open, a device never end the read.
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_LEN + 1).read_to_string(&mut text))
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > MAX_LEN {
+        return Err(fail("larger than 1 MiB".into()));
+    }
     Ok(parse(&text))
 }
 

@@ -91,6 +91,25 @@ impl HostLocalError {
         HostLocalError::Io { what, path: path.into(), source }
     }
 
+    /// Whether this is an I/O error on a path that cannot exist: a component is a file, a
+    /// name is too long, or symbolic links loop.
+    pub fn is_unusable_path(&self) -> bool {
+        matches!(self, HostLocalError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOTDIR | libc::ENAMETOOLONG | libc::ELOOP | libc::EEXIST)))
+    }
+
+    /// An I/O error on a path that cannot exist becomes a config error naming
+    /// `ipam.dataDir` (the only path the store is made of besides the network name, which
+    /// is checked before).
+    pub fn data_dir_fault(self) -> Self {
+        match &self {
+            HostLocalError::Io { path, source, .. } if self.is_unusable_path() => {
+                HostLocalError::config("ipam.dataDir", format!("{} cannot be used: {source}", path.display()))
+            }
+            _ => self,
+        }
+    }
+
     /// The CNI code this error is reported with.
     pub fn code(&self) -> u32 {
         use HostLocalError::*;

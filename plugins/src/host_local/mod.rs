@@ -74,10 +74,28 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
     };
     let me = attachment(req);
 
-    let mut store = Store::open(&cfg.dir(), true)?.expect("created");
+    let mut store = Store::open(&cfg.dir(), true).map_err(|e| e.data_dir_fault())?.expect("created");
+    // First an address for every range set, then the leases: a set that cannot give one
+    // fails the ADD before anything is written.
+    let mut picks = Vec::with_capacity(cfg.sets.len());
+    for (i, set) in cfg.sets.iter().enumerate() {
+        match allocator::pick(&mut store, i, set, &me, requested[i]) {
+            Ok(ip) => picks.push(ip),
+            Err(e) => {
+                store.abandon();
+                return Err(e);
+            }
+        }
+    }
     let mut result = SuccessResult { routes: cfg.routes.clone(), dns, ..Default::default() };
     for (i, set) in cfg.sets.iter().enumerate() {
-        match allocator::allocate(&mut store, i, set, &me, requested[i]) {
+        let leased = match store.reserve(picks[i], &me, i) {
+            Ok(true) => Ok(allocator::config_for(set, picks[i])),
+            // Taken since the look (a writer that does not lock): allocate again.
+            Ok(false) => allocator::allocate(&mut store, i, set, &me, requested[i]),
+            Err(e) => Err(e),
+        };
+        match leased {
             Ok(ip) => result.ips.push(ip),
             Err(e) => {
                 // Give back exactly what this ADD took; earlier leases stay.
@@ -86,19 +104,31 @@ pub fn add(req: &Request) -> Result<SuccessResult, HostLocalError> {
                         eprintln!("host-local: releasing {} after a failed ADD: {undo}", ip.address.addr());
                     }
                 }
-                store.close();
+                store.abandon();
                 return Err(e);
             }
         }
     }
-    store.close();
+    store.commit_add(&me);
     Ok(result)
 }
 
 /// Releases the attachment's leases; nothing to release is success.
 pub fn del(req: &Request) -> Result<(), HostLocalError> {
     let cfg = Config::load(&req.config, req.version)?;
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Ok(()) };
+    let store = match Store::open(&cfg.dir(), false) {
+        Ok(s) => s,
+        // A data directory that cannot exist (a file in its path, a name too long) holds
+        // nothing to release.
+        Err(e) if e.is_unusable_path() => None,
+        Err(e) => return Err(e),
+    };
+    let Some(mut store) = store else { return Ok(()) };
+    // The DEL that rolls back an ADD of this same invocation (a plugin whose later step
+    // failed): put the store back exactly as it was, round-robin position included.
+    if rolling_back() && store.rollback_add(&attachment(req)) {
+        return Ok(());
+    }
     let mine = store.find(&attachment(req), Find::ForRelease);
     let mut errors = Vec::new();
     match mine {
@@ -123,7 +153,9 @@ pub fn check(req: &Request) -> Result<(), HostLocalError> {
     let prev = req.prev_result()?;
     let me = attachment(req);
     let not_found = || HostLocalError::NotFound { id: me.container_id.clone() };
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Err(not_found()) };
+    let Some(mut store) = Store::open(&cfg.dir(), false).map_err(|e| e.data_dir_fault())? else {
+        return Err(not_found());
+    };
     let mut mine = store.find(&me, Find::Any);
     // A failure is worth one full read of the directory before it is reported.
     if matches!(&mine, Ok(ips) if ips.is_empty()) && store.refresh().unwrap_or(false) {
@@ -156,7 +188,7 @@ pub fn check(req: &Request) -> Result<(), HostLocalError> {
 /// no lock: it is informational.
 pub fn status(req: &Request) -> Result<(), HostLocalError> {
     let cfg = Config::load(&req.config, req.version)?;
-    let leased = store::leased_addresses(&cfg.dir())?;
+    let leased = store::leased_addresses(&cfg.dir()).map_err(|e| e.data_dir_fault())?;
     match cfg.sets.iter().enumerate().find(|(_, set)| set.free(&leased) == 0) {
         Some((i, set)) => Err(HostLocalError::NotAvailable { set: i, range: set.to_string() }),
         None => Ok(()),
@@ -174,7 +206,13 @@ pub fn gc(req: &Request) -> Result<(), HostLocalError> {
         )
     })?;
     let cfg = Config::load(&req.config, req.version)?;
-    let Some(mut store) = Store::open(&cfg.dir(), false)? else { return Ok(()) };
+    let store = match Store::open(&cfg.dir(), false) {
+        Ok(s) => s,
+        // Where no store can be, there is nothing to collect.
+        Err(e) if e.is_unusable_path() => None,
+        Err(e) => return Err(e),
+    };
+    let Some(mut store) = store else { return Ok(()) };
     let mut errors = Vec::new();
     // GC is the repair path: it never trusts the index.
     let leases = match store.refresh().and_then(|_| store.leases()) {
@@ -203,6 +241,11 @@ pub fn gc(req: &Request) -> Result<(), HostLocalError> {
     }
     store.close();
     collect(errors)
+}
+
+/// Whether this DEL rolls back a failed ADD (see [`cni_spec::delegate::ROLLBACK_ENV`]).
+fn rolling_back() -> bool {
+    std::env::var_os(cni_spec::delegate::ROLLBACK_ENV).is_some_and(|v| v == "1")
 }
 
 fn collect(mut errors: Vec<HostLocalError>) -> Result<(), HostLocalError> {

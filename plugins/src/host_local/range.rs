@@ -48,8 +48,7 @@ pub struct Range {
 
 /// Parses an address; an IPv4-mapped IPv6 address counts as IPv4, as Go's `To4` does.
 fn parse_ip(s: &str, field: &str) -> Result<IpAddr, HostLocalError> {
-    s.trim()
-        .parse::<IpAddr>()
+    cni_spec::parse::ip(s)
         .map(|ip| ip.to_canonical())
         .map_err(|_| HostLocalError::config(field, format!("invalid IP address {s:?}")))
 }
@@ -62,9 +61,7 @@ impl Range {
         let field = |name: &str| format!("{}.{name}", spec.path);
         let text =
             spec.subnet.as_deref().ok_or_else(|| HostLocalError::config(field("subnet"), "missing"))?;
-        let subnet: IpNet = text
-            .trim()
-            .parse()
+        let subnet: IpNet = cni_spec::parse::prefix(text)
             .map_err(|_| HostLocalError::config(field("subnet"), format!("invalid CIDR address {text:?}")))?;
         if let IpNet::V6(n) = subnet
             && n.addr().to_ipv4_mapped().is_some()
@@ -170,6 +167,24 @@ impl fmt::Display for Range {
     }
 }
 
+/// Two of `ranges` (family, first, last) that share an address, as (earlier, later) by
+/// position; `None` if they are disjoint. A sort and one sweep: configs with many ranges
+/// are checked in n log n, not n².
+pub fn first_overlap(ranges: impl Iterator<Item = (bool, u128, u128)>) -> Option<(usize, usize)> {
+    let mut items: Vec<(bool, u128, u128, usize)> =
+        ranges.enumerate().map(|(i, (v4, a, b))| (v4, a, b, i)).collect();
+    items.sort_unstable();
+    let mut widest: Option<(bool, u128, usize)> = None;
+    for (v4, start, end, i) in items {
+        match widest {
+            Some((fam, reach, j)) if fam == v4 && start <= reach => return Some((i.min(j), i.max(j))),
+            // Sorted by start: a range that starts past the reach also reaches further.
+            _ => widest = Some((v4, end, i)),
+        }
+    }
+    None
+}
+
 /// A range set: disjoint ranges of one family; each set gives an attachment one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeSet {
@@ -196,10 +211,15 @@ impl RangeSet {
                     format!("mixed address families in one range set: {} and {}", first.subnet, r.subnet),
                 ));
             }
-            if let Some(other) = ranges.iter().find(|o| o.overlaps(&r)) {
-                return Err(HostLocalError::config(&spec.path, format!("subnets {other} and {r} overlap")));
-            }
             ranges.push(r);
+        }
+        if let Some((i, j)) =
+            first_overlap(ranges.iter().map(|r| (r.is_v4(), to_num(r.start), to_num(r.end))))
+        {
+            return Err(HostLocalError::config(
+                &specs[j].path,
+                format!("subnets {} and {} overlap", ranges[i], ranges[j]),
+            ));
         }
         Ok(RangeSet { ranges, path: path.to_string() })
     }
@@ -387,6 +407,25 @@ pub(crate) mod tests {
             with(|s| s.range_start = Some("192.0.2.0".into()), "192.0.2.0/24")
                 .contains("network or broadcast")
         );
+    }
+
+    #[test]
+    fn many_ranges_are_checked_quickly() {
+        let specs: Vec<RangeSpec> = (0..20_000u32)
+            .map(|i| spec(&format!("{}/30", std::net::Ipv4Addr::from((10 << 24) + i * 4))))
+            .collect();
+        let t = std::time::Instant::now();
+        assert!(RangeSet::new("s", &specs).is_ok());
+        let mut overlapping = specs.clone();
+        overlapping.push(spec("10.0.1.0/24"));
+        let e = RangeSet::new("s", &overlapping).unwrap_err().to_string();
+        assert!(e.contains("10.0.0.253-10.0.0.254 and 10.0.1.1-10.0.1.254") || e.contains("overlap"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(
+            first_overlap([(true, 5, 9), (false, 5, 9), (true, 1, 4), (true, 9, 12)].into_iter()),
+            Some((0, 3))
+        );
+        assert_eq!(first_overlap([(true, 5, 9), (true, 10, 12), (true, 1, 4)].into_iter()), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use cni_spec::plugin::Attachment;
@@ -33,7 +33,7 @@ const LAST_RESERVED: &str = "last_reserved_ip.";
 /// Where a lease's content is written before it is linked under the address's name.
 const LEASE_TMP: &str = ".lease.tmp";
 /// Lease files are a few dozen bytes; anything longer is read only this far.
-const MAX_LEASE_LEN: usize = 1024;
+const MAX_LEASE_LEN: usize = 4096;
 
 /// The address a lease file name stands for: only names the reference would write (the
 /// canonical text of an address) count.
@@ -104,12 +104,104 @@ pub struct Store {
     stale: bool,
     /// The content now in [`LEASE_TMP`], if we wrote it.
     lease_tmp: Option<String>,
+    /// Directories this run created, outermost first (removed again by `abandon`).
+    created: Vec<PathBuf>,
+    /// This run released a lease: the index is compacted so it forgets the owner.
+    released: bool,
+    /// `last_reserved_ip.<set>` values to write when the run commits ([`Store::close`]).
+    last_pending: Vec<(usize, IpAddr)>,
+    /// The `lock` file as this run found it (what a rollback puts back).
+    original: Vec<u8>,
 }
+
+/// Where a successful ADD leaves the note with which a rollback DEL right after it puts
+/// the store back exactly (see [`Store::commit_add`] and [`Store::rollback_add`]): outside
+/// the data directory, so the store holds nothing but the reference's files; one note per
+/// store (the next ADD replaces it, a release removes it).
+const NOTES_DIR: &str = "/run/ferrocni/host-local";
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The note of the store in `dir`.
+fn note_path(dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(NOTES_DIR).join(format!("{:016x}", fnv(dir.as_os_str().as_bytes())))
+}
+
+/// A rollback comes within seconds of its ADD: notes older than this serve nothing.
+const NOTE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Now and then (one ADD in 64), removes notes nobody will use: those of stores that were
+/// deleted, or whose last ADD is long past.
+fn prune_notes() {
+    let now = std::time::SystemTime::now();
+    let tick = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    if !(tick ^ std::process::id()).is_multiple_of(64) {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(NOTES_DIR) else { return };
+    for e in entries.flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
+        if old.is_some_and(|age| age > NOTE_TTL) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// An attachment as the note names it: a hash, so the note never names a container.
+fn owner_hash(a: &Attachment) -> String {
+    format!("{:016x}", fnv(Owner::content_for(a).as_bytes()))
+}
+
+fn hex(bytes: Option<&[u8]>) -> String {
+    match bytes {
+        None => "-".into(),
+        Some(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+    }
+}
+
+fn unhex(s: &str) -> Option<Option<Vec<u8>>> {
+    if s == "-" {
+        return Some(None);
+    }
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Some)
+}
+
+fn read_opt(path: &Path) -> Option<Vec<u8>> {
+    fs::read(path).ok()
+}
+
+fn restore(path: &Path, content: &Option<Vec<u8>>) {
+    match content {
+        Some(c) => {
+            let _ = fs::write(path, c);
+        }
+        None => {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, HostLocalError> {
+    crate::fsutil::create_dirs(dir, 0o755).map_err(|e| HostLocalError::io("creating", dir, e))
+}
+
+use crate::fsutil::remove_dirs;
 
 impl Store {
     /// Locks the store of `dir` and loads its index. With `create`, the directory is made
-    /// (mode 0755) if missing; without, a missing directory gives `None` and nothing is
-    /// created.
+    /// (mode 0755, with any missing parents) if missing; without, a missing directory gives
+    /// `None` and nothing is created. A store this call created is removed again by
+    /// [`Store::abandon`].
     pub fn open(dir: &Path, create: bool) -> Result<Option<Store>, HostLocalError> {
         let path = dir.join(LOCK);
         let open = || {
@@ -121,38 +213,51 @@ impl Store {
                 .mode(0o600)
                 .open(&path)
         };
-        // Opening `lock` first tells whether the directory exists (one system call less on
-        // every run than checking first).
-        let lock = match open() {
-            Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(dir)
-                    .map_err(|e| HostLocalError::io("creating", dir, e))?;
-                open()
+        let mut created = Vec::new();
+        // A run that abandons a store it created removes `lock` while holding it: a run that
+        // opened the old file meanwhile sees it unlinked once it has the lock, and starts over.
+        for _ in 0..100 {
+            // Opening `lock` first tells whether the directory exists (one system call less
+            // on every run than checking first).
+            let lock = match open() {
+                Err(e) if e.kind() == ErrorKind::NotFound && !create => return Ok(None),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    created.extend(create_dirs(dir)?);
+                    open()
+                }
+                other => other,
             }
-            other => other,
+            .map_err(|e| HostLocalError::io("opening", &path, e))?;
+            lock.lock().map_err(|e| HostLocalError::io("locking", &path, e))?;
+            let linked = match (lock.metadata(), fs::symlink_metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !linked {
+                continue;
+            }
+            let mut store = Store {
+                dir: dir.to_path_buf(),
+                lock,
+                log: String::new(),
+                pending: String::new(),
+                header: Header::default(),
+                pending_records: 0,
+                pending_live: 0,
+                from_index: false,
+                rewrite: false,
+                taken: None,
+                stale: false,
+                lease_tmp: None,
+                created,
+                released: false,
+                last_pending: Vec::new(),
+                original: Vec::new(),
+            };
+            store.load()?;
+            return Ok(Some(store));
         }
-        .map_err(|e| HostLocalError::io("opening", &path, e))?;
-        lock.lock().map_err(|e| HostLocalError::io("locking", &path, e))?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            lock,
-            log: String::new(),
-            pending: String::new(),
-            header: Header::default(),
-            pending_records: 0,
-            pending_live: 0,
-            from_index: false,
-            rewrite: false,
-            taken: None,
-            stale: false,
-            lease_tmp: None,
-        };
-        store.load()?;
-        Ok(Some(store))
+        Err(HostLocalError::io("locking", &path, std::io::Error::other("the store keeps being removed")))
     }
 
     /// The directory of this store.
@@ -167,6 +272,7 @@ impl Store {
         (&self.lock)
             .read_to_end(&mut content)
             .map_err(|e| HostLocalError::io("reading", self.dir.join(LOCK), e))?;
+        self.original = content.clone();
         match index::decode(&content, &stamp) {
             Some((log, header)) => {
                 let start = content.len() - log.len();
@@ -303,6 +409,9 @@ impl Store {
 
     /// `last_reserved_ip.<set>`, if it holds an address.
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        if let Some((_, ip)) = self.last_pending.iter().rev().find(|(s, _)| *s == set) {
+            return Some(*ip);
+        }
         // One read: the file holds one address.
         let mut buf = [0u8; 128];
         let n = File::open(self.dir.join(format!("{LAST_RESERVED}{set}"))).ok()?.read(&mut buf).ok()?;
@@ -353,7 +462,7 @@ impl Store {
         if let Some(t) = self.taken.as_mut() {
             t.insert(ip);
         }
-        self.write_last_reserved(set, ip);
+        self.last_pending.push((set, ip));
         Ok(true)
     }
 
@@ -407,6 +516,7 @@ impl Store {
         index::removal(ip, &mut self.pending);
         self.pending_records += 1;
         self.pending_live -= 1;
+        self.released = true;
         if let Some(t) = self.taken.as_mut() {
             t.remove(&ip);
         }
@@ -433,13 +543,24 @@ impl Store {
 
     /// Writes the index if this run changed or rebuilt it, then unlocks. Failing to write
     /// the cache is not an error of the command: the next run reads the directory.
+    ///
+    /// This is the commit: `last_reserved_ip.<set>` files are written here, and only here.
+    /// A run that changed nothing writes nothing (not even a rebuilt index).
     pub fn close(mut self) {
         if self.lease_tmp.take().is_some() {
             let _ = fs::remove_file(self.dir.join(LEASE_TMP));
         }
+        if self.released {
+            // The last ADD can no longer be rolled back exactly, and its note may hold an
+            // index that names the owner of what was just released.
+            let _ = fs::remove_file(note_path(&self.dir));
+        }
+        for (set, ip) in std::mem::take(&mut self.last_pending) {
+            self.write_last_reserved(set, ip);
+        }
         let result = if self.stale {
             self.lock.set_len(0)
-        } else if self.rewrite || !self.pending.is_empty() {
+        } else if !self.pending.is_empty() {
             self.write_index()
         } else {
             Ok(())
@@ -447,6 +568,142 @@ impl Store {
         if let Err(e) = result {
             eprintln!("host-local: updating the lease index in {}: {e}", self.dir.join(LOCK).display());
             let _ = self.lock.set_len(0);
+        }
+    }
+
+    /// Commits a successful ADD of `a` (as [`Store::close`]) and first leaves a note from
+    /// which [`Store::rollback_add`] can put everything back exactly: the round-robin
+    /// files as they were, the `lock` file as it was, the directories this run created. The
+    /// note names the attachment by a hash only.
+    pub fn commit_add(self, a: &Attachment) {
+        let mut note = format!("owner {}\ncreated {}\n", owner_hash(a), self.created.len());
+        for (set, _) in &self.last_pending {
+            let target = self.dir.join(format!("{LAST_RESERVED}{set}"));
+            let spare = spare_name(&target, "spare");
+            note += &format!(
+                "set {set} {} {}\n",
+                hex(read_opt(&target).as_deref()),
+                hex(read_opt(&spare).as_deref())
+            );
+        }
+        // When the index is only appended to (the usual ADD), its old length and header
+        // are enough to put it back; a rewritten index needs its whole old content.
+        let records = self.header.records + self.pending_records;
+        let live = (self.header.live as i64 + self.pending_live).max(0) as u64;
+        let append = !self.stale && !self.rewrite && records <= 2 * live + COMPACT_SLACK;
+        if append {
+            let head = &self.original[..self.original.len().min(index::HEADER_LEN)];
+            note += &format!("lockhead {} {}\n", self.original.len(), hex(Some(head)));
+        } else {
+            note += &format!("lock {}\n", hex(Some(&self.original)));
+        }
+        let path = note_path(&self.dir);
+        self.close();
+        let written = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(NOTES_DIR)
+            .and_then(|()| fs::write(&path, note));
+        if written.is_err() {
+            // Without a note a rollback is a plain DEL.
+            let _ = fs::remove_file(&path);
+        }
+        prune_notes();
+    }
+
+    /// Undoes the ADD of `a` that was the last change of this store (its note is there and
+    /// the index says nothing changed since): the leases go, the round-robin files and the
+    /// `lock` file get their old content back, and a directory the ADD created is removed.
+    /// Returns false, with nothing changed, when that cannot be done exactly: the caller
+    /// then releases as usual. After true the store must be dropped, not closed.
+    pub fn rollback_add(&mut self, a: &Attachment) -> bool {
+        let note_path = note_path(&self.dir);
+        let Some(note) = fs::read_to_string(&note_path).ok().filter(|_| self.from_index) else {
+            return false;
+        };
+        let mut owner = None;
+        let mut created = 0usize;
+        let mut sets = Vec::new();
+        let mut lock = None;
+        for line in note.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["owner", h] => owner = Some(h.to_string()),
+                ["created", n] => created = n.parse().unwrap_or(0),
+                ["set", i, t, sp] => match (i.parse::<usize>(), unhex(t), unhex(sp)) {
+                    (Ok(i), Some(t), Some(sp)) => sets.push((i, t, sp)),
+                    _ => return false,
+                },
+                ["lock", l] => lock = unhex(l).flatten().map(|b| (None, b)),
+                ["lockhead", n, h] => match (n.parse::<u64>(), unhex(h)) {
+                    (Ok(n), Some(Some(h))) => lock = Some((Some(n), h)),
+                    _ => return false,
+                },
+                _ => return false,
+            }
+        }
+        let (Some(owner), Some((keep, lock))) = (owner, lock) else { return false };
+        if owner != owner_hash(a) {
+            return false;
+        }
+        let Ok(leases) = self.find(a, Find::ForRelease) else { return false };
+        for ip in leases {
+            let _ = fs::remove_file(self.dir.join(ip.to_string()));
+        }
+        for (set, target, spare) in &sets {
+            let path = self.dir.join(format!("{LAST_RESERVED}{set}"));
+            restore(&spare_name(&path, "spare"), spare);
+            restore(&path, target);
+        }
+        let _ = fs::remove_file(&note_path);
+        let _ = self.lock.set_len(keep.unwrap_or(0));
+        let _ = self.lock.write_all_at(&lock, 0);
+        if created > 0 {
+            let only_lock = fs::read_dir(&self.dir)
+                .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK))
+                .unwrap_or(false);
+            if only_lock {
+                let _ = fs::remove_file(self.dir.join(LOCK));
+                let dirs: Vec<PathBuf> = self.dir.ancestors().take(created).map(Path::to_path_buf).collect();
+                for d in &dirs {
+                    let _ = fs::remove_dir(d);
+                }
+            }
+        }
+        true
+    }
+
+    /// Gives up a run after its caller undid its changes (released what it reserved):
+    /// nothing is written, `last_reserved_ip.<set>` stays as it was, and a directory this
+    /// run created is removed again, so a failed ADD leaves no trace.
+    pub fn abandon(mut self) {
+        if self.lease_tmp.take().is_some() {
+            let _ = fs::remove_file(self.dir.join(LEASE_TMP));
+        }
+        if self.created.is_empty() {
+            return;
+        }
+        // Only if nothing but our lock is left (a run that got in first may have leased).
+        let only_lock = fs::read_dir(&self.dir)
+            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK))
+            .unwrap_or(false);
+        if only_lock {
+            let _ = fs::remove_file(self.dir.join(LOCK));
+            remove_dirs(&self.created);
+        }
+    }
+
+    /// Whether no lease file exists for `ip` (within a run that holds the lock, the
+    /// address can then be reserved).
+    pub fn is_free(&mut self, ip: IpAddr) -> Result<bool, HostLocalError> {
+        if let Some(known) = self.known_taken(ip) {
+            return Ok(!known);
+        }
+        let path = self.dir.join(ip.to_string());
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(HostLocalError::io("reading", path, e)),
         }
     }
 
@@ -458,7 +715,8 @@ impl Store {
     fn write_index(&mut self) -> std::io::Result<()> {
         let records = self.header.records + self.pending_records;
         let live = (self.header.live as i64 + self.pending_live).max(0) as u64;
-        let compact = records > 2 * live + COMPACT_SLACK;
+        // A release compacts: after DEL, nothing in `lock` names the container any more.
+        let compact = self.released || records > 2 * live + COMPACT_SLACK;
         let append = !self.rewrite && !compact;
         let (offset, bytes, header) = if !append {
             let mut log = if compact {
@@ -568,11 +826,13 @@ mod tests {
         assert!(!s.reserve(ip("10.0.0.2"), &att("c2", "eth0"), 0).unwrap());
         assert!(s.reserve(ip("2001:db8::2"), &a, 1).unwrap());
         assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "c1\r\neth0");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
-        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(), "2001:db8::2");
         assert_eq!(s.last_reserved(1), Some(ip("2001:db8::2")));
+        // The round-robin position is written when the run commits.
+        assert!(!dir.join("last_reserved_ip.0").exists());
         assert_eq!(s.find(&a, Find::Any).unwrap(), [ip("10.0.0.2"), ip("2001:db8::2")]);
         s.close();
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(), "2001:db8::2");
         assert_eq!(
             names(&dir),
             ["10.0.0.2", "2001:db8::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]
@@ -588,7 +848,101 @@ mod tests {
         let mut s = Store::open(&dir, false).unwrap().unwrap();
         assert!(s.from_index);
         assert_eq!(s.leases().unwrap().len(), 1);
-        assert_eq!(s.header.records, 3);
+        // A release compacts the index: the released lease's owner is forgotten.
+        assert_eq!(s.header.records, 1);
+        s.close();
+        assert!(!String::from_utf8_lossy(&fs::read(dir.join(LOCK)).unwrap()).contains("10.0.0.2 "));
+    }
+
+    fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(root) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    out.push((p.display().to_string(), Vec::new()));
+                    out.extend(tree(&p));
+                } else {
+                    out.push((p.display().to_string(), fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_rollback_puts_the_store_back_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/net");
+        let (c1, c2) = (att("c1", "eth0"), att("c2", "eth0"));
+        // A new store: the rollback removes it with the directories it made.
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.2"), &c1, 0).unwrap());
+        s.commit_add(&c1);
+        let mut s = Store::open(&dir, false).unwrap().unwrap();
+        assert!(s.rollback_add(&c1));
+        drop(s);
+        assert!(!tmp.path().join("a").exists());
+        // An existing store, appended to or rewritten: byte for byte as before.
+        for rewrite in [false, true] {
+            let mut s = Store::open(&dir, true).unwrap().unwrap();
+            assert!(s.reserve(ip("10.0.0.2"), &c1, 0).unwrap());
+            s.commit_add(&c1);
+            if rewrite {
+                fs::write(dir.join("10.0.0.9"), "other\r\neth0").unwrap();
+            }
+            let before = tree(tmp.path());
+            let mut s = Store::open(&dir, false).unwrap().unwrap();
+            assert!(s.reserve(ip("10.0.0.100"), &c2, 0).unwrap());
+            s.commit_add(&c2);
+            // Someone else's rollback does not apply; ours does.
+            let mut s = Store::open(&dir, false).unwrap().unwrap();
+            assert!(!s.rollback_add(&c1));
+            s.close();
+            let mut s = Store::open(&dir, false).unwrap().unwrap();
+            assert!(s.rollback_add(&c2));
+            drop(s);
+            assert_eq!(tree(tmp.path()), before, "rewrite {rewrite}");
+            // A normal DEL: the note goes, and nothing names the container.
+            let mut s = Store::open(&dir, false).unwrap().unwrap();
+            for ip in s.find(&c1, Find::ForRelease).unwrap() {
+                s.release(ip).unwrap();
+            }
+            let _ = fs::remove_file(dir.join("10.0.0.9"));
+            s.close();
+            assert!(!note_path(&dir).exists());
+        }
+        // Anything after the ADD (here a DEL of another lease) makes the rollback a plain DEL.
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.3"), &c1, 0).unwrap());
+        s.commit_add(&c1);
+        fs::write(dir.join("10.0.0.4"), "c3").unwrap();
+        let mut s = Store::open(&dir, false).unwrap().unwrap();
+        assert!(!s.rollback_add(&c1));
+    }
+
+    #[test]
+    fn an_abandoned_run_leaves_no_trace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/net");
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.2"), &att("c1", "eth0"), 0).unwrap());
+        s.release(ip("10.0.0.2")).unwrap();
+        s.abandon();
+        assert!(!tmp.path().join("a").exists());
+        // In an existing store: the lock file and the round-robin position stay as they were.
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.2"), &att("c1", "eth0"), 0).unwrap());
+        s.close();
+        let before = fs::read(dir.join(LOCK)).unwrap();
+        let mut s = Store::open(&dir, true).unwrap().unwrap();
+        assert!(s.reserve(ip("10.0.0.3"), &att("c2", "eth0"), 0).unwrap());
+        s.release(ip("10.0.0.3")).unwrap();
+        s.abandon();
+        assert_eq!(fs::read(dir.join(LOCK)).unwrap(), before);
+        assert_eq!(fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(names(&dir), ["10.0.0.2", "last_reserved_ip.0", "lock"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! The saved config makes DEL independent of the daemon: a pod can be torn down while the
 //! daemon is down or after the network config changed.
 
+pub mod error;
 pub mod http;
 mod saved;
 
@@ -13,11 +14,12 @@ use std::thread;
 use std::time::Duration;
 
 use cni_spec::delegate::Delegate;
-use cni_spec::{Code, Error, Plugin, Request, SuccessResult};
+use cni_spec::{Error, Plugin, Request, SuccessResult, parse};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use self::error::VxlanError;
 use self::saved::SavedConfigs;
 
 /// The daemon's socket, unless the config says otherwise.
@@ -71,16 +73,64 @@ pub struct NodeInfo {
 pub struct Vxlan;
 
 impl Options {
-    fn load(req: &Request) -> Result<Self, Error> {
+    /// Reads and validates the options; everything a later step would trip on is refused
+    /// here, before the daemon is asked or a file is written.
+    fn load(req: &Request) -> Result<Self, VxlanError> {
         let o: Options = req.parse_config()?;
+        cni_spec::input::refuse_case_variants(
+            &req.config.extra,
+            &["socket", "dataDir", "delegate", "routes", "ipamDataDir"],
+            "",
+        )?;
         if let Some(d) = &o.delegate {
             for key in ["name", "ipam"] {
                 if d.contains_key(key) {
-                    return Err(Error::invalid_config(
-                        &format!("delegate.{key}"),
+                    return Err(VxlanError::config(
+                        format!("delegate.{key}"),
                         "must not be set: the plugin sets it",
                     ));
                 }
+            }
+            match d.get("type") {
+                None => {}
+                Some(Value::String(t)) => {
+                    parse::plugin_name(t).map_err(|e| VxlanError::config("delegate.type", e))?;
+                }
+                Some(other) => {
+                    return Err(VxlanError::config(
+                        "delegate.type",
+                        format!("must be a string, got {other}"),
+                    ));
+                }
+            }
+        }
+        for (field, path) in
+            [("socket", &o.socket), ("dataDir", &o.data_dir), ("ipamDataDir", &o.ipam_data_dir)]
+        {
+            if let Some(p) = path {
+                parse::abs_path(&p.to_string_lossy()).map_err(|e| VxlanError::config(field, e))?;
+            }
+        }
+        for (i, r) in o.routes.iter().flatten().enumerate() {
+            if let Some(gw) = r.gw
+                && gw.is_ipv4() != r.dst.addr().is_ipv4()
+            {
+                return Err(VxlanError::config(
+                    format!("routes[{i}].gw"),
+                    format!("{gw} is not of the family of {}", r.dst),
+                ));
+            }
+        }
+        // Saved configs are files named after the network and the attachment.
+        let net = req.network_name()?;
+        parse::file_name(net).map_err(|e| VxlanError::config("name", e))?;
+        if req.env.command.is_per_container() {
+            let file = SavedConfigs::file_name(&req.env.container_id, &req.env.ifname);
+            if parse::file_name(&file).is_err() {
+                return Err(VxlanError::Env {
+                    var: "CNI_CONTAINERID",
+                    why: "too long: the saved config's file name must fit in 255 bytes".into(),
+                });
             }
         }
         Ok(o)
@@ -105,7 +155,7 @@ impl Options {
 }
 
 /// Asks the daemon, with brief retries; code 11 (try again later) if it never answers.
-fn ask_daemon(socket: &Path) -> Result<NodeInfo, Error> {
+fn ask_daemon(socket: &Path) -> Result<NodeInfo, VxlanError> {
     let mut last = String::new();
     for attempt in 0..5u32 {
         if attempt > 0 {
@@ -114,10 +164,7 @@ fn ask_daemon(socket: &Path) -> Result<NodeInfo, Error> {
         match http::get(socket, "/v1/cni", Duration::from_secs(2)) {
             Ok((200, body)) => {
                 return serde_json::from_slice(&body).map_err(|e| {
-                    Error::new(
-                        Code::DecodingFailure,
-                        format!("the node daemon's answer is not understood: {e}"),
-                    )
+                    VxlanError::Decode(format!("the node daemon's answer is not understood: {e}"))
                 });
             }
             Ok((status, body)) => {
@@ -126,12 +173,12 @@ fn ask_daemon(socket: &Path) -> Result<NodeInfo, Error> {
             Err(e) => last = e.to_string(),
         }
     }
-    Err(Error::new(Code::TryAgainLater, format!("the node daemon (overlayd) does not answer: {last}")))
+    Err(VxlanError::TryAgain(format!("the node daemon (overlayd) does not answer: {last}")))
 }
 
 /// The delegate config, as flannel's plugin builds it: bridge + host-local over the node's
 /// subnets, a route per cluster network, the daemon's MTU; the user's `delegate` keys win.
-fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Value, Error> {
+fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Value, VxlanError> {
     let mut ranges = Vec::new();
     let mut routes: Vec<Value> =
         opts.routes.iter().flatten().map(|r| serde_json::to_value(r).expect("routes serialize")).collect();
@@ -144,7 +191,7 @@ fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Val
         }
     }
     if ranges.is_empty() {
-        return Err(Error::new(Code::TryAgainLater, "the node daemon has no subnet for this node yet"));
+        return Err(VxlanError::TryAgain("the node daemon has no subnet for this node yet".into()));
     }
     let kind = opts.delegate_type();
     let mut conf = json!({
@@ -179,10 +226,9 @@ fn delegate_config(req: &Request, opts: &Options, node: &NodeInfo) -> Result<Val
 }
 
 /// The saved config with this request's `prevResult` (CHECK, DEL) put in.
-fn with_prev_result(saved: &[u8], req: &Request) -> Result<Vec<u8>, Error> {
-    let mut conf: Value = serde_json::from_slice(saved).map_err(|e| {
-        Error::new(Code::DecodingFailure, format!("the saved delegate config is damaged: {e}"))
-    })?;
+fn with_prev_result(saved: &[u8], req: &Request) -> Result<Vec<u8>, VxlanError> {
+    let mut conf: Value = serde_json::from_slice(saved)
+        .map_err(|e| VxlanError::Decode(format!("the saved delegate config is damaged: {e}")))?;
     if let Some(prev) = &req.config.prev_result {
         conf["prevResult"] = prev.clone();
     }
@@ -195,92 +241,144 @@ impl Plugin for Vxlan {
     }
 
     fn add(&self, req: &Request) -> Result<SuccessResult, Error> {
-        let opts = Options::load(req)?;
-        let node = ask_daemon(opts.socket())?;
-        let conf = serde_json::to_vec(&delegate_config(req, &opts, &node)?).expect("configs serialize");
-        let saved = opts.saved();
-        // Saved before the delegate runs: if ADD fails half-way, the runtime's DEL needs it.
-        saved.store(req.network_name()?, &req.env.container_id, &req.env.ifname, &conf)?;
-        Delegate::for_request(req, &opts.delegate_type()).add(&conf)
+        add(req).map_err(Error::from)
     }
 
     fn del(&self, req: &Request) -> Result<(), Error> {
-        let opts = Options::load(req)?;
-        let saved = opts.saved();
-        let (net, cid, ifname) = (req.network_name()?, &req.env.container_id, &req.env.ifname);
-        let Some(conf) = saved.load(net, cid, ifname)? else {
-            return Ok(()); // nothing was set up, or DEL already ran
-        };
-        let kind = serde_json::from_slice::<Value>(&conf)
-            .ok()
-            .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| opts.delegate_type());
-        Delegate::for_request(req, &kind).del(&with_prev_result(&conf, req)?)?;
-        saved.remove(net, cid, ifname)
+        del(req).map_err(Error::from)
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
-        let opts = Options::load(req)?;
-        let conf =
-            opts.saved().load(req.network_name()?, &req.env.container_id, &req.env.ifname)?.ok_or_else(
-                || Error::new(Code::UnknownContainer, "no saved config: this attachment was never added"),
-            )?;
-        Delegate::for_request(req, &opts.delegate_type()).check(&with_prev_result(&conf, req)?)
+        check(req).map_err(Error::from)
     }
 
     fn status(&self, req: &Request) -> Result<(), Error> {
-        let opts = Options::load(req)?;
-        let node = match http::get(opts.socket(), "/v1/cni", Duration::from_secs(2)) {
-            Ok((200, body)) => serde_json::from_slice::<NodeInfo>(&body).ok(),
-            _ => None,
-        };
-        match node {
-            Some(n) if n.ready => {
-                let conf = serde_json::to_vec(&delegate_config(req, &opts, &n)?).expect("configs serialize");
-                Delegate::for_request(req, &opts.delegate_type()).status(&conf)
-            }
-            _ => Err(Error::new(Code::NotAvailable, "the node daemon (overlayd) is not ready")),
-        }
+        status(req).map_err(Error::from)
     }
 
     fn gc(&self, req: &Request) -> Result<(), Error> {
-        let opts = Options::load(req)?;
-        let valid = req.valid_attachments()?.unwrap_or_default();
-        let saved = opts.saved();
-        let net = req.network_name()?;
-        let mut errors = Vec::new();
-        // Stale attachments first: DEL with their own saved config.
-        for (cid, ifname) in saved.attachments(net)? {
-            if valid.iter().any(|a| a.container_id == cid && a.ifname == ifname) {
-                continue;
-            }
-            if let Some(conf) = saved.load(net, &cid, &ifname)? {
-                let mut env = req.env.clone();
-                env.container_id = cid.clone();
-                env.ifname = ifname.clone();
-                env.netns = None;
-                match Delegate::new(&opts.delegate_type(), env, req.version).del(&conf) {
-                    Ok(()) => saved.remove(net, &cid, &ifname)?,
-                    Err(e) => errors.push(format!("{cid}/{ifname}: {e}")),
-                }
-            }
-        }
-        // Then GC to the delegate, with any saved config of this network (or none left).
-        let template =
-            saved.attachments(net)?.into_iter().find_map(|(c, i)| saved.load(net, &c, &i).ok().flatten());
-        if let Some(conf) = template {
-            let mut v: Value = serde_json::from_slice(&conf).unwrap_or_default();
-            for key in [cni_spec::plugin::VALID_ATTACHMENTS_KEY, cni_spec::plugin::LEGACY_ATTACHMENTS_KEY] {
-                v[key] = serde_json::to_value(&valid).expect("attachments serialize");
-            }
-            if let Err(e) =
-                Delegate::for_request(req, &opts.delegate_type()).gc(&serde_json::to_vec(&v).unwrap())
-            {
-                errors.push(e.to_string());
-            }
-        }
-        if errors.is_empty() { Ok(()) } else { Err(Error::internal(errors.join("; "))) }
+        gc(req).map_err(Error::from)
     }
+}
+
+fn add(req: &Request) -> Result<SuccessResult, VxlanError> {
+    let opts = Options::load(req)?;
+    let delegate = Delegate::for_request(req, &opts.delegate_type());
+    delegate.locate("delegate.type")?;
+    let node = ask_daemon(opts.socket())?;
+    let conf = serde_json::to_vec(&delegate_config(req, &opts, &node)?).expect("configs serialize");
+    let saved = opts.saved();
+    let (net, cid, ifname) = (req.network_name()?, &req.env.container_id, &req.env.ifname);
+    // Saved before the delegate runs: if ADD is killed half-way, the runtime's DEL needs it.
+    let created = saved.store(net, cid, ifname, &conf)?;
+    match delegate.add(&conf) {
+        Ok(result) => Ok(result),
+        Err(e) => {
+            // The delegate undid its own work: nothing is left for a DEL to find.
+            saved.forget(net, cid, ifname, &created);
+            Err(name_user_delegate_field(e, &opts).into())
+        }
+    }
+}
+
+/// A config error of the delegate about a key the user set in `delegate` names it as the
+/// user wrote it: `delegate.bridge`, not `bridge`.
+fn name_user_delegate_field(mut e: Error, opts: &Options) -> Error {
+    const PREFIX: &str = "invalid network config: ";
+    let Some(user) = &opts.delegate else { return e };
+    if e.code == cni_spec::Code::InvalidConfig as u32
+        && let Some(rest) = e.msg.strip_prefix(PREFIX)
+    {
+        let key = rest.split(['.', '[', ':']).next().unwrap_or_default();
+        if user.contains_key(key) {
+            e.msg = format!("{PREFIX}delegate.{rest}");
+        }
+    }
+    e
+}
+
+fn del(req: &Request) -> Result<(), VxlanError> {
+    let opts = Options::load(req)?;
+    let saved = opts.saved();
+    let (net, cid, ifname) = (req.network_name()?, &req.env.container_id, &req.env.ifname);
+    let Some(conf) = saved.load(net, cid, ifname)? else {
+        return Ok(()); // nothing was set up, or DEL already ran
+    };
+    let kind = serde_json::from_slice::<Value>(&conf)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| opts.delegate_type());
+    Delegate::for_request(req, &kind).del(&with_prev_result(&conf, req)?)?;
+    saved.remove(net, cid, ifname)
+}
+
+fn check(req: &Request) -> Result<(), VxlanError> {
+    let opts = Options::load(req)?;
+    let conf = opts
+        .saved()
+        .load(req.network_name()?, &req.env.container_id, &req.env.ifname)?
+        .ok_or_else(|| VxlanError::Unknown("no saved config: this attachment was never added".into()))?;
+    Ok(Delegate::for_request(req, &opts.delegate_type()).check(&with_prev_result(&conf, req)?)?)
+}
+
+fn status(req: &Request) -> Result<(), VxlanError> {
+    let opts = Options::load(req)?;
+    let node = match http::get(opts.socket(), "/v1/cni", Duration::from_secs(2)) {
+        Ok((200, body)) => serde_json::from_slice::<NodeInfo>(&body).ok(),
+        _ => None,
+    };
+    match node {
+        Some(n) if n.ready => {
+            let conf = serde_json::to_vec(&delegate_config(req, &opts, &n)?).expect("configs serialize");
+            Ok(Delegate::for_request(req, &opts.delegate_type()).status(&conf)?)
+        }
+        _ => Err(VxlanError::NotAvailable("the node daemon (overlayd) is not ready".into())),
+    }
+}
+
+fn gc(req: &Request) -> Result<(), VxlanError> {
+    let opts = Options::load(req)?;
+    // No list is not "nothing is valid": GC would reclaim every attachment.
+    let valid = req.valid_attachments()?.ok_or_else(|| {
+        VxlanError::config(
+            cni_spec::plugin::VALID_ATTACHMENTS_KEY,
+            "missing (GC needs the list of valid attachments)",
+        )
+    })?;
+    let saved = opts.saved();
+    let net = req.network_name()?;
+    let mut errors = Vec::new();
+    // Stale attachments first: DEL with their own saved config.
+    for (cid, ifname) in saved.attachments(net)? {
+        if valid.iter().any(|a| a.container_id == cid && a.ifname == ifname) {
+            continue;
+        }
+        if let Some(conf) = saved.load(net, &cid, &ifname)? {
+            let mut env = req.env.clone();
+            env.container_id = cid.clone();
+            env.ifname = ifname.clone();
+            env.netns = None;
+            match Delegate::new(&opts.delegate_type(), env, req.version).del(&conf) {
+                Ok(()) => saved.remove(net, &cid, &ifname)?,
+                Err(e) => errors.push(format!("{cid}/{ifname}: {e}")),
+            }
+        }
+    }
+    // Then GC to the delegate, with any saved config of this network (or none left).
+    let template =
+        saved.attachments(net)?.into_iter().find_map(|(c, i)| saved.load(net, &c, &i).ok().flatten());
+    if let Some(conf) = template {
+        let mut v: Value = serde_json::from_slice(&conf).unwrap_or_default();
+        for key in [cni_spec::plugin::VALID_ATTACHMENTS_KEY, cni_spec::plugin::LEGACY_ATTACHMENTS_KEY] {
+            v[key] = serde_json::to_value(&valid).expect("attachments serialize");
+        }
+        if let Err(e) =
+            Delegate::for_request(req, &opts.delegate_type()).gc(&serde_json::to_vec(&v).expect("serializes"))
+        {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(VxlanError::Many(errors)) }
 }
 
 #[cfg(test)]
@@ -339,7 +437,7 @@ mod tests {
         );
         for bad in [r#"{"name":"x"}"#, r#"{"ipam":{}}"#] {
             let r = req(&format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"vxlan","delegate":{bad}}}"#));
-            let e = Options::load(&r).unwrap_err();
+            let e = Error::from(Options::load(&r).unwrap_err());
             assert_eq!(e.code, 7);
             assert!(e.msg.contains("delegate."), "{e}");
         }
@@ -351,12 +449,12 @@ mod tests {
         let mut n = node();
         n.subnet = None;
         n.ipv6_subnet = None;
-        assert_eq!(delegate_config(&r, &Options::load(&r).unwrap(), &n).unwrap_err().code, 11);
+        assert_eq!(delegate_config(&r, &Options::load(&r).unwrap(), &n).unwrap_err().code(), 11);
     }
 
     #[test]
     fn unreachable_daemon_is_code_11() {
         let e = ask_daemon(Path::new("/nonexistent/overlayd.sock")).unwrap_err();
-        assert_eq!(e.code, 11);
+        assert_eq!(e.code(), 11);
     }
 }

@@ -3,10 +3,15 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use cni_spec::Error;
+use super::error::VxlanError;
+
+fn io(what: &'static str, path: &std::path::Path) -> impl Fn(std::io::Error) -> VxlanError {
+    let path = path.to_path_buf();
+    move |source| VxlanError::Io { what, path: path.clone(), source }
+}
 
 pub struct SavedConfigs {
     dir: PathBuf,
@@ -22,14 +27,16 @@ impl SavedConfigs {
         self.dir.join(net).join(format!("{cid}:{ifname}"))
     }
 
-    pub fn store(&self, net: &str, cid: &str, ifname: &str, conf: &[u8]) -> Result<(), Error> {
+    /// The file name of an attachment's config.
+    pub fn file_name(cid: &str, ifname: &str) -> String {
+        format!("{cid}:{ifname}")
+    }
+
+    /// Saves `conf`; returns the directories this made (for [`SavedConfigs::forget`]).
+    pub fn store(&self, net: &str, cid: &str, ifname: &str, conf: &[u8]) -> Result<Vec<PathBuf>, VxlanError> {
         let path = self.path(net, cid, ifname);
         let dir = path.parent().expect("a file in a directory");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        let created = crate::fsutil::create_dirs(dir, 0o700).map_err(io("creating", dir))?;
         let tmp = dir.join(format!(".{cid}:{ifname}.tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f =
@@ -40,36 +47,45 @@ impl SavedConfigs {
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            Error::io(format!("saving {}", path.display()), &e)
-        })
+            crate::fsutil::remove_dirs(&created);
+            io("saving", &path)(e)
+        })?;
+        Ok(created)
     }
 
-    pub fn load(&self, net: &str, cid: &str, ifname: &str) -> Result<Option<Vec<u8>>, Error> {
+    /// Undoes a [`SavedConfigs::store`] of a failed ADD: the file, and the directories the
+    /// store made.
+    pub fn forget(&self, net: &str, cid: &str, ifname: &str, created: &[PathBuf]) {
+        let _ = fs::remove_file(self.path(net, cid, ifname));
+        crate::fsutil::remove_dirs(created);
+    }
+
+    pub fn load(&self, net: &str, cid: &str, ifname: &str) -> Result<Option<Vec<u8>>, VxlanError> {
         let path = self.path(net, cid, ifname);
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
+            // Nothing can have been saved where no file can be.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), &e)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENAMETOOLONG)) => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
         }
     }
 
-    pub fn remove(&self, net: &str, cid: &str, ifname: &str) -> Result<(), Error> {
+    pub fn remove(&self, net: &str, cid: &str, ifname: &str) -> Result<(), VxlanError> {
         let path = self.path(net, cid, ifname);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", path.display()), &e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
             _ => Ok(()),
         }
     }
 
     /// Every saved attachment of `net`: (container ID, ifname).
-    pub fn attachments(&self, net: &str) -> Result<Vec<(String, String)>, Error> {
+    pub fn attachments(&self, net: &str) -> Result<Vec<(String, String)>, VxlanError> {
         let dir = self.dir.join(net);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), &e)),
+            Err(e) => return Err(io("listing", &dir)(e)),
         };
         let mut out: Vec<(String, String)> = entries
             .flatten()
@@ -95,7 +111,8 @@ mod tests {
     fn store_load_list_remove() {
         let dir = tempfile::tempdir().unwrap();
         let s = SavedConfigs::new(dir.path().to_path_buf());
-        s.store("net", "c-1.x", "eth0", b"{}").unwrap();
+        let made = s.store("net", "c-1.x", "eth0", b"{}").unwrap();
+        assert_eq!(made, [dir.path().join("net")]);
         s.store("net", "c2", "net1", b"{\"a\":1}").unwrap();
         assert_eq!(s.load("net", "c2", "net1").unwrap().unwrap(), b"{\"a\":1}");
         assert_eq!(

@@ -194,17 +194,7 @@ fn read_pid(paths: &CharonPaths) -> Option<i32> {
 }
 
 fn alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    let exists = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-    // A zombie (dead, not yet reaped by whoever its parent now is) is not alive.
-    exists && !zombie(pid)
-}
-
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    netkernel::process::alive(pid)
 }
 
 impl Charon {
@@ -307,27 +297,21 @@ fn is_charon(pid: i32) -> bool {
 }
 
 fn terminate(pid: i32) {
-    // SAFETY: kill(2) on a pid read from charon's own pid file and checked to be charon.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    use netkernel::process::Signal;
+    netkernel::process::signal(pid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(3);
     while alive(pid) && Instant::now() < deadline {
         // Reap it if it is our child (else it is init's to reap).
-        // SAFETY: waitpid(2) with WNOHANG on one pid; no memory is passed.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        netkernel::process::reap(pid, false);
         std::thread::sleep(Duration::from_millis(20));
     }
     if alive(pid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        // SAFETY: as above.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        netkernel::process::signal(pid, Signal::SIGKILL);
+        netkernel::process::reap(pid, true);
     }
 }
 
 fn spawn(binary: &Path, paths: &CharonPaths) -> Result<Child, String> {
-    use std::os::unix::process::CommandExt;
-    let run = std::ffi::CString::new(paths.run_dir().as_os_str().as_encoded_bytes())
-        .map_err(|_| "the state directory's path holds a NUL byte".to_string())?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -336,36 +320,8 @@ fn spawn(binary: &Path, paths: &CharonPaths) -> Result<Child, String> {
     let _ = writeln!(&log, "--- starting {}", binary.display());
     let mut cmd = Command::new(binary);
     cmd.env("STRONGSWAN_CONF", paths.conf()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, unshare,
-    // mount) on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let root = c"/";
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            let target = c"/run";
-            if libc::mount(run.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
-                != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    netkernel::process::detach_with_private_run(&mut cmd, &paths.run_dir())
+        .map_err(|e| format!("{}: {e}", paths.run_dir().display()))?;
     cmd.spawn().map_err(|e| format!("starting {}: {e}", binary.display()))
 }
 

@@ -577,7 +577,21 @@ impl Engine {
                     continue;
                 }
             };
-            let initiator = match &p.identity {
+            // The key IKE checks is the one that signed the lease (and is pinned to the node's
+            // ID): an `Identity` merely written into an unsigned lease proves nothing.
+            let remote_key = match (p.identity, p.signed) {
+                (Some(k), true) => Some(k),
+                (Some(_), false) if !psk => {
+                    self.warn_once(
+                        &id,
+                        "the lease is not signed by its identity key and the cluster has no pre-shared key"
+                            .into(),
+                    );
+                    continue;
+                }
+                _ => None,
+            };
+            let initiator = match &remote_key {
                 Some(k) if *k == me => {
                     self.warn_once(&id, "publishes this node's own identity key".into());
                     continue;
@@ -595,7 +609,7 @@ impl Engine {
                     continue;
                 }
             };
-            if let Some(k) = &p.identity {
+            if let Some(k) = &remote_key {
                 *keys.entry(*k).or_default() += 1;
             }
             self.warned.remove(&id);
@@ -606,7 +620,7 @@ impl Engine {
                     name,
                     lease: id,
                     remote,
-                    remote_key: p.identity,
+                    remote_key,
                     local_ts,
                     remote_ts,
                     initiator,

@@ -568,6 +568,7 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            let mut s2 = s.try_clone().unwrap();
             let mut read = || {
                 let mut len = [0u8; 4];
                 s.read_exact(&mut len).unwrap();
@@ -576,14 +577,14 @@ mod tests {
                 Packet::decode(&b).unwrap()
             };
             assert_eq!(read(), Packet::Register("list-sa".into()));
-            let mut out = Packet::Confirm.encode().unwrap();
+            s2.write_all(&Packet::Confirm.encode().unwrap()).unwrap();
+            let mut out = Vec::new();
             assert_eq!(read(), Packet::Request("list-sas".into(), Message::new().kv("noblock", "yes")));
             for i in 0..2 {
                 let e = Message::new().section(&format!("ike{i}"), Message::new().kv("state", "ESTABLISHED"));
                 out.extend(Packet::Event("list-sa".into(), e).encode().unwrap());
             }
             out.extend(Packet::Response(Message::new()).encode().unwrap());
-            let mut s2 = s.try_clone().unwrap();
             s2.write_all(&out).unwrap();
             assert_eq!(read(), Packet::Unregister("list-sa".into()));
             s2.write_all(&Packet::Confirm.encode().unwrap()).unwrap();

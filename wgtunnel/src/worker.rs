@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -14,6 +14,8 @@ use std::time::Instant;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use netkernel::tun::TunQueue;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::coalesce::Coalescer;
 use super::offload::{self, F_DATA_VALID, GSO_NONE, VNET_HDR_LEN, VnetHdr};
@@ -115,43 +117,49 @@ fn would_block(e: &io::Error) -> bool {
 
 impl Worker {
     fn run(&mut self) {
-        let udp6 = self.udp6.as_ref().map_or(-1, |s| s.as_raw_fd());
-        let mut fds = [
-            libc::pollfd { fd: self.tun.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.udp4.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: udp6, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
         loop {
-            // SAFETY: poll(2) on an array of pollfds we own, with its length.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, -1) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let [tun, udp4, udp6, stop] = match self.wait() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "tunnel worker: poll failed; stopping");
+                    return;
                 }
-                tracing::error!(error = %e, "tunnel worker: poll failed; stopping");
-                return;
-            }
-            if fds[3].revents != 0 || self.shared.stop.load(Ordering::Acquire) {
+            };
+            if stop || self.shared.stop.load(Ordering::Acquire) {
                 return;
             }
             self.refresh_table();
-            if fds[0].revents != 0 {
+            if tun {
                 self.on_tun_readable();
-                if self.tun_dead {
-                    // Stop polling a TUN that errors (deleted device) instead of spinning.
-                    fds[0].fd = -1;
-                }
             }
-            if fds[1].revents != 0 {
+            if udp4 {
                 self.on_udp_readable(false);
             }
-            if fds[2].revents != 0 {
+            if udp6 {
                 self.on_udp_readable(true);
             }
             self.flush_counters();
         }
+    }
+
+    /// Waits until something is readable (or in error): the TUN, the IPv4 socket, the IPv6
+    /// socket, the stop eventfd. A TUN that errors (deleted device) is no longer polled,
+    /// instead of spinning on it; in its place, as in that of a missing IPv6 socket, the
+    /// stop eventfd is polled twice and the slot reported as not ready.
+    fn wait(&self) -> io::Result<[bool; 4]> {
+        let stop = self.stop.as_fd();
+        let tun = if self.tun_dead { stop } else { self.tun.as_fd() };
+        let udp6 = self.udp6.as_ref().map_or(stop, |s| s.as_fd());
+        let mut fds = [tun, self.udp4.as_fd(), udp6, stop].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        Ok([ready(0) && !self.tun_dead, ready(1), ready(2) && self.udp6.is_some(), ready(3)])
     }
 
     fn refresh_table(&mut self) {

@@ -2,81 +2,68 @@
 //! `recvmmsg` (+ UDP GRO: one read may carry many same-size datagrams) and batched send with
 //! `sendmmsg` where consecutive same-size datagrams to one endpoint go out as one UDP GSO
 //! message (`UDP_SEGMENT`). Buffers are allocated once per worker.
+//!
+//! Sockets are made, configured and bound through `nix`; the two batched calls are the
+//! crate's only system calls made by hand (see the comments at each for why).
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    self as sock, AddressFamily, MsgFlags, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage,
+    sockopt,
+};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 /// Socket buffers: deep enough for a few GSO batches per worker.
-const SOCK_BUF: libc::c_int = 4 << 20;
+const SOCK_BUF: usize = 4 << 20;
 /// The most datagrams one GSO message may carry (the kernel's UDP_MAX_SEGMENTS is ≥ 64).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// The most bytes one GSO message may carry (a UDP payload fits in 65507 bytes over IPv4).
 const MAX_GSO_BYTES: usize = 65_000;
-/// Space for one cmsg carrying an int, 8-byte aligned.
+/// Space for one cmsg carrying an int.
 const CMSG_SPACE: usize = 32;
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt(2) with a pointer to a live int and its size.
-    let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&val as *const libc::c_int).cast(), size_of::<libc::c_int>() as _)
-    };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+/// A control-message buffer, aligned as `struct cmsghdr` needs (its widest field is a
+/// `size_t`).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Ctrl([u8; CMSG_SPACE]);
+
+/// `addr` in the kernel's layout (as `SockaddrStorage` it is read by its family).
+fn to_storage(addr: &SocketAddr) -> SockaddrStorage {
+    SockaddrStorage::from(*addr)
 }
 
-/// A socket address in the kernel's layout and its length.
-fn to_raw(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as _;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
-            size_of::<libc::sockaddr_in>() as _
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as _;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
-            sin6.sin6_scope_id = a.scope_id();
-            size_of::<libc::sockaddr_in6>() as _
-        }
+/// The exact length of `addr` in the kernel's layout.
+fn sockaddr_len(addr: &SocketAddr) -> libc::socklen_t {
+    let n = if addr.is_ipv4() { size_of::<libc::sockaddr_in>() } else { size_of::<libc::sockaddr_in6>() };
+    n as libc::socklen_t
+}
+
+/// A kernel-written address (`None` for a family other than IPv4 and IPv6).
+fn from_storage(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(sin) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*sin)));
+    }
+    let a = SocketAddrV6::from(*s.as_sockaddr_in6()?);
+    // An IPv4 peer reaching the IPv6 socket is impossible (V6ONLY), but be tidy.
+    match a.ip().to_ipv4_mapped() {
+        Some(v4) => Some(SocketAddr::V4(SocketAddrV4::new(v4, a.port()))),
+        None => Some(SocketAddr::V6(a)),
     }
 }
 
-fn from_raw(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match s.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            // An IPv4 peer reaching the IPv6 socket is impossible (V6ONLY), but be tidy.
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                return Some(SocketAddr::V4(SocketAddrV4::new(v4, u16::from_be(sin6.sin6_port))));
-            }
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+/// An all-zero `mmsghdr`: no name, no buffers, no control. Built this way rather than as a
+/// literal because `msghdr` has private padding fields on musl.
+fn empty_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is a plain C struct of integers and raw pointers; all-zero is a valid
+    // value of each (null pointers, zero lengths).
+    unsafe { zeroed() }
 }
 
 /// A bound UDP socket and what the kernel let us switch on.
@@ -92,48 +79,31 @@ impl UdpSocket {
     /// and UDP GRO if `offload` and the kernel has it. Blocking: a full send buffer slows the
     /// sender down instead of dropping; receives pass MSG_DONTWAIT.
     pub fn bind(addr: SocketAddr, offload: bool) -> io::Result<UdpSocket> {
-        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-        // SAFETY: socket(2) with constant arguments.
-        let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        if family == libc::AF_INET6 {
-            setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let fd = sock::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+        sock::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        if addr.is_ipv6() {
+            sock::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
         }
         // FORCE ignores rmem_max/wmem_max (read-only in a child netns); plain is the fallback.
-        if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_BUF).is_err() {
-            let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF);
+        if sock::setsockopt(&fd, sockopt::RcvBufForce, &SOCK_BUF).is_err() {
+            let _ = sock::setsockopt(&fd, sockopt::RcvBuf, &SOCK_BUF);
         }
-        if setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCK_BUF).is_err() {
-            let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCK_BUF);
+        if sock::setsockopt(&fd, sockopt::SndBufForce, &SOCK_BUF).is_err() {
+            let _ = sock::setsockopt(&fd, sockopt::SndBuf, &SOCK_BUF);
         }
-        // SAFETY: zeroed sockaddr_storage is a valid (empty) value.
-        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-        let len = to_raw(&addr, &mut ss);
-        // SAFETY: bind(2) with the address we just laid out and its length.
-        if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } < 0 {
-            return Err(io::Error::last_os_error());
+        match addr {
+            SocketAddr::V4(a) => sock::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+            SocketAddr::V6(a) => sock::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
         }
-        let gro = offload && setsockopt_int(raw, SOL_UDP, UDP_GRO, 1).is_ok();
+        let gro = offload && sock::setsockopt(&fd, sockopt::UdpGroSegment, &true).is_ok();
         Ok(UdpSocket { fd, gro, gso: offload })
     }
 
     /// The bound port.
     pub fn local_port(&self) -> io::Result<u16> {
-        // SAFETY: getsockname(2) into a zeroed storage of the stated size.
-        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockname(self.fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len)
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        from_raw(&ss).map(|a| a.port()).ok_or_else(|| io::Error::other("unknown address family"))
+        let ss: SockaddrStorage = sock::getsockname(self.fd.as_raw_fd())?;
+        from_storage(&ss).map(|a| a.port()).ok_or_else(|| io::Error::other("unknown address family"))
     }
 
     /// A second handle on the same socket (for the control path's sends).
@@ -143,27 +113,25 @@ impl UdpSocket {
 
     /// Sends one datagram.
     pub fn send_to(&self, buf: &[u8], dst: &SocketAddr) -> io::Result<()> {
-        // SAFETY: zeroed sockaddr_storage is a valid (empty) value.
-        let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-        let len = to_raw(dst, &mut ss);
-        // SAFETY: sendto(2) from a borrowed buffer to an address we laid out.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
+        let raw = self.fd.as_raw_fd();
+        let flags = MsgFlags::MSG_DONTWAIT;
+        match *dst {
+            SocketAddr::V4(a) => sock::sendto(raw, buf, &SockaddrIn::from(a), flags)?,
+            SocketAddr::V6(a) => sock::sendto(raw, buf, &SockaddrIn6::from(a), flags)?,
         };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        Ok(())
     }
 }
 
 impl AsRawFd for UdpSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -186,8 +154,8 @@ impl<'a> Received<'a> {
 pub(crate) struct RecvBatch {
     bufs: Vec<u8>,
     slot: usize,
-    addrs: Vec<libc::sockaddr_storage>,
-    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
+    addrs: Vec<SockaddrStorage>,
+    ctrl: Vec<Ctrl>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     count: usize,
@@ -199,11 +167,11 @@ impl RecvBatch {
         RecvBatch {
             bufs: vec![0; n * slot],
             slot,
-            // SAFETY (both): all-zero is a valid value of these plain C structs.
-            addrs: vec![unsafe { zeroed() }; n],
-            ctrl: vec![[0; CMSG_SPACE / 8]; n],
+            // Overwritten by every receive; any address will do as the starting value.
+            addrs: vec![to_storage(&SocketAddr::from(([0, 0, 0, 0], 0))); n],
+            ctrl: vec![Ctrl([0; CMSG_SPACE]); n],
             iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
-            hdrs: vec![unsafe { zeroed() }; n],
+            hdrs: vec![empty_mmsghdr(); n],
             count: 0,
         }
     }
@@ -217,16 +185,24 @@ impl RecvBatch {
             self.iovs[i] =
                 libc::iovec { iov_base: self.bufs[i * self.slot..].as_mut_ptr().cast(), iov_len: self.slot };
             let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as _;
+            h.msg_name = (&mut self.addrs[i] as *mut SockaddrStorage).cast();
+            h.msg_namelen = size_of::<SockaddrStorage>() as _;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
             h.msg_controllen = CMSG_SPACE as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at buffers owned by self, sized as stated.
+        // No safe API can do this without cost: nix's recvmmsg does not reset msg_namelen
+        // and msg_controllen between calls (a reused batch would lose the GRO cmsg after a
+        // message without one), socket2 has no recvmmsg, and one recvmsg per message is a
+        // system call per message.
+        // SAFETY: the n headers were just pointed at memory owned by self and not otherwise
+        // borrowed until the call returns: each iovec at its own `slot` bytes of `bufs`
+        // (in bounds: bufs is n * slot long), msg_name at a whole SockaddrStorage,
+        // msg_control at a whole CMSG_SPACE-byte, 8-aligned Ctrl. The kernel writes at most
+        // the stated lengths into each and nothing after returning.
         let rc = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -251,9 +227,8 @@ impl RecvBatch {
         }
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.slot);
-        let from = from_raw(&self.addrs[i])?;
-        // SAFETY: ctrl[i] is CMSG_SPACE bytes of plain integers, viewed as bytes.
-        let ctrl = unsafe { std::slice::from_raw_parts(self.ctrl[i].as_ptr().cast::<u8>(), CMSG_SPACE) };
+        let from = from_storage(&self.addrs[i])?;
+        let ctrl = &self.ctrl[i].0;
         #[allow(clippy::unnecessary_cast)] // size_t on glibc, socklen_t on musl
         let controllen = h.msg_hdr.msg_controllen as usize;
         let segment = gro_segment(&ctrl[..controllen.min(CMSG_SPACE)]);
@@ -261,35 +236,82 @@ impl RecvBatch {
     }
 }
 
+// `struct cmsghdr` as bytes: where its fields are (cmsg_len is a size_t on glibc, a socklen_t
+// and padding on musl) and CMSG_ALIGN (to the size of size_t on Linux, glibc and musl), so
+// that control buffers are read and written as plain bytes.
+const CMSG_HDR: usize = size_of::<libc::cmsghdr>();
+const CMSG_LEN_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_len);
+const CMSG_LEVEL_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_level);
+const CMSG_TYPE_AT: usize = std::mem::offset_of!(libc::cmsghdr, cmsg_type);
+
+/// CMSG_ALIGN (`None` past usize::MAX).
+fn cmsg_align(n: usize) -> Option<usize> {
+    n.checked_next_multiple_of(size_of::<usize>())
+}
+
+/// The size of `cmsghdr.cmsg_len` (4 or 8 bytes).
+fn cmsg_len_size() -> usize {
+    fn size_of_field<T, F>(_: impl Fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+    size_of_field(|c: &libc::cmsghdr| &c.cmsg_len)
+}
+
+/// A native-endian int at `at` of a cmsg header's bytes (`h` is CMSG_HDR long).
+fn cmsg_int(h: &[u8], at: usize) -> libc::c_int {
+    libc::c_int::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+}
+
 /// The UDP_GRO segment size in a control buffer (0: none). Parsed by hand rather than with
 /// the libc macros so that no length in it, however wrong, is trusted past the buffer.
 fn gro_segment(ctrl: &[u8]) -> usize {
-    let hdr = size_of::<libc::cmsghdr>();
-    // CMSG_ALIGN on Linux (glibc and musl): to the size of size_t.
-    let align = |n: usize| n.checked_next_multiple_of(size_of::<usize>());
-    let Some(data_at) = align(hdr) else { return 0 };
+    let Some(data_at) = cmsg_align(CMSG_HDR) else { return 0 };
+    let len_size = cmsg_len_size();
     let mut segment = 0;
     let mut off = 0;
-    while let Some(h) = ctrl.get(off..off + hdr) {
-        // SAFETY: `h` holds size_of::<cmsghdr>() bytes; a plain C struct, read unaligned.
-        let c = unsafe { std::ptr::read_unaligned(h.as_ptr().cast::<libc::cmsghdr>()) };
-        let len = c.cmsg_len as usize;
-        if len < hdr || len > ctrl.len() - off {
+    while let Some(h) = ctrl.get(off..off + CMSG_HDR) {
+        let l = &h[CMSG_LEN_AT..CMSG_LEN_AT + len_size];
+        let len = match *l {
+            [a, b, c, d] => u32::from_ne_bytes([a, b, c, d]) as usize,
+            [a, b, c, d, e, f, g, i] => match usize::try_from(u64::from_ne_bytes([a, b, c, d, e, f, g, i])) {
+                Ok(n) => n,
+                Err(_) => break,
+            },
+            _ => break,
+        };
+        if len < CMSG_HDR || len > ctrl.len() - off {
             break;
         }
-        if c.cmsg_level == SOL_UDP
-            && c.cmsg_type == UDP_GRO
+        if cmsg_int(h, CMSG_LEVEL_AT) == SOL_UDP
+            && cmsg_int(h, CMSG_TYPE_AT) == UDP_GRO
             && len >= data_at + 4
             && let Some(v) = ctrl.get(off + data_at..off + data_at + 4)
         {
             segment = libc::c_int::from_ne_bytes([v[0], v[1], v[2], v[3]]).max(0) as usize;
         }
-        match align(len) {
+        match cmsg_align(len) {
             Some(next) => off += next,
             None => break,
         }
     }
     segment
+}
+
+/// Writes a UDP_SEGMENT control message carrying `seg` at the start of `buf`, laid out as
+/// CMSG_FIRSTHDR/CMSG_DATA/CMSG_LEN would; returns its CMSG_SPACE (the msg_controllen).
+fn put_udp_segment(buf: &mut [u8; CMSG_SPACE], seg: u16) -> usize {
+    let data_at = CMSG_HDR.next_multiple_of(size_of::<usize>());
+    let len = data_at + size_of::<u16>();
+    let space = data_at + size_of::<u16>().next_multiple_of(size_of::<usize>());
+    buf[..space].fill(0);
+    match cmsg_len_size() {
+        4 => buf[CMSG_LEN_AT..CMSG_LEN_AT + 4].copy_from_slice(&(len as u32).to_ne_bytes()),
+        _ => buf[CMSG_LEN_AT..CMSG_LEN_AT + 8].copy_from_slice(&(len as u64).to_ne_bytes()),
+    }
+    buf[CMSG_LEVEL_AT..CMSG_LEVEL_AT + 4].copy_from_slice(&SOL_UDP.to_ne_bytes());
+    buf[CMSG_TYPE_AT..CMSG_TYPE_AT + 4].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+    buf[data_at..data_at + 2].copy_from_slice(&seg.to_ne_bytes());
+    space
 }
 
 /// A run of datagrams laid end to end in the arena, all `seg` bytes but maybe the last.
@@ -308,8 +330,8 @@ pub(crate) struct SendBatch {
     arena: Vec<u8>,
     used: usize,
     runs: Vec<Run>,
-    addrs: Vec<libc::sockaddr_storage>,
-    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
+    addrs: Vec<SockaddrStorage>,
+    ctrl: Vec<Ctrl>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     /// Indices into `runs` of the messages being sent (one address family at a time).
@@ -325,11 +347,11 @@ impl SendBatch {
             arena: vec![0; arena],
             used: 0,
             runs: Vec::with_capacity(max_runs),
-            // SAFETY (both): all-zero is a valid value of these plain C structs.
-            addrs: vec![unsafe { zeroed() }; max_runs],
-            ctrl: vec![[0; CMSG_SPACE / 8]; max_runs],
+            // Each is set before it is sent from.
+            addrs: vec![to_storage(&SocketAddr::from(([0, 0, 0, 0], 0))); max_runs],
+            ctrl: vec![Ctrl([0; CMSG_SPACE]); max_runs],
             iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; max_runs],
-            hdrs: vec![unsafe { zeroed() }; max_runs],
+            hdrs: vec![empty_mmsghdr(); max_runs],
             sel: Vec::with_capacity(max_runs),
             sent: 0,
             failed: 0,
@@ -403,27 +425,19 @@ impl SendBatch {
         self.sel.clear();
         for (ri, r) in self.runs.iter().enumerate().filter(|(_, r)| r.dst.is_ipv6() == v6) {
             self.sel.push(ri);
-            let alen = to_raw(&r.dst, &mut self.addrs[n]);
+            self.addrs[n] = to_storage(&r.dst);
             self.iovs[n] =
                 libc::iovec { iov_base: self.arena[r.start..].as_mut_ptr().cast(), iov_len: r.len };
             let h = &mut self.hdrs[n].msg_hdr;
-            h.msg_name = (&mut self.addrs[n] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = alen;
+            h.msg_name = (&mut self.addrs[n] as *mut SockaddrStorage).cast();
+            h.msg_namelen = sockaddr_len(&r.dst);
             h.msg_iov = &mut self.iovs[n];
             h.msg_iovlen = 1;
             h.msg_flags = 0;
             if r.count > 1 {
-                h.msg_control = self.ctrl[n].as_mut_ptr().cast();
-                // SAFETY: CMSG_SPACE/LEN are pure arithmetic; the cmsg is written inside
-                // ctrl[n], which is CMSG_SPACE bytes and 8-byte aligned.
-                unsafe {
-                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), r.seg as u16);
-                }
+                let space = put_udp_segment(&mut self.ctrl[n].0, r.seg as u16);
+                h.msg_control = self.ctrl[n].0.as_mut_ptr().cast();
+                h.msg_controllen = space as _;
             } else {
                 h.msg_control = std::ptr::null_mut();
                 h.msg_controllen = 0;
@@ -432,7 +446,14 @@ impl SendBatch {
         }
         let mut off = 0;
         while off < n {
-            // SAFETY: headers [off, n) point at the arena, addresses and cmsgs owned by self.
+            // No safe API can do this without cost: nix's sendmmsg gives every message the
+            // same cmsgs (each GSO run needs its own segment size, a single datagram none),
+            // socket2 has no sendmmsg, and one sendmsg per run is a system call per run.
+            // SAFETY: headers [off, n) were just pointed at memory owned by self and not
+            // otherwise borrowed until the call returns: each iovec at its run's bytes of
+            // the arena (start + len ≤ used ≤ arena.len()), msg_name at addrs[i] with the
+            // exact length of its family, msg_control at ctrl[i] with a complete cmsg or
+            // null with length 0. The kernel only reads them.
             let rc =
                 unsafe { libc::sendmmsg(sock.as_raw_fd(), self.hdrs[off..].as_mut_ptr(), (n - off) as _, 0) };
             if rc > 0 {
@@ -524,13 +545,14 @@ mod tests {
     use proptest::prelude::*;
 
     /// A control buffer as the kernel writes it for UDP GRO, built with the libc macros.
-    fn gro_cmsg(seg: libc::c_int) -> [u64; CMSG_SPACE / 8] {
-        let mut ctrl = [0u64; CMSG_SPACE / 8];
-        // SAFETY: a msghdr pointing at `ctrl` (CMSG_SPACE bytes, 8-aligned); the cmsg for
-        // one int fits in it.
+    fn gro_cmsg(seg: libc::c_int) -> Ctrl {
+        let mut ctrl = Ctrl([0; CMSG_SPACE]);
+        // SAFETY: a zeroed msghdr is valid; it points at `ctrl` (CMSG_SPACE bytes,
+        // 8-aligned), and the cmsg for one int (CMSG_SPACE(4), 24 bytes on 64-bit Linux) fits in it, so
+        // CMSG_FIRSTHDR is non-null and every write stays inside `ctrl`.
         unsafe {
             let mut m: libc::msghdr = zeroed();
-            m.msg_control = ctrl.as_mut_ptr().cast();
+            m.msg_control = ctrl.0.as_mut_ptr().cast();
             m.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as _;
             let c = libc::CMSG_FIRSTHDR(&m);
             (*c).cmsg_level = SOL_UDP;
@@ -541,8 +563,33 @@ mod tests {
         ctrl
     }
 
-    fn bytes(ctrl: &[u64; CMSG_SPACE / 8]) -> Vec<u8> {
-        ctrl.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    fn bytes(ctrl: &Ctrl) -> Vec<u8> {
+        ctrl.0.to_vec()
+    }
+
+    #[test]
+    fn udp_segment_cmsg_is_laid_out_as_the_libc_macros_do() {
+        for seg in [0u16, 1, 1452, 0xffff] {
+            let mut want = Ctrl([0; CMSG_SPACE]);
+            let controllen;
+            // SAFETY: a zeroed msghdr is valid; it points at `want` (CMSG_SPACE bytes,
+            // 8-aligned), and the cmsg for a u16 (CMSG_SPACE(2), 24 bytes on 64-bit Linux)
+            // fits in it, so CMSG_FIRSTHDR is non-null and every write stays inside `want`.
+            unsafe {
+                let mut m: libc::msghdr = zeroed();
+                m.msg_control = want.0.as_mut_ptr().cast();
+                m.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                controllen = m.msg_controllen as usize;
+                let c = libc::CMSG_FIRSTHDR(&m);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            }
+            let mut got = Ctrl([0xaa; CMSG_SPACE]);
+            assert_eq!(put_udp_segment(&mut got.0, seg), controllen);
+            assert_eq!(got.0[..controllen], want.0[..controllen], "seg {seg}");
+        }
     }
 
     #[test]
@@ -576,16 +623,19 @@ mod tests {
         fn recv_batch_get_is_bounded(
             msg_len in any::<u32>(),
             controllen in prop_oneof![0usize..=CMSG_SPACE, any::<usize>()],
-            ctrl in proptest::array::uniform4(any::<u64>()),
+            ctrl in proptest::array::uniform32(any::<u8>()),
             seg in prop_oneof![Just(None), any::<libc::c_int>().prop_map(Some)],
             family in prop_oneof![Just(libc::AF_INET), Just(libc::AF_INET6), any::<libc::c_int>()],
         ) {
             const SLOT: usize = 2048;
             let mut b = RecvBatch::new(2, SLOT);
-            b.ctrl[0] = seg.map_or(ctrl, gro_cmsg);
+            b.ctrl[0] = seg.map_or(Ctrl(ctrl), gro_cmsg);
             b.hdrs[0].msg_len = msg_len;
             b.hdrs[0].msg_hdr.msg_controllen = controllen as _;
-            b.addrs[0].ss_family = family as _;
+            let ss = (&mut b.addrs[0] as *mut SockaddrStorage).cast::<libc::sockaddr_storage>();
+            // SAFETY: SockaddrStorage is a repr(C) union with a sockaddr_storage member, so
+            // the cast pointer is valid and aligned for it; ss_family is an integer field.
+            unsafe { (*ss).ss_family = family as _ };
             b.count = 1;
             prop_assert!(b.get(1).is_none(), "only what was received");
             let Some(m) = b.get(0) else {
@@ -606,10 +656,7 @@ mod tests {
     fn socket_addresses_roundtrip() {
         for s in ["192.0.2.7:51820", "[2001:db8::1]:4242"] {
             let a: SocketAddr = s.parse().unwrap();
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-            to_raw(&a, &mut ss);
-            assert_eq!(from_raw(&ss), Some(a));
+            assert_eq!(from_storage(&to_storage(&a)), Some(a));
         }
     }
 }

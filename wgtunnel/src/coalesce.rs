@@ -284,7 +284,7 @@ mod tests {
     use proptest::prelude::*;
     use std::cell::RefCell;
 
-    use crate::tunnel::offload::{self, GSO_NONE};
+    use crate::offload::{self, GSO_NONE};
 
     /// Records what would be written to the TUN.
     #[derive(Default)]

@@ -37,8 +37,10 @@ impl Control {
         }
     }
 
-    /// A fresh session for `st` with our key `key`, its first handshake initiation sent.
-    pub fn new_session(&mut self, shared: &Shared, key: &OwnKey, st: &PeerState) -> Session {
+    /// A fresh session for `st` with our key `key`. Its first handshake initiation is sent
+    /// by [`initiate`] once the session is in the published table (a response that came back
+    /// before was dropped: the workers could not find its session).
+    pub fn new_session(&mut self, _shared: &Shared, key: &OwnKey, st: &PeerState) -> Session {
         let index = self.alloc_index();
         let tunn = Tunn::new(
             key.secret.clone(),
@@ -48,7 +50,7 @@ impl Control {
             index,
             Some(key.limiter.clone()),
         );
-        let mut s = Session {
+        Session {
             tunn: Box::new(tunn),
             index,
             key_gen: key.generation,
@@ -57,9 +59,22 @@ impl Control {
             last_init: None,
             confirmed: false,
             created: Instant::now(),
-        };
-        send_initiation(shared, &mut s, st.endpoint);
-        s
+        }
+    }
+}
+
+/// Sends the first handshake initiation of the sessions `fresh` (peer, session index):
+/// call after [`publish`], so that the workers can match the response.
+fn initiate(shared: &Shared, fresh: &[(Arc<Peer>, u32)]) {
+    for (p, index) in fresh {
+        let mut st = p.lock();
+        let endpoint = st.endpoint;
+        let st = &mut *st;
+        for s in [st.active.as_mut(), st.pending.as_mut()].into_iter().flatten() {
+            if s.index == *index {
+                send_initiation(shared, s, endpoint);
+            }
+        }
     }
 }
 
@@ -75,14 +90,17 @@ pub(crate) fn send_initiation(shared: &Shared, s: &mut Session, endpoint: Socket
 
 /// Starts a new session for a key change: next to an active session that works (it keeps
 /// carrying traffic), or in place of one that does not.
-fn rekey(ctl: &mut Control, shared: &Shared, key: &OwnKey, st: &mut PeerState) {
+/// Returns the new session's index (its initiation is sent by [`initiate`]).
+fn rekey(ctl: &mut Control, shared: &Shared, key: &OwnKey, st: &mut PeerState) -> u32 {
     let s = ctl.new_session(shared, key, st);
+    let index = s.index;
     if st.active.as_ref().is_some_and(Session::ready) {
         st.pending = Some(s);
     } else {
         st.active = Some(s);
         st.pending = None;
     }
+    index
 }
 
 /// Rebuilds the lookup table from the peers and swaps it in.
@@ -134,6 +152,7 @@ pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
     let keys = shared.keys();
     let mut next: Vec<Arc<Peer>> = Vec::with_capacity(specs.len());
     let mut removed_established = false;
+    let mut fresh = Vec::new();
     for mut spec in specs {
         spec.endpoint = canonical_endpoint(spec.endpoint);
         // A repeated id: the later spec wins.
@@ -151,7 +170,8 @@ pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
                 if spec.public_key != st.public_key || spec.preshared_key != st.psk {
                     st.public_key = spec.public_key;
                     st.psk = spec.preshared_key;
-                    rekey(&mut ctl, shared, &keys.current, &mut st);
+                    let index = rekey(&mut ctl, shared, &keys.current, &mut st);
+                    fresh.push((peer.clone(), index));
                 }
                 drop(st);
                 peer
@@ -170,9 +190,13 @@ pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
                     established: false,
                     last_handshake: None,
                 };
-                st.active = Some(ctl.new_session(shared, &keys.current, &st));
+                let session = ctl.new_session(shared, &keys.current, &st);
+                let index = session.index;
+                st.active = Some(session);
                 tracing::debug!(peer = %spec.id, "tunnel: peer added");
-                Arc::new(Peer::new(spec.id, st))
+                let peer = Arc::new(Peer::new(spec.id, st));
+                fresh.push((peer.clone(), index));
+                peer
             }
         };
         next.push(peer);
@@ -185,6 +209,7 @@ pub(crate) fn set_peers(shared: &Shared, specs: Vec<PeerSpec>) {
     }
     ctl.peers = next;
     publish(shared, &mut ctl);
+    initiate(shared, &fresh);
     refresh_all(shared, &ctl);
     if removed_established {
         shared.bump_changes();
@@ -205,12 +230,14 @@ pub(crate) fn set_private_key(shared: &Shared, key: [u8; 32]) {
     *shared.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
     shared.key_gen.store(current.generation, Ordering::Release);
     let peers = ctl.peers.clone();
+    let mut fresh = Vec::with_capacity(peers.len());
     for p in &peers {
         let mut st = p.lock();
-        rekey(&mut ctl, shared, &current, &mut st);
+        fresh.push((p.clone(), rekey(&mut ctl, shared, &current, &mut st)));
     }
     tracing::info!(peers = peers.len(), "tunnel: private key changed; handshaking anew");
     publish(shared, &mut ctl);
+    initiate(shared, &fresh);
     refresh_all(shared, &ctl);
 }
 

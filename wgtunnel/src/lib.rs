@@ -1,11 +1,19 @@
-//! The userspace WireGuard tunnel: a multi-queue TUN device, one worker thread per queue
-//! (each with its own SO_REUSEPORT UDP socket), boringtun's `Tunn` per peer for the
-//! protocol, and a timer thread. The control plane gives the full peer set and our private
-//! key; it moves routes when `changes()` says a peer's `established` flipped.
+//! wgtunnel: a userspace WireGuard engine. A multi-queue TUN device (opened through
+//! `netkernel::tun`), one worker thread per queue (each with its own SO_REUSEPORT UDP
+//! socket), boringtun's `Tunn` per peer for the protocol, and a timer thread. The control
+//! plane (overlayd's encryption controller) gives the full peer set and our private key; it
+//! moves routes when `changes()` says a peer's `established` flipped.
 //!
 //! Modules: `peers` (peer state and lookup table), `control` (set_peers/set_private_key),
 //! `worker` (the datapath), `udp` (batched socket I/O), `offload` (TSO/checksums),
 //! `timers` (WireGuard timers, fast handshake retry, expiry of old sessions).
+//!
+//! Unsafe code is confined to the UDP hot path (`udp`: the `recvmmsg`/`sendmmsg` calls and
+//! their zeroed headers, for which no safe API exists without a cost); socket set-up, the
+//! stop eventfd and `poll` go through `nix`, control messages are read and written as
+//! bytes. Every unsafe block says why it is sound.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod coalesce;
 mod control;
@@ -16,6 +24,7 @@ mod udp;
 mod worker;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -24,6 +33,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use netkernel::tun::{TunOptions, TunQueue};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::watch;
 
 use self::control::Control;
@@ -267,7 +277,8 @@ pub struct Tunnel {
     ifindex: u32,
     port: u16,
     threads: Vec<JoinHandle<()>>,
-    stop_fd: std::os::fd::OwnedFd,
+    /// Written once to stop: every worker polls it.
+    stop_fd: EventFd,
 }
 
 impl Tunnel {
@@ -351,13 +362,8 @@ impl Tunnel {
             None => None,
         };
 
-        // SAFETY: eventfd(2) with constant arguments; the result is checked below.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(io("creating the stop eventfd")(std::io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let stop_fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+        let stop_fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| io("creating the stop eventfd")(e.into()))?;
 
         let keys = KeySet { current: OwnKey::new(private_key, 1), previous: None };
         let (changes, _) = watch::channel(0u64);
@@ -377,7 +383,8 @@ impl Tunnel {
         let mut tunnel = Tunnel { shared: shared.clone(), ifindex, port, threads: Vec::new(), stop_fd };
         let gro = off.tun_gro && tso;
         for (i, ((q, s4), s6)) in queues.into_iter().zip(socks4).zip(socks6).enumerate() {
-            let stop = tunnel.stop_fd.try_clone().map_err(io("duplicating the stop eventfd"))?;
+            let stop =
+                tunnel.stop_fd.as_fd().try_clone_to_owned().map_err(io("duplicating the stop eventfd"))?;
             let w = worker::WorkerSetup {
                 shared: shared.clone(),
                 tun: q,
@@ -467,11 +474,8 @@ impl Tunnel {
             return;
         }
         self.shared.stop.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: write(2) of 8 bytes to our eventfd; every worker polls it.
-        unsafe {
-            libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.stop_fd), (&one as *const u64).cast(), 8)
-        };
+        // Cannot fail short of a counter at u64::MAX - 1, and the flag above is read anyway.
+        let _ = self.stop_fd.write(1);
         for h in self.threads.drain(..) {
             if h.join().is_err() {
                 tracing::error!("tunnel: a thread panicked");

@@ -2,8 +2,9 @@
 //! super-packets a TUN with IFF_VNET_HDR returns, completion of partial checksums, and the
 //! checksums themselves. Pure functions over byte slices; nothing allocates.
 
-/// `struct virtio_net_hdr` without `num_buffers`.
-pub const VNET_HDR_LEN: usize = 10;
+/// `struct virtio_net_hdr` without `num_buffers`: the header size netkernel's `TunQueue`
+/// sets (TUNSETVNETHDRSZ) when it opens a queue with `vnet_hdr`, so defined there only.
+pub use netkernel::tun::VNET_HDR_LEN;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is partial.
 pub const F_NEEDS_CSUM: u8 = 1;
