@@ -18,6 +18,7 @@ pub mod nodenat;
 pub mod overlay;
 pub mod portmap;
 pub mod probe;
+pub mod process;
 pub mod route;
 pub mod strict;
 pub mod sysctl;

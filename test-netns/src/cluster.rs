@@ -598,6 +598,24 @@ impl Cluster {
         self.nodes[i].stop_daemon(signal);
     }
 
+    /// The pid of node `i`'s charon (IPsec), from the pid file overlayd keeps it under.
+    pub fn charon_pid(&self, i: usize) -> Option<i32> {
+        let f = self.nodes[i].dir.join("state/ipsec/run/charon.pid");
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        process_alive(pid).then_some(pid)
+    }
+
+    /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).
+    pub fn kill_charon(&self, i: usize, signal: i32) {
+        let Some(pid) = self.charon_pid(i) else { return };
+        // SAFETY: kill(2) on the pid of a charon this cluster's daemon started.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until node `i`'s daemon is ready.
     pub fn wait_ready(&self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
@@ -705,11 +723,32 @@ impl Drop for Cluster {
         for n in &self.nodes {
             n.stop_daemon(libc::SIGTERM);
         }
+        // charon (IPsec) outlives a stopped daemon on purpose; not the cluster.
+        for i in 0..self.nodes.len() {
+            if self.charon_pid(i).is_some() {
+                self.kill_charon(i, libc::SIGTERM);
+            }
+            if let Some(pid) = self.charon_pid(i) {
+                // SAFETY: kill(2) on the pid of this cluster's charon, which ignored SIGTERM.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         for m in &mut self.etcd {
             m.stop(libc::SIGTERM);
         }
         self.kube.take();
     }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// GET over a unix socket: (status, body).
