@@ -23,6 +23,7 @@ pub mod route;
 pub mod strict;
 pub mod sysctl;
 pub mod tun;
+pub mod xfrm;
 
 pub use error::KernelError;
 pub use link::Link;

@@ -24,6 +24,12 @@ fn zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid` runs a program whose path (its first argument) ends with `suffix`.
+pub fn runs(pid: i32, suffix: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(suffix.as_bytes())))
+}
+
 /// Sends `signal` to `pid`; false when it is gone (or not ours to signal).
 pub fn signal(pid: i32, signal: Signal) -> bool {
     pid > 0 && kill(Pid::from_raw(pid), signal).is_ok()

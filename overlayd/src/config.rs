@@ -651,6 +651,10 @@ mod tests {
         assert!(s.enabled && s.kind == crate::encryption::settings::Kind::Ipsec);
         assert_eq!(s.ipsec.psk_text.as_deref(), Some(psk.as_str()));
         assert_eq!(s.ipsec.esp(), ["aes128gcm16-ecp256"]);
+        // As the API shows it: the PSK is not there.
+        let shown = crate::encryption::settings::redact(parsed.config.to_json());
+        assert_eq!(shown["Encryption"]["IPsecPSK"], "<redacted>", "{shown}");
+        assert!(!shown.to_string().contains(&psk), "{shown}");
         // Stored back in today's form, it parses to the same settings without the warning.
         let again = NetworkConfig::parse(&parsed.config.to_json().to_string()).unwrap();
         assert_eq!(again.config.encryption_settings(), s);

@@ -605,6 +605,25 @@ impl Cluster {
         process_alive(pid).then_some(pid)
     }
 
+    /// Every charon process in node `i`'s network namespace, whatever its pid file says (a
+    /// leak check: a charon nobody tracks would keep its SAs and TUN device).
+    pub fn charons(&self, i: usize) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns) = std::fs::metadata(self.nodes[i].ns.path()) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let charon = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"/charon")));
+            let here = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev());
+            if charon && here && process_alive(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
     /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).
     pub fn kill_charon(&self, i: usize, signal: i32) {
         let Some(pid) = self.charon_pid(i) else { return };
@@ -728,8 +747,9 @@ impl Drop for Cluster {
             if self.charon_pid(i).is_some() {
                 self.kill_charon(i, libc::SIGTERM);
             }
-            if let Some(pid) = self.charon_pid(i) {
-                // SAFETY: kill(2) on the pid of this cluster's charon, which ignored SIGTERM.
+            for pid in self.charon_pid(i).into_iter().chain(self.charons(i)) {
+                // SAFETY: kill(2) on the pid of a charon in this cluster's node namespace,
+                // which ignored SIGTERM or lost its pid file.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

@@ -74,6 +74,20 @@ fn assert_only_ipsec(packets: &test_netns::Packets, a: &str, b: &str) {
     assert!(packets.with_address_in("10.244.0.0/16").is_empty(), "pod addresses visible on the underlay");
 }
 
+/// After IPsec is off: no charon in any node namespace, no TUN device, no XFRM state or
+/// policy left in the kernel.
+fn assert_nothing_of_ipsec_left(c: &Cluster, nodes: usize) {
+    for i in 0..nodes {
+        let ns = &c.nodes[i].ns;
+        assert_eq!(c.charons(i), Vec::<i32>::new(), "a charon left in node{i}");
+        assert!(!ns.exec(&["ip", "-o", "link", "show"]).contains(IPSEC_DEV), "{IPSEC_DEV} left in node{i}");
+        for what in ["state", "policy"] {
+            let left = ns.exec(&["ip", "xfrm", what, "list"]);
+            assert!(left.trim().is_empty(), "XFRM {what} left in node{i}: {left}");
+        }
+    }
+}
+
 fn enable_disable_on(store: StoreKind) {
     let mut opts = ClusterOptions::new(3, bin_dir());
     opts.store = store;
@@ -119,6 +133,7 @@ fn enable_disable_on(store: StoreKind) {
         (0..3).all(|i| c.charon_pid(i).is_none())
     })
     .unwrap();
+    assert_nothing_of_ipsec_left(&c, 3);
     for p in &pods {
         c.del_pod(p).unwrap();
     }
@@ -160,6 +175,7 @@ fn switch_between_wireguard_and_ipsec_live() {
         (0..2).all(|i| c.charon_pid(i).is_none())
     })
     .unwrap();
+    assert_nothing_of_ipsec_left(&c, 2);
     assert!(ping(&a.ns, &b.ip, 2));
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
@@ -227,6 +243,7 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     })
     .unwrap();
     wait_for(Duration::from_secs(10), "the leaver's charon stopped", || c.charon_pid(n).is_none()).unwrap();
+    assert_eq!(c.charons(n), Vec::<i32>::new(), "a charon left behind by the node that left");
     assert!(ping(&a.ns, &b.ip, 2));
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
@@ -393,6 +410,7 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
     assert!(
         ns.command("ping")
             .args(["-c", "2", "-W", "2", "-I", "10.244.250.1", &a.ip])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .success(),

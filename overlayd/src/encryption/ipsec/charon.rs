@@ -60,41 +60,10 @@ impl Datapath {
     }
 }
 
-/// Whether this network namespace's kernel does ESP: adds an ESP state with an AES-GCM
-/// key for two documentation addresses and removes it again (`ip xfrm`). A kernel without
-/// `INET_ESP` refuses the state ("Requested type not found").
+/// Whether this network namespace's kernel does ESP (asked by adding an ESP state;
+/// [`netkernel::xfrm::esp_available`]).
 pub fn detect() -> Datapath {
-    let spi = "0xfe0cf00d";
-    let add = Command::new("ip")
-        .args([
-            "xfrm",
-            "state",
-            "add",
-            "src",
-            "192.0.2.254",
-            "dst",
-            "192.0.2.253",
-            "proto",
-            "esp",
-            "spi",
-            spi,
-        ])
-        .args(["mode", "tunnel", "aead", "rfc4106(gcm(aes))"])
-        .arg(format!("0x{}", "11".repeat(36)))
-        .arg("128")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let kernel = add.is_ok_and(|s| s.success());
-    if kernel {
-        let _ = Command::new("ip")
-            .args(["xfrm", "state", "delete", "src", "192.0.2.254", "dst", "192.0.2.253", "proto", "esp"])
-            .args(["spi", spi])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    if kernel { Datapath::Kernel } else { Datapath::Libipsec }
+    if netkernel::xfrm::esp_available() { Datapath::Kernel } else { Datapath::Libipsec }
 }
 
 /// Paths of one node's charon.
@@ -292,8 +261,7 @@ pub fn stop_leftover(paths: &CharonPaths) {
 }
 
 fn is_charon(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"charon")))
+    netkernel::process::runs(pid, "charon")
 }
 
 fn terminate(pid: i32) {
