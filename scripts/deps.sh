@@ -13,6 +13,10 @@ PACKAGES=(
   wireguard-tools             # wg: keys and configuration of that peer
   tcpdump                     # captures proving the encrypted underlay carries no plaintext
   iperf3                      # the datapath bench (throughput)
+  strongswan-charon           # IPsec mode: charon, the IKE daemon overlayd drives over VICI
+  strongswan-swanctl          # the VICI plugin, and swanctl for the hand-configured interop peer
+  libstrongswan-standard-plugins # openssl (AES-GCM, X25519, Ed25519) for charon
+  libcharon-extra-plugins     # kernel-libipsec: ESP in charon's userspace on kernels without ESP
 )
 # Installed without their recommends: wireguard-tools recommends wireguard-modules, which apt
 # satisfies with a whole kernel image package (useless here: the tests use wireguard-go).

@@ -18,10 +18,12 @@ pub mod nodenat;
 pub mod overlay;
 pub mod portmap;
 pub mod probe;
+pub mod process;
 pub mod route;
 pub mod strict;
 pub mod sysctl;
 pub mod tun;
+pub mod xfrm;
 
 pub use error::KernelError;
 pub use link::Link;

@@ -18,8 +18,12 @@ use crate::nft;
 pub struct StrictRules {
     /// The plaintext overlay devices (e.g. `flannel.1`, `flannel-v6.1`).
     pub plaintext_devices: Vec<String>,
-    /// The tunnel device: the only way in for a remote pod's address.
-    pub tunnel: String,
+    /// The tunnel devices (WireGuard's, kernel-libipsec's, both during a switch): the only
+    /// ways in for a remote pod's address.
+    pub tunnels: Vec<String>,
+    /// Also accept a remote pod's address on packets the kernel's XFRM decrypted (IPsec with
+    /// kernel ESP has no tunnel device: they arrive on the underlay device).
+    pub xfrm: bool,
     /// The cluster's pod networks (one per family).
     pub pod_networks: Vec<IpNet>,
     /// This node's own pod subnets (within those networks).
@@ -56,8 +60,9 @@ pub fn script(table: &str, r: &StrictRules) -> String {
         let _ =
             writeln!(s, "add rule inet {table} output oifname {{ {set} }} counter drop comment {comment}");
     }
-    let tunnel = nft::quote(&r.tunnel);
-    let lo = nft::quote("lo");
+    let ways_in: Vec<String> = r.tunnels.iter().map(|t| nft::quote(t)).chain([nft::quote("lo")]).collect();
+    let ways_in = ways_in.join(", ");
+    let not_esp = if r.xfrm { " meta ipsec missing" } else { "" };
     for net in &r.pod_networks {
         let fam = family(net);
         let own = r.own_subnets.iter().find(|o| family(o) == fam && net.contains(*o));
@@ -66,7 +71,7 @@ pub fn script(table: &str, r: &StrictRules) -> String {
         for chain in ["input", "forward"] {
             let _ = writeln!(
                 s,
-                "add rule inet {table} {chain} iifname != {{ {tunnel}, {lo} }} {fam} saddr {}{not_own} counter drop comment {remote}",
+                "add rule inet {table} {chain} iifname != {{ {ways_in} }} {fam} saddr {}{not_own}{not_esp} counter drop comment {remote}",
                 net.trunc()
             );
         }
@@ -110,7 +115,8 @@ mod tests {
     fn rules_per_family_with_and_without_an_own_subnet() {
         let r = StrictRules {
             plaintext_devices: vec!["flannel.1".into()],
-            tunnel: "ferro-wg".into(),
+            tunnels: vec!["ferro-wg".into()],
+            xfrm: false,
             pod_networks: vec!["10.244.0.0/16".parse().unwrap(), "fd00:10::/56".parse().unwrap()],
             own_subnets: vec!["10.244.3.0/24".parse().unwrap()],
         };
@@ -134,7 +140,14 @@ mod tests {
         assert!(!s.contains("ip6 saddr != "), "{s}");
         assert!(s.contains(r#"iifname { "flannel.1" } counter drop"#));
         // Nothing but the chains without devices or networks.
-        let empty = script("t", &StrictRules { tunnel: "x".into(), ..Default::default() });
+        let empty = script("t", &StrictRules { tunnels: vec!["x".into()], ..Default::default() });
         assert!(!empty.contains("add rule"), "{empty}");
+        // Two tunnels (a switch between engines): a remote pod may come in through either.
+        let two = StrictRules { tunnels: vec!["ferro-wg".into(), "ipsec0".into()], ..r };
+        let both = script("t", &two);
+        assert!(both.contains(r#"iifname != { "ferro-wg", "ipsec0", "lo" } ip saddr"#), "{both}");
+        assert!(!both.contains("meta ipsec"), "{both}");
+        let esp = script("t", &StrictRules { xfrm: true, ..two });
+        assert!(esp.contains("ip saddr != 10.244.3.0/24 meta ipsec missing counter drop"), "{esp}");
     }
 }

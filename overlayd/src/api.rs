@@ -90,9 +90,15 @@ async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result
             let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             reply(code, "text/plain", body)
         }
-        (&Method::GET, "/metrics") => {
-            reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render(&shared.gauges()))
-        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            format!(
+                "{}{}",
+                shared.metrics.render(&shared.gauges()),
+                crate::encryption::metrics(&shared.encryption.borrow())
+            ),
+        ),
         _ if !full => error(StatusCode::NOT_FOUND, "only /healthz, /readyz and /metrics here"),
         (&Method::GET, "/v1/status") => status(&shared),
         (&Method::GET, "/v1/cni") => cni(&shared),

@@ -227,8 +227,14 @@ impl NetworkConfig {
         }
         let ipv4 = if enable_v4 { Some(pool(&f, Family::V4, &mut warnings)?) } else { None };
         let ipv6 = if enable_v6 { Some(pool(&f, Family::V6, &mut warnings)?) } else { None };
-        let backend = backend(f.get("Backend"))?;
+        // flannel's `ipsec` backend becomes the vxlan datapath with IPsec encryption.
+        let migrated = flannel_ipsec(f.get("Backend"), &mut warnings)?;
+        let backend = match migrated {
+            Some(_) => BackendConfig::Vxlan(VxlanOptions::default()),
+            None => backend(f.get("Backend"))?,
+        };
         let encryption = match f.get("Encryption") {
+            None if migrated.is_some() => migrated,
             None => None,
             Some(Value::Object(m)) => {
                 let ef = Fields { obj: m, prefix: "Encryption." };
@@ -448,6 +454,37 @@ fn fam_name(f: Family) -> &'static str {
     }
 }
 
+/// flannel's `"Backend": {"Type": "ipsec", "PSK": …, "UDPEncap": …, "ESPProposal": …}` as
+/// this daemon's IPsec mode (an `Encryption` section of type `ipsec` over the vxlan
+/// datapath), with a deprecation warning; `None` for any other backend.
+fn flannel_ipsec(
+    v: Option<&Value>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<EncryptionConfig>, ConfigError> {
+    let Some(obj) = v.and_then(Value::as_object) else { return Ok(None) };
+    let f = Fields { obj, prefix: "Backend." };
+    if !f.str("Type")?.is_some_and(|t| t.eq_ignore_ascii_case("ipsec")) {
+        return Ok(None);
+    }
+    let mut options = Map::new();
+    if let Some(psk) = f.str("PSK")? {
+        options.insert("IPsecPSK".into(), json!(psk));
+    }
+    if let Some(p) = f.str("ESPProposal")? {
+        options
+            .insert("ESPProposals".into(), json!([crate::encryption::ipsec::proposals::from_flannel_esp(p)]));
+    }
+    let _ = f.bool("UDPEncap", false)?;
+    warnings.push(
+        "Backend.Type \"ipsec\" (flannel's IPsec backend) is deprecated: running the vxlan backend with \
+         Encryption.Type \"ipsec\" instead (PSK → Encryption.IPsecPSK, ESPProposal → \
+         Encryption.ESPProposals; UDP encapsulation is always available). Write an Encryption section \
+         to silence this."
+            .into(),
+    );
+    Ok(Some(EncryptionConfig { kind: Some("ipsec".into()), options }))
+}
+
 fn backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
     let Some(v) = v else {
         // flannel's code defaults to udp; vxlan is what every deployment sets.
@@ -599,6 +636,31 @@ mod tests {
     }
     fn err(s: &str) -> ConfigError {
         NetworkConfig::parse(s).unwrap_err()
+    }
+
+    #[test]
+    fn flannels_ipsec_backend_becomes_vxlan_with_ipsec_encryption() {
+        let psk = "x".repeat(96);
+        let text = format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"ipsec","PSK":"{psk}","UDPEncap":true,"ESPProposal":"aes128gcm16-sha256-prfsha256-ecp256"}}}}"#
+        );
+        let parsed = NetworkConfig::parse(&text).unwrap();
+        assert_eq!(parsed.config.backend, BackendConfig::Vxlan(VxlanOptions::default()));
+        assert!(parsed.warnings.iter().any(|w| w.contains("deprecated")), "{:?}", parsed.warnings);
+        let s = parsed.config.encryption_settings();
+        assert!(s.enabled && s.kind == crate::encryption::settings::Kind::Ipsec);
+        assert_eq!(s.ipsec.psk_text.as_deref(), Some(psk.as_str()));
+        assert_eq!(s.ipsec.esp(), ["aes128gcm16-ecp256"]);
+        // As the API shows it: the PSK is not there.
+        let shown = crate::encryption::settings::redact(parsed.config.to_json());
+        assert_eq!(shown["Encryption"]["IPsecPSK"], "<redacted>", "{shown}");
+        assert!(!shown.to_string().contains(&psk), "{shown}");
+        // Stored back in today's form, it parses to the same settings without the warning.
+        let again = NetworkConfig::parse(&parsed.config.to_json().to_string()).unwrap();
+        assert_eq!(again.config.encryption_settings(), s);
+        assert!(!again.warnings.iter().any(|w| w.contains("deprecated")));
+        let bad = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipsec","ESPProposal":"3des-md5"}}"#;
+        assert_eq!(err(bad).field_name(), Some("Encryption.ESPProposals"));
     }
 
     #[test]

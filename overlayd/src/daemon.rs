@@ -197,12 +197,19 @@ async fn start(
     let encrypting = encryption.enabled && !args.no_encryption && !args.no_datapath;
     let underlay = &node.underlay;
     let underlay_mtu = underlay.mtu.unwrap_or(1500);
+    let encrypted = match encryption.kind {
+        crate::encryption::settings::Kind::WireGuard => encrypted_mtu(underlay_mtu),
+        // The datapath is not known yet: the smaller of the two (kernel-libipsec's).
+        crate::encryption::settings::Kind::Ipsec => {
+            crate::encryption::ipsec::charon::Datapath::Libipsec.mtu(underlay_mtu)
+        }
+    };
     let mtu = pod_mtu(
         args.mtu,
         &config,
         underlay.mtu,
         underlay.public_ipv6.is_some(),
-        encrypting.then(|| encrypted_mtu(underlay_mtu)),
+        encrypting.then_some(encrypted),
     );
     mtu_tx.send_replace(mtu);
 
@@ -307,13 +314,13 @@ async fn start(
                     v4: underlay.public_ip.is_some(),
                     v6: underlay.public_ipv6.is_some(),
                 },
+                charon: args.charon.clone(),
+                ipsec_datapath: args.ipsec_datapath.forced(),
             },
             tunnel_routes,
         )
         .map_err(|e| DaemonError::Kernel(e.to_string()))?;
-        if encrypting {
-            c.seed_routes();
-        }
+        c.seed_routes();
         let io = ControllerIo {
             config: node.config.clone(),
             own: node.own.clone(),

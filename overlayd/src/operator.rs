@@ -52,6 +52,9 @@ pub struct EncryptionStored {
     pub revision: Revision,
     /// Encryption on.
     pub enabled: bool,
+    /// The engine (`wireguard` or `ipsec`).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
     /// Plaintext pod traffic between nodes dropped.
     pub strict: bool,
     /// Tunnel port.
@@ -92,6 +95,7 @@ pub async fn change_encryption(
                 return Ok(EncryptionStored {
                     revision,
                     enabled: s.enabled,
+                    kind: s.kind.name(),
                     strict: s.strict,
                     port: s.port,
                     key_generation: s.key_generation,
@@ -113,6 +117,7 @@ mod tests {
     fn request(action: Action) -> admin::Request {
         admin::Request {
             action,
+            kind: None,
             strict: None,
             port: None,
             preshared_key: Some(action == Action::Enable),

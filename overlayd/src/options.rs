@@ -112,6 +112,29 @@ impl StoreArgs {
 }
 
 /// `overlayd`'s settings.
+/// `--ipsec-datapath`: where ESP runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpsecDatapath {
+    /// Kernel ESP when the kernel has it, else kernel-libipsec.
+    Auto,
+    /// The kernel's XFRM with ESP.
+    Kernel,
+    /// charon's kernel-libipsec (ESP in userspace over a TUN device).
+    Libipsec,
+}
+
+impl IpsecDatapath {
+    /// The datapath forced, `None` for `auto` (detected at start).
+    pub fn forced(self) -> Option<crate::encryption::ipsec::charon::Datapath> {
+        use crate::encryption::ipsec::charon::Datapath;
+        match self {
+            IpsecDatapath::Auto => None,
+            IpsecDatapath::Kernel => Some(Datapath::Kernel),
+            IpsecDatapath::Libipsec => Some(Datapath::Libipsec),
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "overlayd", version, about = "Per-node overlay daemon: subnet leases and peers")]
 pub struct DaemonArgs {
@@ -164,6 +187,13 @@ pub struct DaemonArgs {
     /// Worker threads of the encryption tunnel (0 = one per CPU, at most 4).
     #[arg(long, env = "OVERLAYD_TUNNEL_THREADS", default_value_t = 0)]
     pub tunnel_threads: usize,
+    /// strongSwan's IKE daemon, started by overlayd when the cluster encrypts with IPsec.
+    #[arg(long, env = "OVERLAYD_CHARON", default_value = crate::encryption::ipsec::charon::DEFAULT_BINARY)]
+    pub charon: PathBuf,
+    /// Where ESP runs: `auto` (kernel ESP when the kernel has it, else charon's
+    /// kernel-libipsec in userspace), `kernel` or `libipsec`.
+    #[arg(long, env = "OVERLAYD_IPSEC_DATAPATH", value_enum, default_value_t = IpsecDatapath::Auto)]
+    pub ipsec_datapath: IpsecDatapath,
     /// A net-conf.json to store as the network config when the store has none yet; in kube
     /// mode, the network config itself (default /etc/kube-flannel/net-conf.json).
     #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]

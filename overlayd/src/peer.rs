@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use netkernel::link::Mac;
 
 use crate::attrs::LeaseAttrs;
-use crate::encryption::lease_data::TunnelAttrs;
+use crate::encryption::lease_data::{IpsecAttrs, TunnelAttrs};
 use crate::identity::PublicKey;
 use crate::subnet::SubnetKey;
 
@@ -65,6 +65,9 @@ pub struct Peer {
     /// Its tunnel for encryption: `Ok(None)` when it publishes none, `Err` (why) when what it
     /// publishes is malformed — which costs only the tunnel to it, never its lease.
     pub tunnel: Result<Option<TunnelAttrs>, String>,
+    /// Its IPsec participation: `Ok(None)` when it does not do IPsec, `Err` (why) when what
+    /// it publishes is malformed (again costing only the encryption to it).
+    pub ipsec: Result<Option<IpsecAttrs>, String>,
     /// The lease as published, for display.
     pub attrs: LeaseAttrs,
 }

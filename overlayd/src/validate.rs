@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::attrs::{LeaseAttrs, MAX_VALUE, VxlanData};
 use crate::config::NetworkConfig;
-use crate::encryption::lease_data::TunnelAttrs;
+use crate::encryption::lease_data::{IpsecAttrs, TunnelAttrs};
 use crate::identity::PublicKey;
 use crate::peer::{Peer, PeerFamily, Vtep};
 use crate::pins::SharedPins;
@@ -298,6 +298,7 @@ impl Validator {
             (None, Some(s)) => Some(PublicKey::parse(s).ok_or(InvalidLease::Identity)?),
         };
         let tunnel = TunnelAttrs::from_value(&attrs.encryption);
+        let ipsec = IpsecAttrs::from_value(&attrs.encryption);
         Ok(Verdict::Peer(Box::new(Peer {
             key: *key,
             v4,
@@ -307,6 +308,7 @@ impl Validator {
             identity,
             signed: signer.is_some(),
             tunnel,
+            ipsec,
             attrs,
         })))
     }

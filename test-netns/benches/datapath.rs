@@ -23,6 +23,11 @@
 //! - `encrypted` (not in the default list yet): daemons running, `overlayctl encryption enable`
 //!   on node 0, until every node routes the remote pod subnet `dev ferro-wg`; pod MTU set to
 //!   ferro-wg's. Teardown: `overlayctl encryption disable`, until the routes are on flannel.1.
+//! - `ipsec`: as `encrypted` with `--type ipsec`: routes `dev ipsec0` (charon's
+//!   kernel-libipsec TUN), pod MTU ipsec0's; teardown also stops the charons.
+//! - `strongswan`: daemons stopped; a charon per node configured by hand with swanctl
+//!   ([`HandSwan`]: the same keys, proposals and traffic selectors overlayd loads), the remote
+//!   pod subnet routed `dev ipsec0`, pod MTU 1400: the baseline `ipsec` must match.
 //! - the others: the daemons' datapath (daemons stopped so that their reconciliation does not
 //!   undo the change) with one setting changed, see [`Case::what`].
 //!
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, wait_for};
+use test_netns::strongswan::HandSwan;
 use test_netns::{TestNs, WgGoPeer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +61,12 @@ enum Case {
     Jumbo,
     WireguardGo,
     Encrypted,
+    Ipsec,
+    Strongswan,
 }
 
 /// Every case, all run by default; `--cases` picks some.
-const ALL: [Case; 11] = [
+const ALL: [Case; 13] = [
     Case::Underlay,
     Case::HostGw,
     Case::Overlay,
@@ -70,7 +78,12 @@ const ALL: [Case; 11] = [
     Case::Jumbo,
     Case::WireguardGo,
     Case::Encrypted,
+    Case::Ipsec,
+    Case::Strongswan,
 ];
+
+/// charon's kernel-libipsec TUN device (the `ipsec` and `strongswan` cases).
+const IPSEC0: &str = "ipsec0";
 
 /// The tunnel MTU of the wireguard-go case, as perf-baselines.md case d (and wg-quick's
 /// default): 1500 less 80 bytes of IPv6 + UDP + WireGuard overhead.
@@ -94,6 +107,8 @@ impl Case {
             Case::Jumbo => "overlay+jumbo",
             Case::WireguardGo => "wireguard-go",
             Case::Encrypted => "encrypted",
+            Case::Ipsec => "ipsec",
+            Case::Strongswan => "strongswan",
         }
     }
 
@@ -122,6 +137,12 @@ impl Case {
             Case::Encrypted => {
                 "`overlayctl encryption enable` on node0, daemons running, remote subnet routed `dev ferro-wg` on every node, pods/veth/cni0 at ferro-wg's MTU"
             }
+            Case::Ipsec => {
+                "`overlayctl encryption enable --type ipsec` on node0, daemons running (each with its charon, kernel-libipsec), remote subnet routed `dev ipsec0`, pods/veth/cni0 at ipsec0's MTU (1400)"
+            }
+            Case::Strongswan => {
+                "daemons stopped; a charon per node configured by hand with swanctl (Ed25519 keys, AES-256-GCM, X25519, UDP encapsulation, traffic selectors the two pod subnets, kernel-libipsec), remote subnet routed `dev ipsec0`, pods/veth/cni0 at 1400"
+            }
         }
     }
 
@@ -145,6 +166,8 @@ struct Topo {
     servers: Vec<Server>,
     /// The wireguard-go case's devices, while it runs.
     wg: Vec<WgGoPeer>,
+    /// The strongswan case's charons, while it runs.
+    swan: Vec<HandSwan>,
     pods: Vec<ClusterPod>,
     c: Cluster,
     running: [bool; 2],
@@ -342,8 +365,45 @@ impl Topo {
                 self.set_pod_mtu(8950)
             }
             Case::WireguardGo => self.wireguard_go_up(),
-            Case::Encrypted => self.encryption_on(),
+            Case::Encrypted => self.encryption_on(&[], FERRO_WG),
+            Case::Ipsec => self.encryption_on(&["--type", "ipsec"], IPSEC0),
+            Case::Strongswan => self.strongswan_up(),
         }
+    }
+
+    /// A charon per node, configured by hand (what the `ipsec` case must match).
+    fn strongswan_up(&mut self) -> Result<(), String> {
+        let mut keys = Vec::new();
+        for i in 0..2 {
+            let dir = self.c.work_dir().join(format!("swan{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let id = overlayd::identity::Identity::load_or_create(&dir).map_err(|e| e.to_string())?;
+            let private = std::fs::read(id.path()).map_err(|e| e.to_string())?;
+            let public = overlayd::encryption::ipsec::public_key_pem(&id.public());
+            self.swan.push(HandSwan::start(self.node(i), &dir, &private, &public)?);
+            keys.push(public);
+        }
+        for i in 0..2 {
+            let r = 1 - i;
+            let (local, remote) = (format!("{}/24", self.sub[i]), format!("{}/24", self.sub[r]));
+            self.swan[i].connect(self.node(i), "peer", &self.ul[r], &keys[r], &local, &remote)?;
+        }
+        self.swan[0].initiate(self.node(0), "peer")?;
+        for i in 0..2 {
+            let r = 1 - i;
+            // The node's own pod gateway address as source, as the daemons' device has.
+            shl(
+                self.node(i),
+                &format!("ip route replace {}/24 dev {IPSEC0} src {}", self.sub[r], self.gateway(i)),
+            )?;
+        }
+        self.set_pod_mtu(charon_mtu(self.node(0))?.min(charon_mtu(self.node(1))?))
+    }
+
+    fn gateway(&self, i: usize) -> String {
+        let mut parts: Vec<&str> = self.sub[i].split('.').collect();
+        parts[3] = "1";
+        parts.join(".")
     }
 
     fn wireguard_go_up(&mut self) -> Result<(), String> {
@@ -372,18 +432,19 @@ impl Topo {
         })
     }
 
-    fn encryption_on(&mut self) -> Result<(), String> {
+    fn encryption_on(&mut self, args: &[&str], dev: &str) -> Result<(), String> {
         self.daemons_up()?;
-        let (ok, out) = self.c.overlayctl(0, &["encryption", "enable"])?;
+        let argv: Vec<&str> = ["encryption", "enable"].iter().chain(args).copied().collect();
+        let (ok, out) = self.c.overlayctl(0, &argv)?;
         if !ok {
-            return Err(format!("overlayctl encryption enable: {}", out.trim()));
+            return Err(format!("overlayctl {argv:?}: {}", out.trim()));
         }
-        wait_for(Duration::from_secs(60), "the remote pod subnets routed dev ferro-wg", || {
-            self.routed_via(0, FERRO_WG) && self.routed_via(1, FERRO_WG)
+        wait_for(Duration::from_secs(60), &format!("the remote pod subnets routed dev {dev}"), || {
+            self.routed_via(0, dev) && self.routed_via(1, dev)
         })?;
         // Like the wireguard-go case: the pods get the tunnel's MTU (the daemon gave them
         // the VXLAN one when they were attached).
-        let mtu = link_mtu(self.node(0), FERRO_WG)?.min(link_mtu(self.node(1), FERRO_WG)?);
+        let mtu = link_mtu(self.node(0), dev)?.min(link_mtu(self.node(1), dev)?);
         if mtu < self.pod_mtu {
             self.set_pod_mtu(mtu)?;
         }
@@ -399,9 +460,13 @@ impl Topo {
                 self.datapath_ok(0) && self.datapath_ok(1)
             })
         });
-        // Whatever happened, leave the base state's MTU and stopped daemons behind.
+        // Whatever happened, leave the base state's MTU and stopped daemons behind, and no
+        // charon (it outlives its daemon by design; the next case may be the hand-made one).
         let mtu = self.set_pod_mtu(self.pod_mtu);
         self.daemons_down();
+        for i in 0..2 {
+            self.c.kill_charon(i, libc::SIGTERM);
+        }
         back.and(mtu)
     }
 
@@ -436,7 +501,14 @@ impl Topo {
                 self.wg.clear();
                 mtu.and(routes)
             }
-            Case::Encrypted => self.encryption_off(),
+            Case::Encrypted | Case::Ipsec => self.encryption_off(),
+            Case::Strongswan => {
+                let mtu = self.set_pod_mtu(self.pod_mtu);
+                let routes = self.vxlan_routes();
+                // Stops the charons; their ipsec0 devices go with them.
+                self.swan.clear();
+                mtu.and(routes)
+            }
         }
     }
 
@@ -525,6 +597,12 @@ struct Lat {
 }
 
 /// A link's MTU, from `ip -o link` inside the namespace.
+/// ipsec0's MTU once charon has made it.
+fn charon_mtu(ns: &TestNs) -> Result<u32, String> {
+    wait_for(Duration::from_secs(10), "charon's ipsec0", || link_mtu(ns, IPSEC0).is_ok())?;
+    link_mtu(ns, IPSEC0)
+}
+
 fn link_mtu(ns: &TestNs, dev: &str) -> Result<u32, String> {
     let out = sh(ns, &["ip", "-o", "link", "show", "dev", dev])?;
     let mut w = out.split_whitespace();
@@ -568,7 +646,12 @@ fn run_iperf(
         let pre = if cfg.quiet.is_zero() { f64::NAN } else { wait_quiet(cfg.quiet) };
         // The tunnel daemons' CPU: overlayd (also its encryption datapath) and wireguard-go.
         let daemons: Vec<u32> = (0..2)
-            .flat_map(|i| [pids_in(t.node(i), "overlayd"), pids_in(t.node(i), "wireguard-go")].concat())
+            .flat_map(|i| {
+                ["overlayd", "wireguard-go", "charon"]
+                    .iter()
+                    .flat_map(|p| pids_in(t.node(i), p))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let (k0, d0, c0, w0) = (pid_cpu(&ksoft), pid_cpu(&daemons), cpu_ticks(), Instant::now());
         let out = src
@@ -768,6 +851,7 @@ fn main() {
     let mut t = Topo {
         servers: Vec::new(),
         wg: Vec::new(),
+        swan: Vec::new(),
         pods,
         c,
         running: [true, true],

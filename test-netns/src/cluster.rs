@@ -598,6 +598,43 @@ impl Cluster {
         self.nodes[i].stop_daemon(signal);
     }
 
+    /// The pid of node `i`'s charon (IPsec), from the pid file overlayd keeps it under.
+    pub fn charon_pid(&self, i: usize) -> Option<i32> {
+        let f = self.nodes[i].dir.join("state/ipsec/run/charon.pid");
+        let pid: i32 = std::fs::read_to_string(f).ok()?.trim().parse().ok()?;
+        process_alive(pid).then_some(pid)
+    }
+
+    /// Every charon process in node `i`'s network namespace, whatever its pid file says (a
+    /// leak check: a charon nobody tracks would keep its SAs and TUN device).
+    pub fn charons(&self, i: usize) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns) = std::fs::metadata(self.nodes[i].ns.path()) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let charon = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"/charon")));
+            let here = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev());
+            if charon && here && process_alive(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).
+    pub fn kill_charon(&self, i: usize, signal: i32) {
+        let Some(pid) = self.charon_pid(i) else { return };
+        // SAFETY: kill(2) on the pid of a charon this cluster's daemon started.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until node `i`'s daemon is ready.
     pub fn wait_ready(&self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
@@ -705,11 +742,33 @@ impl Drop for Cluster {
         for n in &self.nodes {
             n.stop_daemon(libc::SIGTERM);
         }
+        // charon (IPsec) outlives a stopped daemon on purpose; not the cluster.
+        for i in 0..self.nodes.len() {
+            if self.charon_pid(i).is_some() {
+                self.kill_charon(i, libc::SIGTERM);
+            }
+            for pid in self.charon_pid(i).into_iter().chain(self.charons(i)) {
+                // SAFETY: kill(2) on the pid of a charon in this cluster's node namespace,
+                // which ignored SIGTERM or lost its pid file.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         for m in &mut self.etcd {
             m.stop(libc::SIGTERM);
         }
         self.kube.take();
     }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// GET over a unix socket: (status, body).

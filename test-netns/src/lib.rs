@@ -12,6 +12,7 @@ pub mod cluster;
 mod connectivity;
 pub mod kube;
 pub mod soak;
+pub mod strongswan;
 mod topology;
 mod wgpeer;
 

@@ -57,7 +57,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: IdentityCmd,
     },
-    /// Encryption between nodes (WireGuard in userspace), for the whole cluster.
+    /// Encryption between nodes (WireGuard in userspace or IPsec), for the whole cluster.
     Encryption {
         #[command(subcommand)]
         cmd: EncryptionCmd,
@@ -73,6 +73,9 @@ enum EncryptionCmd {
     Status,
     /// Turn encryption on for every node (or change its options).
     Enable {
+        /// The engine: wireguard or ipsec (default: the current one, else wireguard).
+        #[arg(long = "type", value_parser = ["wireguard", "ipsec"])]
+        kind: Option<String>,
         /// Drop pod traffic between nodes that is not encrypted.
         #[arg(long)]
         strict: bool,
@@ -133,6 +136,7 @@ enum NetworkCmd {
 fn encryption_request(cmd: &EncryptionCmd) -> admin::Request {
     let mut r = admin::Request {
         action: admin::Action::Disable,
+        kind: None,
         strict: None,
         port: None,
         preshared_key: None,
@@ -140,8 +144,9 @@ fn encryption_request(cmd: &EncryptionCmd) -> admin::Request {
         persistent_keepalive: None,
     };
     match cmd {
-        EncryptionCmd::Enable { strict, port, psk, no_psk, rotation_period, keepalive } => {
+        EncryptionCmd::Enable { kind, strict, port, psk, no_psk, rotation_period, keepalive } => {
             r.action = admin::Action::Enable;
+            r.kind = kind.clone();
             r.strict = Some(*strict);
             r.port = *port;
             r.preshared_key = (*psk || *no_psk).then_some(*psk);
@@ -428,8 +433,36 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Identity { cmd: IdentityCmd::Pin { node, .. } } => {
             println!("{} is pinned to {}", printable(node), s(&out["identity"]))
         }
+        Cmd::Encryption { cmd: EncryptionCmd::Status } if out["type"] == "ipsec" => {
+            fields(&out, &["type", "phase", "enabled", "strict", "key_generation"]);
+            let ip = &out["ipsec"];
+            fields(ip, &["phase", "datapath", "device", "mtu", "charon_restarts", "error"]);
+            table(
+                &["LEASE", "ENDPOINT", "AUTH", "IKE", "ESTABLISHED", "ROUTED", "RX", "TX"],
+                ip["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        vec![
+                            s(&p["lease"]),
+                            s(&p["endpoint"]),
+                            s(&p["auth"]),
+                            s(&p["ike_state"]),
+                            s(&p["established"]),
+                            s(&p["routed_through_tunnel"]),
+                            s(&p["rx_bytes"]),
+                            s(&p["tx_bytes"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
         Cmd::Encryption { cmd: EncryptionCmd::Status } => {
-            fields(&out, &["phase", "enabled", "strict", "port", "device", "public_key", "key_generation"]);
+            fields(
+                &out,
+                &["type", "phase", "enabled", "strict", "port", "device", "public_key", "key_generation"],
+            );
             table(
                 &["LEASE", "ENDPOINT", "ESTABLISHED", "ROUTED", "HANDSHAKE", "RX", "TX"],
                 out["peers"]
@@ -456,7 +489,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             println!(
                 "stored at revision {}: encryption {}{}, key generation {}; every daemon follows it now",
                 s(&out["revision"]),
-                if out["enabled"] == Value::Bool(true) { "on" } else { "off" },
+                if out["enabled"] == Value::Bool(true) { s(&out["type"]) } else { "off".into() },
                 if out["strict"] == Value::Bool(true) { " (strict)" } else { "" },
                 s(&out["key_generation"]),
             );

@@ -25,6 +25,10 @@ pub enum Action {
 pub struct Request {
     /// The action.
     pub action: Action,
+    /// The engine: `wireguard` or `ipsec` (enable only; default: the current one, else
+    /// WireGuard).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// Drop unencrypted pod traffic between nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
@@ -51,6 +55,9 @@ pub enum AdminError {
     /// The result would be invalid.
     #[error(transparent)]
     Invalid(ConfigError),
+    /// An engine that does not exist.
+    #[error("encryption type {0:?}: expected \"wireguard\" or \"ipsec\"")]
+    Kind(String),
     /// Rotating needs encryption on.
     #[error("encryption is not enabled; nothing to rotate")]
     NotEnabled,
@@ -65,6 +72,16 @@ pub enum AdminError {
 pub fn apply(stored: &str, req: &Request) -> Result<(String, EncryptionSettings), AdminError> {
     let parsed = NetworkConfig::parse(stored).map_err(AdminError::Stored)?.config;
     let mut s = parsed.encryption_settings();
+    if let Some(k) = &req.kind {
+        if req.action != Action::Enable {
+            return Err(AdminError::Kind(format!("{k} (a type goes with enable only)")));
+        }
+        s.kind = match k.to_ascii_lowercase().as_str() {
+            "wireguard" => super::settings::Kind::WireGuard,
+            "ipsec" => super::settings::Kind::Ipsec,
+            _ => return Err(AdminError::Kind(k.chars().take(40).collect())),
+        };
+    }
     match req.action {
         Action::Enable => s.enabled = true,
         Action::Disable => s.enabled = false,
@@ -123,6 +140,7 @@ mod tests {
     fn req(action: Action) -> Request {
         Request {
             action,
+            kind: None,
             strict: None,
             port: None,
             preshared_key: None,
@@ -148,6 +166,30 @@ mod tests {
         assert!(!s3.enabled && !s3.strict);
         assert_eq!(s3.key_generation, s2.key_generation, "the generation survives a disable");
         assert!(matches!(apply(&t3, &req(Action::Rotate)), Err(AdminError::NotEnabled)));
+    }
+
+    #[test]
+    fn the_type_switches_engines_and_rotation_keeps_it() {
+        let stored = r#"{"Network":"10.9.0.0/16"}"#;
+        let ipsec = Request { kind: Some("ipsec".into()), ..req(Action::Enable) };
+        let (t, s) = apply(stored, &ipsec).unwrap();
+        assert!(s.enabled && s.kind == super::super::settings::Kind::Ipsec);
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["Encryption"]["Type"], "ipsec");
+        let (t, s) = apply(&t, &req(Action::Rotate)).unwrap();
+        assert_eq!((s.kind, s.key_generation), (super::super::settings::Kind::Ipsec, 1));
+        let (t, s) = apply(&t, &req(Action::Enable)).unwrap();
+        assert_eq!(s.kind, super::super::settings::Kind::Ipsec, "enable without a type keeps it");
+        let (_, s) = apply(&t, &Request { kind: Some("WireGuard".into()), ..req(Action::Enable) }).unwrap();
+        assert_eq!(s.kind, super::super::settings::Kind::WireGuard);
+        assert!(matches!(
+            apply(stored, &Request { kind: Some("gre".into()), ..req(Action::Enable) }),
+            Err(AdminError::Kind(_))
+        ));
+        assert!(matches!(
+            apply(&t, &Request { kind: Some("ipsec".into()), ..req(Action::Rotate) }),
+            Err(AdminError::Kind(_))
+        ));
     }
 
     #[test]

@@ -8,8 +8,14 @@
 //! packet is lost. Disabling goes back the same way: routes first, then (a little later) the
 //! key leaves the lease, and the tunnel keeps receiving for [`LINGER`] before it is removed.
 //! A key rotation keeps the old session sending until the new one is up.
+//!
+//! IPsec (`"Type": "ipsec"`) is the second engine ([`super::ipsec`]): the same moves, with a
+//! peer's route going onto charon's TUN device once its child SA is installed. A switch
+//! between the engines in a running cluster keeps the engine being left up, published and
+//! carrying each peer's traffic until that peer is up on the new one (or [`HANDOVER_MAX`]
+//! has passed), so no peer falls back to plaintext on the way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,12 +27,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use wgtunnel::{PeerSpec, Tunnel, TunnelConfig};
 
 use super::device;
+use super::ipsec::{self, Engine as IpsecEngine, charon::Datapath};
 use super::keys::{KeyStore, NodeKey};
-use super::lease_data::{TunnelAttrs, endpoint};
+use super::lease_data::{TunnelAttrs, endpoint, publication};
 use super::routes::{SharedRoutes, TunnelRoutes};
-use super::settings::EncryptionSettings;
+use super::settings::{EncryptionSettings, Kind};
 use crate::backend::BackendEvent;
 use crate::config::NetworkConfig;
+use crate::identity::Identity;
 use crate::kernel;
 use crate::lease::KeeperCommand;
 use crate::node::{Node, PeerSet};
@@ -48,6 +56,9 @@ const GRACE: Duration = Duration::from_secs(10);
 /// After our own restart, routes found on the tunnel stay there this long while the new
 /// sessions come up.
 const RESTART_GRACE: Duration = Duration::from_secs(5);
+/// A switch between WireGuard and IPsec waits at most this long for every peer to come up
+/// on the new engine before the old one is taken down.
+pub const HANDOVER_MAX: Duration = Duration::from_secs(30);
 
 /// What the controller reads, and the node values it owns.
 pub struct ControllerIo {
@@ -88,6 +99,10 @@ pub struct ControllerSettings {
     pub fixed_mtu: bool,
     /// This node's underlay families: a peer's tunnel endpoint is taken in one of them.
     pub outer: crate::peer::Outer,
+    /// The charon binary (IPsec).
+    pub charon: std::path::PathBuf,
+    /// IPsec's datapath, when forced (`--ipsec-datapath`); else detected.
+    pub ipsec_datapath: Option<Datapath>,
 }
 
 struct Running {
@@ -120,8 +135,16 @@ pub struct Controller {
     specs_from: Option<(PeerSet, EncryptionSettings, [u8; 32])>,
     last_good: HashMap<String, Instant>,
     warned: HashMap<String, String>,
-    seeded: BTreeSet<IpNet>,
+    seeded: BTreeMap<IpNet, u32>,
     started: Instant,
+    /// The IPsec engine.
+    ipsec: IpsecEngine,
+    /// Its last report.
+    ipsec_report: ipsec::Report,
+    /// The node's identity (IKE authenticates with it).
+    identity: Option<Identity>,
+    /// Since when the wanted engine differs from one still running (a switch).
+    switch_since: Option<Instant>,
     strict_on: Option<bool>,
     /// The rules the strict table was last made from.
     strict_rules: Option<StrictRules>,
@@ -139,6 +162,10 @@ pub fn initial_publication(
     if !settings.enabled || opt_out {
         return Ok(Value::Null);
     }
+    if settings.kind == Kind::Ipsec {
+        let part = super::lease_data::IpsecAttrs { traffic_selectors: Vec::new() };
+        return Ok(publication("ipsec", None, Some(&part)));
+    }
     let (key, _) = KeyStore::new(state_dir).current(settings.key_generation, settings.rotation_period)?;
     Ok(TunnelAttrs { public_key: key.public, port: settings.port }.to_value())
 }
@@ -153,11 +180,46 @@ impl Controller {
     /// the tunnel are kept there for a moment (see [`RESTART_GRACE`]).
     pub fn new(cfg: ControllerSettings, routes: SharedRoutes) -> Result<Self, netkernel::KernelError> {
         let nl = netkernel::Netlink::current()?;
-        let seeded = kernel::blocking(|| device::routes_through(&nl, DEVICE)).unwrap_or_default();
-        if !seeded.is_empty() {
-            tracing::info!(routes = seeded.len(), "found routes on the tunnel from a previous run");
+        let mut seeded = BTreeMap::new();
+        for dev in [DEVICE, ipsec::charon::LIBIPSEC_DEVICE] {
+            let found = kernel::blocking(|| {
+                let i = nl.link(dev).ok()??.index;
+                Some((i, device::routes_through(&nl, dev)?))
+            });
+            if let Some((i, nets)) = found {
+                if !nets.is_empty() {
+                    tracing::info!(
+                        device = dev,
+                        routes = nets.len(),
+                        "found routes on a tunnel from a previous run"
+                    );
+                }
+                seeded.extend(nets.into_iter().map(|n| (n, i)));
+            }
         }
+        let identity = match Identity::load_or_create(&cfg.state_dir) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!(error = %e, "the node's identity key: IPsec is not available");
+                None
+            }
+        };
+        let ipsec = IpsecEngine::new(
+            ipsec::EngineConfig {
+                state_dir: cfg.state_dir.clone(),
+                charon: cfg.charon.clone(),
+                datapath: cfg.ipsec_datapath,
+                underlay_mtu: cfg.underlay_mtu,
+                vxlan_devices: cfg.vxlan_devices.clone(),
+                outer: cfg.outer,
+            },
+            netkernel::Netlink::current()?,
+        );
         Ok(Controller {
+            ipsec,
+            ipsec_report: ipsec::Report::default(),
+            identity,
+            switch_since: None,
             nl,
             keys: KeyStore::new(&cfg.state_dir),
             cfg,
@@ -183,9 +245,12 @@ impl Controller {
         if self.seeded.is_empty() {
             return;
         }
-        let ifindex = kernel::blocking(|| self.nl.link(DEVICE).ok()?.map(|l| l.index));
         if let Ok(mut r) = self.routes.write() {
-            *r = TunnelRoutes { ifindex, encrypted: self.seeded.clone(), strict: false };
+            *r = TunnelRoutes {
+                devices: self.seeded.values().copied().collect(),
+                encrypted: self.seeded.clone(),
+                strict: None,
+            };
         }
     }
 
@@ -211,10 +276,13 @@ impl Controller {
                 _ = async { changes.as_mut().unwrap().changed().await }, if changes.is_some() => {}
                 _ = async { stamps.as_mut().unwrap().changed().await }, if stamps.is_some() => {}
                 _ = tick.tick() => {}
+                // IPsec connections waiting for their SAs: look again sooner.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if self.ipsec.pending() => {}
                 _ = io.shutdown.changed() => break,
             }
         }
         let left = io.node.keeper.borrow().released;
+        kernel::blocking(|| self.ipsec.shutdown(left));
         match std::mem::replace(&mut self.phase, Phase::Off) {
             Phase::On(mut r) | Phase::Leaving { run: mut r, .. } => {
                 self.save_timestamps(&mut r);
@@ -230,6 +298,30 @@ impl Controller {
         tracing::info!("encryption controller stopped");
     }
 
+    /// Whether the switch to `to` is complete: every peer whose subnet is routed into the
+    /// other engine's device is up on `to` or does not take part in it.
+    fn handover_done(
+        &self,
+        to: Kind,
+        to_up: &BTreeSet<IpNet>,
+        from_dev: Option<u32>,
+        peers: &PeerSet,
+    ) -> bool {
+        if self.switch_since.is_some_and(|t| t.elapsed() >= HANDOVER_MAX) {
+            return true;
+        }
+        let routed = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        peers.values().all(|p| {
+            let takes_part = match to {
+                Kind::Ipsec => matches!(p.ipsec, Ok(Some(_))),
+                Kind::WireGuard => matches!(p.tunnel, Ok(Some(_))),
+            };
+            let on_old =
+                p.families().any(|f| from_dev.is_some() && routed.get(&f.subnet).copied() == from_dev);
+            !takes_part || !on_old || p.families().all(|f| to_up.contains(&f.subnet))
+        })
+    }
+
     async fn step(&mut self, io: &mut ControllerIo) {
         let config = io.config.borrow().clone();
         let Some(config) = config else { return };
@@ -237,9 +329,46 @@ impl Controller {
         let own = *io.own.borrow();
         let peers = io.peers.borrow().clone();
         let want = settings.enabled && !self.cfg.opt_out;
+        let want_ipsec_kind = want && settings.kind == Kind::Ipsec && self.identity.is_some();
+        let want_wg_kind = want && settings.kind == Kind::WireGuard;
+        // A switch: the engine being left stays until the peers are up on the new one.
+        let switching = (want_ipsec_kind && matches!(self.phase, Phase::On(_)))
+            || (want_wg_kind && self.ipsec.active() && self.ipsec_report.publication.is_some());
+        if switching {
+            self.switch_since.get_or_insert_with(Instant::now);
+        } else {
+            self.switch_since = None;
+        }
+        let wg_dev = match &self.phase {
+            Phase::On(r) | Phase::Leaving { run: r, .. } => Some(r.ifindex),
+            Phase::Off => None,
+        };
+        let want_wg = want_wg_kind
+            || (want_ipsec_kind
+                && switching
+                && !self.handover_done(Kind::Ipsec, &self.ipsec_report.up.clone(), wg_dev, &peers));
+        let want_ipsec = want_ipsec_kind
+            || (want_wg_kind && switching && {
+                let wg_up = self.wg_up();
+                !self.handover_done(Kind::WireGuard, &wg_up, self.ipsec_report.device, &peers)
+            });
+        if want && settings.kind == Kind::Ipsec && self.identity.is_none() {
+            tracing::error!(
+                "IPsec needs the node's identity key, which could not be loaded; staying on the current mode"
+            );
+        }
+
+        // IPsec first (it may block briefly on charon): its report feeds the routing choice.
+        self.ipsec_report = match &self.identity {
+            Some(id) => {
+                let (engine, report_peers) = (&mut self.ipsec, &peers);
+                kernel::blocking(|| engine.step(want_ipsec, &settings, own, report_peers, id))
+            }
+            None => ipsec::Report::default(),
+        };
 
         let phase = std::mem::replace(&mut self.phase, Phase::Off);
-        self.phase = match (phase, want, own) {
+        self.phase = match (phase, want_wg, own) {
             (Phase::Off, true, Some(own)) => match self.start(&settings, own) {
                 Ok(r) => Phase::On(r),
                 Err(e) => {
@@ -252,27 +381,27 @@ impl Controller {
                 Phase::On(run)
             }
             (Phase::On(run), false, _) => {
-                tracing::info!("encryption disabled: moving traffic back to VXLAN");
+                tracing::info!("WireGuard disabled: moving its traffic off the tunnel");
                 Phase::Leaving { run, since: Instant::now(), unpublished: false }
             }
             (p, _, _) => p,
         };
 
-        let mut publish = None;
-        let mut choice = TunnelRoutes::default();
+        let mut wg_pub = None;
+        let mut wg_set = BTreeSet::new();
         let mut stop = false;
+        let mut mtu_floor = None;
         let mut phase = std::mem::replace(&mut self.phase, Phase::Off);
         match &mut phase {
             Phase::Off => {
-                // Only when off by choice: while waiting for a lease (or after a failed
-                // start) a restarted node's published key stays, so peers see no flap.
-                if !want {
-                    publish = Some(Value::Null);
-                }
                 if !want && !self.cleaned_leftover {
                     // A tunnel left by a run that had encryption on, which is off now.
                     self.cleaned_leftover = true;
                     kernel::blocking(|| device::delete(&self.nl, DEVICE));
+                    if !self.ipsec.active() {
+                        let paths = ipsec::charon::CharonPaths::new(&self.cfg.state_dir);
+                        kernel::blocking(|| ipsec::charon::stop_leftover(&paths));
+                    }
                 }
             }
             Phase::On(run) => {
@@ -287,10 +416,7 @@ impl Controller {
                 if let Err(e) = self.follow_settings(run, &settings) {
                     tracing::error!(error = %e, "updating the tunnel's key");
                 }
-                let wanted = TunnelAttrs { public_key: run.key.public, port: run.port }.to_value();
-                if self.published.as_ref() != Some(&wanted) {
-                    publish = Some(wanted);
-                }
+                wg_pub = Some(TunnelAttrs { public_key: run.key.public, port: run.port });
                 // Leases are parsed again only when the peers, the settings or our key changed,
                 // not on every tick.
                 let unchanged = self.specs_from.as_ref().is_some_and(|(p, s, k)| {
@@ -304,43 +430,99 @@ impl Controller {
                     }
                     self.specs_from = Some((peers.clone(), settings.clone(), run.key.public));
                 }
-                choice = self.choose_routes(run, &settings);
-                // New pods get the encrypted MTU; older ones learn it by path MTU discovery.
-                let enc = encrypted_mtu(self.cfg.underlay_mtu);
-                if !self.cfg.fixed_mtu {
-                    io.mtu.send_if_modified(|m| {
-                        let lower = *m > enc;
-                        if lower {
-                            *m = enc;
-                        }
-                        lower
-                    });
-                }
+                wg_set = self.choose_routes(run);
+                mtu_floor = Some(encrypted_mtu(self.cfg.underlay_mtu));
             }
             Phase::Leaving { run, since, unpublished } => {
                 self.save_timestamps(run);
-                // Routes go back at once (choice stays empty); the key leaves the lease a
-                // little later, once our routes no longer point into the tunnel.
-                choice.ifindex = Some(run.ifindex);
+                // Routes go back at once (nothing chosen); the key leaves the lease a little
+                // later, once our routes no longer point into the tunnel.
                 if !*unpublished && since.elapsed() >= UNPUBLISH_AFTER {
-                    publish = Some(Value::Null);
                     *unpublished = true;
+                }
+                if !*unpublished {
+                    wg_pub = Some(TunnelAttrs { public_key: run.key.public, port: run.port });
                 }
                 stop = since.elapsed() >= LINGER;
             }
         }
         // Waiting for the lease to start the tunnel (a restart): the routes a previous run
         // left on the tunnel stay there, never moved to VXLAN (plaintext) in the meantime.
-        let waiting = matches!(phase, Phase::Off) && want && own.is_none();
+        let waiting = matches!(phase, Phase::Off) && want && own.is_none() && !self.ipsec.active();
         self.phase = phase;
+        if let Some(m) = self.ipsec_report.mtu {
+            mtu_floor = Some(mtu_floor.map_or(m, |f: u32| f.min(m)));
+        }
+        if let Some(enc) = mtu_floor
+            && !self.cfg.fixed_mtu
+        {
+            // New pods get the encrypted MTU; older ones learn it by path MTU discovery.
+            io.mtu.send_if_modified(|m| {
+                let lower = *m > enc;
+                if lower {
+                    *m = enc;
+                }
+                lower
+            });
+        }
+
+        // The routing choice: each peer subnet into the wanted engine's device when it is up
+        // there, else into the other engine's while that one still carries it.
+        let ipsec_dev = self.ipsec_report.device;
+        let wg_dev = match &self.phase {
+            Phase::On(r) | Phase::Leaving { run: r, .. } => Some(r.ifindex),
+            Phase::Off => None,
+        };
+        let restarting = self.started.elapsed() < RESTART_GRACE;
+        let mut ipsec_set = self.ipsec_report.up.clone();
+        if restarting && let Some(d) = ipsec_dev {
+            // Our own restart with charon's SAs up: keep what the previous run routed there.
+            ipsec_set.extend(self.seeded.iter().filter(|(_, i)| **i == d).map(|(n, _)| *n));
+        }
+        let (first, second) = if settings.kind == Kind::Ipsec {
+            ((ipsec_set, ipsec_dev), (wg_set, wg_dev))
+        } else {
+            ((wg_set, wg_dev), (ipsec_set, ipsec_dev))
+        };
+        let mut choice = TunnelRoutes::default();
+        choice.devices.extend(wg_dev);
+        choice.devices.extend(ipsec_dev);
+        for (set, dev) in [first, second] {
+            // With kernel ESP (no device) the XFRM policies encrypt on the VXLAN route.
+            let Some(dev) = dev else { continue };
+            for net in set {
+                choice.encrypted.entry(net).or_insert(dev);
+            }
+        }
+        if want && settings.strict {
+            choice.strict = match settings.kind {
+                Kind::WireGuard => match &self.phase {
+                    Phase::On(r) => Some(r.ifindex),
+                    _ => None,
+                },
+                Kind::Ipsec => ipsec_dev,
+            };
+        }
         if !waiting {
             self.set_routes(choice, io).await;
         }
         let strict = (want && settings.strict).then(|| self.strict_rules(&config, own));
         self.set_strict(strict).await;
         io.status.send_replace(self.status_json(&settings, want));
-        if let Some(v) = publish {
-            self.publish(v, io).await;
+
+        // Our lease: the parts of the engines running, `Type` the one wanted.
+        let target = if want {
+            settings.kind.name()
+        } else if wg_pub.is_some() {
+            "wireguard"
+        } else {
+            "ipsec"
+        };
+        let value = publication(target, wg_pub.as_ref(), self.ipsec_report.publication.as_ref());
+        // While waiting for a lease (or after a failed start) a restarted node's published
+        // data stays, so peers see no flap; off by choice, it goes.
+        if !value.is_null() || !want {
+            self.publish(value, io).await;
         }
         if stop && let Phase::Leaving { run, .. } = std::mem::replace(&mut self.phase, Phase::Off) {
             tracing::info!("removing the encryption tunnel");
@@ -351,12 +533,41 @@ impl Controller {
                 run.tunnel.stop();
                 device::delete(&self.nl, DEVICE);
             });
-            self.set_routes(TunnelRoutes::default(), io).await;
+            let mut r = self.routes.read().map(|r| r.clone()).unwrap_or_default();
+            r.devices.remove(&run.ifindex);
+            r.encrypted.retain(|_, d| *d != run.ifindex);
+            if r.strict == Some(run.ifindex) {
+                r.strict = None;
+            }
+            self.set_routes(r, io).await;
         }
     }
 
+    /// Peer subnets with a WireGuard session for the current keys.
+    fn wg_up(&self) -> BTreeSet<IpNet> {
+        let Phase::On(run) = &self.phase else { return BTreeSet::new() };
+        let status: HashMap<String, bool> =
+            run.tunnel.status().into_iter().map(|st| (st.id, st.established)).collect();
+        self.last_peers
+            .iter()
+            .filter(|sp| status.get(&sp.id).copied().unwrap_or(false))
+            .flat_map(|sp| sp.allowed.iter().copied())
+            .collect()
+    }
+
     fn status_json(&self, s: &EncryptionSettings, want: bool) -> Value {
-        let on_tunnel = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        let routed = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        let on_tunnel: BTreeSet<IpNet> = match &self.phase {
+            Phase::On(r) | Phase::Leaving { run: r, .. } => {
+                routed.iter().filter(|(_, d)| **d == r.ifindex).map(|(n, _)| *n).collect()
+            }
+            Phase::Off => BTreeSet::new(),
+        };
+        let on_ipsec: BTreeSet<IpNet> = match self.ipsec_report.device {
+            Some(d) => routed.iter().filter(|(_, x)| **x == d).map(|(n, _)| *n).collect(),
+            // Kernel ESP: encrypted on the VXLAN route by the XFRM policies.
+            None => self.ipsec_report.up.clone(),
+        };
         let (run, phase) = match &self.phase {
             Phase::Off => (None, "off"),
             Phase::On(r) => (Some(r), "on"),
@@ -364,6 +575,7 @@ impl Controller {
         };
         let mut v = serde_json::json!({
             "enabled": s.enabled,
+            "type": if s.enabled { s.kind.name() } else { "none" },
             "participating": want,
             "phase": phase,
             "strict": s.strict,
@@ -371,6 +583,7 @@ impl Controller {
             "key_generation": s.key_generation,
             "preshared_key": s.preshared_key.is_some(),
             "device": DEVICE,
+            "ipsec": self.ipsec.status(&on_ipsec),
         });
         if let Some(r) = run {
             let now = Instant::now();
@@ -576,11 +789,15 @@ impl Controller {
         specs
     }
 
-    fn choose_routes(&mut self, run: &Running, s: &EncryptionSettings) -> TunnelRoutes {
+    fn choose_routes(&mut self, run: &Running) -> BTreeSet<IpNet> {
         let now = Instant::now();
         let status: HashMap<String, (bool, bool)> =
             run.tunnel.status().into_iter().map(|st| (st.id, (st.established, st.can_send))).collect();
-        let before = self.routes.read().map(|r| r.encrypted.clone()).unwrap_or_default();
+        let before: BTreeSet<IpNet> = self
+            .routes
+            .read()
+            .map(|r| r.encrypted.iter().filter(|(_, d)| **d == run.ifindex).map(|(n, _)| *n).collect())
+            .unwrap_or_default();
         let restarting = self.started.elapsed() < RESTART_GRACE;
         let mut encrypted = BTreeSet::new();
         for spec in &self.last_peers {
@@ -595,7 +812,8 @@ impl Controller {
                 let was = before.contains(net);
                 // Onto the tunnel only with a session for the current keys; it stays while
                 // traffic can flow or the peer re-handshakes (after its restart).
-                let keep = up || (was && (can_send || recently)) || (restarting && self.seeded.contains(net));
+                let seeded = self.seeded.get(net) == Some(&run.ifindex);
+                let keep = up || (was && (can_send || recently)) || (restarting && seeded);
                 if keep {
                     encrypted.insert(*net);
                 }
@@ -604,17 +822,18 @@ impl Controller {
         if restarting {
             // Also before the peers are listed: what a previous run left on the tunnel stays
             // there (never moved to VXLAN, i.e. plaintext, for a moment).
-            encrypted.extend(self.seeded.iter().copied());
+            encrypted.extend(self.seeded.iter().filter(|(_, i)| **i == run.ifindex).map(|(n, _)| *n));
         }
         self.last_good.retain(|id, _| self.last_peers.iter().any(|p| &p.id == id));
-        TunnelRoutes { ifindex: Some(run.ifindex), encrypted, strict: s.strict }
+        encrypted
     }
 
     async fn set_routes(&mut self, choice: TunnelRoutes, io: &ControllerIo) {
         let changed = match self.routes.write() {
             Ok(mut r) if *r != choice => {
-                let moved_on = choice.encrypted.difference(&r.encrypted).count();
-                let moved_off = r.encrypted.difference(&choice.encrypted).count();
+                let moved_on =
+                    choice.encrypted.iter().filter(|(n, d)| r.encrypted.get(*n) != Some(*d)).count();
+                let moved_off = r.encrypted.keys().filter(|n| !choice.encrypted.contains_key(*n)).count();
                 if moved_on + moved_off > 0 {
                     tracing::info!(
                         onto_tunnel = moved_on,
@@ -640,7 +859,9 @@ impl Controller {
         let own_v6 = own.and_then(|o| o.ipv6).map(IpNet::V6);
         StrictRules {
             plaintext_devices: self.cfg.vxlan_devices.clone(),
-            tunnel: DEVICE.into(),
+            // Both engines' devices: during a switch a peer's packets come in through either.
+            tunnels: vec![DEVICE.into(), ipsec::charon::LIBIPSEC_DEVICE.into()],
+            xfrm: self.ipsec_report.datapath == Some(Datapath::Kernel),
             pod_networks: [&config.ipv4, &config.ipv6].into_iter().flatten().map(|p| p.network).collect(),
             own_subnets: own_v4.into_iter().chain(own_v6).collect(),
         }

@@ -1,9 +1,16 @@
 //! What a node publishes about its tunnel in its lease, and the checks a peer's must pass
 //! before it reaches the tunnel: `"Encryption": {"Type":"wireguard","PublicKey":"<base64>",
-//! "Port":51820}`. A malformed one costs only the tunnel to that node (its VXLAN entries
-//! stay, unless the cluster is strict); it never touches the rest of the lease.
+//! "Port":51820}`, or for IPsec `"Encryption": {"Type":"ipsec","IPsec":{"TrafficSelectors":
+//! ["10.244.3.0/24"]}}` (IKE authenticates the node with the `Identity` key of its lease;
+//! without `TrafficSelectors` the selectors are the lease's subnets, which is what overlayd
+//! publishes).
+//! While a node switches engines it publishes both parts; `Type` names the one it moves to.
+//! A malformed one costs only the tunnel to that node (its VXLAN entries stay, unless the
+//! cluster is strict); it never touches the rest of the lease.
 
 use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 
 use serde_json::{Value, json};
 
@@ -32,8 +39,14 @@ impl TunnelAttrs {
         let o = v.as_object().ok_or_else(|| format!("Encryption is not an object: {}", short(v)))?;
         match o.get("Type").and_then(Value::as_str) {
             Some("wireguard") => {}
+            // An IPsec node publishes a WireGuard part only while it switches over.
+            Some("ipsec") if !o.contains_key("PublicKey") => return Ok(None),
+            Some("ipsec") => {}
             Some("none") | None if !o.contains_key("PublicKey") => return Ok(None),
-            other => return Err(format!("Encryption.Type {other:?} is not \"wireguard\"")),
+            other => {
+                let other = other.map(|t| short_str(t).to_string());
+                return Err(format!("Encryption.Type {other:?} is not \"wireguard\" or \"ipsec\""));
+            }
         }
         let key = o.get("PublicKey").and_then(Value::as_str).ok_or("Encryption.PublicKey missing")?;
         let public_key = decode_key(key).ok_or_else(|| {
@@ -47,6 +60,70 @@ impl TunnelAttrs {
                 || format!("Encryption.Port {} is not a port", o.get("Port").map_or("missing".into(), short)),
             )?;
         Ok(Some(TunnelAttrs { public_key, port: port as u16 }))
+    }
+}
+
+/// A node's IPsec participation, as published: the traffic selectors it protects (its pod
+/// subnets). IKE authenticates it with its lease's `Identity` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpsecAttrs {
+    /// Its pod subnets, as it will negotiate them (checked against its lease by the reader);
+    /// empty: the lease's subnets.
+    pub traffic_selectors: Vec<IpNet>,
+}
+
+/// At most this many selectors are read from a lease (one per family is the norm).
+const MAX_SELECTORS: usize = 4;
+
+impl IpsecAttrs {
+    /// The `IPsec` part of the lease's `Encryption` value.
+    pub fn to_value(&self) -> Value {
+        if self.traffic_selectors.is_empty() {
+            return json!({});
+        }
+        let ts: Vec<String> = self.traffic_selectors.iter().map(|n| n.to_string()).collect();
+        json!({"TrafficSelectors": ts})
+    }
+
+    /// Parses a lease's `Encryption` value: `Ok(None)` when the node does not do IPsec.
+    pub fn from_value(v: &Value) -> Result<Option<IpsecAttrs>, String> {
+        let Some(o) = v.as_object() else { return Ok(None) };
+        let Some(ip) = o.get("IPsec") else { return Ok(None) };
+        let ip = ip.as_object().ok_or_else(|| format!("Encryption.IPsec is not an object: {}", short(ip)))?;
+        let Some(list) = ip.get("TrafficSelectors") else {
+            return Ok(Some(IpsecAttrs { traffic_selectors: Vec::new() }));
+        };
+        let list = list.as_array().ok_or("Encryption.IPsec.TrafficSelectors is not a list")?;
+        if list.is_empty() || list.len() > MAX_SELECTORS {
+            return Err(format!("Encryption.IPsec.TrafficSelectors: 1 to {MAX_SELECTORS} expected"));
+        }
+        let mut traffic_selectors = Vec::new();
+        for t in list {
+            let n: IpNet = t
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("Encryption.IPsec.TrafficSelectors: {} is not a subnet", short(t)))?;
+            traffic_selectors.push(n.trunc());
+        }
+        Ok(Some(IpsecAttrs { traffic_selectors }))
+    }
+}
+
+/// The lease's `Encryption` value for what this node runs: `Null` when nothing.
+pub fn publication(target: &str, wg: Option<&TunnelAttrs>, ipsec: Option<&IpsecAttrs>) -> Value {
+    match (wg, ipsec) {
+        (None, None) => Value::Null,
+        (Some(w), None) => {
+            let mut v = w.to_value();
+            v["Type"] = json!(target);
+            v
+        }
+        (w, Some(i)) => {
+            let mut v = w.map(TunnelAttrs::to_value).unwrap_or_else(|| json!({}));
+            v["Type"] = json!(target);
+            v["IPsec"] = i.to_value();
+            v
+        }
     }
 }
 
@@ -131,11 +208,38 @@ mod tests {
     }
 
     #[test]
+    fn ipsec_parts_and_both_engines_during_a_switch() {
+        let wg = TunnelAttrs { public_key: [9; 32], port: 51820 };
+        let ip = IpsecAttrs { traffic_selectors: vec!["10.244.3.0/24".parse().unwrap()] };
+        let both = publication("ipsec", Some(&wg), Some(&ip));
+        assert_eq!(TunnelAttrs::from_value(&both), Ok(Some(wg)));
+        assert_eq!(IpsecAttrs::from_value(&both), Ok(Some(ip.clone())));
+        let only = publication("ipsec", None, Some(&ip));
+        assert_eq!(TunnelAttrs::from_value(&only), Ok(None));
+        assert_eq!(IpsecAttrs::from_value(&only), Ok(Some(ip)));
+        assert_eq!(IpsecAttrs::from_value(&wg.to_value()), Ok(None));
+        assert_eq!(publication("none", None, None), Value::Null);
+        let implied = publication("ipsec", None, Some(&IpsecAttrs { traffic_selectors: vec![] }));
+        assert_eq!(implied, json!({"Type": "ipsec", "IPsec": {}}));
+        assert_eq!(IpsecAttrs::from_value(&implied), Ok(Some(IpsecAttrs { traffic_selectors: vec![] })));
+        for bad in [
+            json!({"Type": "ipsec", "IPsec": 1}),
+            json!({"Type": "ipsec", "IPsec": {"TrafficSelectors": "10.0.0.0/24"}}),
+            json!({"Type": "ipsec", "IPsec": {"TrafficSelectors": []}}),
+            json!({"Type": "ipsec", "IPsec": {"TrafficSelectors": ["10.0.0.0/33"]}}),
+            json!({"Type": "ipsec", "IPsec": {"TrafficSelectors": [7]}}),
+            json!({"Type": "ipsec", "IPsec": {"TrafficSelectors": vec!["10.0.0.0/24"; 9]}}),
+        ] {
+            assert!(IpsecAttrs::from_value(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn malformed_values_are_errors_naming_the_field() {
         let key = encode_key(&[9; 32]);
         for (v, field) in [
             (json!("wireguard"), "Encryption"),
-            (json!({"Type": "ipsec", "PublicKey": key, "Port": 1}), "Encryption.Type"),
+            (json!({"Type": "ipsek", "PublicKey": key, "Port": 1}), "Encryption.Type"),
             (json!({"Type": "wireguard", "Port": 1}), "Encryption.PublicKey"),
             (json!({"Type": "wireguard", "PublicKey": "abc", "Port": 1}), "Encryption.PublicKey"),
             (json!({"Type": "wireguard", "PublicKey": "x".repeat(5000), "Port": 1}), "Encryption.PublicKey"),

@@ -1,9 +1,11 @@
-//! Which remote subnets go into the tunnel. The encryption controller decides; the VXLAN
+//! Which remote subnets go into which tunnel. The encryption controller decides; the VXLAN
 //! backend, which owns every overlay route, reads it on each reconciliation and points the
 //! route at the tunnel device instead of the VXLAN next hop (one `route replace`: no
-//! moment without a route).
+//! moment without a route). Two tunnels can carry traffic at once (WireGuard's `ferro-wg`
+//! and IPsec's `ipsec0` while the cluster switches from one to the other), each peer's
+//! subnet into exactly one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
@@ -11,19 +13,24 @@ use ipnet::IpNet;
 /// The routing choice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TunnelRoutes {
-    /// The tunnel device, while it exists.
-    pub ifindex: Option<u32>,
-    /// Remote subnets whose traffic goes into the tunnel.
-    pub encrypted: BTreeSet<IpNet>,
-    /// Every remote subnet goes into the tunnel, with or without a session (fail closed).
-    pub strict: bool,
+    /// Every tunnel device that exists (routes through them are the overlay's own).
+    pub devices: BTreeSet<u32>,
+    /// Remote subnets whose traffic goes into a tunnel, and that tunnel's ifindex.
+    pub encrypted: BTreeMap<IpNet, u32>,
+    /// Fail closed: every other remote subnet goes into this device, with or without a
+    /// session (strict mode).
+    pub strict: Option<u32>,
 }
 
 impl TunnelRoutes {
-    /// The tunnel's ifindex if traffic to `subnet` must go into it.
+    /// The tunnel's ifindex if traffic to `subnet` must go into one.
     pub fn via_tunnel(&self, subnet: &IpNet) -> Option<u32> {
-        let dev = self.ifindex?;
-        (self.strict || self.encrypted.contains(subnet)).then_some(dev)
+        self.encrypted.get(subnet).copied().or(self.strict)
+    }
+
+    /// Whether routes through `oif` belong to the overlay.
+    pub fn is_tunnel(&self, oif: Option<u32>) -> bool {
+        oif.is_some_and(|i| self.devices.contains(&i))
     }
 }
 
@@ -35,14 +42,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_with_a_device_and_then_by_subnet_or_strict() {
+    fn by_subnet_then_strict() {
         let a: IpNet = "10.0.1.0/24".parse().unwrap();
         let b: IpNet = "10.0.2.0/24".parse().unwrap();
-        let mut r = TunnelRoutes { ifindex: None, encrypted: [a].into(), strict: true };
-        assert_eq!(r.via_tunnel(&a), None);
-        r.ifindex = Some(7);
-        assert_eq!((r.via_tunnel(&a), r.via_tunnel(&b)), (Some(7), Some(7)));
-        r.strict = false;
-        assert_eq!((r.via_tunnel(&a), r.via_tunnel(&b)), (Some(7), None));
+        let c: IpNet = "10.0.3.0/24".parse().unwrap();
+        let mut r = TunnelRoutes { devices: [7, 9].into(), encrypted: [(a, 7), (b, 9)].into(), strict: None };
+        assert_eq!((r.via_tunnel(&a), r.via_tunnel(&b), r.via_tunnel(&c)), (Some(7), Some(9), None));
+        r.strict = Some(9);
+        assert_eq!((r.via_tunnel(&a), r.via_tunnel(&c)), (Some(7), Some(9)));
+        assert!(r.is_tunnel(Some(7)) && !r.is_tunnel(Some(8)) && !r.is_tunnel(None));
     }
 }

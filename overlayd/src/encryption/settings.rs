@@ -4,9 +4,11 @@
 //! "Encryption": {"Type": "wireguard", "Port": 51820, "Strict": false,
 //!                "PersistentKeepalive": 0, "RotationPeriod": 0, "KeyGeneration": 0,
 //!                "PresharedKey": "<base64 of 32 bytes>"}
+//! "Encryption": {"Type": "ipsec", "Strict": false, "RotationPeriod": 0, "KeyGeneration": 0,
+//!                "IKEProposals": ["aes256gcm16-prfsha384-x25519"], "ESPProposals": ["aes256gcm16"]}
 //! ```
 //!
-//! Only `Type` is required; `"Type": "none"` (or no section) means off. `KeyGeneration` is
+//! Only `Type` is required (`wireguard` or `ipsec`); `"Type": "none"` (or no section) means off. `KeyGeneration` is
 //! bumped by `overlayctl encryption rotate`: every node makes a new key when it sees a
 //! higher one. `RotationPeriod` (seconds, 0 = never) rotates each node's key on a timer.
 
@@ -22,11 +24,63 @@ pub const DEFAULT_PORT: u16 = 51820;
 /// Rotation more often than this would spend more time handshaking than it buys.
 pub const MIN_ROTATION: Duration = Duration::from_secs(60);
 
+/// Which engine encrypts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// WireGuard in userspace (the `ferro-wg` tunnel).
+    #[default]
+    WireGuard,
+    /// IPsec: IKEv2 by strongSwan's charon, driven over VICI; ESP in the kernel or in charon.
+    Ipsec,
+}
+
+impl Kind {
+    /// The `Type` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::WireGuard => "wireguard",
+            Kind::Ipsec => "ipsec",
+        }
+    }
+}
+
+/// The IPsec mode's own options.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct IpsecOptions {
+    /// IKE proposals (`IKEProposals`); `None` = [`super::ipsec::proposals::DEFAULT_IKE`].
+    pub ike_proposals: Option<Vec<String>>,
+    /// ESP proposals (`ESPProposals`); `None` = [`super::ipsec::proposals::DEFAULT_ESP`].
+    pub esp_proposals: Option<Vec<String>>,
+    /// A pre-shared key given as text (`IPsecPSK`: flannel's `Backend.PSK`, migrated); used
+    /// instead of `PresharedKey` for peers that authenticate with a PSK.
+    pub psk_text: Option<String>,
+}
+
+impl IpsecOptions {
+    /// The IKE proposals in effect.
+    pub fn ike(&self) -> Vec<String> {
+        self.ike_proposals
+            .clone()
+            .unwrap_or_else(|| super::ipsec::proposals::DEFAULT_IKE.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// The ESP proposals in effect.
+    pub fn esp(&self) -> Vec<String> {
+        self.esp_proposals
+            .clone()
+            .unwrap_or_else(|| super::ipsec::proposals::DEFAULT_ESP.iter().map(|s| s.to_string()).collect())
+    }
+}
+
 /// The encryption settings of the cluster.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct EncryptionSettings {
     /// Encrypt pod traffic between nodes.
     pub enabled: bool,
+    /// With which engine.
+    pub kind: Kind,
+    /// IPsec's options (kept while WireGuard is in use, so a switch back finds them).
+    pub ipsec: IpsecOptions,
     /// UDP port of every node's tunnel.
     pub port: u16,
     /// Drop pod traffic between nodes that is not encrypted.
@@ -46,6 +100,10 @@ impl std::fmt::Debug for EncryptionSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncryptionSettings")
             .field("enabled", &self.enabled)
+            .field("kind", &self.kind)
+            .field("ike_proposals", &self.ipsec.ike_proposals)
+            .field("esp_proposals", &self.ipsec.esp_proposals)
+            .field("ipsec_psk", &self.ipsec.psk_text.as_ref().map(|_| "<redacted>"))
             .field("port", &self.port)
             .field("strict", &self.strict)
             .field("persistent_keepalive", &self.persistent_keepalive)
@@ -56,8 +114,44 @@ impl std::fmt::Debug for EncryptionSettings {
     }
 }
 
-const KNOWN: &[&str] =
-    &["Port", "Strict", "PersistentKeepalive", "RotationPeriod", "KeyGeneration", "PresharedKey"];
+const KNOWN: &[&str] = &[
+    "Port",
+    "Strict",
+    "PersistentKeepalive",
+    "RotationPeriod",
+    "KeyGeneration",
+    "PresharedKey",
+    "IKEProposals",
+    "ESPProposals",
+    "IPsecPSK",
+];
+
+/// Secret fields: never logged, never shown by the API.
+const SECRETS: &[&str] = &["PresharedKey", "IPsecPSK"];
+
+fn proposals(
+    m: &Map<String, Value>,
+    name: &str,
+    kind: super::ipsec::proposals::Kind,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let list: Vec<String> = match get(m, name) {
+        None => return Ok(None),
+        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_ascii_lowercase()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(|s| s.trim().to_ascii_lowercase()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| field_err(name, "expected a list of strings"))?,
+        Some(v) => return Err(field_err(name, format!("expected a list of strings, got {}", kind_of(v)))),
+    };
+    if list.is_empty() || list.len() > 8 {
+        return Err(field_err(name, "expected 1 to 8 proposals"));
+    }
+    for p in &list {
+        super::ipsec::proposals::check(kind, p).map_err(|e| field_err(name, e))?;
+    }
+    Ok(Some(list))
+}
 
 fn get<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     m.get(name)
@@ -99,11 +193,18 @@ impl EncryptionSettings {
     /// The typed settings of a config's section (`None` = off), with warnings for unknown keys.
     pub fn from_config(section: Option<&EncryptionConfig>) -> Result<(Self, Vec<String>), ConfigError> {
         let Some(section) = section else { return Ok((Self::off(), Vec::new())) };
-        let enabled = match section.kind.as_deref() {
-            Some(k) if k.eq_ignore_ascii_case("wireguard") => true,
-            Some(k) if k.eq_ignore_ascii_case("none") => false,
-            Some(k) => return Err(field_err("Type", format!("{k:?} is not one of \"wireguard\", \"none\""))),
-            None => return Err(field_err("Type", "required: \"wireguard\" or \"none\"")),
+        let (enabled, kind) = match section.kind.as_deref() {
+            Some(k) if k.eq_ignore_ascii_case("wireguard") => (true, Kind::WireGuard),
+            Some(k) if k.eq_ignore_ascii_case("ipsec") => (true, Kind::Ipsec),
+            Some(k) if k.eq_ignore_ascii_case("none") => (false, Kind::WireGuard),
+            Some(k) => {
+                let k: String = k.chars().take(40).collect();
+                return Err(field_err(
+                    "Type",
+                    format!("{k:?} is not one of \"wireguard\", \"ipsec\", \"none\""),
+                ));
+            }
+            None => return Err(field_err("Type", "required: \"wireguard\", \"ipsec\" or \"none\"")),
         };
         let m = &section.options;
         let warnings = m
@@ -140,10 +241,26 @@ impl EncryptionSettings {
                 decode_key(s)
                     .ok_or_else(|| field_err("PresharedKey", "not a WireGuard key (base64 of 32 bytes)"))?,
             ),
-            Some(v) => return Err(field_err("PresharedKey", format!("expected a string, got {}", kind(v)))),
+            Some(v) => {
+                return Err(field_err("PresharedKey", format!("expected a string, got {}", kind_of(v))));
+            }
+        };
+        use super::ipsec::proposals::Kind as P;
+        let psk_text = match get(m, "IPsecPSK") {
+            None => None,
+            Some(Value::String(s)) if (20..=1024).contains(&s.len()) => Some(s.clone()),
+            Some(Value::String(_)) => return Err(field_err("IPsecPSK", "expected 20 to 1024 characters")),
+            Some(v) => return Err(field_err("IPsecPSK", format!("expected a string, got {}", kind_of(v)))),
+        };
+        let ipsec = IpsecOptions {
+            ike_proposals: proposals(m, "IKEProposals", P::Ike)?,
+            esp_proposals: proposals(m, "ESPProposals", P::Esp)?,
+            psk_text,
         };
         let s = EncryptionSettings {
             enabled,
+            kind,
+            ipsec,
             port,
             strict: enabled && strict,
             persistent_keepalive,
@@ -157,7 +274,7 @@ impl EncryptionSettings {
     /// The section as stored (`overlayctl encryption …` writes it back this way).
     pub fn to_section(&self) -> Value {
         let mut v = json!({
-            "Type": if self.enabled { "wireguard" } else { "none" },
+            "Type": if self.enabled { self.kind.name() } else { "none" },
             "Port": self.port,
             "Strict": self.strict,
             "PersistentKeepalive": self.persistent_keepalive.unwrap_or(0),
@@ -167,11 +284,20 @@ impl EncryptionSettings {
         if let Some(k) = &self.preshared_key {
             v["PresharedKey"] = json!(encode_key(k));
         }
+        if let Some(p) = &self.ipsec.ike_proposals {
+            v["IKEProposals"] = json!(p);
+        }
+        if let Some(p) = &self.ipsec.esp_proposals {
+            v["ESPProposals"] = json!(p);
+        }
+        if let Some(k) = &self.ipsec.psk_text {
+            v["IPsecPSK"] = json!(k);
+        }
         v
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -186,7 +312,7 @@ fn kind(v: &Value) -> &'static str {
 pub fn redact(mut config: Value) -> Value {
     if let Some(e) = config.get_mut("Encryption").and_then(Value::as_object_mut) {
         for (k, v) in e.iter_mut() {
-            if k.eq_ignore_ascii_case("PresharedKey") && !v.is_null() {
+            if SECRETS.iter().any(|s| k.eq_ignore_ascii_case(s)) && !v.is_null() {
                 *v = json!("<redacted>");
             }
         }
@@ -234,6 +360,29 @@ mod tests {
     }
 
     #[test]
+    fn ipsec_with_its_proposals_round_trips_and_hides_its_psk() {
+        let s = settings(
+            r#"{"Type":"IPsec","Strict":true,"IKEProposals":"aes128gcm16-prfsha256-ecp256","ESPProposals":["chacha20poly1305"],"IPsecPSK":"a flannel psk of some length"}"#,
+        )
+        .unwrap();
+        assert!(s.enabled && s.strict && s.kind == Kind::Ipsec);
+        assert_eq!(s.ipsec.ike(), ["aes128gcm16-prfsha256-ecp256"]);
+        assert_eq!(s.ipsec.esp(), ["chacha20poly1305"]);
+        assert!(!format!("{s:?}").contains("flannel psk"));
+        let again = EncryptionSettings::from_config(Some(&EncryptionConfig {
+            kind: Some("ipsec".into()),
+            options: s.to_section().as_object().unwrap().clone(),
+        }))
+        .unwrap()
+        .0;
+        assert_eq!(again, s);
+        let d = settings(r#"{"Type":"ipsec"}"#).unwrap();
+        assert_eq!(d.ipsec.ike(), super::super::ipsec::proposals::DEFAULT_IKE);
+        let r = redact(json!({"Encryption":{"Type":"ipsec","IPsecPSK":"secret secret secret"}}));
+        assert_eq!(r["Encryption"]["IPsecPSK"], "<redacted>");
+    }
+
+    #[test]
     fn off_forms() {
         assert!(!EncryptionSettings::from_config(None).unwrap().0.enabled);
         let s = settings(r#"{"Type":"none","Strict":true}"#).unwrap();
@@ -244,7 +393,12 @@ mod tests {
     fn bad_values_name_their_field_and_are_rejected_by_the_config_parser() {
         for (section, field) in [
             (r#"{}"#, "Encryption.Type"),
-            (r#"{"Type":"ipsec"}"#, "Encryption.Type"),
+            (r#"{"Type":"ipsek"}"#, "Encryption.Type"),
+            (r#"{"Type":"ipsec","IKEProposals":["3des-sha1-modp1024"]}"#, "Encryption.IKEProposals"),
+            (r#"{"Type":"ipsec","ESPProposals":"aes256gcm16-null"}"#, "Encryption.ESPProposals"),
+            (r#"{"Type":"ipsec","ESPProposals":[]}"#, "Encryption.ESPProposals"),
+            (r#"{"Type":"ipsec","ESPProposals":[7]}"#, "Encryption.ESPProposals"),
+            (r#"{"Type":"ipsec","IPsecPSK":"short"}"#, "Encryption.IPsecPSK"),
             (r#"{"Type":"wireguard","Port":0}"#, "Encryption.Port"),
             (r#"{"Type":"wireguard","Port":70000}"#, "Encryption.Port"),
             (r#"{"Type":"wireguard","Strict":"yes"}"#, "Encryption.Strict"),

@@ -293,7 +293,7 @@ fn plan_family(
         .filter(|r| {
             r.oif.is_some_and(|i| our_devs.contains(&i))
                 || (r.oif == Some(ul_index) && r.gateway.is_some())
-                || (r.oif.is_some() && r.oif == want.tunnel.ifindex)
+                || want.tunnel.is_tunnel(r.oif)
         })
         .collect();
     let mut have_neigh: BTreeMap<u32, BTreeSet<Neighbour>> = BTreeMap::new();
