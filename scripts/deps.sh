@@ -7,6 +7,12 @@ PACKAGES=(
   nftables                    # masquerade rules
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
   etcd-server                 # overlayd's tests and benchmark run a real etcd
+  etcd-client                 # etcdctl: docs/install.md (its test runs every command)
+  build-essential             # docs/install.md's packages, so its test installs nothing
+  pkg-config
+  curl
+  ca-certificates
+  git
   protobuf-compiler           # protoc, needed to build etcd-client (overlayd)
   openssl                     # overlayd's TLS test makes its certificates
   wireguard-go                # a standard WireGuard peer: interop tests, the wireguard-go bench case

@@ -5,6 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+/// `<version> (commit <git commit>)`, for `--version` and `overlayd_build_info`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FERROCNI_GIT_COMMIT"), ")");
+/// The git commit the binaries were built from (`unknown` outside git without
+/// `FERROCNI_GIT_COMMIT`).
+pub const GIT_COMMIT: &str = env!("FERROCNI_GIT_COMMIT");
+
 pub mod api;
 pub mod attrs;
 pub mod backend;

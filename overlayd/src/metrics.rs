@@ -97,6 +97,14 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP overlayd_build_info The running build: version and git commit (always 1).\n\
+             # TYPE overlayd_build_info gauge\n\
+             overlayd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, v) in samples {
@@ -255,6 +263,12 @@ mod tests {
         assert!(text.contains("overlayd_peers 3\n"));
         assert!(text.contains("overlayd_peer_events_total{kind=\"removed\"} 2\n"));
         assert_eq!(m.peer_events(), 3);
+        let info = format!(
+            "overlayd_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT_COMMIT
+        );
+        assert!(text.contains(&info), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("overlayd_"), "{line}");

@@ -136,7 +136,7 @@ impl IpsecDatapath {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "overlayd", version, about = "Per-node overlay daemon: subnet leases and peers")]
+#[command(name = "overlayd", version = crate::VERSION, about = "Per-node overlay daemon: subnet leases and peers")]
 pub struct DaemonArgs {
     /// Store settings.
     #[command(flatten)]

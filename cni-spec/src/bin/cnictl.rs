@@ -18,7 +18,10 @@ use cni_spec::{CniArgs, Code, Error};
 use sha2::{Digest, Sha512};
 
 #[derive(Parser)]
-#[command(name = "cnictl", version, about = "Run CNI network config lists against a network namespace")]
+#[command(
+    name = "cnictl",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FERROCNI_GIT_COMMIT"), ")"),
+    about = "Run CNI network config lists against a network namespace")]
 struct Cli {
     /// Directory holding the network configs.
     #[arg(long, env = "NETCONFPATH", default_value = "/etc/cni/net.d")]

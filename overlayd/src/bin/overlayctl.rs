@@ -18,7 +18,7 @@ use overlayd::subnet::KeyLayout;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(name = "overlayctl", version, about = "Control and inspect overlayd")]
+#[command(name = "overlayctl", version = overlayd::VERSION, about = "Control and inspect overlayd")]
 struct Cli {
     /// overlayd's API socket.
     #[arg(long, env = "OVERLAYD_SOCKET", default_value = "/run/overlayd/overlayd.sock")]
@@ -65,6 +65,39 @@ enum Cmd {
     /// Copy the CNI plugins and the conflist onto the node, atomically (the DaemonSet's init
     /// container; needs no daemon).
     InstallCni(overlayd::kube::install::InstallOptions),
+    /// Print a shell completion script (needs no daemon), e.g.
+    /// `overlayctl completions bash >/etc/bash_completion.d/overlayctl`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The program the script completes.
+        #[arg(long, value_enum, default_value = "overlayctl")]
+        program: Program,
+    },
+    /// Print a man page in roff (needs no daemon), e.g.
+    /// `overlayctl man >/usr/local/share/man/man1/overlayctl.1`.
+    Man {
+        /// The program the page describes.
+        #[arg(long, value_enum, default_value = "overlayctl")]
+        program: Program,
+    },
+}
+
+/// The binaries of this package, for completions and man pages.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Program {
+    Overlayctl,
+    Overlayd,
+}
+
+impl Program {
+    fn command(self) -> clap::Command {
+        use clap::CommandFactory;
+        match self {
+            Program::Overlayctl => Cli::command(),
+            Program::Overlayd => overlayd::options::DaemonArgs::command(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +305,17 @@ fn fields(v: &Value, keys: &[&str]) {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let out = match &cli.cmd {
+        Cmd::Completions { shell, program } => {
+            let mut cmd = program.command();
+            let name = cmd.get_name().to_string();
+            clap_complete::generate(*shell, &mut cmd, name, &mut std::io::stdout());
+            return Ok(());
+        }
+        Cmd::Man { program } => {
+            return clap_mangen::Man::new(program.command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| format!("writing the man page: {e}"));
+        }
         Cmd::InstallCni(o) => {
             for r in overlayd::kube::install::install(o)? {
                 match r {
@@ -494,7 +538,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 s(&out["key_generation"]),
             );
         }
-        Cmd::InstallCni(_) => {}
+        Cmd::InstallCni(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {}
     }
     Ok(())
 }

@@ -1,0 +1,70 @@
+//! The binaries' own command lines: `--version` names the git commit, `overlayctl
+//! completions` and `overlayctl man` print what shells and `man` read (no daemon needed).
+
+use std::process::Command;
+
+fn run(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("{bin}: {e}"));
+    assert!(out.status.success(), "{bin} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let expected = match (std::env::var("FERROCNI_GIT_COMMIT"), head) {
+        (Ok(c), _) if !c.is_empty() => c,
+        (_, Some(h)) => h,
+        _ => "unknown".into(),
+    };
+    for (bin, name) in
+        [(env!("CARGO_BIN_EXE_overlayd"), "overlayd"), (env!("CARGO_BIN_EXE_overlayctl"), "overlayctl")]
+    {
+        let v = run(bin, &["--version"]);
+        assert_eq!(v.trim(), format!("{name} {} (commit {expected})", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let ctl = env!("CARGO_BIN_EXE_overlayctl");
+    let bash = run(ctl, &["completions", "bash"]);
+    assert!(bash.contains("_overlayctl()") && bash.contains("encryption"), "{bash}");
+    let zsh = run(ctl, &["completions", "zsh", "--program", "overlayd"]);
+    assert!(zsh.starts_with("#compdef overlayd") && zsh.contains("--etcd-endpoints"), "{zsh}");
+    let man = run(ctl, &["man"]);
+    assert!(man.contains(".TH overlayctl 1") && man.contains("encryption"), "{man}");
+    let man = run(ctl, &["man", "--program", "overlayd"]);
+    assert!(man.contains(".TH overlayd 1") && man.contains("etcd\\-endpoints"), "{man}");
+    let bad = Command::new(ctl).args(["completions", "cmd.exe"]).output().unwrap();
+    assert!(!bad.status.success() && bad.stdout.is_empty());
+}
+
+/// Every metric the Grafana dashboard (deploy/grafana/overlayd.json) queries is one the
+/// daemon exports: the dashboard cannot silently go blank after a rename.
+#[test]
+fn the_dashboard_queries_exported_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/overlayd.json")).expect("the dashboard is JSON");
+    let exported = overlayd::metrics::Metrics::default().render(&overlayd::metrics::Gauges::default());
+    let names: Vec<&str> = exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("overlayd_") {
+                    assert!(names.contains(&word), "the dashboard queries {word}, which overlayd does not export");
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
+}
