@@ -636,8 +636,10 @@ fn main() {
         c.stop_daemon(0, libc::SIGTERM);
         let w0 = Instant::now();
         rt.block_on(async {
+            // Bound to a store lease, as a node writes its lease (one without is refused).
+            let lease = store.grant(Duration::from_secs(3600)).await.unwrap();
             for f in &fk[written.min(n)..] {
-                store.put(&format!("{PREFIX}{}-24", f.subnet), value(f).as_bytes()).await.unwrap();
+                store.create(&format!("{PREFIX}{}-24", f.subnet), value(f).as_bytes(), lease).await.unwrap();
             }
         });
         eprintln!("N={n}: wrote {} leases in {:.1} s", n.saturating_sub(written), w0.elapsed().as_secs_f64());

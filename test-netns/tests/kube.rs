@@ -408,3 +408,112 @@ fn the_daemons_token_can_do_exactly_what_it_needs() {
         assert!(c.nodes[i].ready());
     }
 }
+
+/// `requests.list` of node `i`'s store (LIST requests its reflector sent).
+fn lists_sent(c: &Cluster, i: usize) -> u64 {
+    let (code, body) = http_get(&c.nodes[i].socket(), "/v1/store").expect("the daemon's API answers");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["requests"]["list"].as_u64().unwrap_or_else(|| panic!("no requests.list in {v}"))
+}
+
+#[test]
+fn a_node_created_again_with_another_pod_cidr_moves_and_its_peers_follow() {
+    require_kube!();
+    let mut c = kube_cluster(2);
+    let name = c.node_name(0);
+    let old = c.pod_subnet(0).unwrap();
+    let new = "10.244.20.0/24";
+    assert_ne!(old, new);
+    // podCIDR is immutable on a Node: a new one comes only with the Node deleted and created
+    // again (a node re-registered by its kubelet, a controller that reassigned it).
+    let api = &c.kube().unwrap().api;
+    api.kubectl(&["delete", "node", &name]).unwrap();
+    api.create_node(&name, &[new], &[]).unwrap();
+    wait_for(Duration::from_secs(20), "node0's subnet.env to name the new subnet", || {
+        c.pod_subnet(0).is_ok_and(|s| s == new)
+    })
+    .unwrap();
+    wait_for(Duration::from_secs(20), "node1 to route the new subnet and drop the old one", || {
+        let r = overlay_routes(&c, 1);
+        r.contains(&new.to_string()) && !r.contains(&old)
+    })
+    .unwrap();
+    // The daemon published its lease again on the new Node object.
+    wait_for(Duration::from_secs(10), "the new Node's annotations", || {
+        api.node(&name).is_ok_and(|n| {
+            n["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"]
+                == c.nodes[0].underlay_ip.as_str()
+        })
+    })
+    .unwrap();
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log")).unwrap();
+    assert!(log.contains(&format!("Node {name}'s podCIDR changed from")), "{log}");
+    wait_for(Duration::from_secs(10), "the PodCIDRChanged event", || {
+        api.kubectl(&["get", "events", "-n", "default", "-o", "json"])
+            .is_ok_and(|e| e.contains("PodCIDRChanged"))
+    })
+    .unwrap();
+    // Pods made after the move get addresses of the new subnet and reach the other node.
+    c.wait_ready(0).unwrap();
+    let a = c.add_pod(0, "moved").unwrap();
+    let b = c.add_pod(1, "stay").unwrap();
+    let net: ipnet::Ipv4Net = new.parse().unwrap();
+    assert!(net.contains(&a.ip.parse::<std::net::Ipv4Addr>().unwrap()), "{} is not in {new}", a.ip);
+    assert!(ping(&a.ns, &b.ip, 3) && ping(&b.ns, &a.ip, 3), "pods across the move do not reach each other");
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
+
+#[test]
+fn a_watch_resumed_after_the_servers_history_is_gone_lists_again_and_catches_up() {
+    require_kube!();
+    let mut c = kube_cluster(3);
+    let gone_name = c.node_name(2);
+    let gone_subnet = c.pod_subnet(2).unwrap();
+    for i in 0..2 {
+        wait_for(Duration::from_secs(10), "every route", || overlay_routes(&c, i).contains(&gone_subnet))
+            .unwrap();
+    }
+    let lists_before = lists_sent(&c, 1);
+    // Node 1 loses the API: its route to the service address is refused, and the relay
+    // closes the connections it carries (the other nodes reconnect at once).
+    let service = format!("{}/32", test_netns::kube::SERVICE_IP);
+    c.nodes[1].ns.exec(&["ip", "route", "replace", "prohibit", &service]);
+    c.kube().unwrap().relay.cut();
+    wait_for(Duration::from_secs(15), "node1 to notice the outage", || status(&c, 1)["store_ok"] == false)
+        .unwrap();
+    // Meanwhile a Node goes and another comes, and the API server restarts: its watch cache
+    // starts over at the current revision, so node1's last resourceVersion is too old (410
+    // Gone) and only a new listing can tell it about the deletion.
+    let api = &c.kube().unwrap().api;
+    api.kubectl(&["delete", "node", &gone_name]).unwrap();
+    let j = c.add_node().unwrap();
+    c.wait_ready(j).unwrap();
+    let joined_subnet = c.pod_subnet(j).unwrap();
+    {
+        let k = c.kube_mut().unwrap();
+        k.api.stop_apiserver();
+        k.api.start_apiserver().unwrap();
+    }
+    wait_for(Duration::from_secs(20), "node0 to see the change", || {
+        let r = overlay_routes(&c, 0);
+        r.contains(&joined_subnet) && !r.contains(&gone_subnet)
+    })
+    .unwrap();
+    assert!(overlay_routes(&c, 1).contains(&gone_subnet), "node1 learned of the deletion while cut off");
+    // Node 1 gets the API back.
+    c.kube().unwrap().route_from(&c.nodes[1].ns);
+    wait_for(Duration::from_secs(30), "node1 to catch up", || {
+        let r = overlay_routes(&c, 1);
+        r.contains(&joined_subnet) && !r.contains(&gone_subnet)
+    })
+    .unwrap();
+    assert_eq!(status(&c, 1)["store_ok"], true);
+    assert!(lists_sent(&c, 1) > lists_before, "node1 caught up without listing again");
+    let a = c.add_pod(1, "back").unwrap();
+    let b = c.add_pod(j, "new").unwrap();
+    assert!(ping(&a.ns, &b.ip, 3), "node1's pod cannot reach the node that joined during its outage");
+    c.del_pod(&a).unwrap();
+    c.del_pod(&b).unwrap();
+}
