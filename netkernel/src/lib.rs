@@ -21,6 +21,7 @@ pub mod probe;
 pub mod route;
 pub mod strict;
 pub mod sysctl;
+pub mod tc;
 pub mod tun;
 
 pub use error::KernelError;
