@@ -65,8 +65,11 @@ pub struct Qdisc {
 /// kernel since 2.6.x, where a tick is 64 ns).
 pub fn ticks_per_usec() -> f64 {
     let parse = |s: &str| -> Option<f64> {
-        let f: Vec<u64> =
-            s.split_whitespace().map(|w| u64::from_str_radix(w, 16)).collect::<std::result::Result<_, _>>().ok()?;
+        let f: Vec<u64> = s
+            .split_whitespace()
+            .map(|w| u64::from_str_radix(w, 16))
+            .collect::<std::result::Result<_, _>>()
+            .ok()?;
         let (mut t2us, us2t, res) = (*f.first()?, *f.get(1)?, *f.get(2)?);
         if us2t == 0 || t2us == 0 || res == 0 {
             return None;
@@ -141,7 +144,9 @@ impl Tbf {
             let nla = nla.ok()?;
             match nla.kind() {
                 TCA_TBF_PARMS => parms = Some(nla.value().to_vec()),
-                TCA_TBF_RATE64 => rate64 = nla.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes),
+                TCA_TBF_RATE64 => {
+                    rate64 = nla.value().get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+                }
                 _ => {}
             }
         }
@@ -197,7 +202,10 @@ pub(crate) fn redirect_request(index: u32, to: u32) -> Request {
         TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))]),
     ];
     m.attributes.push(TcAttribute::Kind("u32".into()));
-    m.attributes.push(TcAttribute::Options(vec![TcOption::U32(TcFilterU32Option::Selector(sel)), TcOption::U32(TcFilterU32Option::Action(vec![action]))]));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::Selector(sel)),
+        TcOption::U32(TcFilterU32Option::Action(vec![action])),
+    ]));
     Request::new(flags::ADD, Rtm::NewTrafficFilter(m))
 }
 
@@ -284,13 +292,17 @@ impl Netlink {
     /// Removes link `index`'s root qdisc if it is a `tbf` with handle `1:` (what
     /// [`Netlink::add_root_tbf`] made); anything else, or nothing, is left alone.
     pub fn delete_root_tbf(&self, index: u32) -> Result<()> {
-        let ours = self.qdiscs(index)?.into_iter().any(|q| {
-            q.kind == "tbf" && q.handle == TBF_HANDLE && q.parent == u32::from(TcHandle::ROOT)
-        });
+        let ours = self
+            .qdiscs(index)?
+            .into_iter()
+            .any(|q| q.kind == "tbf" && q.handle == TBF_HANDLE && q.parent == u32::from(TcHandle::ROOT));
         if !ours {
             return Ok(());
         }
-        let req = Request::new(flags::ACK, Rtm::DelQueueDiscipline(tc_message(index, TBF_HANDLE, TcHandle::ROOT.into())));
+        let req = Request::new(
+            flags::ACK,
+            Rtm::DelQueueDiscipline(tc_message(index, TBF_HANDLE, TcHandle::ROOT.into())),
+        );
         ignore_gone(self.ack(req).map_err(nl_err(format!("removing the tbf qdisc of link {index}"))))
     }
 

@@ -49,7 +49,8 @@ fn ifbs(node: &TestNs) -> Vec<String> {
     node.netlink().links().unwrap().into_iter().filter(|l| l.is("ifb")).map(|l| l.name).collect()
 }
 
-const BOTH: &str = r#"{"ingressRate": 8000000, "ingressBurst": 800000, "egressRate": 16000000, "egressBurst": 1600000}"#;
+const BOTH: &str =
+    r#"{"ingressRate": 8000000, "ingressBurst": 800000, "egressRate": 16000000, "egressBurst": 1600000}"#;
 
 #[test]
 fn bandwidth_every_version_shapes_checks_and_removes() {
@@ -85,7 +86,10 @@ fn bandwidth_every_version_shapes_checks_and_removes() {
         assert_eq!(ifb_tbf["options"]["rate"], 2_000_000, "{v}: {ifb_tbf}");
         assert!(find("veth0host", "ingress").is_some(), "{v}: {q:?}");
         let filters = node.exec(&["tc", "filter", "show", "dev", "veth0host", "ingress"]);
-        assert!(filters.contains("mirred (Egress Redirect to device") && filters.contains(ifb.as_str()), "{filters}");
+        assert!(
+            filters.contains("mirred (Egress Redirect to device") && filters.contains(ifb.as_str()),
+            "{filters}"
+        );
         if has_check(v) {
             call("CHECK").ok(&node, &c);
             // A different rate in the config: CHECK notices.
@@ -113,8 +117,12 @@ fn bandwidth_runtime_config_one_direction_and_no_limits() {
     let path = pod.path();
     let call = |cmd| Call::new("bandwidth", cmd, "c2", Some(&path));
     // Capability `bandwidth`: egress only, so no tbf on the host veth.
-    let c = conf("1.0.0", &pod, json!({"capabilities": {"bandwidth": true},
-        "runtimeConfig": {"bandwidth": {"egressRate": 1_000_000, "egressBurst": 100_000}}}));
+    let c = conf(
+        "1.0.0",
+        &pod,
+        json!({"capabilities": {"bandwidth": true},
+        "runtimeConfig": {"bandwidth": {"egressRate": 1_000_000, "egressBurst": 100_000}}}),
+    );
     let r = call("ADD").ok(&node, &c);
     assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
     let q = qdiscs(&node);
@@ -347,14 +355,20 @@ fn bandwidth_limits_are_measured_with_iperf3() {
     let path = pod.path();
     let unshaped = iperf(&node, &pod, 5201, 1, false);
     let (ingress, egress) = (20_000_000f64, 10_000_000f64);
-    let c = conf("1.0.0", &pod, json!({"ingressRate": ingress as u64, "ingressBurst": 200_000,
-        "egressRate": egress as u64, "egressBurst": 200_000}));
+    let c = conf(
+        "1.0.0",
+        &pod,
+        json!({"ingressRate": ingress as u64, "ingressBurst": 200_000,
+        "egressRate": egress as u64, "egressBurst": 200_000}),
+    );
     Call::new("bandwidth", "ADD", "c6", Some(&path)).ok(&node, &c);
     let to_pod = iperf(&node, &pod, 5202, 3, false);
     let from_pod = iperf(&node, &pod, 5203, 3, true);
     Call::new("bandwidth", "DEL", "c6", Some(&path)).ok(&node, &c);
     let after = iperf(&node, &pod, 5204, 1, true);
-    eprintln!("unshaped {unshaped:.0} b/s, to the pod {to_pod:.0}, from the pod {from_pod:.0}, after DEL {after:.0}");
+    eprintln!(
+        "unshaped {unshaped:.0} b/s, to the pod {to_pod:.0}, from the pod {from_pod:.0}, after DEL {after:.0}"
+    );
     // The bucket counts whole frames, iperf3 payload: a little under the rate, never over
     // it by more than the 10 % the issue allows.
     for (what, got, limit) in [("to the pod", to_pod, ingress), ("from the pod", from_pod, egress)] {

@@ -819,7 +819,9 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
     let mut cases = generated(&good, &fields);
     cases.extend(env_cases(&good).into_iter().filter(|c| c.name != "CNI_ARGS unknown key"));
     cases.extend(
-        netns_cases(&good, tmp.path()).into_iter().filter(|c| !c.name.contains(" lo") && !c.name.contains("MAC")),
+        netns_cases(&good, tmp.path())
+            .into_iter()
+            .filter(|c| !c.name.contains(" lo") && !c.name.contains("MAC")),
     );
     let with = |k: &str, v: Value| {
         let mut c = good.clone();
@@ -832,13 +834,20 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
         ("rate under a byte", with("egressRate", json!(7)), 7, "egressRate"),
         ("fractional rate", with("ingressRate", json!(0.5)), 7, "ingressRate"),
         ("subnets", with("unshapedSubnets", json!(["10.0.0.0/8"])), 2, "unshapedSubnets"),
-        ("runtime entry not an object", with("runtimeConfig", json!({"bandwidth": "fast"})), 7, "runtimeConfig.bandwidth"),
+        (
+            "runtime entry not an object",
+            with("runtimeConfig", json!({"bandwidth": "fast"})),
+            7,
+            "runtimeConfig.bandwidth",
+        ),
         ("version without chaining", with("cniVersion", json!("0.2.0")), 1, ""),
     ] {
         cases.push(Case::new(name, stdin, Expect::Code(code, names)));
     }
     let (n, accepted) = run_all(&world, &cases);
-    eprintln!("bandwidth: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace");
+    eprintln!(
+        "bandwidth: {n} hostile cases, {accepted} accepted (and undone by DEL), all others refused without a trace"
+    );
     // Accepted cases were undone by DEL: no ifb device, no qdisc of ours left on the node.
     let tc = world.host.exec(&["tc", "qdisc", "show"]);
     assert!(!tc.contains("tbf") && !tc.contains("ingress"), "{tc}");

@@ -64,7 +64,9 @@ impl BandwidthConf {
                 cni_spec::input::refuse_case_variants(&o, KEYS, "runtimeConfig.bandwidth.")?;
                 entry(|k| o.get(k), "runtimeConfig.bandwidth.")
             }
-            Some(other) => Err(PluginError::config("runtimeConfig.bandwidth", format!("{other} is not an object"))),
+            Some(other) => {
+                Err(PluginError::config("runtimeConfig.bandwidth", format!("{other} is not an object")))
+            }
         }
     }
 }
@@ -72,9 +74,9 @@ impl BandwidthConf {
 fn number(v: Option<&Value>, field: &str) -> Result<u64, PluginError> {
     match v {
         None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| PluginError::config(field, format!("{v} is not a whole number of bits (0 or more)"))),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            PluginError::config(field, format!("{v} is not a whole number of bits (0 or more)"))
+        }),
     }
 }
 
@@ -103,7 +105,12 @@ fn entry<'a>(get: impl Fn(&str) -> Option<&'a Value>, prefix: &str) -> Result<Ba
                     "shaping by destination subnet is not supported: the limits apply to all of the container's traffic",
                 ));
             }
-            Some(v) => return Err(PluginError::config(format!("{prefix}{k}"), format!("{v} is not a list of subnets"))),
+            Some(v) => {
+                return Err(PluginError::config(
+                    format!("{prefix}{k}"),
+                    format!("{v} is not a list of subnets"),
+                ));
+            }
         }
     }
     let n = |k: &str| number(get(k), &format!("{prefix}{k}"));
@@ -131,7 +138,8 @@ mod tests {
         let c = load(r#","ingressRate":8000,"ingressBurst":800"#).unwrap();
         assert_eq!(c.ingress, Some(Limit { rate: 8000, burst: 800 }));
         assert_eq!(c.egress, None);
-        let c = load(r#","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":2000000}}"#).unwrap();
+        let c =
+            load(r#","runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":2000000}}"#).unwrap();
         assert_eq!(c.egress, Some(Limit { rate: 1_000_000, burst: 2_000_000 }));
         // The config's own entry wins, as in the reference.
         let c = load(r#","ingressRate":8000,"ingressBurst":800,"runtimeConfig":{"bandwidth":{"egressRate":1000000,"egressBurst":2000000}}"#).unwrap();
@@ -152,10 +160,18 @@ mod tests {
             (r#","ingressRate":7,"ingressBurst":8000"#, 7, "ingressRate"),
             (r#","egressRate":8000,"egressBurst":4"#, 7, "egressBurst"),
             (r#","egressRate":8000,"egressBurst":34359738360"#, 7, "egressBurst"),
-            (r#","runtimeConfig":{"bandwidth":{"ingressRate":8000}}"#, 7, "runtimeConfig.bandwidth.ingressBurst"),
+            (
+                r#","runtimeConfig":{"bandwidth":{"ingressRate":8000}}"#,
+                7,
+                "runtimeConfig.bandwidth.ingressBurst",
+            ),
             (r#","runtimeConfig":{"bandwidth":[1]}"#, 7, "runtimeConfig.bandwidth"),
             (r#","unshapedSubnets":["10.0.0.0/8"]"#, 2, "unshapedSubnets"),
-            (r#","runtimeConfig":{"bandwidth":{"shapedSubnets":["10.0.0.0/8"]}}"#, 2, "runtimeConfig.bandwidth.shapedSubnets"),
+            (
+                r#","runtimeConfig":{"bandwidth":{"shapedSubnets":["10.0.0.0/8"]}}"#,
+                2,
+                "runtimeConfig.bandwidth.shapedSubnets",
+            ),
             (r#","shapedSubnets":"10.0.0.0/8""#, 7, "shapedSubnets"),
             (r#","IngressRate":8000"#, 7, "IngressRate"),
         ] {

@@ -19,7 +19,8 @@ use crate::nsutil;
 pub struct Bandwidth;
 
 /// The versions the reference accepts: chaining is needed.
-const VERSIONS: [Version; 5] = [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
+const VERSIONS: [Version; 5] =
+    [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0];
 
 /// The ifb device's transmit queue is at least this long (a shorter one drops bursts).
 const MIN_IFB_TXQLEN: u32 = 1000;
@@ -71,21 +72,22 @@ fn host_interface(nl: &Netlink, ns: &NetNs, prev: &SuccessResult, ifname: &str) 
         return Err(PluginError::config("prevResult", "no interfaces: bandwidth needs the container's veth"));
     }
     let cnl = Netlink::in_netns(ns).map_err(PluginError::kernel("opening netlink in the container"))?;
-    let inner = cnl
-        .link(ifname)
-        .map_err(PluginError::kernel("reading the container interface"))?
-        .ok_or_else(|| PluginError::env("CNI_IFNAME", format!("{ifname:?} does not exist in the container")))?;
+    let inner =
+        cnl.link(ifname).map_err(PluginError::kernel("reading the container interface"))?.ok_or_else(
+            || PluginError::env("CNI_IFNAME", format!("{ifname:?} does not exist in the container")),
+        )?;
     let peer = match (inner.is("veth"), inner.peer_index) {
         (true, Some(p)) if p > 0 => p,
         _ => {
             return Err(PluginError::Conflict(format!("container interface {ifname} has no veth peer")));
         }
     };
-    let host = nl
-        .link_by_index(peer)
-        .map_err(PluginError::kernel("reading the host end of the veth"))?
-        .ok_or_else(|| PluginError::Conflict(format!("veth peer with index {peer} is not in the host namespace")))?;
-    let listed = prev.interfaces.iter().any(|i| i.sandbox.as_deref().is_none_or(str::is_empty) && i.name == host.name);
+    let host =
+        nl.link_by_index(peer).map_err(PluginError::kernel("reading the host end of the veth"))?.ok_or_else(
+            || PluginError::Conflict(format!("veth peer with index {peer} is not in the host namespace")),
+        )?;
+    let listed =
+        prev.interfaces.iter().any(|i| i.sandbox.as_deref().is_none_or(str::is_empty) && i.name == host.name);
     if !listed {
         return Err(PluginError::Conflict(format!(
             "the veth peer of {ifname} ({}) is not among prevResult's host interfaces",
@@ -131,7 +133,8 @@ fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let mut made = Made::default();
     let mut shape = || -> Result<(), PluginError> {
         if let Some(t) = ingress {
-            nl.add_root_tbf(host.index, &t).map_err(PluginError::kernel("shaping ingress on the host veth"))?;
+            nl.add_root_tbf(host.index, &t)
+                .map_err(PluginError::kernel("shaping ingress on the host veth"))?;
             made.root_tbf = Some(host.index);
         }
         if let Some(t) = egress {
@@ -144,7 +147,8 @@ fn add(req: &Request) -> Result<SuccessResult, PluginError> {
             made.ingress = Some(host.index);
             nl.add_ingress_redirect(host.index, ifb.index)
                 .map_err(PluginError::kernel("redirecting the container's traffic to the ifb device"))?;
-            nl.add_root_tbf(ifb.index, &t).map_err(PluginError::kernel("shaping egress on the ifb device"))?;
+            nl.add_root_tbf(ifb.index, &t)
+                .map_err(PluginError::kernel("shaping egress on the ifb device"))?;
             let mut iface = Interface::new(name);
             iface.mac = ifb.mac.map(|m| format_mac(&m));
             result.interfaces.push(iface);
@@ -194,8 +198,10 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 /// The root `tbf` of `link` must be `want`.
 fn check_bucket(nl: &Netlink, link: &Link, want: &Tbf) -> Result<(), PluginError> {
-    let qdiscs = nl.qdiscs(link.index).map_err(PluginError::kernel(format!("listing the qdiscs of {}", link.name)))?;
-    let Some(have) = qdiscs.iter().find(|q| q.kind == "tbf" && q.handle == tc::TBF_HANDLE).and_then(|q| q.tbf)
+    let qdiscs =
+        nl.qdiscs(link.index).map_err(PluginError::kernel(format!("listing the qdiscs of {}", link.name)))?;
+    let Some(have) =
+        qdiscs.iter().find(|q| q.kind == "tbf" && q.handle == tc::TBF_HANDLE).and_then(|q| q.tbf)
     else {
         return Err(PluginError::Check(format!("{} has no tbf qdisc", link.name)));
     };
@@ -205,7 +211,10 @@ fn check_bucket(nl: &Netlink, link: &Link, want: &Tbf) -> Result<(), PluginError
         ("buffer (ticks)", have.buffer as u64, want.buffer as u64),
     ] {
         if h != w {
-            return Err(PluginError::Check(format!("the tbf qdisc of {} has {what} {h}, the config gives {w}", link.name)));
+            return Err(PluginError::Check(format!(
+                "the tbf qdisc of {} has {what} {h}, the config gives {w}",
+                link.name
+            )));
         }
     }
     Ok(())
@@ -231,7 +240,8 @@ fn check(req: &Request) -> Result<(), PluginError> {
             .filter(|l| l.is("ifb"))
             .ok_or_else(|| PluginError::Check(format!("the ifb device {name} is missing")))?;
         check_bucket(&nl, &ifb, &bucket(l)?)?;
-        let to = nl.ingress_redirects(host.index).map_err(PluginError::kernel("listing the ingress filters"))?;
+        let to =
+            nl.ingress_redirects(host.index).map_err(PluginError::kernel("listing the ingress filters"))?;
         if !to.contains(&ifb.index) {
             return Err(PluginError::Check(format!("{} does not redirect its traffic to {name}", host.name)));
         }
