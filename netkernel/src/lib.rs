@@ -22,6 +22,7 @@ pub mod process;
 pub mod route;
 pub mod strict;
 pub mod sysctl;
+pub mod tc;
 pub mod tun;
 pub mod xfrm;
 

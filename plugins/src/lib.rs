@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod error;
 pub mod firewall;
