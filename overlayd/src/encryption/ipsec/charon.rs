@@ -196,7 +196,7 @@ impl Charon {
         let _ = std::fs::remove_file(paths.pid_file());
         let _ = std::fs::remove_file(paths.vici());
         let conf = strongswan_conf(paths, datapath);
-        crate::state::write_atomic(&paths.conf(), conf.as_bytes(), 0o600)
+        cni_spec::fs::write_atomic(&paths.conf(), conf.as_bytes(), 0o600)
             .map_err(|e| format!("{}: {e}", paths.conf().display()))?;
         let child = spawn(binary, paths)?;
         let pid = child.id() as i32;
