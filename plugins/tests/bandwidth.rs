@@ -179,7 +179,7 @@ fn bandwidth_failed_add_undoes_only_its_own_work() {
     let e = call("ADD").err(&node, &c);
     assert!(e["msg"].as_str().unwrap().contains(&name), "{e}");
     assert!(qdiscs(&node).is_empty(), "{:?}", qdiscs(&node));
-    assert_eq!(ifbs(&node), [name.clone()]);
+    assert_eq!(ifbs(&node), std::slice::from_ref(&name));
     node.exec(&["ip", "link", "del", &name]);
 }
 
