@@ -313,39 +313,65 @@ fn run(node: &TestNs, bin: &str, cmd: &str, netns: &Path, conf: &Value) -> (bool
 
 /// Bits per second iperf3 received in `secs` seconds from the node to the pod (or, with
 /// `reverse`, from the pod to the node).
+///
+/// The server is an ordinary (not one-off) server that is killed once the client is done:
+/// a one-off server exits after any session, even a failed one, and a client retried against
+/// it then waits for nothing. The client runs once, after the server is seen listening, and
+/// is bounded, so a stuck transfer fails the test with its output instead of hanging it.
 fn iperf(node: &TestNs, pod: &TestNs, port: u16, secs: u32, reverse: bool) -> f64 {
+    use std::time::{Duration, Instant};
     let port_s = port.to_string();
     let mut server = pod
         .command("iperf3")
-        .args(["-s", "-1", "-B", "10.1.0.5", "-p", &port_s])
+        .args(["-s", "-B", "10.1.0.5", "-p", &port_s])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut args = vec!["-c", "10.1.0.5", "-p", &port_s, "-J"];
+    let listening = |p: &TestNs| !p.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).trim().is_empty();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(pod) {
+        assert!(Instant::now() < deadline, "iperf3 server on port {port} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let secs_s = secs.to_string();
-    args.extend(["-t", &secs_s]);
+    let mut args =
+        vec!["-c", "10.1.0.5", "-p", &port_s, "-J", "--connect-timeout", "3000", "-O", "1", "-t", &secs_s];
     if reverse {
         args.push("-R");
     }
-    let mut out = None;
-    // The server may not be listening yet.
-    for _ in 0..50 {
-        let o: std::process::Output = node.command("iperf3").args(&args).output().unwrap();
-        if o.status.success() {
-            out = Some(o);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let client =
+        node.command("iperf3").args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = client.id();
+    let bound = Duration::from_secs(u64::from(secs) + 21);
+    let waiter = std::thread::spawn(move || client.wait_with_output());
+    let deadline = Instant::now() + bound;
+    while !waiter.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
+    if !waiter.is_finished() {
+        // Overran its bound: kill it, so what it printed so far is reported below.
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    let out = waiter.join().unwrap().unwrap();
+    let _ = server.kill();
     let _ = server.wait();
-    let out = out.expect("iperf3 never connected");
-    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
-    j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = || {
+        format!(
+            "iperf3 {args:?}: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(out.status.success(), "{}", report());
+    let j: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {}", report()));
+    j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no end.sum_received: {}", report()))
 }
 
 #[test]
-#[ignore = "flaky: one CI run got an iperf3 -R result without end.sum_received while its one-off server waited on; run with --ignored until that is understood"]
 fn bandwidth_limits_are_measured_with_iperf3() {
     require_root!();
     if Command::new("iperf3").arg("--version").output().is_err() {
@@ -370,11 +396,11 @@ fn bandwidth_limits_are_measured_with_iperf3() {
     eprintln!(
         "unshaped {unshaped:.0} b/s, to the pod {to_pod:.0}, from the pod {from_pod:.0}, after DEL {after:.0}"
     );
-    // The bucket counts whole frames, iperf3 payload: a little under the rate, never over
-    // it by more than the 10 % the issue allows.
+    // Within 10 % of the rate. The bucket counts whole frames and iperf3 its payload, so a
+    // little under; the first second (slow start against the bucket) is omitted (`-O 1`).
     for (what, got, limit) in [("to the pod", to_pod, ingress), ("from the pod", from_pod, egress)] {
         assert!(got <= limit * 1.10, "{what}: {got:.0} b/s over the {limit:.0} limit");
-        assert!(got >= limit * 0.80, "{what}: {got:.0} b/s, far under the {limit:.0} limit");
+        assert!(got >= limit * 0.90, "{what}: {got:.0} b/s, far under the {limit:.0} limit");
     }
     // Without the limits the same path is far faster: the bucket is what held it back.
     assert!(unshaped > ingress * 5.0 && after > egress * 5.0, "unshaped {unshaped:.0}, after DEL {after:.0}");

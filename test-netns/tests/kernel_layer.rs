@@ -691,3 +691,41 @@ fn neighbour_and_fdb_dumps_stay_whole_while_another_thread_churns_them() {
         assert!(whole > i / 2, "too many dumps gave up: {gave_up} of {i}");
     });
 }
+
+#[test]
+fn tc_token_buckets_ingress_redirect_and_ifb() {
+    use netkernel::tc::{MAX_BUFFER_TICKS, Tbf};
+    require_root!();
+    let host = TestNs::new("tc");
+    let nl = host.netlink();
+    nl.add_veth("tcv0", "tcv1", None, &VethOptions::default()).unwrap();
+    let v0 = host.link_index("tcv0");
+    // Buckets up to the largest the kernel keeps are kept as given.
+    for buffer in [15_625_000, MAX_BUFFER_TICKS] {
+        for rate in [125_000u64, 5_000_000_000] {
+            let t = Tbf { rate, limit: 600_000_000, buffer };
+            nl.add_root_tbf(v0, &t).unwrap();
+            let q = nl.qdiscs(v0).unwrap();
+            let tbf = q.iter().find(|q| q.kind == "tbf").unwrap_or_else(|| panic!("{q:?}"));
+            assert_eq!(tbf.tbf, Some(t), "{q:?}");
+            assert_eq!(tbf.handle, netkernel::tc::TBF_HANDLE);
+            // A second one is refused, as `tc qdisc add` is.
+            assert!(nl.add_root_tbf(v0, &t).unwrap_err().is_exists());
+            nl.delete_root_tbf(v0).unwrap();
+            assert!(nl.qdiscs(v0).unwrap().iter().all(|q| q.kind != "tbf"));
+        }
+    }
+    nl.add_ifb("tcifb0", 1400, 1000).unwrap();
+    let ifb = nl.require_link("tcifb0").unwrap();
+    assert!(ifb.is("ifb") && ifb.up && ifb.mtu == 1400 && ifb.txqlen == 1000, "{ifb:?}");
+    assert!(nl.ingress_redirects(v0).unwrap().is_empty());
+    nl.add_ingress_qdisc(v0).unwrap();
+    nl.add_ingress_redirect(v0, ifb.index).unwrap();
+    assert_eq!(nl.ingress_redirects(v0).unwrap(), [ifb.index]);
+    let shown = host.exec(&["tc", "filter", "show", "dev", "tcv0", "ingress"]);
+    assert!(shown.contains("Egress Redirect to device tcifb0") && shown.contains("stolen"), "{shown}");
+    nl.delete_ingress_qdisc(v0).unwrap();
+    nl.delete_ingress_qdisc(v0).unwrap();
+    assert!(nl.ingress_redirects(v0).unwrap().is_empty());
+    assert!(nl.qdiscs(v0).unwrap().iter().all(|q| q.kind != "ingress"));
+}
