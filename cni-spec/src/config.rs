@@ -338,17 +338,27 @@ impl NetConf {
     }
 
     /// `prevResult`, parsed as a result of this config's version (as libcni does). A
-    /// `prevResult` that is not a result of that version is code 7 naming it.
+    /// `prevResult` that is not a result of that version is code 7 naming it, by the
+    /// faulty field's full path where there is one.
+    ///
+    /// ```
+    /// let conf: cni_spec::NetConf = serde_json::from_value(serde_json::json!({"cniVersion": "1.0.0",
+    ///     "name": "n", "type": "t", "prevResult": {"interfaces": [{"name": 7}]}})).unwrap();
+    /// let e = conf.prev_result().unwrap_err();
+    /// assert_eq!(e.code, 7);
+    /// assert!(e.msg.starts_with("invalid network config: prevResult.interfaces[0].name: "), "{e}");
+    /// ```
     pub fn prev_result(&self) -> Result<Option<SuccessResult>, Error> {
-        const PREFIX: &str = "invalid network config: ";
+        use crate::error::Code;
         match &self.prev_result {
             None | Some(Value::Null) => Ok(None),
             Some(v) => SuccessResult::from_value(v.clone(), self.version()?).map(Some).map_err(|e| {
-                if e.well_known() == Some(crate::error::Code::IncompatibleVersion) {
-                    return e;
+                match e.well_known() {
+                    Some(Code::IncompatibleVersion) => e,
+                    // Named by its full path: `prevResult.interfaces[0].name`.
+                    Some(Code::InvalidConfig) => crate::input::nested_at(e, "prevResult"),
+                    _ => Error::invalid_config("prevResult", e.msg),
                 }
-                let why = e.msg.strip_prefix(PREFIX).unwrap_or(&e.msg).to_string();
-                Error::invalid_config("prevResult", why)
             }),
         }
     }

@@ -127,20 +127,24 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 /// assert!(e.msg.starts_with("invalid network config: ipam.routes[0]: invalid type"), "{e}");
 /// ```
 pub fn from_value_at<T: DeserializeOwned>(value: Value, field: &str) -> Result<T, Error> {
+    from_value(value).map_err(|e| nested_at(e, field))
+}
+
+/// A code-7 error about a value, restated for the value found at `field`: `path: why`
+/// becomes `field.path: why`, a bare `why` becomes `field: why`. Other codes are kept.
+pub(crate) fn nested_at(mut e: Error, field: &str) -> Error {
     const PREFIX: &str = "invalid network config: ";
-    from_value(value).map_err(|mut e| {
-        if e.code == Code::InvalidConfig as u32
-            && let Some(rest) = e.msg.strip_prefix(PREFIX)
-        {
-            // "path: why" when the fault is inside the value, "why" when it is the value.
-            let inner_path = rest.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
-            e.msg = match inner_path {
-                Some(_) => format!("{PREFIX}{field}.{rest}"),
-                None => format!("{PREFIX}{field}: {rest}"),
-            };
-        }
-        e
-    })
+    if e.code == Code::InvalidConfig as u32
+        && let Some(rest) = e.msg.strip_prefix(PREFIX)
+    {
+        // "path: why" when the fault is inside the value, "why" when it is the value.
+        let inner_path = rest.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
+        e.msg = match inner_path {
+            Some(_) => format!("{PREFIX}{field}.{rest}"),
+            None => format!("{PREFIX}{field}: {rest}"),
+        };
+    }
+    e
 }
 
 /// Refuses a key of `obj` that differs from a known one only in case (`"Bridge"`,
