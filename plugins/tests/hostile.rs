@@ -186,9 +186,18 @@ impl World {
                     ));
                 }
             }
-            // Traffic control too (the bandwidth plugin's qdiscs and filters).
-            let qd = ns.command("tc").args(["qdisc", "show"]).output().unwrap();
-            s.kernel.push(format!("{label} tc {}", String::from_utf8_lossy(&qd.stdout)));
+            // Traffic control too (the bandwidth plugin's qdiscs), without the reference
+            // counts: those move with the links other cases make and remove.
+            let qd = ns.command("tc").args(["-j", "qdisc", "show"]).output().unwrap();
+            let qdiscs: Vec<Value> = serde_json::from_slice(&qd.stdout).unwrap_or_default();
+            for mut q in qdiscs {
+                let dev = q["dev"].as_str().unwrap_or_default().to_string();
+                if let Some(o) = q.as_object_mut() {
+                    o.remove("refcnt");
+                }
+                // The device by name, as the other lines give it (`lo` is filtered by name).
+                s.kernel.push(format!("{label} tc {dev} {q}"));
+            }
             let nft = ns.command("nft").args(["list", "ruleset"]).output().unwrap();
             s.kernel.push(format!("{label} nft {}", String::from_utf8_lossy(&nft.stdout)));
             let sysctls = ns.run(|| {
@@ -800,6 +809,7 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
     test_netns::veth_between(&world.host, "veth0host", &world.pod, "eth0");
     let good = json!({"cniVersion": "1.0.0", "name": "hbw", "type": "bandwidth",
         "ingressRate": 8_000_000, "ingressBurst": 800_000, "egressRate": 8_000_000, "egressBurst": 800_000,
+        "shapedSubnets": [], "runtimeConfig": {},
         "prevResult": {"cniVersion": "1.0.0",
             "interfaces": [{"name": "veth0host"}, {"name": "eth0", "sandbox": world.pod.path()}],
             "ips": [{"address": "10.1.0.5/24", "interface": 1}]}});
@@ -1050,8 +1060,14 @@ fn fake_daemon(path: &Path) {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut s = stream;
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            // The whole request head, as a real server reads it before answering.
+            let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let body = json!({"ready": true, "subnet": "10.87.3.0/24", "network": "10.87.0.0/16",
                 "mtu": 1450, "ip_masq": true})
             .to_string();
