@@ -29,7 +29,9 @@ pub fn get(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>
     let mut s = UnixStream::connect(socket).map_err(io)?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: overlayd\r\nConnection: close\r\n\r\n").map_err(io)?;
+    // One write: `write!` on an unbuffered stream would send the request in pieces.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: overlayd\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(io)?;
     parse_response(&raw).ok_or_else(|| HttpError::Malformed(socket.display().to_string()))
