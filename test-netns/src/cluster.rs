@@ -660,6 +660,36 @@ impl Cluster {
         Ok((out.status.success(), text))
     }
 
+    /// `overlayctl` on node `i`, which must succeed; its output.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> String {
+        let (ok, out) =
+            self.overlayctl(i, args).unwrap_or_else(|e| panic!("overlayctl {args:?} on node{i}: {e}"));
+        assert!(ok, "overlayctl {args:?} on node{i}: {out}");
+        out
+    }
+
+    /// `overlayctl --json encryption status` on node `i`.
+    pub fn encryption_status(&self, i: usize) -> serde_json::Value {
+        serde_json::from_str(&self.ctl(i, &["--json", "encryption", "status"])).unwrap()
+    }
+
+    /// Waits until `f(self, i, j)` holds for every ordered pair of distinct `nodes`; on a
+    /// timeout, panics with each node's encryption status.
+    pub fn wait_all_pairs(
+        &self,
+        nodes: &[usize],
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Cluster, usize, usize) -> bool,
+    ) {
+        let r =
+            wait_for(timeout, what, || nodes.iter().all(|&i| nodes.iter().all(|&j| i == j || f(self, i, j))));
+        if let Err(e) = r {
+            let st: Vec<String> = nodes.iter().map(|&i| self.encryption_status(i).to_string()).collect();
+            panic!("{e}: {st:#?}");
+        }
+    }
+
     /// The runtime of node `i` (the plugins in the bin directory, the node's result cache).
     pub fn runtime(&self, node: usize) -> Runtime {
         Runtime::new(vec![self.opts.bin_dir.clone()]).with_cache_dir(self.nodes[node].dir.join("cni-cache"))

@@ -2,24 +2,17 @@
 //! pods through the `vxlan` plugin; encryption switched on, off and rotated with
 //! `overlayctl` while pods talk.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use common::{put_leases, with_store};
 use serde_json::Value;
 use test_netns::cluster::{Cluster, ClusterOptions, bin_dir, ping_flood, ping_result, wait_for};
 use test_netns::{Capture, EchoServer, WgGoPeer, ping, require_root, tcp_echo};
 
 const DEVICE: &str = "ferro-wg";
-
-fn ctl(c: &Cluster, node: usize, args: &[&str]) -> String {
-    let (ok, out) = c.overlayctl(node, args).unwrap();
-    assert!(ok, "overlayctl {args:?} on node{node}: {out}");
-    out
-}
-
-fn status(c: &Cluster, node: usize) -> Value {
-    serde_json::from_str(&ctl(c, node, &["--json", "encryption", "status"])).unwrap()
-}
 
 /// Whether node `i` routes node `j`'s pod subnet into the tunnel.
 fn via_tunnel(c: &Cluster, i: usize, j: usize) -> bool {
@@ -33,15 +26,8 @@ fn via_vxlan(c: &Cluster, i: usize, j: usize) -> bool {
     c.nodes[i].ns.exec(&["ip", "route", "show", &subnet]).contains("dev flannel.1")
 }
 
-fn wait_all(c: &Cluster, nodes: &[usize], what: &str, f: fn(&Cluster, usize, usize) -> bool) {
-    wait_for(Duration::from_secs(20), what, || {
-        nodes.iter().all(|&i| nodes.iter().all(|&j| i == j || f(c, i, j)))
-    })
-    .unwrap();
-}
-
 fn public_key(c: &Cluster, node: usize) -> String {
-    status(c, node)["public_key"].as_str().unwrap_or_default().to_string()
+    c.encryption_status(node)["public_key"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
@@ -58,14 +44,14 @@ fn enable_rotate_disable_under_a_100pps_ping_lose_nothing() {
     for attempt in 0..2 {
         let flood = ping_flood(&a.ns, &b.ip, 25);
         std::thread::sleep(Duration::from_secs(1));
-        ctl(&c, 0, &["encryption", "enable"]);
-        wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+        c.ctl(0, &["encryption", "enable"]);
+        c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
         let keys = (public_key(&c, 0), public_key(&c, 1));
         std::thread::sleep(Duration::from_secs(2));
 
-        ctl(&c, 1, &["encryption", "rotate"]);
+        c.ctl(1, &["encryption", "rotate"]);
         wait_for(Duration::from_secs(20), "new keys on both nodes, sessions up again", || {
-            let (s0, s1) = (status(&c, 0), status(&c, 1));
+            let (s0, s1) = (c.encryption_status(0), c.encryption_status(1));
             s0["public_key"] != keys.0.as_str()
                 && s1["public_key"] != keys.1.as_str()
                 && [s0, s1].iter().all(|s| s["peers"][0]["established"] == true)
@@ -74,8 +60,8 @@ fn enable_rotate_disable_under_a_100pps_ping_lose_nothing() {
         assert!(via_tunnel(&c, 0, 1) && via_tunnel(&c, 1, 0), "a rotation keeps the traffic encrypted");
         std::thread::sleep(Duration::from_secs(2));
 
-        ctl(&c, 0, &["encryption", "disable"]);
-        wait_all(&c, &[0, 1], "routes back on VXLAN", via_vxlan);
+        c.ctl(0, &["encryption", "disable"]);
+        c.wait_all_pairs(&[0, 1], "routes back on VXLAN", Duration::from_secs(20), via_vxlan);
         let (sent, received) = ping_result(flood);
         eprintln!(
             "attempt {attempt}: enable, rotate, disable under 100 pps: {} of {sent} lost",
@@ -125,9 +111,9 @@ fn strict_mode_refuses_a_node_that_has_not_joined() {
 
     // As docs/encryption.md advises: encryption first, then strict (strict drops plaintext at
     // once, before the sessions are up).
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "the joined nodes on the tunnel", via_tunnel);
-    ctl(&c, 0, &["encryption", "enable", "--strict"]);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "the joined nodes on the tunnel", Duration::from_secs(20), via_tunnel);
+    c.ctl(0, &["encryption", "enable", "--strict"]);
     wait_for(Duration::from_secs(20), "strict rules on the joined nodes", || {
         (0..2).all(|i| c.nodes[i].ns.exec(&["nft", "list", "tables"]).contains("ferrocni_strict"))
     })
@@ -135,16 +121,16 @@ fn strict_mode_refuses_a_node_that_has_not_joined() {
     assert!(
         ping(&a.ns, &b.ip, 3),
         "joined nodes' pods talk over the tunnel: node0 {} node1 {}",
-        status(&c, 0),
-        status(&c, 1)
+        c.encryption_status(0),
+        c.encryption_status(1)
     );
     assert!(!ping(&x.ns, &a.ip, 2), "the outsider's pod reached an encrypted node's pod");
     assert!(!ping(&a.ns, &x.ip, 2), "an encrypted node's pod reached the outsider in plaintext");
-    let st = status(&c, outsider);
+    let st = c.encryption_status(outsider);
     assert_eq!(st["participating"], false, "{st}");
 
     // Strict off again: the outsider is reachable over VXLAN.
-    ctl(&c, 0, &["encryption", "enable"]);
+    c.ctl(0, &["encryption", "enable"]);
     wait_for(Duration::from_secs(20), "the outsider reachable again", || ping(&a.ns, &x.ip, 1)).unwrap();
     for p in [&a, &b, &x] {
         c.del_pod(p).unwrap();
@@ -156,8 +142,8 @@ fn a_node_cannot_send_as_another_nodes_pods() {
     require_root!();
     let c = Cluster::start(ClusterOptions::new(3, bin_dir())).unwrap();
     let a = c.add_pod(0, "ia").unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1, 2], "every node on the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1, 2], "every node on the tunnel", Duration::from_secs(20), via_tunnel);
     // Node 1 is hostile: it sends through its own tunnel with a source address of node 2's
     // pods (added to its loopback so that ping may use it).
     let node2_net: ipnet::IpNet = c.pod_subnet(2).unwrap().parse().unwrap();
@@ -184,15 +170,15 @@ fn a_node_cannot_send_as_another_nodes_pods() {
     let own = node1_net.network().to_string();
     // Control: with its own subnet's address as the source, node 1 does reach the pod.
     assert!(n1.command("ping").args(["-c", "2", "-W", "2", "-I", &own, &a.ip]).status().unwrap().success());
-    let before = status(&c, 0)["stats"]["dropped_bad_source"].as_u64().unwrap_or(0);
+    let before = c.encryption_status(0)["stats"]["dropped_bad_source"].as_u64().unwrap_or(0);
     let spoof = n1.command("ping").args(["-c", "3", "-W", "1", "-I", &spoofed, &a.ip]).status().unwrap();
     assert!(
         !spoof.success(),
         "a packet with another node's pod source got through: node1 routes {}; node0 tunnel {}",
         n1.exec(&["ip", "route", "get", &a.ip, "from", &spoofed]),
-        status(&c, 0)
+        c.encryption_status(0)
     );
-    let after = status(&c, 0)["stats"]["dropped_bad_source"].as_u64().unwrap_or(0);
+    let after = c.encryption_status(0)["stats"]["dropped_bad_source"].as_u64().unwrap_or(0);
     assert!(after >= before + 3, "node 0 did not count the spoofed packets: {before} -> {after}");
     c.del_pod(&a).unwrap();
 }
@@ -203,8 +189,8 @@ fn restarts_under_a_100pps_ping_keep_encrypted_traffic_flowing() {
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "ra").unwrap();
     let b = c.add_pod(1, "rb").unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     let keys = (public_key(&c, 0), public_key(&c, 1));
     let flood = ping_flood(&a.ns, &b.ip, 12);
     std::thread::sleep(Duration::from_secs(1));
@@ -244,8 +230,8 @@ fn encrypted_pods_talk_and_the_underlay_carries_only_tunnel_udp() {
     let plain = cap.stop().unwrap();
     assert!(plain.any_plaintext_between(&a.ip, &b.ip), "{}", plain.summary(10));
 
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     let cap = Capture::start(&c.nodes[0].ns, "ul").unwrap();
     assert!(ping(&a.ns, &b.ip, 2));
     assert!(ping(&b.ns, &a.ip, 2));
@@ -257,7 +243,7 @@ fn encrypted_pods_talk_and_the_underlay_carries_only_tunnel_udp() {
     assert!(!packets.any_plaintext_between(&a.ip, &b.ip), "plaintext pod traffic on the underlay");
     assert!(packets.with_address_in("10.244.0.0/16").is_empty(), "pod addresses visible on the underlay");
     // Every key is valid WireGuard, and the API shows no secret.
-    let st = status(&c, 0);
+    let st = c.encryption_status(0);
     assert_eq!(st["peers"][0]["established"], true, "{st}");
     assert_eq!(st["preshared_key"], false);
     c.del_pod(&a).unwrap();
@@ -278,8 +264,8 @@ fn interop_with_wireguard_go_and_malformed_tunnel_data_is_skipped() {
     }
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "wa").unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     // The wireguard-go "node": a namespace on the underlay, subnet 10.244.250.0/24.
     let wg_ns = c.attach_to_underlay("wgo", "198.18.0.200/24");
     let wgo = WgGoPeer::start(&wg_ns, 51820).unwrap();
@@ -336,7 +322,7 @@ fn interop_with_wireguard_go_and_malformed_tunnel_data_is_skipped() {
     let after = c.nodes[0].ns.exec(&["ip", "route"]);
     let unchanged: Vec<&str> = before.lines().filter(|l| !after.contains(l)).collect();
     assert!(unchanged.is_empty(), "routes changed: {unchanged:?}");
-    assert_eq!(status(&c, 0)["peers"].as_array().unwrap().len(), 2, "node 1 and wireguard-go only");
+    assert_eq!(c.encryption_status(0)["peers"].as_array().unwrap().len(), 2, "node 1 and wireguard-go only");
     c.stop_daemon(1, libc::SIGTERM);
     c.del_pod(&a).unwrap();
 }
@@ -349,37 +335,12 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Runs `f` against the cluster's embedded store, as another writer of the store would.
-fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = overlayd::store::embedded::EmbeddedStore::open(
-            overlayd::store::embedded::EmbeddedOptions::new(c.work_dir().join("store.db")),
-        )
-        .unwrap();
-        f(&store).await
-    })
-}
-
-fn put_leases(c: &Cluster, leases: &[(&str, String)]) {
-    // With a store lease, as a node writes its own (one without would never expire and is refused).
-    with_store(c, async |store| {
-        let lease = store.grant(Duration::from_secs(300)).await.unwrap();
-        for (key, value) in leases {
-            store
-                .create(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes(), lease)
-                .await
-                .unwrap();
-        }
-    });
-}
-
 #[test]
 fn a_bad_encryption_section_written_behind_overlayctl_changes_nothing() {
     require_root!();
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     // overlayctl refuses it ...
     let (ok, out) = c.overlayctl(0, &["encryption", "enable", "--port", "0"]).unwrap();
     assert!(!ok && out.contains("Encryption.Port"), "{out}");
@@ -400,7 +361,7 @@ fn a_bad_encryption_section_written_behind_overlayctl_changes_nothing() {
     let after: Vec<String> = c.nodes.iter().map(|n| n.ns.exec(&["ip", "route"])).collect();
     assert_eq!(before, after, "a refused config changed the datapath");
     assert_eq!((public_key(&c, 0), public_key(&c, 1)), keys);
-    assert_eq!(status(&c, 0)["phase"], "on");
+    assert_eq!(c.encryption_status(0)["phase"], "on");
 }
 
 #[test]
@@ -409,13 +370,13 @@ fn a_preshared_key_from_the_store_is_used_and_never_shown() {
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "pa").unwrap();
     let b = c.add_pod(1, "pb").unwrap();
-    ctl(&c, 1, &["encryption", "enable", "--psk", "--keepalive", "25s"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(1, &["encryption", "enable", "--psk", "--keepalive", "25s"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     assert!(ping(&a.ns, &b.ip, 2) && ping(&b.ns, &a.ip, 2));
-    let stored: Value = serde_json::from_str(&ctl(&c, 0, &["--json", "network", "show"])).unwrap();
+    let stored: Value = serde_json::from_str(&c.ctl(0, &["--json", "network", "show"])).unwrap();
     assert_eq!(stored["config"]["Encryption"]["PresharedKey"], "<redacted>", "{stored}");
-    let raw = ctl(&c, 0, &["--json", "encryption", "status"]);
-    assert_eq!(status(&c, 0)["preshared_key"], true, "{raw}");
+    let raw = c.ctl(0, &["--json", "encryption", "status"]);
+    assert_eq!(c.encryption_status(0)["preshared_key"], true, "{raw}");
     // The key itself, read from the store: nowhere in the API's answers or the logs.
     let psk = with_store(&c, async |store| {
         let kv = store.get("/coreos.com/network/config").await.unwrap().unwrap();
@@ -440,8 +401,8 @@ fn a_preshared_key_from_the_store_is_used_and_never_shown() {
 fn a_restart_never_moves_encrypted_routes_to_vxlan() {
     require_root!();
     let c = Cluster::start(ClusterOptions::new(3, bin_dir())).unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1, 2], "every node on the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1, 2], "every node on the tunnel", Duration::from_secs(20), via_tunnel);
     for signal in [libc::SIGKILL, libc::SIGTERM] {
         let monitor = c.nodes[0]
             .ns
@@ -491,14 +452,14 @@ fn a_recorded_initiation_is_not_answered_after_a_daemon_restart() {
         ..Default::default()
     };
     let cap = Capture::start_with(&c.nodes[1].ns, "ul", &opts).unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     // A restart of node 0 makes it initiate again (a fresh tunnel), while recording.
     c.stop_daemon(0, libc::SIGTERM);
     c.start_daemon(0).unwrap();
     c.wait_ready(0).unwrap();
     wait_for(Duration::from_secs(20), "node 0's new session with node 1", || {
-        status(&c, 0)["peers"][0]["established"] == true
+        c.encryption_status(0)["peers"][0]["established"] == true
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -515,11 +476,11 @@ fn a_recorded_initiation_is_not_answered_after_a_daemon_restart() {
     c.start_daemon(1).unwrap();
     c.wait_ready(1).unwrap();
     wait_for(Duration::from_secs(20), "node 1's new session with node 0", || {
-        status(&c, 1)["peers"][0]["established"] == true
+        c.encryption_status(1)["peers"][0]["established"] == true
     })
     .unwrap();
     let endpoint = format!("{node0}:51820");
-    assert_eq!(status(&c, 1)["peers"][0]["endpoint"], endpoint.as_str());
+    assert_eq!(c.encryption_status(1)["peers"][0]["endpoint"], endpoint.as_str());
 
     let x = c.attach_to_underlay("rpx", "198.18.0.150/24");
     let node1 = format!("{}:51820", c.nodes[1].underlay_ip);
@@ -531,7 +492,7 @@ fn a_recorded_initiation_is_not_answered_after_a_daemon_restart() {
         sock.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
     });
     assert_eq!(answer, None, "node 1 answered a recorded initiation after its restart");
-    let st = status(&c, 1);
+    let st = c.encryption_status(1);
     assert_eq!(st["peers"][0]["endpoint"], endpoint.as_str(), "the replay moved node 0's endpoint: {st}");
     assert!(st["stats"]["dropped_replayed"].as_u64() >= Some(1), "the replay was not counted: {st}");
     let a = c.add_pod(0, "rpa").unwrap();
@@ -580,8 +541,8 @@ fn strict_mode_drops_plaintext_pod_sources_on_the_underlay() {
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "pa").unwrap();
     let b = c.add_pod(1, "pb").unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes onto the tunnel", via_tunnel);
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes onto the tunnel", Duration::from_secs(20), via_tunnel);
     let net1: ipnet::IpNet = c.pod_subnet(1).unwrap().parse().unwrap();
     let net0: ipnet::IpNet = c.pod_subnet(0).unwrap().parse().unwrap();
     let remote_src = net1.hosts().nth(200).unwrap().to_string();
@@ -596,7 +557,7 @@ fn strict_mode_drops_plaintext_pod_sources_on_the_underlay() {
     assert!(injected_arrives(&x, &remote_src, &a), "control: without strict mode the remote source arrives");
     assert!(injected_arrives(&x, &own_src, &a), "control: without strict mode the own-range source arrives");
 
-    ctl(&c, 0, &["encryption", "enable", "--strict"]);
+    c.ctl(0, &["encryption", "enable", "--strict"]);
     wait_for(Duration::from_secs(20), "strict rules on node 0", || {
         c.nodes[0].ns.exec(&["nft", "list", "tables"]).contains("ferrocni_strict")
     })

@@ -51,12 +51,6 @@ fn pods_on_each_node(c: &Cluster, tag: &str) -> Vec<ClusterPod> {
     (0..c.nodes.len()).map(|n| c.add_pod(n, &format!("{tag}{n}")).unwrap()).collect()
 }
 
-fn ctl(c: &Cluster, node: usize, args: &[&str]) -> String {
-    let (ok, out) = c.overlayctl(node, args).unwrap();
-    assert!(ok, "overlayctl {args:?} on node{node}: {out}");
-    out
-}
-
 /// The pod families of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pods {
@@ -125,7 +119,7 @@ fn cell(pods: Pods, underlay: UnderlayFamilies, churn: bool) {
         assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: a node joined");
         // Node 1 leaves (its daemon stops, its lease goes); it stays in the list, idle.
         let left: Vec<String> = ps.iter().filter(|p| p.node == 1).flat_map(|p| p.ips.clone()).collect();
-        ctl(&c, 1, &["leave"]);
+        c.ctl(1, &["leave"]);
         for p in ps.iter().filter(|p| p.node == 1) {
             c.del_pod(p).unwrap();
         }
@@ -136,7 +130,7 @@ fn cell(pods: Pods, underlay: UnderlayFamilies, churn: bool) {
         .unwrap_or_else(|e| panic!("{tag}: {e}"));
         assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: a node left");
     }
-    ctl(&c, 0, &["encryption", "enable"]);
+    c.ctl(0, &["encryption", "enable"]);
     wait_for(Duration::from_secs(30), "every route into the tunnel", || all_via_tunnel(&c, &ps))
         .unwrap_or_else(|e| panic!("{tag}: {e}\n{}", c.diagnostics()));
     assert_eq!(all_pairs_reach(&ps), Ok(()), "{tag}: encrypted");
@@ -212,7 +206,7 @@ fn dual_stack_pods_over_an_ipv4_only_underlay() {
 }
 
 fn status_json(c: &Cluster, node: usize) -> serde_json::Value {
-    serde_json::from_str(&ctl(c, node, &["--json", "status"])).unwrap()
+    serde_json::from_str(&c.ctl(node, &["--json", "status"])).unwrap()
 }
 
 /// The datapath state of pod family `fam` (`ipv4`/`ipv6`) in node `i`'s status.
@@ -270,7 +264,7 @@ fn a_family_fault_is_reported_and_never_stops_the_other_family() {
     let (_, metrics) = http_get(&c.nodes[0].socket(), "/metrics").unwrap();
     assert!(metrics.contains("overlayd_datapath_family_failing{family=\"ipv6\"} 1"), "{metrics}");
     assert!(metrics.contains("overlayd_datapath_family_failing{family=\"ipv4\"} 0"), "{metrics}");
-    let text = ctl(&c, 0, &["status"]);
+    let text = c.ctl(0, &["status"]);
     assert!(text.contains("ipv6"), "{text}");
     // Several retries later, IPv4 still flows.
     std::thread::sleep(Duration::from_secs(2));

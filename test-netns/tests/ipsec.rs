@@ -4,8 +4,11 @@
 //! killed mid-traffic; a strongSwan configured by hand talking to a node; hostile leases.
 //! Every event's packet loss is printed.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{put_leases, with_store};
 use serde_json::Value;
 use test_netns::cluster::{Cluster, ClusterOptions, StoreKind, bin_dir, ping_flood, ping_result, wait_for};
 use test_netns::strongswan::HandSwan;
@@ -28,16 +31,6 @@ macro_rules! require_strongswan {
     };
 }
 
-fn ctl(c: &Cluster, node: usize, args: &[&str]) -> String {
-    let (ok, out) = c.overlayctl(node, args).unwrap();
-    assert!(ok, "overlayctl {args:?} on node{node}: {out}");
-    out
-}
-
-fn status(c: &Cluster, node: usize) -> Value {
-    serde_json::from_str(&ctl(c, node, &["--json", "encryption", "status"])).unwrap()
-}
-
 fn route_dev(c: &Cluster, i: usize, j: usize) -> String {
     let subnet = c.pod_subnet(j).unwrap();
     c.nodes[i].ns.exec(&["ip", "route", "show", &subnet])
@@ -45,16 +38,6 @@ fn route_dev(c: &Cluster, i: usize, j: usize) -> String {
 
 fn via(dev: &'static str) -> impl Fn(&Cluster, usize, usize) -> bool {
     move |c, i, j| route_dev(c, i, j).contains(&format!("dev {dev}"))
-}
-
-fn wait_all(c: &Cluster, nodes: &[usize], what: &str, f: impl Fn(&Cluster, usize, usize) -> bool) {
-    let r = wait_for(Duration::from_secs(30), what, || {
-        nodes.iter().all(|&i| nodes.iter().all(|&j| i == j || f(c, i, j)))
-    });
-    if let Err(e) = r {
-        let st: Vec<String> = nodes.iter().map(|&i| status(c, i).to_string()).collect();
-        panic!("{e}: {st:#?}");
-    }
 }
 
 /// Only IKE (UDP 500), ESP in UDP (4500) or raw ESP between the nodes; no pod address.
@@ -97,10 +80,10 @@ fn enable_disable_on(store: StoreKind) {
     let flood = ping_flood(&pods[0].ns, &pods[2].ip, 14);
     std::thread::sleep(Duration::from_secs(1));
     let t = std::time::Instant::now();
-    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
-    wait_all(&c, &[0, 1, 2], "every pair on IPsec", via(IPSEC_DEV));
+    c.ctl(0, &["encryption", "enable", "--type", "ipsec"]);
+    c.wait_all_pairs(&[0, 1, 2], "every pair on IPsec", Duration::from_secs(30), via(IPSEC_DEV));
     eprintln!("enable --type ipsec → all 3×2 routes on {IPSEC_DEV}: {:?}", t.elapsed());
-    let st = status(&c, 0);
+    let st = c.encryption_status(0);
     assert_eq!(st["type"], "ipsec", "{st}");
     assert_eq!(st["ipsec"]["datapath"], "libipsec", "this kernel has no ESP: {st}");
     for p in st["ipsec"]["peers"].as_array().unwrap() {
@@ -108,7 +91,7 @@ fn enable_disable_on(store: StoreKind) {
         assert_eq!(p["established"], true, "{p}");
     }
     // The pod MTU for new pods fits kernel-libipsec's TUN.
-    let net: Value = serde_json::from_str(&ctl(&c, 0, &["--json", "network", "show"])).unwrap();
+    let net: Value = serde_json::from_str(&c.ctl(0, &["--json", "network", "show"])).unwrap();
     assert!(net["mtu"].as_u64().unwrap() <= 1400, "{net}");
 
     let cap = Capture::start(&c.nodes[0].ns, "ul").unwrap();
@@ -124,8 +107,8 @@ fn enable_disable_on(store: StoreKind) {
     assert!(!packets.any_plaintext_between(&pods[0].ip, &pods[2].ip));
 
     std::thread::sleep(Duration::from_secs(1));
-    ctl(&c, 1, &["encryption", "disable"]);
-    wait_all(&c, &[0, 1, 2], "every pair back on VXLAN", via("flannel.1"));
+    c.ctl(1, &["encryption", "disable"]);
+    c.wait_all_pairs(&[0, 1, 2], "every pair back on VXLAN", Duration::from_secs(30), via("flannel.1"));
     let (sent, received) = ping_result(flood);
     eprintln!("{store:?}: enable ipsec, disable under 100 pps: {} of {sent} lost", sent - received);
     assert!(sent - received <= 5, "{} of {sent} lost", sent - received);
@@ -157,14 +140,14 @@ fn switch_between_wireguard_and_ipsec_live() {
     let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "sa").unwrap();
     let b = c.add_pod(1, "sb").unwrap();
-    ctl(&c, 0, &["encryption", "enable"]);
-    wait_all(&c, &[0, 1], "routes on WireGuard", via(WG_DEV));
+    c.ctl(0, &["encryption", "enable"]);
+    c.wait_all_pairs(&[0, 1], "routes on WireGuard", Duration::from_secs(30), via(WG_DEV));
     let mut lost = Vec::new();
     for (to, dev) in [("ipsec", IPSEC_DEV), ("wireguard", WG_DEV)] {
         let flood = ping_flood(&a.ns, &b.ip, 8);
         std::thread::sleep(Duration::from_secs(1));
-        ctl(&c, 1, &["encryption", "enable", "--type", to]);
-        wait_all(&c, &[0, 1], &format!("routes on {dev}"), via(dev));
+        c.ctl(1, &["encryption", "enable", "--type", to]);
+        c.wait_all_pairs(&[0, 1], &format!("routes on {dev}"), Duration::from_secs(30), via(dev));
         let (sent, received) = ping_result(flood);
         eprintln!("switch to {to} under 100 pps: {} of {sent} lost", sent - received);
         lost.push(sent - received);
@@ -187,8 +170,8 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     let mut c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
     let a = c.add_pod(0, "ka").unwrap();
     let b = c.add_pod(1, "kb").unwrap();
-    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
-    wait_all(&c, &[0, 1], "routes on IPsec", via(IPSEC_DEV));
+    c.ctl(0, &["encryption", "enable", "--type", "ipsec"]);
+    c.wait_all_pairs(&[0, 1], "routes on IPsec", Duration::from_secs(30), via(IPSEC_DEV));
 
     // charon killed: overlayd starts it again and re-programs it.
     let flood = ping_flood(&a.ns, &b.ip, 8);
@@ -197,11 +180,11 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     c.kill_charon(1, libc::SIGKILL);
     wait_for(Duration::from_secs(20), "a new charon on node 1", || c.charon_pid(1).is_some_and(|p| p != old))
         .unwrap();
-    wait_all(&c, &[0, 1], "routes on IPsec again", via(IPSEC_DEV));
+    c.wait_all_pairs(&[0, 1], "routes on IPsec again", Duration::from_secs(30), via(IPSEC_DEV));
     let (sent, received) = ping_result(flood);
     eprintln!("charon SIGKILLed under 100 pps: {} of {sent} lost", sent - received);
     assert!(sent - received <= 150, "{} of {sent} lost", sent - received);
-    assert_eq!(status(&c, 1)["ipsec"]["charon_restarts"], 1);
+    assert_eq!(c.encryption_status(1)["ipsec"]["charon_restarts"], 1);
 
     // overlayd restarted (SIGKILL): the charon it left keeps its SAs; the new one adopts it.
     let flood = ping_flood(&a.ns, &b.ip, 8);
@@ -214,14 +197,14 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     let (sent, received) = ping_result(flood);
     eprintln!("overlayd SIGKILLed and restarted under 100 pps: {} of {sent} lost", sent - received);
     assert!(sent - received <= 100, "{} of {sent} lost", sent - received);
-    let st = status(&c, 0);
+    let st = c.encryption_status(0);
     assert_eq!(st["ipsec"]["charon"]["adopted"], true, "{st}");
     assert_eq!(c.charon_pid(0), Some(pid), "the running charon was adopted, not replaced");
 
     // Rotation: every SA rekeyed, make-before-break.
     let flood = ping_flood(&a.ns, &b.ip, 6);
     std::thread::sleep(Duration::from_secs(1));
-    ctl(&c, 1, &["encryption", "rotate"]);
+    c.ctl(1, &["encryption", "rotate"]);
     std::thread::sleep(Duration::from_secs(3));
     let (sent, received) = ping_result(flood);
     eprintln!("rotate (rekey of every SA) under 100 pps: {} of {sent} lost", sent - received);
@@ -239,13 +222,13 @@ fn charon_killed_overlayd_restarted_rotation_and_a_node_joining_and_leaving() {
     // A node joins while encrypted, reaches everybody over IPsec, then leaves.
     let n = c.add_node().unwrap();
     c.wait_ready(n).unwrap();
-    wait_all(&c, &[0, 1, 2], "the new node on IPsec", via(IPSEC_DEV));
+    c.wait_all_pairs(&[0, 1, 2], "the new node on IPsec", Duration::from_secs(30), via(IPSEC_DEV));
     let x = c.add_pod(n, "kx").unwrap();
     assert!(ping(&x.ns, &a.ip, 2) && ping(&b.ns, &x.ip, 2));
     c.del_pod(&x).unwrap();
-    ctl(&c, n, &["leave"]);
+    c.ctl(n, &["leave"]);
     wait_for(Duration::from_secs(20), "the leaver's connection removed", || {
-        status(&c, 0)["ipsec"]["peers"].as_array().is_some_and(|p| p.len() == 1)
+        c.encryption_status(0)["ipsec"]["peers"].as_array().is_some_and(|p| p.len() == 1)
     })
     .unwrap();
     wait_for(Duration::from_secs(10), "the leaver's charon stopped", || c.charon_pid(n).is_none()).unwrap();
@@ -267,15 +250,15 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
     let a = c.add_pod(0, "ha").unwrap();
     let b = c.add_pod(1, "hb").unwrap();
     let x = c.add_pod(outsider, "hx").unwrap();
-    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
-    wait_all(&c, &[0, 1], "the joined nodes on IPsec", via(IPSEC_DEV));
+    c.ctl(0, &["encryption", "enable", "--type", "ipsec"]);
+    c.wait_all_pairs(&[0, 1], "the joined nodes on IPsec", Duration::from_secs(30), via(IPSEC_DEV));
     assert!(ping(&x.ns, &a.ip, 2), "before strict mode the outsider talks over VXLAN");
-    ctl(&c, 0, &["encryption", "enable", "--strict"]);
+    c.ctl(0, &["encryption", "enable", "--strict"]);
     wait_for(Duration::from_secs(20), "strict rules on the joined nodes", || {
         (0..2).all(|i| c.nodes[i].ns.exec(&["nft", "list", "tables"]).contains("ferrocni_strict"))
     })
     .unwrap();
-    assert_eq!(status(&c, 0)["type"], "ipsec", "--strict keeps the type");
+    assert_eq!(c.encryption_status(0)["type"], "ipsec", "--strict keeps the type");
     // The outsider's subnet is routed into IPsec too (fail closed), with no SA: dropped.
     wait_for(Duration::from_secs(10), "the outsider's subnet routed into IPsec", || {
         via(IPSEC_DEV)(&c, 0, outsider)
@@ -292,7 +275,7 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
         packets.plaintext_between(&a.ip, &x.ip).into_iter().filter(|p| p.src == Some(node0)).collect();
     assert!(sent_plain.is_empty(), "node 0 sent plaintext after Strict: {sent_plain:?}");
     assert!(!packets.any_plaintext_between(&a.ip, &b.ip));
-    assert_eq!(status(&c, outsider)["participating"], false);
+    assert_eq!(c.encryption_status(outsider)["participating"], false);
 
     // Hostile leases: each skipped with a reason, nothing else changes, nothing in charon.
     let before = c.nodes[0].ns.exec(&["ip", "route"]);
@@ -356,7 +339,7 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
     assert!(moved.is_empty(), "routes changed: {moved:?}");
     // The key claimed twice is trusted for neither: node 1 is off IPsec while the twin is there.
     let sub1 = c.pod_subnet(1).unwrap();
-    let st = status(&c, 0);
+    let st = c.encryption_status(0);
     assert!(!st["ipsec"]["peers"].to_string().contains(&sub1), "node 1 kept its connection: {st}");
     with_store(&c, async |store| {
         for (k, _) in &hostile {
@@ -368,14 +351,14 @@ fn strict_refuses_an_outsider_and_hostile_ipsec_leases_are_skipped() {
     });
     // Strict routes stay on ipsec0 throughout; what comes back is node 1's SA.
     wait_for(Duration::from_secs(30), "node 1's SA back once the twin is gone", || {
-        let st = status(&c, 0);
+        let st = c.encryption_status(0);
         st["ipsec"]["peers"].as_array().is_some_and(|ps| {
             ps.iter().any(|p| p["established"] == true && p["subnets"].to_string().contains(&sub1))
         })
     })
     .unwrap();
     assert!(ping(&a.ns, &b.ip, 3), "node 0's pod -> node 1's pod after the twin left");
-    ctl(&c, 0, &["encryption", "enable"]);
+    c.ctl(0, &["encryption", "enable"]);
     for p in [&a, &b, &x] {
         c.del_pod(p).unwrap();
     }
@@ -389,8 +372,9 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
     require_strongswan!();
     let c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
     let a = c.add_pod(0, "wa").unwrap();
-    ctl(&c, 0, &["encryption", "enable", "--type", "ipsec"]);
-    wait_for(Duration::from_secs(20), "IPsec on node 0", || status(&c, 0)["ipsec"]["phase"] == "on").unwrap();
+    c.ctl(0, &["encryption", "enable", "--type", "ipsec"]);
+    wait_for(Duration::from_secs(20), "IPsec on node 0", || c.encryption_status(0)["ipsec"]["phase"] == "on")
+        .unwrap();
 
     let ns = c.attach_to_underlay("hand", "198.18.0.200/24");
     ns.exec(&["ip", "addr", "add", "10.244.250.1/32", "dev", "lo"]);
@@ -411,7 +395,7 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
     wait_for(Duration::from_secs(20), "node 0 to route the hand peer's subnet into IPsec", || {
         c.nodes[0].ns.exec(&["ip", "route", "show", "10.244.250.0/24"]).contains(IPSEC_DEV)
     })
-    .unwrap_or_else(|e| panic!("{e}: {} {}", status(&c, 0), hand.swanctl(&ns, &["--list-sas"])));
+    .unwrap_or_else(|e| panic!("{e}: {} {}", c.encryption_status(0), hand.swanctl(&ns, &["--list-sas"])));
     assert!(ping(&a.ns, "10.244.250.1", 3), "pod on node 0 -> hand-configured strongSwan");
     assert!(
         ns.command("ping")
@@ -450,28 +434,4 @@ fn other_key() -> String {
 /// The node's identity public key (what its lease publishes as `Identity`).
 fn lease_identity(c: &Cluster, node: usize) -> overlayd::identity::PublicKey {
     overlayd::identity::Identity::load_or_create(&c.nodes[node].dir.join("state")).unwrap().public()
-}
-
-fn with_store<T>(c: &Cluster, f: impl AsyncFnOnce(&dyn overlayd::store::Store) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = overlayd::store::embedded::EmbeddedStore::open(
-            overlayd::store::embedded::EmbeddedOptions::new(c.work_dir().join("store.db")),
-        )
-        .unwrap();
-        f(&store).await
-    })
-}
-
-fn put_leases(c: &Cluster, leases: &[(&str, String)]) {
-    // With a store lease, as a node writes its own (one without would never expire and is refused).
-    with_store(c, async |store| {
-        let lease = store.grant(Duration::from_secs(300)).await.unwrap();
-        for (key, value) in leases {
-            store
-                .create(&format!("/coreos.com/network/subnets/{key}"), value.as_bytes(), lease)
-                .await
-                .unwrap();
-        }
-    });
 }
