@@ -297,6 +297,21 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// One row per element of the array `items`, made by `row`.
+fn rows_with(items: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    items.as_array().into_iter().flatten().map(row).collect()
+}
+
+/// A cell of `item` per JSON pointer (`/value/PublicIP`).
+fn cells(item: &Value, pointers: &[&str]) -> Vec<String> {
+    pointers.iter().map(|p| s(item.pointer(p).unwrap_or(&Value::Null))).collect()
+}
+
+/// One row per element of the array `items`, a cell per JSON pointer.
+fn rows(items: &Value, pointers: &[&str]) -> Vec<Vec<String>> {
+    rows_with(items, |item| cells(item, pointers))
+}
+
 fn fields(v: &Value, keys: &[&str]) {
     for k in keys {
         println!("{k:<16} {}", s(&v[*k]));
@@ -381,40 +396,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         ),
         Cmd::Leases => table(
             &["KEY", "PUBLIC-IP", "NODE", "OWN", "VALID"],
-            out["leases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|l| {
-                    vec![
-                        s(&l["key"]),
-                        s(&l["value"]["PublicIP"]),
-                        s(&l["value"]["NodeID"]),
-                        s(&l["own"]),
-                        if l["valid"] == Value::Bool(true) {
-                            "yes".into()
-                        } else {
-                            format!("no: {}", s(&l["reason"]))
-                        },
-                    ]
-                })
-                .collect(),
+            rows_with(&out["leases"], |l| {
+                let valid = if l["valid"] == Value::Bool(true) {
+                    "yes".into()
+                } else {
+                    format!("no: {}", s(&l["reason"]))
+                };
+                vec![s(&l["key"]), s(&l["value"]["PublicIP"]), s(&l["value"]["NodeID"]), s(&l["own"]), valid]
+            }),
         ),
         Cmd::Peers => table(
             &["SUBNET", "IPV6-SUBNET", "PUBLIC-IP", "VTEP-MAC", "NODE"],
-            out.as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        s(&p["subnet"]),
-                        s(&p["ipv6_subnet"]),
-                        s(&p["public_ip"]),
-                        s(&p["backend_data"]["VtepMAC"]),
-                        s(&p["node_id"]),
-                    ]
-                })
-                .collect(),
+            rows(&out, &["/subnet", "/ipv6_subnet", "/public_ip", "/backend_data/VtepMAC", "/node_id"]),
         ),
         Cmd::Health => {
             println!("store     {}", s(&out["store"]));
@@ -425,20 +418,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
             table(
                 &["ENDPOINT", "HEALTHY", "LEADER", "VERSION", "ERROR"],
-                out["health"]["endpoints"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|e| {
-                        vec![
-                            s(&e["endpoint"]),
-                            s(&e["healthy"]),
-                            s(&e["is_leader"]),
-                            s(&e["version"]),
-                            s(&e["error"]),
-                        ]
-                    })
-                    .collect(),
+                rows(
+                    &out["health"]["endpoints"],
+                    &["/endpoint", "/healthy", "/is_leader", "/version", "/error"],
+                ),
             );
         }
         Cmd::Status => fields(
@@ -483,23 +466,19 @@ fn run(cli: &Cli) -> Result<(), String> {
             fields(ip, &["phase", "datapath", "device", "mtu", "charon_restarts", "error"]);
             table(
                 &["LEASE", "ENDPOINT", "AUTH", "IKE", "ESTABLISHED", "ROUTED", "RX", "TX"],
-                ip["peers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        vec![
-                            s(&p["lease"]),
-                            s(&p["endpoint"]),
-                            s(&p["auth"]),
-                            s(&p["ike_state"]),
-                            s(&p["established"]),
-                            s(&p["routed_through_tunnel"]),
-                            s(&p["rx_bytes"]),
-                            s(&p["tx_bytes"]),
-                        ]
-                    })
-                    .collect(),
+                rows(
+                    &ip["peers"],
+                    &[
+                        "/lease",
+                        "/endpoint",
+                        "/auth",
+                        "/ike_state",
+                        "/established",
+                        "/routed_through_tunnel",
+                        "/rx_bytes",
+                        "/tx_bytes",
+                    ],
+                ),
             );
         }
         Cmd::Encryption { cmd: EncryptionCmd::Status } => {
@@ -509,24 +488,14 @@ fn run(cli: &Cli) -> Result<(), String> {
             );
             table(
                 &["LEASE", "ENDPOINT", "ESTABLISHED", "ROUTED", "HANDSHAKE", "RX", "TX"],
-                out["peers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        vec![
-                            s(&p["lease"]),
-                            s(&p["endpoint"]),
-                            s(&p["established"]),
-                            s(&p["routed_through_tunnel"]),
-                            p["last_handshake_seconds_ago"]
-                                .as_u64()
-                                .map_or("-".into(), |x| format!("{x}s ago")),
-                            s(&p["rx_bytes"]),
-                            s(&p["tx_bytes"]),
-                        ]
-                    })
-                    .collect(),
+                rows_with(&out["peers"], |p| {
+                    let handshake =
+                        p["last_handshake_seconds_ago"].as_u64().map_or("-".into(), |x| format!("{x}s ago"));
+                    let mut row =
+                        cells(p, &["/lease", "/endpoint", "/established", "/routed_through_tunnel"]);
+                    row.extend([handshake, s(&p["rx_bytes"]), s(&p["tx_bytes"])]);
+                    row
+                }),
             );
         }
         Cmd::Encryption { .. } => {
@@ -554,5 +523,18 @@ mod tests {
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert!(shown.starts_with("node\\u{1b}]0;pwned"), "{shown}");
         assert_eq!(s(&Value::String("10.244.1.0-24".into())), "10.244.1.0-24");
+    }
+
+    #[test]
+    fn table_rows_follow_pointers_and_show_what_is_missing_as_a_dash() {
+        let items = serde_json::json!([
+            {"key": "10.244.1.0-24", "value": {"PublicIP": "192.0.2.1"}},
+            {"key": "k\u{1b}[2J", "value": {}},
+        ]);
+        let r = rows(&items, &["/key", "/value/PublicIP"]);
+        assert_eq!(r[0], ["10.244.1.0-24", "192.0.2.1"]);
+        assert_eq!(r[1][1], "-");
+        assert!(!r[1][0].chars().any(char::is_control), "{:?}", r[1][0]);
+        assert!(rows(&Value::Null, &["/key"]).is_empty());
     }
 }
