@@ -299,3 +299,74 @@ fn podman_default_conflist_with_cnictl() {
     assert!(!fw.contains("podman/"), "{fw}");
     assert!(std::fs::read_dir(&tuning).map(|d| d.count()).unwrap_or(0) == 0, "tuning left its files");
 }
+
+/// An IPv6-only network: podman's default list with every plugin of the suite (bridge,
+/// host-local, portmap, firewall, tuning, bandwidth), no IPv4 anywhere in the pod network.
+/// The pod gets no IPv4 address; its host port answers over IPv6 from the node, another
+/// pod and itself; every plugin acts on the IPv6 address alone; DEL leaves nothing.
+#[test]
+fn ipv6_only_conflist_with_every_plugin() {
+    require_root!();
+    let node = Node::new();
+    let tuning = node.dir.path().join("tuning");
+    let list = json!({"cniVersion": "1.0.0", "name": "six", "plugins": [
+        {"type": "bridge", "bridge": "cni-six0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+         "ipam": {"type": "host-local", "dataDir": node.data_dir(), "routes": [{"dst": "::/0"}],
+                  "ranges": [[{"subnet": "fd00:89::/64"}]]}},
+        {"type": "portmap", "capabilities": {"portMappings": true}},
+        {"type": "firewall"},
+        {"type": "tuning", "dataDir": tuning, "sysctl": {"net.ipv6.conf.IFNAME.hop_limit": "42"}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": true}}]});
+    node.write_conflist(&list);
+    let server = TestNs::new("pm6srv");
+    let client = TestNs::new("pm6cli");
+    let caps = json!({"portMappings": [{"hostPort": 8086, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {"ingressRate": 100_000_000, "ingressBurst": 1_000_000,
+                      "egressRate": 100_000_000, "egressBurst": 1_000_000}});
+    // The client is limited too, without a host port of its own.
+    let client_caps = json!({"bandwidth": caps["bandwidth"]});
+    let mut results = Vec::new();
+    for (ns, cid, caps) in [(&server, "srv", &caps), (&client, "cli", &client_caps)] {
+        let out = node.cnictl(&["add", "six", ns.path().to_str().unwrap()], cid, Some(caps));
+        results.push(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+    }
+    for r in &results {
+        let ips: Vec<&str> =
+            r["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+        assert!(ips.len() == 1 && ips[0].starts_with("fd00:89::"), "{r}");
+    }
+    let v4 = server.exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(v4.trim().is_empty(), "an IPv4 address in an IPv6-only pod: {v4}");
+    let _srv = EchoServer::start(&server, "[::]:80");
+    let mut failures = Vec::new();
+    for (from, label, to) in [
+        (&node.ns, "node", format!("[{NODE_IP6}]:8086")),
+        (&client, "another pod", "[fd00:89::1]:8086".to_string()),
+        (&server, "hairpin", format!("[{NODE_IP6}]:8086")),
+    ] {
+        if let Err(e) = echo(from, &to) {
+            failures.push(format!("{label}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "host port unreachable over IPv6:\n{}", failures.join("\n"));
+    node.cnictl(&["check", "six", server.path().to_str().unwrap()], "srv", Some(&caps));
+    let hop = server.run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/hop_limit").unwrap());
+    assert_eq!(hop.trim(), "42");
+    let fw6 = node.ns.exec(&["nft", "list", "set", "inet", "ferrocni_firewall", "allowed6"]);
+    assert!(fw6.contains("six/srv/eth0") && fw6.contains("six/cli/eth0"), "{fw6}");
+    let pm = elements(&node.ns);
+    assert!(!pm.is_empty() && pm.iter().all(|e| !e.contains("10.")), "{pm:?}");
+    let tc = node.ns.exec(&["tc", "qdisc", "show"]);
+    assert!(tc.contains("tbf"), "bandwidth made no bucket: {tc}");
+    for (ns, cid, caps) in [(&server, "srv", &caps), (&client, "cli", &client_caps)] {
+        node.cnictl(&["del", "six", ns.path().to_str().unwrap()], cid, Some(caps));
+    }
+    assert!(elements(&node.ns).is_empty(), "{:?}", elements(&node.ns));
+    let fw6 = node.ns.exec(&["nft", "list", "set", "inet", "ferrocni_firewall", "allowed6"]);
+    assert!(!fw6.contains("six/"), "{fw6}");
+    let tc = node.ns.exec(&["tc", "qdisc", "show"]);
+    assert!(!tc.contains("tbf"), "{tc}");
+    assert!(node.ns.netlink().links().unwrap().iter().all(|l| !l.is("ifb")));
+    assert!(std::fs::read_dir(&tuning).map(|d| d.count()).unwrap_or(0) == 0, "tuning left its files");
+    assert!(echo(&node.ns, &format!("[{NODE_IP6}]:8086")).is_err(), "the host port still answers after DEL");
+}
