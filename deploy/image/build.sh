@@ -32,7 +32,7 @@ cargo build --release -p overlayd -p plugins --bins
 ctx="$(mktemp -d /tmp/ferrocni-image.XXXXXX)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/bin"
-for b in overlayd overlayctl vxlan bridge host-local; do
+for b in overlayd overlayctl vxlan bridge host-local loopback portmap firewall tuning bandwidth; do
   cp "target/release/$b" "$ctx/bin/$b"
 done
 podman build -f deploy/image/Containerfile -t "$TAG" "$ctx"
