@@ -18,7 +18,11 @@ pub struct InstallOptions {
     #[arg(long, default_value = "/host/opt/cni/bin")]
     pub bin_dir: PathBuf,
     /// Plugins to copy.
-    #[arg(long, value_delimiter = ',', default_value = "vxlan,bridge,host-local,loopback,portmap,firewall,tuning,bandwidth")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vxlan,bridge,host-local,loopback,portmap,firewall,tuning,bandwidth"
+    )]
     pub plugins: Vec<String>,
     /// The conflist to install (the ConfigMap's `cni-conf.json`).
     #[arg(long, default_value = "/etc/kube-flannel/cni-conf.json")]
