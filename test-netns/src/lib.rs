@@ -117,6 +117,24 @@ impl TestNs {
         nl.add_address(idx, net).unwrap_or_else(|e| panic!("adding {addr} in {}: {e}", self.name));
         nl.set_up(idx).unwrap_or_else(|e| panic!("{ifname} up in {}: {e}", self.name));
         self.lo_up();
+        if addr.contains(':') {
+            self.wait_not_tentative(ifname);
+        }
+    }
+
+    /// Waits until no IPv6 address of `ifname` is tentative. Even with DAD off, the kernel
+    /// clears the flag from a work queue after the address is added: a bind in between fails
+    /// with "Cannot assign requested address".
+    pub fn wait_not_tentative(&self, ifname: &str) {
+        let started = std::time::Instant::now();
+        while !self.exec(&["ip", "-6", "-o", "addr", "show", "dev", ifname, "tentative"]).trim().is_empty() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "an IPv6 address of {ifname} in {} stays tentative (duplicate address detection)",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Brings `lo` up.
