@@ -111,6 +111,18 @@ pub fn apply(stored: &str, req: &Request) -> Result<(String, EncryptionSettings)
         serde_json::from_str(stored).map_err(|e| AdminError::Stored(ConfigError::Json(e.to_string())))?;
     obj.retain(|k, _| !k.eq_ignore_ascii_case("Encryption"));
     obj.insert("Encryption".into(), section);
+    // flannel's `"Backend": {"Type": "wireguard"}` stood for vxlan plus an Encryption section:
+    // from the first `overlayctl encryption` change on, the section says it all.
+    if let Some(key) = obj.keys().find(|k| k.eq_ignore_ascii_case("Backend")).cloned() {
+        let wg = obj[&key]
+            .as_object()
+            .and_then(|b| b.iter().find(|(k, _)| k.eq_ignore_ascii_case("Type")))
+            .and_then(|(_, t)| t.as_str())
+            .is_some_and(|t| t.eq_ignore_ascii_case("wireguard"));
+        if wg {
+            obj.insert(key, serde_json::json!({"Type": "vxlan"}));
+        }
+    }
     let text = serde_json::to_string(&Value::Object(obj)).expect("json serializes");
     NetworkConfig::parse(&text).map_err(AdminError::Invalid)?;
     Ok((text, checked))
