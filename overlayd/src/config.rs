@@ -473,7 +473,10 @@ fn fam_name(f: Family) -> &'static str {
 /// flannel's default, so that a config never silently means less than it says.
 const VXLAN_UNSUPPORTED: &[(&str, &str)] = &[
     ("GBP", "the group-based policy extension is not supported (leave it false)"),
-    ("Learning", "overlayd programs every peer statically; source learning is not supported (leave it false)"),
+    (
+        "Learning",
+        "overlayd programs every peer statically; source learning is not supported (leave it false)",
+    ),
     ("MacPrefix", "a Windows-only option: overlayd makes a random locally administered MAC per node"),
 ];
 
@@ -608,7 +611,10 @@ fn wireguard(f: &Fields, warnings: &mut Vec<String>) -> Result<EncryptionConfig,
         "Backend.Type \"wireguard\" read as {{\"Type\":\"vxlan\"}} with Encryption \
          {{\"Type\":\"wireguard\",\"Port\":{port},\"Strict\":true{}{}}}: pod traffic between nodes \
          runs in overlayd's WireGuard tunnel",
-        options.get("PersistentKeepalive").map(|k| format!(",\"PersistentKeepalive\":{k}")).unwrap_or_default(),
+        options
+            .get("PersistentKeepalive")
+            .map(|k| format!(",\"PersistentKeepalive\":{k}"))
+            .unwrap_or_default(),
         if options.contains_key("PresharedKey") { ",\"PresharedKey\":\"<redacted>\"" } else { "" },
     ));
     Ok(EncryptionConfig { kind: Some("wireguard".into()), options })
@@ -830,6 +836,90 @@ mod tests {
         // Round trip through the effective JSON keeps it.
         let again = NetworkConfig::from_value(&c.to_json()).unwrap().config;
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn flannel_example_backends_unchanged() {
+        // kube-flannel.yml's net-conf.json.
+        let c = ok(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanOptions::default()));
+        // Documentation/backends.md-style host-gw and vxlan with options.
+        let c = ok(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}"#);
+        assert_eq!(c.backend, BackendConfig::HostGw);
+        assert_eq!(c.backend.type_name(), "host-gw");
+        assert!(c.vxlan().is_none());
+        let c = ok(
+            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"GBP":false,"DirectRouting":true,"MTU":1400,"Learning":false}}"#,
+        );
+        assert_eq!(c.vxlan(), Some(&VxlanOptions { vni: 4096, port: 4789, direct_routing: true, mtu: 1400 }));
+        // Effective JSON round-trips, host-gw included.
+        for c in [c, ok(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}"#)] {
+            assert_eq!(NetworkConfig::from_value(&c.to_json()).unwrap().config, c);
+        }
+    }
+
+    #[test]
+    fn flannel_wireguard_maps_onto_encryption() {
+        let psk = "4qH7oO2WVvnXJtOq/d9RxiZbIF/dBLfS3o9Zr0uQ4hM=";
+        let p = NetworkConfig::parse(&format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","ListenPort":51830,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"separate","ListenPortV6":51831}}}}"#
+        ))
+        .unwrap();
+        let c = &p.config;
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanOptions::default()));
+        let s = c.encryption_settings();
+        assert!(s.enabled && s.strict, "flannel's WireGuard is fail-closed");
+        assert_eq!(s.port, 51830);
+        assert_eq!(s.persistent_keepalive, Some(25));
+        assert!(s.preshared_key.is_some());
+        let mapping = p.warnings.iter().find(|w| w.contains("read as")).expect("the mapping is logged");
+        assert!(!mapping.contains(psk), "the key reached a log line: {mapping}");
+        assert!(p.warnings.iter().any(|w| w.contains("ListenPortV6")), "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.contains("Backend.Mode")), "{:?}", p.warnings);
+        // The bare form, as in flannel's docs.
+        let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(c.encryption_settings().port, crate::encryption::settings::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn backend_options_without_a_meaning_here_are_refused_by_name() {
+        let cases = [
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#, "Backend.GBP"),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Learning":true}}"#, "Backend.Learning"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MacPrefix":"0E-2A"}}"#,
+                "Backend.MacPrefix",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":1}}"#,
+                "Backend.DirectRouting",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":"short"}}"#, "Backend.PSK"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","ListenPort":0}}"#,
+                "Backend.ListenPort",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}"#, "Backend.Mode"),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","MTU":1420}}"#, "Backend.MTU"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard"},"Encryption":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"},"Encryption":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"ipip"}}"#, "Backend.Type"),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert_eq!(e.field_name(), Some(field), "{text}: {e}");
+        }
+        // A PSK in a refused config is never echoed.
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":"c2VjcmV0"}}"#);
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        // host-gw with encryption off is fine.
+        ok(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"},"Encryption":{"Type":"none"}}"#);
     }
 
     #[test]

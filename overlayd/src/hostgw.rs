@@ -179,7 +179,9 @@ fn family(
     r.applied = ops.len();
     for (op, e) in dp.apply(ops) {
         let what = match &op {
-            OverlayOp::SetRoute(x) => format!("route to {} via {}", x.dst, x.gateway.map(|g| g.to_string()).unwrap_or_default()),
+            OverlayOp::SetRoute(x) => {
+                format!("route to {} via {}", x.dst, x.gateway.map(|g| g.to_string()).unwrap_or_default())
+            }
             OverlayOp::DelRoute(x) => format!("removing route to {}", x.dst),
             other => format!("{other:?}"),
         };
@@ -236,7 +238,11 @@ impl HostGwBackend {
                     } else {
                         p.attrs.public_ip.map(IpAddr::V4)
                     };
-                    Some(PeerRoute { key: p.key.to_string(), subnet: f.subnet, via: via.filter(|_| ours.is_some()) })
+                    Some(PeerRoute {
+                        key: p.key.to_string(),
+                        subnet: f.subnet,
+                        via: via.filter(|_| ours.is_some()),
+                    })
                 })
                 .collect();
             out.push(FamilyWant { fam, own: subnet.trunc(), network, peers });
@@ -258,7 +264,10 @@ impl HostGwBackend {
         Some(NodeRules { table: RULES_TABLE.into(), v4, v6, masquerade: s.ip_masq, forward: true })
     }
 
-    fn run(&mut self, peers: &PeerSet) -> Result<(BTreeMap<Fam, FamilyResult>, Option<String>), BackendError> {
+    fn run(
+        &mut self,
+        peers: &PeerSet,
+    ) -> Result<(BTreeMap<Fam, FamilyResult>, Option<String>), BackendError> {
         let want = self.want(peers);
         let rules = self.rules();
         if self.nl.is_none() {
@@ -322,16 +331,18 @@ impl Backend for HostGwBackend {
                 self.health = fams
                     .iter()
                     .filter(|(_, n)| n.is_some())
-                    .map(|(f, _)| FamilyHealth { family: f.name(), errors: vec![e.0.clone()], ..Default::default() })
+                    .map(|(f, _)| FamilyHealth {
+                        family: f.name(),
+                        errors: vec![e.0.clone()],
+                        ..Default::default()
+                    })
                     .collect();
                 return Err(e);
             }
         };
         let mut applied = 0;
-        self.routed = out
-            .iter()
-            .filter_map(|(f, r)| Some((*f, (*own_nets.get(f)?, r.routed.clone()))))
-            .collect();
+        self.routed =
+            out.iter().filter_map(|(f, r)| Some((*f, (*own_nets.get(f)?, r.routed.clone())))).collect();
         self.health = out
             .iter()
             .map(|(f, r)| {

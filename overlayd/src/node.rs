@@ -243,16 +243,18 @@ pub fn pod_mtu(
     if let Some(m) = explicit {
         return m;
     }
-    let base = match config.vxlan() {
-        Some(vx) => (vx.mtu > 0)
-            .then_some(vx.mtu)
-            // One MTU for the pods whichever device carries their packets: the larger overhead
-            // of the underlay families this node has.
-            .or(underlay_mtu.map(|m| m.saturating_sub(if ipv6_underlay { V6_OVERHEAD } else { V4_OVERHEAD }))),
-        // host-gw does not encapsulate: pods get the underlay's MTU.
-        None => underlay_mtu,
-    }
-    .unwrap_or(FALLBACK_MTU);
+    let base =
+        match config.vxlan() {
+            Some(vx) => (vx.mtu > 0)
+                .then_some(vx.mtu)
+                // One MTU for the pods whichever device carries their packets: the larger overhead
+                // of the underlay families this node has.
+                .or(underlay_mtu
+                    .map(|m| m.saturating_sub(if ipv6_underlay { V6_OVERHEAD } else { V4_OVERHEAD }))),
+            // host-gw does not encapsulate: pods get the underlay's MTU.
+            None => underlay_mtu,
+        }
+        .unwrap_or(FALLBACK_MTU);
     encrypted.map_or(base, |e| base.min(e))
 }
 

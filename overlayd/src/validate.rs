@@ -292,8 +292,11 @@ impl Validator {
                 // `BackendV6Data` its IPv6 one (a node on an IPv6-only underlay may publish it
                 // in `BackendData` only).
                 let vtep4 = usable4.map(|ip| vtep(&attrs.backend_data, IpAddr::V4(ip))).transpose()?;
-                let data6 =
-                    if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data };
+                let data6 = if attrs.backend_v6_data.is_null() {
+                    &attrs.backend_data
+                } else {
+                    &attrs.backend_v6_data
+                };
                 let vtep6 = usable6.map(|ip| vtep(data6, IpAddr::V6(ip))).transpose()?;
                 (vtep4, vtep6)
             }
@@ -375,6 +378,28 @@ mod tests {
         let again: Value = serde_json::from_slice(&a.to_bytes()).unwrap();
         assert_eq!(again, serde_json::from_str::<Value>(v).unwrap());
         assert!(matches!(validator().check(&key("10.5.3.0-24"), v.as_bytes(), None), Ok(Verdict::Peer(_))));
+    }
+
+    #[test]
+    fn a_flannel_host_gw_lease_is_a_peer_of_a_host_gw_network() {
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap().config;
+        let v = Validator::new(c, "me");
+        // What flanneld's host-gw writes: no backend data.
+        let lease =
+            r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
+        let Ok(Verdict::Peer(p)) = v.check(&key("10.5.3.0-24"), lease.as_bytes(), None) else {
+            panic!("refused")
+        };
+        assert_eq!(p.attrs.public_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert!(p.vtep4.is_none());
+        // A vxlan lease is another backend's.
+        assert!(matches!(
+            v.check(&key("10.5.3.0-24"), GOOD.as_bytes(), None),
+            Err(InvalidLease::BackendType { .. })
+        ));
+        let no_ip = r#"{"BackendType":"host-gw","BackendData":null}"#;
+        assert_eq!(v.check(&key("10.5.3.0-24"), no_ip.as_bytes(), None), Err(InvalidLease::NoPublicIp));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, UnderlayFamilies, bin_dir, http_get, wait_for};
+use test_netns::cluster::{
+    Cluster, ClusterOptions, ClusterPod, UnderlayFamilies, bin_dir, http_get, wait_for,
+};
 use test_netns::{ping, require_root};
 
 fn unreachable_pairs(pods: &[ClusterPod]) -> Vec<(String, String)> {
@@ -86,9 +88,9 @@ fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
             let fams = s["datapath"]["families"].as_array().cloned().unwrap_or_default();
             fams.iter().any(|f| {
                 f["family"] == "ipv4"
-                    && f["not_on_link"].as_array().is_some_and(|a| {
-                        a.iter().any(|k| k.as_str().unwrap_or("").contains("198.19.0.9"))
-                    })
+                    && f["not_on_link"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|k| k.as_str().unwrap_or("").contains("198.19.0.9")))
             })
         })
         .unwrap();
@@ -139,7 +141,10 @@ fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
 fn host_gw_dual_stack_routes_each_family_via_its_own_underlay_family() {
     require_root!();
     let c = Cluster::start(
-        ClusterOptions::new(2, bin_dir()).dual_stack().with_underlay(UnderlayFamilies::DUAL).backend("host-gw"),
+        ClusterOptions::new(2, bin_dir())
+            .dual_stack()
+            .with_underlay(UnderlayFamilies::DUAL)
+            .backend("host-gw"),
     )
     .unwrap();
     let pods: Vec<ClusterPod> = (0..2).map(|n| c.add_pod(n, &format!("hd{n}")).unwrap()).collect();

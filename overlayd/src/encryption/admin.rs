@@ -163,6 +163,17 @@ mod tests {
     }
 
     #[test]
+    fn a_flannel_wireguard_backend_becomes_vxlan_with_the_section() {
+        let stored = r#"{"Network":"10.9.0.0/16","Backend":{"Type":"wireguard","ListenPort":51830}}"#;
+        let (t, s) = apply(stored, &req(Action::Disable)).unwrap();
+        assert!(!s.enabled);
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["Backend"]["Type"], "vxlan", "{t}");
+        assert_eq!(v["Encryption"]["Port"], 51830, "the mapped port is kept: {t}");
+        assert!(!NetworkConfig::parse(&t).unwrap().config.encryption_settings().enabled);
+    }
+
+    #[test]
     fn replaces_a_differently_cased_section_and_refuses_bad_values() {
         let stored = r#"{"Network":"10.9.0.0/16","encryption":{"Type":"none"}}"#;
         let (t, _) = apply(stored, &req(Action::Enable)).unwrap();
