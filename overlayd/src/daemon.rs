@@ -348,8 +348,9 @@ async fn start(
 
 fn vxlan_devices(config: &NetworkConfig) -> Vec<String> {
     use crate::vxlan::{device_name, reconcile::Fam};
-    let vni = config.vxlan().vni;
-    vec![device_name(Fam::V4, vni), device_name(Fam::V6, vni)]
+    // host-gw has no devices (and refuses encryption).
+    let Some(vx) = config.vxlan() else { return Vec::new() };
+    vec![device_name(Fam::V4, vx.vni), device_name(Fam::V6, vx.vni)]
 }
 
 /// The datapath this node runs.
@@ -361,11 +362,23 @@ fn datapath(
     mtu: u32,
     tunnel_routes: &SharedRoutes,
 ) -> Box<dyn Backend> {
-    let vx = config.vxlan();
+    let underlay = &node.underlay;
+    let Some(vx) = config.vxlan() else {
+        if args.no_datapath {
+            return Box::new(ControlPlaneOnly::host_gw());
+        }
+        return Box::new(crate::hostgw::HostGwBackend::new(crate::hostgw::HostGwSettings {
+            underlay: underlay.iface.clone().unwrap_or_default(),
+            public_ip: underlay.public_ip.map(std::net::IpAddr::V4),
+            public_ipv6: underlay.public_ipv6.map(std::net::IpAddr::V6),
+            network: config.ipv4_network().map(ipnet::IpNet::V4),
+            ipv6_network: config.ipv6_network().map(ipnet::IpNet::V6),
+            ip_masq: args.ip_masq,
+        }));
+    };
     if args.no_datapath {
         return Box::new(ControlPlaneOnly::new(VxlanData { vni: vx.vni, vtep_mac }));
     }
-    let underlay = &node.underlay;
     Box::new(
         crate::vxlan::VxlanBackend::new(crate::vxlan::VxlanSettings {
             vni: vx.vni,
