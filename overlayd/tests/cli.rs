@@ -51,16 +51,21 @@ fn completions_and_man_pages() {
 #[test]
 fn the_dashboard_queries_exported_metrics() {
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../../deploy/grafana/overlayd.json")).expect("the dashboard is JSON");
+        serde_json::from_str(include_str!("../../deploy/grafana/overlayd.json"))
+            .expect("the dashboard is JSON");
     let exported = overlayd::metrics::Metrics::default().render(&overlayd::metrics::Gauges::default());
-    let names: Vec<&str> = exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let names: Vec<&str> =
+        exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
     let mut queried = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().unwrap() {
             let expr = t["expr"].as_str().unwrap();
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("overlayd_") {
-                    assert!(names.contains(&word), "the dashboard queries {word}, which overlayd does not export");
+                    assert!(
+                        names.contains(&word),
+                        "the dashboard queries {word}, which overlayd does not export"
+                    );
                     queried += 1;
                 }
             }

@@ -420,7 +420,7 @@ fn lists_sent(c: &Cluster, i: usize) -> u64 {
 #[test]
 fn a_node_created_again_with_another_pod_cidr_moves_and_its_peers_follow() {
     require_kube!();
-    let mut c = kube_cluster(2);
+    let c = kube_cluster(2);
     let name = c.node_name(0);
     let old = c.pod_subnet(0).unwrap();
     let new = "10.244.20.0/24";
