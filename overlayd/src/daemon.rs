@@ -95,6 +95,18 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
 
 /// Runs the daemon until shutdown or `leave`.
 pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError> {
+    // Before anything is created: a daemon without a store it was told to use does nothing.
+    if args.kube.kube_subnet_mgr {
+        if args.store.kind.is_some() || !args.store.etcd_endpoints.is_empty() {
+            return Err(StoreError::Rejected(
+                "--kube-subnet-mgr uses the Kubernetes API as the store: drop --store and --etcd-endpoints"
+                    .into(),
+            )
+            .into());
+        }
+    } else {
+        args.store.kind()?;
+    }
     let state = StateDir::open(&args.state_dir)
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
     // In kube mode the node is its Node object: its name is its identity (as in flannel).

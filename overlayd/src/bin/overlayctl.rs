@@ -159,17 +159,19 @@ fn encryption_request(cmd: &EncryptionCmd) -> admin::Request {
 fn check_same_store(cli: &Cli) -> Result<(), String> {
     let Ok(daemon) = call(cli, "GET", "/v1/store", None, Duration::from_secs(3)) else { return Ok(()) };
     let theirs = daemon["store"].as_str().unwrap_or_default().to_string();
-    let same = if cli.store.etcd_endpoints.is_empty() {
-        theirs == format!("embedded {}", cli.store.store_file.display())
-    } else {
-        theirs.starts_with("etcd ")
+    let same = match cli.store.kind() {
+        Ok(overlayd::options::StoreKind::Embedded) => {
+            theirs == format!("embedded {}", cli.store.store_file.display())
+        }
+        Ok(overlayd::options::StoreKind::Etcd) => theirs.starts_with("etcd "),
+        Err(_) => false,
     };
     if same {
         Ok(())
     } else {
         Err(format!(
-            "overlayd on this node uses the store `{theirs}`; give the same store (--etcd-endpoints or \
-             --store-file) with the operator's credentials"
+            "overlayd on this node uses the store `{theirs}`; give the same store (--etcd-endpoints, or \
+             --store embedded with its --store-file) with the operator's credentials"
         ))
     }
 }

@@ -1,15 +1,15 @@
-//! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`.
+//! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`, and
+//! flanneld's `FLANNELD_<NAME>` when that is unset.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use overlayd::options::DaemonArgs;
 
 fn main() -> ExitCode {
-    let args = DaemonArgs::parse();
+    let args = DaemonArgs::parse_with_flannel_env();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Before the runtime: the kernel layer runs netlink on a runtime of its own.
-    let underlay = match overlayd::underlay::detect(args.iface.as_deref(), args.public_ip, args.public_ipv6) {
+    let underlay = match overlayd::underlay::detect(&args.iface_selection(), args.public_ip, args.public_ipv6)
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "cannot determine the underlay");

@@ -103,6 +103,46 @@ impl SavedConfigs {
     }
 }
 
+/// The delegate configs flannel's CNI plugin saved: `<dataDir>/<containerID>` (one file per
+/// container, whatever the interface), read for DEL of pods it attached.
+pub struct FlannelSaved {
+    dir: PathBuf,
+}
+
+impl FlannelSaved {
+    pub fn new(dir: PathBuf) -> Self {
+        FlannelSaved { dir }
+    }
+
+    pub fn path(&self, cid: &str) -> PathBuf {
+        self.dir.join(cid)
+    }
+
+    pub fn load(&self, cid: &str) -> Result<Option<Vec<u8>>, VxlanError> {
+        // A container ID that is not a plain file name cannot name one of flannel's files.
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Ok(None);
+        }
+        let path = self.path(cid);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENAMETOOLONG | libc::EISDIR)) => {
+                Ok(None)
+            }
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    pub fn remove(&self, cid: &str) -> Result<(), VxlanError> {
+        let path = self.path(cid);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
