@@ -95,6 +95,8 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
 
 /// Runs the daemon until shutdown or `leave`.
 pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError> {
+    // Before anything is created: a daemon without a store it was told to use does nothing.
+    args.check_store()?;
     let state = StateDir::open(&args.state_dir)
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
     // In kube mode the node is its Node object: its name is its identity (as in flannel).

@@ -173,6 +173,7 @@ impl ClusterNode {
             "socket": self.socket(),
             "dataDir": self.dir.join("vxlan"),
             "ipamDataDir": self.dir.join("ipam"),
+            "flannelDataDir": self.dir.join("flannel-cni"),
         }]});
         NetConfList::parse(list.to_string().as_bytes()).expect("a valid list")
     }
@@ -541,7 +542,12 @@ impl Cluster {
         match self.opts.store {
             StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
             StoreKind::Embedded => {
-                vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
+                vec![
+                    "--store".into(),
+                    "embedded".into(),
+                    "--store-file".into(),
+                    self.work.path().join("store.db").display().to_string(),
+                ]
             }
             StoreKind::Kube => vec![
                 "--kube-subnet-mgr".into(),
