@@ -93,6 +93,22 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
     Ok(l)
 }
 
+/// Removes flanneld's leftover chains and tables once (asked for by
+/// `--remove-flannel-leftovers`); a failure is logged, never fatal: the overlay does not
+/// depend on it.
+async fn remove_flannel_leftovers() {
+    match tokio::task::spawn_blocking(netkernel::flannel::remove_leftovers).await {
+        Ok(Ok(removed)) if removed.is_empty() => tracing::info!("no flannel leftovers to remove"),
+        Ok(Ok(removed)) => {
+            for what in &removed {
+                tracing::info!(removed = %what, "flannel leftover removed");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing flannel's leftovers failed; remove them by hand"),
+        Err(e) => tracing::warn!(error = %e, "removing flannel's leftovers did not finish"),
+    }
+}
+
 /// Runs the daemon until shutdown or `leave`.
 pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError> {
     // Before anything is created: a daemon without a store it was told to use does nothing.
@@ -107,6 +123,9 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
     };
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
     let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
+    if args.remove_flannel_leftovers {
+        remove_flannel_leftovers().await;
+    }
     tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).

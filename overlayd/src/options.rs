@@ -247,6 +247,11 @@ pub struct DaemonArgs {
     /// a node from flanneld. Off by default: anyone who can write the store could plant one.
     #[arg(long, env = "OVERLAYD_ADOPT_FLANNEL_LEASE")]
     pub adopt_flannel_lease: bool,
+    /// Remove flanneld's leftover rules once at start (its FLANNEL-POSTRTG and FLANNEL-FWD
+    /// chains, iptables-nft and legacy, and its nftables-mode tables `flannel-ipv4` and
+    /// `flannel-ipv6`): for a node migrated from flanneld, which must not run any more.
+    #[arg(long, env = "OVERLAYD_REMOVE_FLANNEL_LEFTOVERS")]
+    pub remove_flannel_leftovers: bool,
     /// How long readiness waits for the peers to answer across the overlay (peers still
     /// silent then are named in `overlayctl status`; the node becomes ready without them).
     #[arg(long, env = "OVERLAYD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

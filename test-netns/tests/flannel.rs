@@ -118,3 +118,118 @@ fn del_of_pods_flannel_attached_frees_their_addresses_through_flannels_saved_con
     c.del_pod(&ours).unwrap();
     assert_eq!(ipam_leases(&ipam_dir, "cluster"), Vec::<String>::new());
 }
+
+/// flannel's leftovers as flanneld leaves them, in `ns`: its masquerade and forward chains
+/// (with their jumps and comments) through iptables-nft and iptables-legacy, both
+/// families, and its nftables-mode tables; beside them, rules that are not flannel's.
+fn plant_flannel_leftovers(ns: &TestNs) {
+    let net =
+        [("iptables", "10.244.0.0/16", "10.244.3.0/24"), ("ip6tables", "fd00:10::/56", "fd00:10:0:3::/64")];
+    for backend in ["nft", "legacy"] {
+        for (tool, network, pods) in net {
+            let t = format!("{tool}-{backend}");
+            let run = |args: &str| {
+                let mut argv = vec![t.as_str(), "-w"];
+                argv.extend(args.split(' ').map(|a| a.trim_matches('\'')));
+                ns.exec(&argv);
+            };
+            run("-t nat -N FLANNEL-POSTRTG");
+            run("-t nat -A POSTROUTING -m comment --comment 'flanneld-masq' -j FLANNEL-POSTRTG");
+            run(&format!("-t nat -A FLANNEL-POSTRTG -s {pods} -d {network} -j RETURN"));
+            run(&format!("-t nat -A FLANNEL-POSTRTG -s {network} -j MASQUERADE"));
+            run("-t filter -N FLANNEL-FWD");
+            run("-t filter -A FORWARD -m comment --comment 'flanneld-forward' -j FLANNEL-FWD");
+            run(&format!("-t filter -A FLANNEL-FWD -s {network} -j ACCEPT"));
+            // Not flannel's: kept.
+            run("-t nat -N KUBE-POSTROUTING");
+            run("-t nat -A POSTROUTING -j KUBE-POSTROUTING");
+            run(&format!("-t filter -A FORWARD -d {network} -j ACCEPT"));
+        }
+    }
+    let nft = "table ip flannel-ipv4 {\n chain postrtg { type nat hook postrouting priority srcnat; \
+               ip saddr 10.244.0.0/16 masquerade; }\n chain forward { type filter hook forward priority 0; \
+               ip saddr 10.244.0.0/16 accept; }\n}\ntable ip6 flannel-ipv6 {\n chain postrtg { type nat \
+               hook postrouting priority srcnat; ip6 saddr fd00:10::/56 masquerade; }\n}\n\
+               table ip flannel {\n chain c {\n }\n}\n";
+    let mut child = ns.command("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), nft.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "planting flannel's nft tables");
+}
+
+/// Everything `ns` has in iptables-nft, iptables-legacy (both families) and nftables'
+/// table list, one rule per line.
+fn firewall_state(ns: &TestNs) -> Vec<String> {
+    let mut out = Vec::new();
+    for tool in ["iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"] {
+        for table in ["nat", "filter"] {
+            out.extend(
+                ns.exec(&[tool, "-w", "-t", table, "-S"]).lines().map(|l| format!("{tool} {table} {l}")),
+            );
+        }
+    }
+    out.extend(ns.exec(&["nft", "list", "tables"]).lines().map(str::to_string));
+    out
+}
+
+#[test]
+fn flannel_leftovers_are_removed_and_nothing_else() {
+    require_root!();
+    let ns = TestNs::new("flleft");
+    plant_flannel_leftovers(&ns);
+    let before = firewall_state(&ns);
+    let removed = ns.run(netkernel::flannel::remove_leftovers).unwrap();
+    let mut expected = vec!["nft table ip flannel-ipv4".to_string(), "nft table ip6 flannel-ipv6".into()];
+    for tool in ["iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"] {
+        expected.push(format!("{tool} nat FLANNEL-POSTRTG"));
+        expected.push(format!("{tool} filter FLANNEL-FWD"));
+    }
+    expected.sort();
+    let mut got = removed.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    // What is left is exactly what was there minus flannel's lines.
+    let after = firewall_state(&ns);
+    let kept: Vec<String> = before
+        .iter()
+        .filter(|l| !l.contains("FLANNEL-") && !l.contains("flannel-ipv4") && !l.contains("flannel-ipv6"))
+        .cloned()
+        .collect();
+    assert_eq!(after, kept);
+    assert!(after.iter().any(|l| l == "table ip flannel"), "a table flannel never makes was removed");
+    assert!(after.iter().filter(|l| l.contains("KUBE-POSTROUTING")).count() >= 8, "{after:#?}");
+    // Again: nothing left to remove, nothing changed.
+    assert_eq!(ns.run(netkernel::flannel::remove_leftovers).unwrap(), Vec::<String>::new());
+    assert_eq!(firewall_state(&ns), after);
+}
+
+#[test]
+fn overlayd_removes_flannel_leftovers_at_start_only_when_asked() {
+    require_root!();
+    let mut c = Cluster::start(ClusterOptions::new(1, bin_dir())).unwrap();
+    let ns = &c.nodes[0].ns;
+    plant_flannel_leftovers(ns);
+    let planted = firewall_state(ns);
+    // Not asked: a restart leaves them.
+    c.stop_daemon(0, libc::SIGTERM);
+    c.start_daemon(0).unwrap();
+    c.wait_ready(0).unwrap();
+    assert!(firewall_state(&c.nodes[0].ns).iter().any(|l| l.contains("FLANNEL-POSTRTG")));
+    // Asked: gone at start, logged, and the node's own masquerade table is still there.
+    c.stop_daemon(0, libc::SIGTERM);
+    c.set_daemon_args(0, &["--remove-flannel-leftovers"]);
+    c.start_daemon(0).unwrap();
+    c.wait_ready(0).unwrap();
+    let ns = &c.nodes[0].ns;
+    let after = firewall_state(ns);
+    assert!(!after.iter().any(|l| l.contains("FLANNEL-") || l.contains("flannel-ipv")), "{after:#?}");
+    let ours: Vec<&String> =
+        planted.iter().filter(|l| l.starts_with("table ") && !l.contains("flannel")).collect();
+    assert!(!ours.is_empty());
+    for t in ours {
+        assert!(after.contains(t), "{t} went");
+    }
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log")).unwrap();
+    assert_eq!(log.matches("flannel leftover removed").count(), 10, "{log}");
+    let pod = c.add_pod(0, "after").unwrap();
+    c.del_pod(&pod).unwrap();
+}
