@@ -51,7 +51,9 @@ pub struct StoreArgs {
     /// Which store: `etcd` (needs --etcd-endpoints; implied by them) or `embedded` (a
     /// single machine's file). Required when there are no --etcd-endpoints (outside
     /// --kube-subnet-mgr): the embedded store is never chosen silently.
-    #[arg(long = "store", global = true, env = "OVERLAYD_STORE", value_enum)]
+    // Its own id: `overlayctl encryption enable` has a `kind` of its own, which would
+    // shadow a global argument of that id.
+    #[arg(id = "store_kind", long = "store", global = true, env = "OVERLAYD_STORE", value_enum)]
     pub kind: Option<StoreKind>,
     /// etcd client URLs, comma separated.
     #[arg(long, global = true, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',')]

@@ -558,4 +558,16 @@ mod tests {
         assert!(shown.starts_with("node\\u{1b}]0;pwned"), "{shown}");
         assert_eq!(s(&Value::String("10.244.1.0-24".into())), "10.244.1.0-24");
     }
+
+    #[test]
+    fn store_flags_after_any_subcommand() {
+        for args in [
+            &["overlayctl", "encryption", "enable", "--type", "ipsec", "--store", "embedded"][..],
+            &["overlayctl", "network", "set", "f.json", "--store", "embedded", "--store-file", "/x.db"],
+            &["overlayctl", "--store", "embedded", "encryption", "disable"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.store.kind().unwrap(), overlayd::options::StoreKind::Embedded, "{args:?}");
+        }
+    }
 }
