@@ -5,6 +5,7 @@ PACKAGES=(
   iproute2                    # ip, bridge: inspecting namespaces in tests
   iputils-ping                # connectivity checks
   nftables                    # masquerade rules
+  iptables                    # iptables-nft/-legacy: overlayd removes flannel's leftover chains (and its test plants them)
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
   etcd-server                 # overlayd's tests and benchmark run a real etcd
   etcd-client                 # etcdctl: docs/install.md (its test runs every command)

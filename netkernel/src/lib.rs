@@ -6,6 +6,7 @@ pub mod addr;
 pub mod error;
 pub mod ethtool;
 pub mod firewall;
+pub mod flannel;
 #[cfg(test)]
 mod golden;
 pub mod link;

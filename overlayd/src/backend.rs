@@ -80,6 +80,10 @@ pub struct FamilyHealth {
     /// Peers that share no underlay family with this node: unreachable until one of the two
     /// gets an address in the other's family.
     pub no_common_underlay: Vec<String>,
+    /// Peers refused by host-gw: their public address is not on this node's L2 network
+    /// (no connected prefix of the underlay holds it), so a route via it cannot work.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_on_link: Vec<String>,
 }
 
 impl FamilyHealth {
@@ -121,22 +125,36 @@ impl DatapathReport {
                     f.no_common_underlay.join(", ")
                 ));
             }
+            if !f.not_on_link.is_empty() {
+                out.push(format!(
+                    "{}: host-gw refuses peers not on this node's L2 network: {}",
+                    f.family,
+                    f.not_on_link.join(", ")
+                ));
+            }
         }
         out
     }
 }
 
-/// vxlan's control plane only: publishes `{"VNI":…,"VtepMAC":…}` and counts batches.
+/// A backend's control plane only: publishes vxlan's `{"VNI":…,"VtepMAC":…}` (or host-gw's
+/// nothing) and counts batches.
 #[derive(Debug)]
 pub struct ControlPlaneOnly {
-    data: VxlanData,
+    kind: &'static str,
+    data: Value,
     applied: Arc<AtomicU64>,
 }
 
 impl ControlPlaneOnly {
     /// With the VNI from the config and the node's persistent MAC.
     pub fn new(data: VxlanData) -> Self {
-        ControlPlaneOnly { data, applied: Arc::default() }
+        ControlPlaneOnly { kind: "vxlan", data: data.to_value(), applied: Arc::default() }
+    }
+
+    /// host-gw's: no backend data (flannel writes null).
+    pub fn host_gw() -> Self {
+        ControlPlaneOnly { kind: "host-gw", data: Value::Null, applied: Arc::default() }
     }
 
     /// Batches applied so far (shared counter).
@@ -148,11 +166,11 @@ impl ControlPlaneOnly {
 #[async_trait]
 impl Backend for ControlPlaneOnly {
     fn backend_type(&self) -> &'static str {
-        "vxlan"
+        self.kind
     }
 
     fn lease_data(&self) -> Value {
-        self.data.to_value()
+        self.data.clone()
     }
 
     async fn apply(&mut self, event: &BackendEvent, _peers: &PeerSet) -> Result<(), BackendError> {

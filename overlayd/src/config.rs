@@ -59,11 +59,15 @@ pub struct SubnetPool {
     pub subnet_max: IpAddr,
 }
 
-/// Backend types overlayd knows. More arrive with later issues.
+/// Backend types overlayd knows. flannel's `wireguard` is read as vxlan plus the
+/// `Encryption` section (see [`NetworkConfig::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// L3 VXLAN, flannel's default.
     Vxlan(VxlanOptions),
+    /// flannel's `host-gw`: a route per peer via its underlay address, no encapsulation;
+    /// every node must be on the same L2 network.
+    HostGw,
 }
 
 /// vxlan options, as flannel names them.
@@ -73,8 +77,6 @@ pub struct VxlanOptions {
     pub vni: u32,
     /// UDP port (`Port`, 0 = the kernel's default 8472).
     pub port: u16,
-    /// Group-based policy extension (`GBP`).
-    pub gbp: bool,
     /// Route directly when peers share the underlay subnet (`DirectRouting`).
     pub direct_routing: bool,
     /// MTU of the VXLAN device (`MTU`, 0 = derived from the underlay).
@@ -83,7 +85,7 @@ pub struct VxlanOptions {
 
 impl Default for VxlanOptions {
     fn default() -> Self {
-        VxlanOptions { vni: 1, port: 0, gbp: false, direct_routing: false, mtu: 0 }
+        VxlanOptions { vni: 1, port: 0, direct_routing: false, mtu: 0 }
     }
 }
 
@@ -92,6 +94,7 @@ impl BackendConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw => "host-gw",
         }
     }
 }
@@ -227,14 +230,16 @@ impl NetworkConfig {
         }
         let ipv4 = if enable_v4 { Some(pool(&f, Family::V4, &mut warnings)?) } else { None };
         let ipv6 = if enable_v6 { Some(pool(&f, Family::V6, &mut warnings)?) } else { None };
-        // flannel's `ipsec` backend becomes the vxlan datapath with IPsec encryption.
-        let migrated = flannel_ipsec(f.get("Backend"), &mut warnings)?;
-        let backend = match migrated {
-            Some(_) => BackendConfig::Vxlan(VxlanOptions::default()),
-            None => backend(f.get("Backend"))?,
+        // flannel's `ipsec` and `wireguard` backends become the vxlan datapath with the
+        // encryption they stand for.
+        let migrated_ipsec = flannel_ipsec(f.get("Backend"), &mut warnings)?;
+        let (backend, from_wireguard) = match migrated_ipsec {
+            Some(_) => (BackendConfig::Vxlan(VxlanOptions::default()), None),
+            None => backend(f.get("Backend"), &mut warnings)?,
         };
-        let encryption = match f.get("Encryption") {
-            None if migrated.is_some() => migrated,
+        let mut encryption = match f.get("Encryption") {
+            // An explicit Encryption section wins over flannel's ipsec backend (see its warning).
+            None if migrated_ipsec.is_some() => migrated_ipsec,
             None => None,
             Some(Value::Object(m)) => {
                 let ef = Fields { obj: m, prefix: "Encryption." };
@@ -250,9 +255,27 @@ impl NetworkConfig {
                 return Err(ConfigError::field("Encryption", format!("expected an object, got {v}")));
             }
         };
+        if let Some(mapped) = from_wireguard {
+            if encryption.is_some() {
+                return Err(ConfigError::field(
+                    "Backend.Type",
+                    "\"wireguard\" is read as vxlan plus an Encryption section, and this config has an \
+                     Encryption section too: keep one (Backend {\"Type\":\"vxlan\"} with Encryption is \
+                     what `overlayctl encryption` manages)",
+                ));
+            }
+            encryption = Some(mapped);
+        }
         // Validated here so that `overlayctl network set` refuses a bad section up front.
-        let (_, enc_warnings) = crate::encryption::EncryptionSettings::from_config(encryption.as_ref())?;
+        let (enc, enc_warnings) = crate::encryption::EncryptionSettings::from_config(encryption.as_ref())?;
         warnings.extend(enc_warnings);
+        if enc.enabled && backend == BackendConfig::HostGw {
+            return Err(ConfigError::field(
+                "Backend.Type",
+                "host-gw sends pod traffic unencapsulated on the underlay, so it cannot carry the \
+                 encryption the Encryption section asks for: use vxlan, or turn encryption off",
+            ));
+        }
         let enable_nftables = f.bool("EnableNFTables", false)?;
         let require_signed_leases = f.bool("RequireSignedLeases", false)?;
         Ok(Parsed {
@@ -285,12 +308,12 @@ impl NetworkConfig {
             m.insert("IPv6SubnetMin".into(), json!(p.subnet_min.to_string()));
             m.insert("IPv6SubnetMax".into(), json!(p.subnet_max.to_string()));
         }
-        let BackendConfig::Vxlan(o) = &self.backend;
-        m.insert(
-            "Backend".into(),
-            json!({"Type": "vxlan", "VNI": o.vni, "Port": o.port, "GBP": o.gbp,
+        let backend = match &self.backend {
+            BackendConfig::Vxlan(o) => json!({"Type": "vxlan", "VNI": o.vni, "Port": o.port,
                    "DirectRouting": o.direct_routing, "MTU": o.mtu}),
-        );
+            BackendConfig::HostGw => json!({"Type": "host-gw"}),
+        };
+        m.insert("Backend".into(), backend);
         if let Some(e) = &self.encryption {
             let mut em = e.options.clone();
             if let Some(k) = &e.kind {
@@ -485,10 +508,39 @@ fn flannel_ipsec(
     Ok(Some(EncryptionConfig { kind: Some("ipsec".into()), options }))
 }
 
-fn backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+/// flannel's vxlan options overlayd has no equivalent for: refused when set to anything but
+/// flannel's default, so that a config never silently means less than it says.
+const VXLAN_UNSUPPORTED: &[(&str, &str)] = &[
+    ("GBP", "the group-based policy extension is not supported (leave it false)"),
+    (
+        "Learning",
+        "overlayd programs every peer statically; source learning is not supported (leave it false)",
+    ),
+    ("MacPrefix", "a Windows-only option: overlayd makes a random locally administered MAC per node"),
+];
+
+/// The keys of each backend (besides `Type`); anything else is warned about.
+const VXLAN_KEYS: &[&str] = &["VNI", "Port", "GBP", "DirectRouting", "MTU", "Learning", "MacPrefix"];
+const WIREGUARD_KEYS: &[&str] =
+    &["ListenPort", "ListenPortV6", "PSK", "PersistentKeepaliveInterval", "Mode", "MTU"];
+
+fn unknown_keys(f: &Fields, known: &[&str], warnings: &mut Vec<String>) {
+    for k in f.obj.keys() {
+        if !k.eq_ignore_ascii_case("Type") && !known.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+            warnings.push(format!("unknown field {} ignored", f.name(k)));
+        }
+    }
+}
+
+/// The `Backend` object: the backend, and for flannel's `wireguard` the `Encryption`
+/// section it stands for.
+fn backend(
+    v: Option<&Value>,
+    warnings: &mut Vec<String>,
+) -> Result<(BackendConfig, Option<EncryptionConfig>), ConfigError> {
     let Some(v) = v else {
         // flannel's code defaults to udp; vxlan is what every deployment sets.
-        return Ok(BackendConfig::Vxlan(VxlanOptions::default()));
+        return Ok((BackendConfig::Vxlan(VxlanOptions::default()), None));
     };
     let obj =
         v.as_object().ok_or_else(|| ConfigError::field("Backend", format!("expected an object, got {v}")))?;
@@ -496,6 +548,7 @@ fn backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
     let kind = f.str("Type")?.unwrap_or("vxlan");
     match kind.to_ascii_lowercase().as_str() {
         "vxlan" => {
+            unknown_keys(&f, VXLAN_KEYS, warnings);
             let d = VxlanOptions::default();
             let vni = f.uint("VNI", MAX_VNI as u64)?.map_or(d.vni, |x| x as u32);
             let port = f.uint("Port", u16::MAX as u64)?.map_or(d.port, |x| x as u16);
@@ -506,19 +559,104 @@ fn backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                     format!("{mtu} is below the IPv4 minimum of 576"),
                 ));
             }
-            Ok(BackendConfig::Vxlan(VxlanOptions {
-                vni,
-                port,
-                gbp: f.bool("GBP", false)?,
-                direct_routing: f.bool("DirectRouting", false)?,
-                mtu,
-            }))
+            for (name, why) in VXLAN_UNSUPPORTED {
+                let set = match f.get(name) {
+                    None | Some(Value::Bool(false)) => false,
+                    Some(Value::String(s)) => !s.is_empty(),
+                    Some(_) => true,
+                };
+                if set {
+                    return Err(ConfigError::field(&f.name(name), *why));
+                }
+            }
+            Ok((
+                BackendConfig::Vxlan(VxlanOptions {
+                    vni,
+                    port,
+                    direct_routing: f.bool("DirectRouting", false)?,
+                    mtu,
+                }),
+                None,
+            ))
+        }
+        "host-gw" => {
+            // flannel's host-gw has no options.
+            unknown_keys(&f, &[], warnings);
+            Ok((BackendConfig::HostGw, None))
+        }
+        "wireguard" => {
+            let enc = wireguard(&f, warnings)?;
+            Ok((BackendConfig::Vxlan(VxlanOptions::default()), Some(enc)))
         }
         other => Err(ConfigError::field(
             "Backend.Type",
-            format!("unsupported backend {other:?} (supported: vxlan)"),
+            format!("unsupported backend {other:?} (supported: vxlan, host-gw, wireguard, ipsec)"),
         )),
     }
+}
+
+/// flannel's WireGuard backend read as overlayd's: vxlan between nodes inside a WireGuard
+/// tunnel (`Encryption`). flannel's WireGuard is fail-closed (pod traffic to a peer without
+/// a tunnel is dropped), so the mapping is `Strict`.
+fn wireguard(f: &Fields, warnings: &mut Vec<String>) -> Result<EncryptionConfig, ConfigError> {
+    unknown_keys(f, WIREGUARD_KEYS, warnings);
+    let mut options = Map::new();
+    let port = f.uint("ListenPort", u16::MAX as u64)?;
+    if port == Some(0) {
+        return Err(ConfigError::field("Backend.ListenPort", "0 is not a port"));
+    }
+    let port = port.unwrap_or(crate::encryption::settings::DEFAULT_PORT as u64);
+    options.insert("Port".into(), json!(port));
+    options.insert("Strict".into(), json!(true));
+    if let Some(v6) = f.uint("ListenPortV6", u16::MAX as u64)? {
+        warnings.push(format!(
+            "Backend.ListenPortV6 {v6} ignored: one tunnel on port {port} carries both families"
+        ));
+    }
+    if let Some(k) = f.uint("PersistentKeepaliveInterval", u16::MAX as u64)?.filter(|k| *k > 0) {
+        options.insert("PersistentKeepalive".into(), json!(k));
+    }
+    if let Some(psk) = f.str("PSK")? {
+        if crate::encryption::settings::decode_key(psk).is_none() {
+            // The key itself is never echoed.
+            return Err(ConfigError::field(
+                "Backend.PSK",
+                "not a WireGuard pre-shared key (base64 of 32 bytes, as `wg genpsk` prints)",
+            ));
+        }
+        options.insert("PresharedKey".into(), json!(psk.trim()));
+    }
+    match f.str("Mode")?.map(str::to_ascii_lowercase).as_deref() {
+        None => {}
+        Some(m @ ("separate" | "auto" | "ipv4" | "ipv6")) => warnings.push(format!(
+            "Backend.Mode {m:?} ignored: one tunnel carries both pod families over the underlay \
+             family both nodes have"
+        )),
+        Some(m) => {
+            return Err(ConfigError::field(
+                "Backend.Mode",
+                format!("{m:?} is not one of \"separate\", \"auto\", \"ipv4\", \"ipv6\""),
+            ));
+        }
+    }
+    if f.get("MTU").is_some() {
+        return Err(ConfigError::field(
+            "Backend.MTU",
+            "not supported with the wireguard mapping: the pod MTU is derived from the underlay \
+             (or set with overlayd --mtu)",
+        ));
+    }
+    warnings.push(format!(
+        "Backend.Type \"wireguard\" read as {{\"Type\":\"vxlan\"}} with Encryption \
+         {{\"Type\":\"wireguard\",\"Port\":{port},\"Strict\":true{}{}}}: pod traffic between nodes \
+         runs in overlayd's WireGuard tunnel",
+        options
+            .get("PersistentKeepalive")
+            .map(|k| format!(",\"PersistentKeepalive\":{k}"))
+            .unwrap_or_default(),
+        if options.contains_key("PresharedKey") { ",\"PresharedKey\":\"<redacted>\"" } else { "" },
+    ));
+    Ok(EncryptionConfig { kind: Some("wireguard".into()), options })
 }
 
 impl SubnetPool {
@@ -620,10 +758,12 @@ impl NetworkConfig {
         }
     }
 
-    /// The VXLAN options.
-    pub fn vxlan(&self) -> &VxlanOptions {
-        let BackendConfig::Vxlan(o) = &self.backend;
-        o
+    /// The VXLAN options (`None` for host-gw).
+    pub fn vxlan(&self) -> Option<&VxlanOptions> {
+        match &self.backend {
+            BackendConfig::Vxlan(o) => Some(o),
+            BackendConfig::HostGw => None,
+        }
     }
 }
 
@@ -732,7 +872,7 @@ mod tests {
         let pool = p.config.ipv4.as_ref().unwrap();
         assert_eq!(pool.network.to_string(), "10.5.0.0/16");
         assert_eq!(pool.subnet_len, 26);
-        assert_eq!(p.config.vxlan().vni, 42);
+        assert_eq!(p.config.vxlan().unwrap().vni, 42);
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
     }
 
@@ -760,6 +900,90 @@ mod tests {
         // Round trip through the effective JSON keeps it.
         let again = NetworkConfig::from_value(&c.to_json()).unwrap().config;
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn flannel_example_backends_unchanged() {
+        // kube-flannel.yml's net-conf.json.
+        let c = ok(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanOptions::default()));
+        // Documentation/backends.md-style host-gw and vxlan with options.
+        let c = ok(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}"#);
+        assert_eq!(c.backend, BackendConfig::HostGw);
+        assert_eq!(c.backend.type_name(), "host-gw");
+        assert!(c.vxlan().is_none());
+        let c = ok(
+            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"GBP":false,"DirectRouting":true,"MTU":1400,"Learning":false}}"#,
+        );
+        assert_eq!(c.vxlan(), Some(&VxlanOptions { vni: 4096, port: 4789, direct_routing: true, mtu: 1400 }));
+        // Effective JSON round-trips, host-gw included.
+        for c in [c, ok(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}"#)] {
+            assert_eq!(NetworkConfig::from_value(&c.to_json()).unwrap().config, c);
+        }
+    }
+
+    #[test]
+    fn flannel_wireguard_maps_onto_encryption() {
+        let psk = "4qH7oO2WVvnXJtOq/d9RxiZbIF/dBLfS3o9Zr0uQ4hM=";
+        let p = NetworkConfig::parse(&format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","ListenPort":51830,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"separate","ListenPortV6":51831}}}}"#
+        ))
+        .unwrap();
+        let c = &p.config;
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanOptions::default()));
+        let s = c.encryption_settings();
+        assert!(s.enabled && s.strict, "flannel's WireGuard is fail-closed");
+        assert_eq!(s.port, 51830);
+        assert_eq!(s.persistent_keepalive, Some(25));
+        assert!(s.preshared_key.is_some());
+        let mapping = p.warnings.iter().find(|w| w.contains("read as")).expect("the mapping is logged");
+        assert!(!mapping.contains(psk), "the key reached a log line: {mapping}");
+        assert!(p.warnings.iter().any(|w| w.contains("ListenPortV6")), "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.contains("Backend.Mode")), "{:?}", p.warnings);
+        // The bare form, as in flannel's docs.
+        let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(c.encryption_settings().port, crate::encryption::settings::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn backend_options_without_a_meaning_here_are_refused_by_name() {
+        let cases = [
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#, "Backend.GBP"),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Learning":true}}"#, "Backend.Learning"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MacPrefix":"0E-2A"}}"#,
+                "Backend.MacPrefix",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","DirectRouting":1}}"#,
+                "Backend.DirectRouting",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":"short"}}"#, "Backend.PSK"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","ListenPort":0}}"#,
+                "Backend.ListenPort",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}"#, "Backend.Mode"),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","MTU":1420}}"#, "Backend.MTU"),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard"},"Encryption":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"},"Encryption":{"Type":"wireguard"}}"#,
+                "Backend.Type",
+            ),
+            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"ipip"}}"#, "Backend.Type"),
+        ];
+        for (text, field) in cases {
+            let e = err(text);
+            assert_eq!(e.field_name(), Some(field), "{text}: {e}");
+        }
+        // A PSK in a refused config is never echoed.
+        let e = err(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":"c2VjcmV0"}}"#);
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        // host-gw with encryption off is fine.
+        ok(r#"{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw"},"Encryption":{"Type":"none"}}"#);
     }
 
     #[test]

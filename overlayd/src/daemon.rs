@@ -93,8 +93,26 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
     Ok(l)
 }
 
+/// Removes flanneld's leftover chains and tables once (asked for by
+/// `--remove-flannel-leftovers`); a failure is logged, never fatal: the overlay does not
+/// depend on it.
+async fn remove_flannel_leftovers() {
+    match tokio::task::spawn_blocking(netkernel::flannel::remove_leftovers).await {
+        Ok(Ok(removed)) if removed.is_empty() => tracing::info!("no flannel leftovers to remove"),
+        Ok(Ok(removed)) => {
+            for what in &removed {
+                tracing::info!(removed = %what, "flannel leftover removed");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "removing flannel's leftovers failed; remove them by hand"),
+        Err(e) => tracing::warn!(error = %e, "removing flannel's leftovers did not finish"),
+    }
+}
+
 /// Runs the daemon until shutdown or `leave`.
 pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError> {
+    // Before anything is created: a daemon without a store it was told to use does nothing.
+    args.check_store()?;
     let state = StateDir::open(&args.state_dir)
         .map_err(io_err(format!("state directory {}", args.state_dir.display())))?;
     // In kube mode the node is its Node object: its name is its identity (as in flannel).
@@ -105,6 +123,9 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
     };
     let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
     let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
+    if args.remove_flannel_leftovers {
+        remove_flannel_leftovers().await;
+    }
     tracing::info!(node_id = %node_id, identity = %identity.public_b64(), public_ip = ?underlay.public_ip, iface = ?underlay.iface, "starting");
     // With etcd authentication the client logs in while connecting: wait for etcd
     // rather than exit (signals still have their default action here).
@@ -348,8 +369,9 @@ async fn start(
 
 fn vxlan_devices(config: &NetworkConfig) -> Vec<String> {
     use crate::vxlan::{device_name, reconcile::Fam};
-    let vni = config.vxlan().vni;
-    vec![device_name(Fam::V4, vni), device_name(Fam::V6, vni)]
+    // host-gw has no devices (and refuses encryption).
+    let Some(vx) = config.vxlan() else { return Vec::new() };
+    vec![device_name(Fam::V4, vx.vni), device_name(Fam::V6, vx.vni)]
 }
 
 /// The datapath this node runs.
@@ -361,11 +383,23 @@ fn datapath(
     mtu: u32,
     tunnel_routes: &SharedRoutes,
 ) -> Box<dyn Backend> {
-    let vx = config.vxlan();
+    let underlay = &node.underlay;
+    let Some(vx) = config.vxlan() else {
+        if args.no_datapath {
+            return Box::new(ControlPlaneOnly::host_gw());
+        }
+        return Box::new(crate::hostgw::HostGwBackend::new(crate::hostgw::HostGwSettings {
+            underlay: underlay.iface.clone().unwrap_or_default(),
+            public_ip: underlay.public_ip.map(std::net::IpAddr::V4),
+            public_ipv6: underlay.public_ipv6.map(std::net::IpAddr::V6),
+            network: config.ipv4_network().map(ipnet::IpNet::V4),
+            ipv6_network: config.ipv6_network().map(ipnet::IpNet::V6),
+            ip_masq: args.ip_masq,
+        }));
+    };
     if args.no_datapath {
         return Box::new(ControlPlaneOnly::new(VxlanData { vni: vx.vni, vtep_mac }));
     }
-    let underlay = &node.underlay;
     Box::new(
         crate::vxlan::VxlanBackend::new(crate::vxlan::VxlanSettings {
             vni: vx.vni,

@@ -19,6 +19,7 @@ pub mod config;
 pub mod config_watch;
 pub mod daemon;
 pub mod encryption;
+pub mod hostgw;
 pub mod identity;
 pub mod kernel;
 pub mod kube;

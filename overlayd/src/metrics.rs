@@ -43,6 +43,8 @@ pub struct Metrics {
     pub family_failures: [AtomicU64; 2],
     /// Per pod family: peers with no common underlay family (last batch).
     pub family_no_common_underlay: [AtomicU64; 2],
+    /// Per pod family: peers host-gw refuses, not being on this node's L2 network (last batch).
+    pub family_not_on_link: [AtomicU64; 2],
 }
 
 /// Values that are read from elsewhere at scrape time.
@@ -84,6 +86,8 @@ impl Metrics {
             }
             let none = f.map_or(0, |f| f.no_common_underlay.len() as u64);
             self.family_no_common_underlay[i].store(none, Ordering::Relaxed);
+            let far = f.map_or(0, |f| f.not_on_link.len() as u64);
+            self.family_not_on_link[i].store(far, Ordering::Relaxed);
         }
     }
 
@@ -221,6 +225,12 @@ impl Metrics {
             "gauge",
             "Peers this pod family cannot reach: they share no underlay family with this node.",
             &fam(&self.family_no_common_underlay),
+        );
+        metric(
+            "overlayd_datapath_not_on_link_peers",
+            "gauge",
+            "Peers host-gw refuses: their public address is not on this node's L2 network.",
+            &fam(&self.family_not_on_link),
         );
         let o = &g.ops;
         metric(

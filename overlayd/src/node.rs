@@ -243,11 +243,17 @@ pub fn pod_mtu(
     if let Some(m) = explicit {
         return m;
     }
-    let base = (config.vxlan().mtu > 0)
-        .then_some(config.vxlan().mtu)
-        // One MTU for the pods whichever device carries their packets: the larger overhead
-        // of the underlay families this node has.
-        .or(underlay_mtu.map(|m| m.saturating_sub(if ipv6_underlay { V6_OVERHEAD } else { V4_OVERHEAD })))
+    let base =
+        match config.vxlan() {
+            Some(vx) => (vx.mtu > 0)
+                .then_some(vx.mtu)
+                // One MTU for the pods whichever device carries their packets: the larger overhead
+                // of the underlay families this node has.
+                .or(underlay_mtu
+                    .map(|m| m.saturating_sub(if ipv6_underlay { V6_OVERHEAD } else { V4_OVERHEAD }))),
+            // host-gw does not encapsulate: pods get the underlay's MTU.
+            None => underlay_mtu,
+        }
         .unwrap_or(FALLBACK_MTU);
     encrypted.map_or(base, |e| base.min(e))
 }
@@ -274,5 +280,8 @@ mod tests {
         assert_eq!(pod_mtu(None, &plain, None, false, None), FALLBACK_MTU);
         assert_eq!(pod_mtu(None, &plain, Some(1500), false, Some(1420)), 1420, "encryption lowers it");
         assert_eq!(pod_mtu(None, &with_mtu, Some(1500), false, Some(1420)), 1300, "never raises it");
+        let host_gw =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap().config;
+        assert_eq!(pod_mtu(None, &host_gw, Some(9000), true, None), 9000, "host-gw does not encapsulate");
     }
 }

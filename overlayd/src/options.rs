@@ -29,10 +29,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The kinds of store `--store` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// etcd v3 at `--etcd-endpoints` (what giving endpoints means anyway).
+    Etcd,
+    /// The embedded SQLite store in `--store-file`: one machine only.
+    Embedded,
+}
+
+/// What a daemon or `overlayctl` given no store says: the embedded store is never a silent
+/// default, since daemons on two machines that both fell back to it would each hand out the
+/// same subnets (a split brain).
+pub const NO_STORE: &str = "no store given: use --etcd-endpoints URL,… (etcd), --kube-subnet-mgr (the \
+     Kubernetes API), or --store embedded (a SQLite file that only the daemons of this one machine \
+     share: never for a cluster of machines)";
+
 /// Which store, and how to reach it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// etcd client URLs, comma separated. Without any, the embedded store is used.
+    /// Which store: `etcd` (needs --etcd-endpoints; implied by them) or `embedded` (a
+    /// single machine's file). Required when there are no --etcd-endpoints (outside
+    /// --kube-subnet-mgr): the embedded store is never chosen silently.
+    // Its own id: `overlayctl encryption enable` has a `kind` of its own, which would
+    // shadow a global argument of that id.
+    #[arg(id = "store_kind", long = "store", global = true, env = "OVERLAYD_STORE", value_enum)]
+    pub kind: Option<StoreKind>,
+    /// etcd client URLs, comma separated.
     #[arg(long, global = true, env = "OVERLAYD_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
     /// CA bundle that signed the etcd servers' certificates.
@@ -69,9 +92,24 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The store these options name, or why they name none.
+    pub fn kind(&self) -> Result<StoreKind, StoreError> {
+        match (self.kind, self.etcd_endpoints.is_empty()) {
+            (Some(StoreKind::Embedded), false) => Err(StoreError::Options(
+                "--store embedded and --etcd-endpoints contradict each other: give one".into(),
+            )),
+            (Some(StoreKind::Etcd), true) => {
+                Err(StoreError::Options("--store etcd needs --etcd-endpoints URL,…".into()))
+            }
+            (None, true) => Err(StoreError::Options(NO_STORE.into())),
+            (Some(StoreKind::Embedded), true) => Ok(StoreKind::Embedded),
+            (_, false) => Ok(StoreKind::Etcd),
+        }
+    }
+
     /// Opens the configured store.
     pub async fn open(&self) -> Result<SharedStore, StoreError> {
-        if self.etcd_endpoints.is_empty() {
+        if self.kind()? == StoreKind::Embedded {
             let mut o = EmbeddedOptions::new(&self.store_file);
             o.poll = self.store_poll;
             let s = tokio::task::spawn_blocking(move || EmbeddedStore::open(o))
@@ -144,9 +182,18 @@ pub struct DaemonArgs {
     /// Kubernetes mode (the API as the store).
     #[command(flatten)]
     pub kube: crate::kube::KubeArgs,
-    /// Underlay interface (name or one of its addresses); default: the default route's.
-    #[arg(long, env = "OVERLAYD_IFACE")]
-    pub iface: Option<String>,
+    /// Underlay interface (name or one of its addresses); repeatable: the first that exists
+    /// with a usable address wins. Default: the default route's.
+    #[arg(long, env = "OVERLAYD_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Underlay interface by regular expression over names and addresses; repeatable, tried
+    /// in order after --iface.
+    #[arg(long, env = "OVERLAYD_IFACE_REGEX", value_parser = crate::underlay::parse_iface_regex)]
+    pub iface_regex: Vec<String>,
+    /// Underlay interface: the one the route to this address leaves by (`ip route get`),
+    /// tried after --iface and --iface-regex.
+    #[arg(long, env = "OVERLAYD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<std::net::IpAddr>,
     /// IPv4 address peers reach this node at (default: the interface's first address).
     #[arg(long, env = "OVERLAYD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
@@ -196,12 +243,17 @@ pub struct DaemonArgs {
     pub ipsec_datapath: IpsecDatapath,
     /// A net-conf.json to store as the network config when the store has none yet; in kube
     /// mode, the network config itself (default /etc/kube-flannel/net-conf.json).
-    #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE")]
+    #[arg(long, env = "OVERLAYD_NET_CONFIG_FILE", visible_alias = "net-config-path")]
     pub net_config_file: Option<PathBuf>,
     /// Take over a flannel lease (no node ID) that holds this node's public IP: for migrating
     /// a node from flanneld. Off by default: anyone who can write the store could plant one.
     #[arg(long, env = "OVERLAYD_ADOPT_FLANNEL_LEASE")]
     pub adopt_flannel_lease: bool,
+    /// Remove flanneld's leftover rules once at start (its FLANNEL-POSTRTG and FLANNEL-FWD
+    /// chains, iptables-nft and legacy, and its nftables-mode tables `flannel-ipv4` and
+    /// `flannel-ipv6`): for a node migrated from flanneld, which must not run any more.
+    #[arg(long, env = "OVERLAYD_REMOVE_FLANNEL_LEFTOVERS")]
+    pub remove_flannel_leftovers: bool,
     /// How long readiness waits for the peers to answer across the overlay (peers still
     /// silent then are named in `overlayctl status`; the node becomes ready without them).
     #[arg(long, env = "OVERLAYD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -209,6 +261,74 @@ pub struct DaemonArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `overlayd=debug`.
     #[arg(long, env = "OVERLAYD_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// flanneld's environment variables whose flag has another name here.
+const FLANNEL_ENV_RENAMED: &[(&str, &str)] = &[("FLANNELD_NET_CONFIG_PATH", "net_config_file")];
+
+impl DaemonArgs {
+    /// The interface selection these flags make.
+    pub fn iface_selection(&self) -> crate::underlay::IfaceSelection {
+        crate::underlay::IfaceSelection {
+            ifaces: self.iface.clone(),
+            regexes: self.iface_regex.clone(),
+            can_reach: self.iface_can_reach,
+        }
+    }
+
+    /// Refuses options that name no store, or two (checked before anything is created).
+    pub fn check_store(&self) -> Result<(), StoreError> {
+        if self.kube.kube_subnet_mgr {
+            if self.store.kind.is_some() || !self.store.etcd_endpoints.is_empty() {
+                return Err(StoreError::Options(
+                    "--kube-subnet-mgr uses the Kubernetes API as the store: drop --store and --etcd-endpoints"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        }
+        self.store.kind().map(|_| ())
+    }
+
+    /// The command line parser, reading flanneld's `FLANNELD_<FLAG>` for every flag whose
+    /// `OVERLAYD_<FLAG>` is unset (`OVERLAYD_*` wins when both are), so that a node's
+    /// flanneld environment carries over. `var` looks a variable up (the process
+    /// environment in production).
+    pub fn command_with_flannel_env(var: impl Fn(&str) -> bool) -> clap::Command {
+        use clap::CommandFactory;
+        let mut cmd = DaemonArgs::command();
+        let mut swaps: Vec<(String, String)> = Vec::new();
+        for a in cmd.get_arguments() {
+            let Some(ours) = a.get_env().and_then(|e| e.to_str()) else { continue };
+            let Some(name) = ours.strip_prefix("OVERLAYD_") else { continue };
+            let flannel = format!("FLANNELD_{name}");
+            if !var(ours) && var(&flannel) {
+                swaps.push((a.get_id().to_string(), flannel));
+            }
+        }
+        for (env, id) in FLANNEL_ENV_RENAMED {
+            let ours = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == *id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_owned());
+            if ours.is_some_and(|o| !var(&o.to_string_lossy())) && var(env) {
+                swaps.push((id.to_string(), env.to_string()));
+            }
+        }
+        for (id, env) in swaps {
+            cmd = cmd.mut_arg(id, |a| a.env(env));
+        }
+        cmd
+    }
+
+    /// Parses the command line and the environment (`OVERLAYD_*`, else `FLANNELD_*`); exits
+    /// with clap's message on bad input.
+    pub fn parse_with_flannel_env() -> Self {
+        use clap::FromArgMatches;
+        let matches = Self::command_with_flannel_env(|v| std::env::var_os(v).is_some()).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +363,79 @@ mod tests {
         assert_eq!(a.store.etcd_prefix, "/coreos.com/network");
         assert_eq!(a.socket, PathBuf::from("/run/overlayd/overlayd.sock"));
         assert!(a.metrics_addr.is_none());
+        assert_eq!(a.store.kind().unwrap(), StoreKind::Etcd);
+    }
+
+    #[test]
+    fn repeatable_interface_flags() {
+        let a = DaemonArgs::try_parse_from([
+            "overlayd",
+            "--iface",
+            "eth1",
+            "--iface",
+            "10.0.0.5",
+            "--iface-regex",
+            "^enp[0-9]+s0$",
+            "--iface-regex",
+            "^192\\.168\\.",
+            "--iface-can-reach",
+            "10.0.0.1",
+            "--net-config-path",
+            "/etc/kube-flannel/net-conf.json",
+        ])
+        .unwrap();
+        let s = a.iface_selection();
+        assert_eq!(s.ifaces, ["eth1", "10.0.0.5"]);
+        assert_eq!(s.regexes.len(), 2);
+        assert_eq!(s.can_reach, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(a.net_config_file.unwrap(), PathBuf::from("/etc/kube-flannel/net-conf.json"));
+        let bad = DaemonArgs::try_parse_from(["overlayd", "--iface-regex", "(eth"]).unwrap_err().to_string();
+        assert!(bad.contains("--iface-regex"), "{bad}");
+        assert!(DaemonArgs::try_parse_from(["overlayd", "--iface-can-reach", "host.example"]).is_err());
+    }
+
+    #[test]
+    fn flanneld_variables_stand_in_for_unset_overlayd_ones() {
+        let env_of =
+            |set: &'static [&'static str]| DaemonArgs::command_with_flannel_env(move |v| set.contains(&v));
+        let env = |cmd: &clap::Command, id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        let c = env_of(&[
+            "FLANNELD_IFACE",
+            "FLANNELD_ETCD_ENDPOINTS",
+            "FLANNELD_NET_CONFIG_PATH",
+            "FLANNELD_IP_MASQ",
+        ]);
+        assert_eq!(env(&c, "iface").as_deref(), Some("FLANNELD_IFACE"));
+        assert_eq!(env(&c, "etcd_endpoints").as_deref(), Some("FLANNELD_ETCD_ENDPOINTS"));
+        assert_eq!(env(&c, "net_config_file").as_deref(), Some("FLANNELD_NET_CONFIG_PATH"));
+        assert_eq!(env(&c, "ip_masq").as_deref(), Some("FLANNELD_IP_MASQ"));
+        assert_eq!(env(&c, "public_ip").as_deref(), Some("OVERLAYD_PUBLIC_IP"), "unset stays ours");
+        // Ours wins when both are set.
+        let c = env_of(&["FLANNELD_IFACE", "OVERLAYD_IFACE"]);
+        assert_eq!(env(&c, "iface").as_deref(), Some("OVERLAYD_IFACE"));
+    }
+
+    #[test]
+    fn the_embedded_store_only_when_asked_for() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["overlayd"];
+            all.extend_from_slice(args);
+            DaemonArgs::try_parse_from(all).unwrap().store.kind()
+        };
+        let none = parse(&[]).unwrap_err().to_string();
+        assert!(none.contains("--store embedded") && none.contains("--etcd-endpoints"), "{none}");
+        assert_eq!(parse(&["--store", "embedded"]).unwrap(), StoreKind::Embedded);
+        assert_eq!(
+            parse(&["--store", "etcd", "--etcd-endpoints", "http://a:2379"]).unwrap(),
+            StoreKind::Etcd
+        );
+        assert!(parse(&["--store", "etcd"]).is_err());
+        assert!(parse(&["--store", "embedded", "--etcd-endpoints", "http://a:2379"]).is_err());
+        assert!(DaemonArgs::try_parse_from(["overlayd", "--store", "sqlite"]).is_err());
     }
 }

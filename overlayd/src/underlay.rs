@@ -28,6 +28,12 @@ pub enum UnderlayError {
     /// Nothing matches `--iface`.
     #[error("no interface named or holding {0:?}")]
     NoSuchInterface(String),
+    /// No interface matches any of the selectors given.
+    #[error("no interface with a usable address matches {0}")]
+    NoMatch(String),
+    /// An `--iface-regex` that does not compile (refused by the flag parser first).
+    #[error("--iface-regex {0:?}: {1}")]
+    BadRegex(String, String),
     /// No way to choose.
     #[error("no default route and neither --iface nor --public-ip given")]
     NoDefault,
@@ -47,57 +53,129 @@ fn global_v6(a: &Ipv6Addr) -> bool {
     !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local())
 }
 
-/// Resolves `--iface`, `--public-ip` and `--public-ipv6` in the caller's namespace.
+/// How the underlay interface is chosen: flannel's `--iface` (names or addresses, the first
+/// that exists wins), `--iface-regex` (matched against names and addresses), and
+/// `--iface-can-reach` (the interface of the route to that address); the default route's
+/// interface when none is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfaceSelection {
+    /// `--iface`, in order.
+    pub ifaces: Vec<String>,
+    /// `--iface-regex`, in order.
+    pub regexes: Vec<String>,
+    /// `--iface-can-reach`.
+    pub can_reach: Option<IpAddr>,
+}
+
+impl IfaceSelection {
+    /// Only `--iface NAME`.
+    pub fn named(name: &str) -> Self {
+        IfaceSelection { ifaces: vec![name.to_string()], ..Default::default() }
+    }
+
+    fn given(&self) -> bool {
+        !self.ifaces.is_empty() || !self.regexes.is_empty() || self.can_reach.is_some()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        parts.extend(self.ifaces.iter().map(|i| format!("--iface {i}")));
+        parts.extend(self.regexes.iter().map(|r| format!("--iface-regex {r}")));
+        parts.extend(self.can_reach.iter().map(|a| format!("--iface-can-reach {a}")));
+        parts.join(", ")
+    }
+}
+
+/// Checks an `--iface-regex` value (for the flag parser).
+pub fn parse_iface_regex(s: &str) -> Result<String, String> {
+    regex::Regex::new(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// Resolves the interface selection, `--public-ip` and `--public-ipv6` in the caller's
+/// namespace.
 pub fn detect(
-    iface: Option<&str>,
+    sel: &IfaceSelection,
     public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
 ) -> Result<Underlay, UnderlayError> {
     let nl = Netlink::current()?;
     let links = nl.links()?;
-    let holding = |ip: IpAddr| -> Result<Option<u32>, UnderlayError> {
-        for l in &links {
-            if nl.addresses(l.index)?.iter().any(|n| n.addr() == ip) {
-                return Ok(Some(l.index));
-            }
-        }
-        Ok(None)
+    let mut addrs_of = std::collections::BTreeMap::new();
+    for l in &links {
+        addrs_of.insert(l.index, nl.addresses(l.index)?);
+    }
+    let holding = |ip: IpAddr| -> Option<u32> {
+        addrs_of.iter().find(|(_, a)| a.iter().any(|n| n.addr() == ip)).map(|(i, _)| *i)
     };
-    let index = match iface {
-        Some(name) => match name.parse::<IpAddr>() {
-            Ok(ip) => holding(ip)?.ok_or_else(|| UnderlayError::NoSuchInterface(name.into()))?,
-            Err(_) => {
-                links
-                    .iter()
-                    .find(|l| l.name == name)
-                    .ok_or_else(|| UnderlayError::NoSuchInterface(name.into()))?
-                    .index
-            }
-        },
-        None => {
-            let default =
-                nl.routes(false, None)?.into_iter().find(|r| r.dst.prefix_len() == 0).and_then(|r| r.oif);
-            match (default, public_ip) {
-                (Some(i), _) => i,
-                (None, Some(ip)) => match holding(IpAddr::V4(ip))? {
-                    Some(i) => i,
-                    // Behind NAT the public address is not local: publish it anyway.
-                    None => {
-                        return Ok(Underlay { iface: None, public_ip: Some(ip), public_ipv6, mtu: None });
-                    }
-                },
-                (None, None) if public_ipv6.is_some() => {
-                    return Ok(Underlay { public_ipv6, ..Default::default() });
+    // A candidate is usable when it has an address to publish (or one is given).
+    let usable = |index: u32| {
+        public_ip.is_some()
+            || public_ipv6.is_some()
+            || addrs_of.get(&index).is_some_and(|a| {
+                a.iter().any(|n| match n.addr() {
+                    IpAddr::V4(a) => global_v4(&a),
+                    IpAddr::V6(a) => global_v6(&a),
+                })
+            })
+    };
+    let index = if sel.given() {
+        let by_name = sel.ifaces.iter().find_map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) => holding(ip),
+            Err(_) => links.iter().find(|l| l.name == *name).map(|l| l.index).filter(|i| usable(*i)),
+        });
+        let by_regex = || -> Result<Option<u32>, UnderlayError> {
+            for r in &sel.regexes {
+                let re =
+                    regex::Regex::new(r).map_err(|e| UnderlayError::BadRegex(r.clone(), e.to_string()))?;
+                let hit = links.iter().find(|l| {
+                    usable(l.index)
+                        && (re.is_match(&l.name)
+                            || addrs_of
+                                .get(&l.index)
+                                .is_some_and(|a| a.iter().any(|n| re.is_match(&n.addr().to_string()))))
+                });
+                if let Some(l) = hit {
+                    return Ok(Some(l.index));
                 }
-                (None, None) => return Err(UnderlayError::NoDefault),
             }
+            Ok(None)
+        };
+        let by_route = || -> Result<Option<u32>, UnderlayError> {
+            match sel.can_reach {
+                Some(dst) => Ok(nl.route_get(dst)?.filter(|i| usable(*i))),
+                None => Ok(None),
+            }
+        };
+        match by_name {
+            Some(i) => i,
+            None => match by_regex()? {
+                Some(i) => i,
+                None => by_route()?.ok_or_else(|| UnderlayError::NoMatch(sel.describe()))?,
+            },
+        }
+    } else {
+        let default =
+            nl.routes(false, None)?.into_iter().find(|r| r.dst.prefix_len() == 0).and_then(|r| r.oif);
+        match (default, public_ip) {
+            (Some(i), _) => i,
+            (None, Some(ip)) => match holding(IpAddr::V4(ip)) {
+                Some(i) => i,
+                // Behind NAT the public address is not local: publish it anyway.
+                None => {
+                    return Ok(Underlay { iface: None, public_ip: Some(ip), public_ipv6, mtu: None });
+                }
+            },
+            (None, None) if public_ipv6.is_some() => {
+                return Ok(Underlay { public_ipv6, ..Default::default() });
+            }
+            (None, None) => return Err(UnderlayError::NoDefault),
         }
     };
     let link = links
         .iter()
         .find(|l| l.index == index)
         .ok_or_else(|| UnderlayError::NoSuchInterface(format!("index {index}")))?;
-    let addrs = nl.addresses(index)?;
+    let addrs = addrs_of.get(&index).cloned().unwrap_or_default();
     let v4 = public_ip.or_else(|| {
         addrs.iter().find_map(|n| match n.addr() {
             IpAddr::V4(a) if global_v4(&a) => Some(a),

@@ -274,21 +274,33 @@ impl Validator {
         if usable4.is_none() && usable6.is_none() {
             return Err(InvalidLease::NoPublicIp);
         }
-        let vni = self.config.vxlan().vni;
-        let vtep = |data: &Value, public: IpAddr| {
-            let d = VxlanData::from_value(data).map_err(InvalidLease::BackendData)?;
-            if d.vni != vni {
-                return Err(InvalidLease::Vni { got: d.vni, want: vni });
+        // host-gw publishes no backend data (flannel writes null): the public addresses are
+        // all a peer needs, and the backend reads them from the attributes.
+        let (vtep4, vtep6) = match self.config.vxlan() {
+            None => (None, None),
+            Some(vx) => {
+                let vni = vx.vni;
+                let vtep = |data: &Value, public: IpAddr| {
+                    let d = VxlanData::from_value(data).map_err(InvalidLease::BackendData)?;
+                    if d.vni != vni {
+                        return Err(InvalidLease::Vni { got: d.vni, want: vni });
+                    }
+                    Ok(Vtep { public, mac: d.vtep_mac })
+                };
+                // One device per underlay family, each carrying either pod family: `PublicIP`
+                // with `BackendData` is its IPv4-underlay device, `PublicIPv6` with
+                // `BackendV6Data` its IPv6 one (a node on an IPv6-only underlay may publish it
+                // in `BackendData` only).
+                let vtep4 = usable4.map(|ip| vtep(&attrs.backend_data, IpAddr::V4(ip))).transpose()?;
+                let data6 = if attrs.backend_v6_data.is_null() {
+                    &attrs.backend_data
+                } else {
+                    &attrs.backend_v6_data
+                };
+                let vtep6 = usable6.map(|ip| vtep(data6, IpAddr::V6(ip))).transpose()?;
+                (vtep4, vtep6)
             }
-            Ok(Vtep { public, mac: d.vtep_mac })
         };
-        // One device per underlay family, each carrying either pod family: `PublicIP` with
-        // `BackendData` is its IPv4-underlay device, `PublicIPv6` with `BackendV6Data` its
-        // IPv6 one (a node on an IPv6-only underlay may publish it in `BackendData` only).
-        let vtep4 = usable4.map(|ip| vtep(&attrs.backend_data, IpAddr::V4(ip))).transpose()?;
-        let data6 =
-            if attrs.backend_v6_data.is_null() { &attrs.backend_data } else { &attrs.backend_v6_data };
-        let vtep6 = usable6.map(|ip| vtep(data6, IpAddr::V6(ip))).transpose()?;
         // Only the families the network uses count (check_subnets made sure they are there).
         let v4 = self.config.ipv4.as_ref().and(key.ipv4).map(|n| PeerFamily { subnet: IpNet::V4(n).trunc() });
         let v6 = self.config.ipv6.as_ref().and(key.ipv6).map(|n| PeerFamily { subnet: IpNet::V6(n).trunc() });
@@ -368,6 +380,28 @@ mod tests {
         let again: Value = serde_json::from_slice(&a.to_bytes()).unwrap();
         assert_eq!(again, serde_json::from_str::<Value>(v).unwrap());
         assert!(matches!(validator().check(&key("10.5.3.0-24"), v.as_bytes(), None), Ok(Verdict::Peer(_))));
+    }
+
+    #[test]
+    fn a_flannel_host_gw_lease_is_a_peer_of_a_host_gw_network() {
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}"#).unwrap().config;
+        let v = Validator::new(c, "me");
+        // What flanneld's host-gw writes: no backend data.
+        let lease =
+            r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#;
+        let Ok(Verdict::Peer(p)) = v.check(&key("10.5.3.0-24"), lease.as_bytes(), None) else {
+            panic!("refused")
+        };
+        assert_eq!(p.attrs.public_ip, Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert!(p.vtep4.is_none());
+        // A vxlan lease is another backend's.
+        assert!(matches!(
+            v.check(&key("10.5.3.0-24"), GOOD.as_bytes(), None),
+            Err(InvalidLease::BackendType { .. })
+        ));
+        let no_ip = r#"{"BackendType":"host-gw","BackendData":null}"#;
+        assert_eq!(v.check(&key("10.5.3.0-24"), no_ip.as_bytes(), None), Err(InvalidLease::NoPublicIp));
     }
 
     #[test]

@@ -73,3 +73,91 @@ fn the_dashboard_queries_exported_metrics() {
     }
     assert!(queried >= 15, "{queried}");
 }
+
+/// `cmd` run with no `OVERLAYD_*` or `FLANNELD_*` from the caller's environment.
+fn clean(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("OVERLAYD_") || k.starts_with("FLANNELD_") {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
+}
+
+/// Without `--etcd-endpoints`, `--kube-subnet-mgr` or `--store embedded`, neither binary
+/// falls back to the embedded store: they say what to give and create nothing.
+#[test]
+fn no_store_named_is_an_error_that_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let store_file = dir.path().join("store.db");
+    let daemon = |extra: &[&str]| {
+        let out = clean(env!("CARGO_BIN_EXE_overlayd"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--store-file")
+            .arg(&store_file)
+            .arg("--socket")
+            .arg(dir.path().join("overlayd.sock"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let none = daemon(&[]);
+    assert!(none.contains("--store embedded") && none.contains("--etcd-endpoints"), "{none}");
+    let both = daemon(&["--store", "embedded", "--etcd-endpoints", "http://127.0.0.1:1"]);
+    assert!(both.contains("contradict"), "{both}");
+    let kube = daemon(&["--kube-subnet-mgr", "--store", "embedded"]);
+    assert!(kube.contains("--kube-subnet-mgr uses the Kubernetes API"), "{kube}");
+    assert!(!state.exists() && !store_file.exists(), "a refused start created files");
+
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#).unwrap();
+    let out = clean(env!("CARGO_BIN_EXE_overlayctl"))
+        .arg("--socket")
+        .arg(dir.path().join("overlayd.sock"))
+        .arg("--store-file")
+        .arg(&store_file)
+        .args(["network", "set"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--store embedded"), "{err}");
+    assert!(!store_file.exists(), "overlayctl wrote a store nobody named");
+}
+
+/// flanneld's `FLANNELD_<FLAG>` variables reach the daemon when `OVERLAYD_<FLAG>` is unset,
+/// and ours win when both are set (seen in the error naming the interface asked for).
+#[test]
+fn flanneld_environment_is_read_by_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let out = clean(env!("CARGO_BIN_EXE_overlayd"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let flannel = run(&[("OVERLAYD_STORE", "embedded"), ("FLANNELD_IFACE", "fcni-none0")]);
+    assert!(flannel.contains("--iface fcni-none0"), "{flannel}");
+    let both = run(&[
+        ("OVERLAYD_STORE", "embedded"),
+        ("FLANNELD_IFACE", "fcni-none0"),
+        ("OVERLAYD_IFACE", "fcni-ours0"),
+    ]);
+    assert!(both.contains("--iface fcni-ours0") && !both.contains("fcni-none0"), "{both}");
+    let regex = run(&[("OVERLAYD_STORE", "embedded"), ("FLANNELD_IFACE_REGEX", "^fcni-none[0-9]$")]);
+    assert!(regex.contains("--iface-regex ^fcni-none[0-9]$"), "{regex}");
+    // flanneld's --etcd-endpoints under its own name: etcd, so no --store needed.
+    let etcd = run(&[("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:1"), ("FLANNELD_IFACE", "fcni-none0")]);
+    assert!(!etcd.contains("no store given") && etcd.contains("fcni-none0"), "{etcd}");
+    assert!(!dir.path().join("state").exists());
+}

@@ -134,6 +134,8 @@ fn embedded_daemons_in_three_namespaces_share_one_file() {
     std::fs::write(&conf, NET_CONF).unwrap();
     let db = dir.path().join("shared/store.db");
     let args = [
+        "--store",
+        "embedded",
         "--store-file",
         db.to_str().unwrap(),
         "--store-poll",

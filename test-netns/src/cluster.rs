@@ -52,6 +52,8 @@ pub struct ClusterOptions {
     pub underlay: UnderlayFamilies,
     /// Extra keys of the network config's `Backend` object (e.g. encryption settings).
     pub backend_extra: serde_json::Map<String, serde_json::Value>,
+    /// The network config's `Backend.Type` (`vxlan` unless set).
+    pub backend_type: String,
 }
 
 /// The address families of the cluster's underlay.
@@ -90,7 +92,14 @@ impl ClusterOptions {
             enable_ipv4: true,
             underlay: UnderlayFamilies::V4,
             backend_extra: serde_json::Map::new(),
+            backend_type: "vxlan".into(),
         }
+    }
+
+    /// `Backend.Type` of the network config (`host-gw`, …).
+    pub fn backend(mut self, kind: &str) -> Self {
+        self.backend_type = kind.into();
+        self
     }
 
     /// Pods get both families.
@@ -116,7 +125,7 @@ impl ClusterOptions {
     /// The network config the cluster publishes.
     pub fn net_config(&self) -> serde_json::Value {
         let mut backend = serde_json::Map::new();
-        backend.insert("Type".into(), "vxlan".into());
+        backend.insert("Type".into(), self.backend_type.clone().into());
         backend.extend(self.backend_extra.clone());
         let mut conf = json!({"Backend": backend});
         if self.enable_ipv4 {
@@ -164,6 +173,7 @@ impl ClusterNode {
             "socket": self.socket(),
             "dataDir": self.dir.join("vxlan"),
             "ipamDataDir": self.dir.join("ipam"),
+            "flannelDataDir": self.dir.join("flannel-cni"),
         }]});
         NetConfList::parse(list.to_string().as_bytes()).expect("a valid list")
     }
@@ -399,6 +409,21 @@ impl Cluster {
     /// [`Cluster::add_node`] with these podCIDRs on its Node object (none: the daemon waits
     /// for one); the same as `add_node` outside kube mode.
     pub fn add_node_with(&mut self, pod_cidrs: &[&str]) -> Result<usize, String> {
+        self.add_node_inner(pod_cidrs, None)
+    }
+
+    /// Adds a node whose IPv4 underlay address is `addr` (with its prefix, e.g.
+    /// `198.19.0.5/24`) instead of one in `198.18.0.0/24`: a node on another L2 network of
+    /// the same wire. Embedded store only (the store is a file, reachable from any subnet).
+    pub fn add_node_at(&mut self, addr: &str) -> Result<usize, String> {
+        if self.opts.store != StoreKind::Embedded || self.opts.underlay != UnderlayFamilies::V4 {
+            return Err("add_node_at: embedded store and an IPv4-only underlay only".into());
+        }
+        let cidr = format!("10.244.{}.0/24", self.next_id + 1);
+        self.add_node_inner(&[cidr.as_str()], Some(addr))
+    }
+
+    fn add_node_inner(&mut self, pod_cidrs: &[&str], v4_at: Option<&str>) -> Result<usize, String> {
         let id = self.next_id;
         if id >= 240 {
             return Err("out of underlay addresses: 240 nodes were made".into());
@@ -406,13 +431,16 @@ impl Cluster {
         self.next_id += 1;
         let ns = TestNs::new(&format!("node{id}"));
         let fams = self.opts.underlay;
-        let v4 = format!("198.18.0.{}", id + 1);
+        let (v4, v4_prefix) = match v4_at.and_then(|a| a.split_once('/')) {
+            Some((ip, len)) => (ip.to_string(), len.to_string()),
+            None => (format!("198.18.0.{}", id + 1), "24".to_string()),
+        };
         let v6 = format!("fd18::{:x}", id + 1);
         let underlay_ip = if fams.v4 { v4.clone() } else { v6.clone() };
         let underlay_ipv6 = fams.v6.then(|| v6.clone());
         let mut addrs = Vec::new();
         if fams.v4 {
-            addrs.push(format!("{v4}/24"));
+            addrs.push(format!("{v4}/{v4_prefix}"));
         }
         if fams.v6 {
             addrs.push(format!("{v6}/64"));
@@ -514,7 +542,12 @@ impl Cluster {
         match self.opts.store {
             StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
             StoreKind::Embedded => {
-                vec!["--store-file".into(), self.work.path().join("store.db").display().to_string()]
+                vec![
+                    "--store".into(),
+                    "embedded".into(),
+                    "--store-file".into(),
+                    self.work.path().join("store.db").display().to_string(),
+                ]
             }
             StoreKind::Kube => vec![
                 "--kube-subnet-mgr".into(),

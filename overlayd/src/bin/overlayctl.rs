@@ -195,19 +195,22 @@ fn encryption_request(cmd: &EncryptionCmd) -> admin::Request {
 /// Refuses a store other than the one this node's daemon uses (when it answers): an operator
 /// who forgot `--etcd-endpoints` must not write a local file nobody reads.
 fn check_same_store(cli: &Cli) -> Result<(), String> {
+    cli.store.kind().map_err(|e| e.to_string())?;
     let Ok(daemon) = call(cli, "GET", "/v1/store", None, Duration::from_secs(3)) else { return Ok(()) };
     let theirs = daemon["store"].as_str().unwrap_or_default().to_string();
-    let same = if cli.store.etcd_endpoints.is_empty() {
-        theirs == format!("embedded {}", cli.store.store_file.display())
-    } else {
-        theirs.starts_with("etcd ")
+    let same = match cli.store.kind() {
+        Ok(overlayd::options::StoreKind::Embedded) => {
+            theirs == format!("embedded {}", cli.store.store_file.display())
+        }
+        Ok(overlayd::options::StoreKind::Etcd) => theirs.starts_with("etcd "),
+        Err(_) => false,
     };
     if same {
         Ok(())
     } else {
         Err(format!(
-            "overlayd on this node uses the store `{theirs}`; give the same store (--etcd-endpoints or \
-             --store-file) with the operator's credentials"
+            "overlayd on this node uses the store `{theirs}`; give the same store (--etcd-endpoints, or \
+             --store embedded with its --store-file) with the operator's credentials"
         ))
     }
 }
@@ -536,5 +539,17 @@ mod tests {
         assert_eq!(r[1][1], "-");
         assert!(!r[1][0].chars().any(char::is_control), "{:?}", r[1][0]);
         assert!(rows(&Value::Null, &["/key"]).is_empty());
+    }
+
+    #[test]
+    fn store_flags_after_any_subcommand() {
+        for args in [
+            &["overlayctl", "encryption", "enable", "--type", "ipsec", "--store", "embedded"][..],
+            &["overlayctl", "network", "set", "f.json", "--store", "embedded", "--store-file", "/x.db"],
+            &["overlayctl", "--store", "embedded", "encryption", "disable"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.store.kind().unwrap(), overlayd::options::StoreKind::Embedded, "{args:?}");
+        }
     }
 }

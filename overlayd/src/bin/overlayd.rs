@@ -1,15 +1,15 @@
-//! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`.
+//! The overlay daemon. See `overlayd --help`; every flag also reads `OVERLAYD_<NAME>`, and
+//! flanneld's `FLANNELD_<NAME>` when that is unset.
 
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use overlayd::options::DaemonArgs;
 
 fn main() -> ExitCode {
-    let args = DaemonArgs::parse();
+    let args = DaemonArgs::parse_with_flannel_env();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -17,8 +17,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // First: without a store there is nothing to do, whatever the underlay.
+    if let Err(e) = args.check_store() {
+        tracing::error!(error = %e, "no usable store");
+        return ExitCode::FAILURE;
+    }
     // Before the runtime: the kernel layer runs netlink on a runtime of its own.
-    let underlay = match overlayd::underlay::detect(args.iface.as_deref(), args.public_ip, args.public_ipv6) {
+    let underlay = match overlayd::underlay::detect(&args.iface_selection(), args.public_ip, args.public_ipv6)
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "cannot determine the underlay");

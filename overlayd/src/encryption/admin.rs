@@ -128,6 +128,18 @@ pub fn apply(stored: &str, req: &Request) -> Result<(String, EncryptionSettings)
         serde_json::from_str(stored).map_err(|e| AdminError::Stored(ConfigError::Json(e.to_string())))?;
     obj.retain(|k, _| !k.eq_ignore_ascii_case("Encryption"));
     obj.insert("Encryption".into(), section);
+    // flannel's `"Backend": {"Type": "wireguard"}` stood for vxlan plus an Encryption section:
+    // from the first `overlayctl encryption` change on, the section says it all.
+    if let Some(key) = obj.keys().find(|k| k.eq_ignore_ascii_case("Backend")).cloned() {
+        let wg = obj[&key]
+            .as_object()
+            .and_then(|b| b.iter().find(|(k, _)| k.eq_ignore_ascii_case("Type")))
+            .and_then(|(_, t)| t.as_str())
+            .is_some_and(|t| t.eq_ignore_ascii_case("wireguard"));
+        if wg {
+            obj.insert(key, serde_json::json!({"Type": "vxlan"}));
+        }
+    }
     let text = serde_json::to_string(&Value::Object(obj)).expect("json serializes");
     NetworkConfig::parse(&text).map_err(AdminError::Invalid)?;
     Ok((text, checked))
@@ -190,6 +202,17 @@ mod tests {
             apply(&t, &Request { kind: Some("ipsec".into()), ..req(Action::Rotate) }),
             Err(AdminError::Kind(_))
         ));
+    }
+
+    #[test]
+    fn a_flannel_wireguard_backend_becomes_vxlan_with_the_section() {
+        let stored = r#"{"Network":"10.9.0.0/16","Backend":{"Type":"wireguard","ListenPort":51830}}"#;
+        let (t, s) = apply(stored, &req(Action::Disable)).unwrap();
+        assert!(!s.enabled);
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["Backend"]["Type"], "vxlan", "{t}");
+        assert_eq!(v["Encryption"]["Port"], 51830, "the mapped port is kept: {t}");
+        assert!(!NetworkConfig::parse(&t).unwrap().config.encryption_settings().enabled);
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub enum StoreError {
     /// The store refused the request (permissions, bad request): retrying will not help.
     #[error("store rejected the request: {0}")]
     Rejected(String),
+    /// The options name no store, or two (`--store`, `--etcd-endpoints`, `--kube-subnet-mgr`).
+    #[error("store options: {0}")]
+    Options(String),
     /// Local I/O or database failure (embedded store).
     #[error("store failure: {0}")]
     Internal(String),

@@ -210,8 +210,8 @@ impl VxlanBackend {
     }
 }
 
-/// The kernel, through netlink.
-struct Kernel<'a>(&'a Netlink);
+/// The kernel, through netlink (host-gw uses the same operations).
+pub(crate) struct Kernel<'a>(pub(crate) &'a Netlink);
 
 impl Datapath for Kernel<'_> {
     fn underlay(&self, name: &str) -> Result<(u32, Vec<IpNet>), String> {
@@ -350,6 +350,7 @@ impl Backend for VxlanBackend {
                     peers: o.peers,
                     errors,
                     no_common_underlay: o.no_common_underlay.clone(),
+                    ..Default::default()
                 }
             })
             .collect();

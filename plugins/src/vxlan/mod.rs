@@ -26,6 +26,8 @@ use self::saved::SavedConfigs;
 pub const DEFAULT_SOCKET: &str = "/run/overlayd/overlayd.sock";
 /// Where delegate configs are saved, unless the config says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vxlan";
+/// Where flannel's CNI plugin saved its delegate configs (its `dataDir` default).
+pub const FLANNEL_DATA_DIR: &str = "/var/lib/cni/flannel";
 
 /// The plugin's own options.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +46,10 @@ struct Options {
     /// host-local's `dataDir` (its default otherwise); lets several nodes share one machine.
     #[serde(default)]
     ipam_data_dir: Option<PathBuf>,
+    /// flannel's CNI plugin's `dataDir`: where DEL (and CHECK) look for the delegate config
+    /// of a pod attached under flannel, when there is none of ours.
+    #[serde(default)]
+    flannel_data_dir: Option<PathBuf>,
 }
 
 /// What the daemon tells a plugin (`GET /v1/cni`).
@@ -79,7 +85,7 @@ impl Options {
         let o: Options = req.parse_config()?;
         cni_spec::input::refuse_case_variants(
             &req.config.extra,
-            &["socket", "dataDir", "delegate", "routes", "ipamDataDir"],
+            &["socket", "dataDir", "delegate", "routes", "ipamDataDir", "flannelDataDir"],
             "",
         )?;
         if let Some(d) = &o.delegate {
@@ -104,9 +110,12 @@ impl Options {
                 }
             }
         }
-        for (field, path) in
-            [("socket", &o.socket), ("dataDir", &o.data_dir), ("ipamDataDir", &o.ipam_data_dir)]
-        {
+        for (field, path) in [
+            ("socket", &o.socket),
+            ("dataDir", &o.data_dir),
+            ("ipamDataDir", &o.ipam_data_dir),
+            ("flannelDataDir", &o.flannel_data_dir),
+        ] {
             if let Some(p) = path {
                 parse::abs_path(&p.to_string_lossy()).map_err(|e| VxlanError::config(field, e))?;
             }
@@ -142,6 +151,12 @@ impl Options {
 
     fn saved(&self) -> SavedConfigs {
         SavedConfigs::new(self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
+    }
+
+    fn flannel(&self) -> saved::FlannelSaved {
+        saved::FlannelSaved::new(
+            self.flannel_data_dir.clone().unwrap_or_else(|| PathBuf::from(FLANNEL_DATA_DIR)),
+        )
     }
 
     fn delegate_type(&self) -> String {
@@ -302,7 +317,7 @@ fn del(req: &Request) -> Result<(), VxlanError> {
     let saved = opts.saved();
     let (net, cid, ifname) = (req.network_name()?, &req.env.container_id, &req.env.ifname);
     let Some(conf) = saved.load(net, cid, ifname)? else {
-        return Ok(()); // nothing was set up, or DEL already ran
+        return del_flannel(req, &opts); // ours never saw it: flannel's, or nothing
     };
     let kind = serde_json::from_slice::<Value>(&conf)
         .ok()
@@ -312,12 +327,42 @@ fn del(req: &Request) -> Result<(), VxlanError> {
     saved.remove(net, cid, ifname)
 }
 
+/// DEL of a pod attached by flannel's CNI plugin before the node moved to overlayd: its
+/// saved delegate config (`<flannel dataDir>/<containerID>`, exactly the bytes flannel gave
+/// its delegate) goes to that delegate unchanged, as flannel's own DEL does, so the
+/// delegate's IPAM frees the pod's addresses; the file goes once that succeeded. As in
+/// flannel, a file that does not parse is left alone (and said so): failing would make the
+/// runtime retry the DEL for ever.
+fn del_flannel(req: &Request, opts: &Options) -> Result<(), VxlanError> {
+    let flannel = opts.flannel();
+    let cid = &req.env.container_id;
+    let Some(conf) = flannel.load(cid)? else {
+        return Ok(()); // nothing was set up, or DEL already ran
+    };
+    let Some(kind) = serde_json::from_slice::<Value>(&conf)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+        .filter(|t| parse::plugin_name(t).is_ok())
+    else {
+        eprintln!(
+            "vxlan: flannel's saved config {} is damaged; left in place, nothing released",
+            flannel.path(cid).display()
+        );
+        return Ok(());
+    };
+    Delegate::for_request(req, &kind).del(&conf)?;
+    flannel.remove(cid)
+}
+
 fn check(req: &Request) -> Result<(), VxlanError> {
     let opts = Options::load(req)?;
-    let conf = opts
-        .saved()
-        .load(req.network_name()?, &req.env.container_id, &req.env.ifname)?
-        .ok_or_else(|| VxlanError::Unknown("no saved config: this attachment was never added".into()))?;
+    let Some(conf) = opts.saved().load(req.network_name()?, &req.env.container_id, &req.env.ifname)? else {
+        // A pod flannel attached: flannel's CHECK checked nothing, and neither do we.
+        if opts.flannel().load(&req.env.container_id)?.is_some() {
+            return Ok(());
+        }
+        return Err(VxlanError::Unknown("no saved config: this attachment was never added".into()));
+    };
     Ok(Delegate::for_request(req, &opts.delegate_type()).check(&with_prev_result(&conf, req)?)?)
 }
 

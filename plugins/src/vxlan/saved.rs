@@ -92,6 +92,46 @@ impl SavedConfigs {
     }
 }
 
+/// The delegate configs flannel's CNI plugin saved: `<dataDir>/<containerID>` (one file per
+/// container, whatever the interface), read for DEL of pods it attached.
+pub struct FlannelSaved {
+    dir: PathBuf,
+}
+
+impl FlannelSaved {
+    pub fn new(dir: PathBuf) -> Self {
+        FlannelSaved { dir }
+    }
+
+    pub fn path(&self, cid: &str) -> PathBuf {
+        self.dir.join(cid)
+    }
+
+    pub fn load(&self, cid: &str) -> Result<Option<Vec<u8>>, VxlanError> {
+        // A container ID that is not a plain file name cannot name one of flannel's files.
+        if cid.is_empty() || cid.contains('/') || cid == "." || cid == ".." {
+            return Ok(None);
+        }
+        let path = self.path(cid);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ENAMETOOLONG | libc::EISDIR)) => {
+                Ok(None)
+            }
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    pub fn remove(&self, cid: &str) -> Result<(), VxlanError> {
+        let path = self.path(cid);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +155,24 @@ mod tests {
         s.remove("net", "c2", "net1").unwrap();
         assert_eq!(s.load("net", "c2", "net1").unwrap(), None);
         assert!(s.attachments("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn flannel_saved_reads_only_plain_container_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FlannelSaved::new(dir.path().join("flannel"));
+        // No directory at all (a node that never ran flannel): nothing, no error.
+        assert_eq!(f.load("abc").unwrap(), None);
+        fs::create_dir(dir.path().join("flannel")).unwrap();
+        fs::write(dir.path().join("flannel/abc"), b"{}").unwrap();
+        fs::write(dir.path().join("secret"), b"no").unwrap();
+        fs::create_dir(dir.path().join("flannel/sub")).unwrap();
+        assert_eq!(f.load("abc").unwrap().unwrap(), b"{}");
+        for cid in ["", ".", "..", "../secret", "sub", "abc/x"] {
+            assert_eq!(f.load(cid).unwrap(), None, "{cid:?}");
+        }
+        f.remove("abc").unwrap();
+        f.remove("abc").unwrap();
+        assert_eq!(f.load("abc").unwrap(), None);
     }
 }
