@@ -4,7 +4,8 @@
 PACKAGES=(
   iproute2                    # ip, bridge: inspecting namespaces in tests
   iputils-ping                # connectivity checks
-  nftables                    # masquerade rules
+  nftables                    # nft: portmap, firewall, node NAT, strict tables; the oracle of the nftables tests
+  strace                      # the bridge test proving ipMasq and macspoofchk start no other program
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
   etcd-server                 # overlayd's tests and benchmark run a real etcd
   etcd-client                 # etcdctl: docs/install.md (its test runs every command)

@@ -141,7 +141,7 @@ impl MasqTable {
                 continue;
             };
             out.extend(elems.into_iter().filter_map(|e| {
-                let ip = ip_of(&e.key)?;
+                let ip = expr::ip_from_bytes(&e.key)?;
                 let group = match e.data {
                     Some(Data::Verdict(Verdict::Jump(g) | Verdict::Goto(g))) => g,
                     _ => String::new(),
@@ -196,14 +196,5 @@ impl MasqTable {
             }
         }
         Ok(out)
-    }
-}
-
-/// An address from a set key.
-fn ip_of(key: &[u8]) -> Option<IpAddr> {
-    match key.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(key).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(key).ok()?)),
-        _ => None,
     }
 }

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netkernel::firewall::FirewallTable;
+use netkernel::macspoof::MacSpoofTable;
 use netkernel::masq::{MasqEntry, MasqTable};
 use serde_json::Value;
 use test_netns::{TestNs, require_root};
@@ -153,4 +155,127 @@ fn masquerade_table_missing_lists_empty() {
         (t.entries().unwrap(), t.exempt("n1").unwrap())
     });
     assert!(entries.is_empty() && exempt.is_empty());
+}
+
+#[test]
+fn mac_spoof_table_is_what_the_nft_script_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftmacours"), TestNs::new("nftmactheirs"));
+    let t = "ferrocni_mact";
+    let mac = netkernel::link::parse_mac("0a:58:0a:00:00:07").unwrap();
+    ours.run(|| {
+        let table = MacSpoofTable::new(t).unwrap();
+        table.add("veth1234", mac, "net/c1/eth0").unwrap();
+        table.add("veth5678", mac, "net/c2/eth0").unwrap();
+    });
+    let script = |port: &str, tag: &str| {
+        format!(
+            "add table bridge {t}
+add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+add rule bridge {t} prerouting iifname \"{port}\" ether saddr != 0a:58:0a:00:00:07 drop comment \"{tag}\"
+"
+        )
+    };
+    oracle(&theirs, &script("veth1234", "net/c1/eth0"));
+    oracle(&theirs, &script("veth5678", "net/c2/eth0"));
+    assert_eq!(listing(&ours, "bridge", t), listing(&theirs, "bridge", t));
+    assert_eq!(text(&ours, "bridge", t), text(&theirs, "bridge", t));
+
+    let tags = ours.run(|| MacSpoofTable::new(t).unwrap().tags().unwrap());
+    assert_eq!(tags, ["net/c1/eth0", "net/c2/eth0"]);
+    let removed = ours.run(|| MacSpoofTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 1);
+    let tags = ours.run(|| MacSpoofTable::new(t).unwrap().tags().unwrap());
+    assert_eq!(tags, ["net/c2/eth0"]);
+    let bad = ours.run(|| MacSpoofTable::new(t).unwrap().add("bad\"port", mac, "x")).unwrap_err();
+    assert!(bad.to_string().contains("not an interface name"), "{bad}");
+}
+
+/// The script `FirewallTable::add` ran before it sent netlink messages itself.
+fn firewall_script(t: &str, ips: &[&str], tag: &str, isolate: Option<(&str, &str)>) -> String {
+    let mut s = format!(
+        "add table inet {t}
+add set inet {t} allowed4 {{ type ipv4_addr; }}
+add set inet {t} allowed6 {{ type ipv6_addr; }}
+add set inet {t} isolated {{ type ifname; }}
+add map inet {t} isolation {{ type ifname : verdict; }}
+add chain inet {t} admin
+add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
+flush chain inet {t} forward
+add rule inet {t} forward jump admin
+add rule inet {t} forward iifname vmap @isolation
+add rule inet {t} forward ct state established,related ip daddr @allowed4 accept
+add rule inet {t} forward ct state established,related ip6 daddr @allowed6 accept
+add rule inet {t} forward ip saddr @allowed4 accept
+add rule inet {t} forward ip6 saddr @allowed6 accept
+"
+    );
+    if let Some((bridge, chain)) = isolate {
+        s += &format!(
+            "add chain inet {t} {chain}
+flush chain inet {t} {chain}
+add rule inet {t} {chain} oifname \"{bridge}\" return
+add rule inet {t} {chain} oifname @isolated drop
+add element inet {t} isolated {{ \"{bridge}\" }}
+add element inet {t} isolation {{ \"{bridge}\" : jump {chain} }}
+"
+        );
+    }
+    for ip in ips {
+        let set = if ip.contains(':') { "allowed6" } else { "allowed4" };
+        s += &format!("add element inet {t} {set} {{ {ip} comment \"{tag}\" }}\n");
+    }
+    s
+}
+
+#[test]
+fn firewall_table_is_what_the_nft_script_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftfwours"), TestNs::new("nftfwtheirs"));
+    let t = "ferrocni_fwt";
+    ours.run(|| {
+        let table = FirewallTable::new(t).unwrap();
+        let a: Vec<IpAddr> = vec!["10.22.0.2".parse().unwrap(), "fd00:22::2".parse().unwrap()];
+        table.add(&a, "net/c1/eth0", Some("cni0")).unwrap();
+        table.add(&["10.22.0.3".parse().unwrap()], "net/c2/eth0", None).unwrap();
+    });
+    let (chain_of_cni0, _) = {
+        let json = listing(&ours, "inet", t);
+        let chain = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o["chain"]["name"].as_str().filter(|n| n.starts_with("iso_")).map(String::from))
+            .expect("an isolation chain");
+        (chain, ())
+    };
+    oracle(
+        &theirs,
+        &firewall_script(t, &["10.22.0.2", "fd00:22::2"], "net/c1/eth0", Some(("cni0", &chain_of_cni0))),
+    );
+    oracle(&theirs, &firewall_script(t, &["10.22.0.3"], "net/c2/eth0", None));
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+
+    let (allowed, isolated) = ours.run(|| {
+        let table = FirewallTable::new(t).unwrap();
+        (table.allowed().unwrap(), table.isolated().unwrap())
+    });
+    let ips: Vec<(String, String)> = allowed.iter().map(|a| (a.ip.to_string(), a.tag.clone())).collect();
+    assert_eq!(
+        ips,
+        [
+            ("10.22.0.2".to_string(), "net/c1/eth0".to_string()),
+            ("10.22.0.3".into(), "net/c2/eth0".into()),
+            ("fd00:22::2".into(), "net/c1/eth0".into())
+        ]
+    );
+    assert_eq!(isolated, ["cni0"]);
+    let removed = ours.run(|| FirewallTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 2);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "allowed4", "{ 10.22.0.2 }"]);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "allowed6", "{ fd00:22::2 }"]);
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    let bad = ours.run(|| FirewallTable::new(t).unwrap().add(&[], "x", Some("bad\"br"))).unwrap_err();
+    assert!(bad.to_string().contains("not an interface name"), "{bad}");
 }

@@ -49,21 +49,23 @@ pub struct BaseChain {
     pub accept: bool,
 }
 
-/// A key or data type of a set: `nft`'s datatype number and the length in bytes.
+/// A key or data type of a set: `nft`'s datatype number, the length in bytes, and the
+/// byte order `nft` records for it (1: host, as strings; 2: big-endian).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyType {
     pub id: u32,
     pub len: u32,
+    pub byteorder: u32,
 }
 
 impl KeyType {
-    pub const IPV4_ADDR: KeyType = KeyType { id: 7, len: 4 };
-    pub const IPV6_ADDR: KeyType = KeyType { id: 8, len: 16 };
-    pub const ETHER_ADDR: KeyType = KeyType { id: 9, len: 6 };
-    pub const INET_PROTO: KeyType = KeyType { id: 12, len: 1 };
-    pub const INET_SERVICE: KeyType = KeyType { id: 13, len: 2 };
-    pub const MARK: KeyType = KeyType { id: 19, len: 4 };
-    pub const IFNAME: KeyType = KeyType { id: 41, len: 16 };
+    pub const IPV4_ADDR: KeyType = KeyType { id: 7, len: 4, byteorder: 2 };
+    pub const IPV6_ADDR: KeyType = KeyType { id: 8, len: 16, byteorder: 2 };
+    pub const ETHER_ADDR: KeyType = KeyType { id: 9, len: 6, byteorder: 2 };
+    pub const INET_PROTO: KeyType = KeyType { id: 12, len: 1, byteorder: 2 };
+    pub const INET_SERVICE: KeyType = KeyType { id: 13, len: 2, byteorder: 2 };
+    pub const MARK: KeyType = KeyType { id: 19, len: 4, byteorder: 1 };
+    pub const IFNAME: KeyType = KeyType { id: 41, len: 16, byteorder: 1 };
 
     /// A concatenation (`a . b`): `nft`'s combined type number (6 bits per part) and each
     /// part padded to 4 bytes, as registers hold them.
@@ -71,6 +73,7 @@ impl KeyType {
         KeyType {
             id: parts.iter().fold(0, |id, p| (id << 6) | p.id),
             len: parts.iter().map(|p| wire::align4(p.len as usize) as u32).sum(),
+            byteorder: 2,
         }
     }
 }
@@ -255,7 +258,7 @@ impl Batch {
         a.u32(attr::set::KEY_TYPE, set.key.id).u32(attr::set::KEY_LEN, set.key.len);
         match set.data {
             Some(MapData::Verdict) => {
-                a.u32(attr::set::DATA_TYPE, 0xffff_ff00);
+                a.u32(attr::set::DATA_TYPE, 0xffff_ff00).u32(attr::set::DATA_LEN, 0);
             }
             Some(MapData::Value(t)) => {
                 a.u32(attr::set::DATA_TYPE, t.id).u32(attr::set::DATA_LEN, t.len);
@@ -263,12 +266,17 @@ impl Batch {
             None => {}
         }
         a.u32(attr::set::ID, id);
-        // What `nft` keeps there: the key's byte order (big-endian: 2, for addresses and
-        // ports), and whether to merge adjacent intervals.
+        // What `nft` keeps there: the byte orders of key and data, whether the data are
+        // intervals (never here), and whether to merge adjacent intervals.
         let mut ud = Vec::new();
-        udata::put(&mut ud, udata::SET_KEYBYTEORDER, &2u32.to_ne_bytes());
-        if let Some(MapData::Value(_)) = set.data {
-            udata::put(&mut ud, udata::SET_DATABYTEORDER, &2u32.to_ne_bytes());
+        udata::put(&mut ud, udata::SET_KEYBYTEORDER, &set.key.byteorder.to_ne_bytes());
+        if let Some(d) = set.data {
+            let order = match d {
+                MapData::Verdict => 0u32,
+                MapData::Value(t) => t.byteorder,
+            };
+            udata::put(&mut ud, udata::SET_DATABYTEORDER, &order.to_ne_bytes());
+            udata::put(&mut ud, udata::SET_DATA_INTERVAL, &0u32.to_ne_bytes());
         }
         if set.auto_merge {
             udata::put(&mut ud, udata::SET_MERGE_ELEMENTS, &1u32.to_ne_bytes());

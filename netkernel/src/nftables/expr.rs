@@ -286,6 +286,20 @@ pub fn addr_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// An address from a key or register value of 4 or 16 bytes.
+pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+/// An interface name from a NUL-padded key.
+pub fn ifname_from_bytes(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.split(|c| *c == 0).next().unwrap_or_default()).into_owned()
+}
+
 /// An interface name as `nft` compares it: the name padded with NULs to `IFNAMSIZ`.
 pub fn ifname_bytes(name: &str) -> Vec<u8> {
     let mut v = name.as_bytes().to_vec();

@@ -186,6 +186,8 @@ pub(crate) mod udata {
     pub(crate) const SET_KEYBYTEORDER: u8 = 0;
     pub(crate) const SET_DATABYTEORDER: u8 = 1;
     pub(crate) const SET_MERGE_ELEMENTS: u8 = 2;
+    /// `NFTNL_UDATA_SET_DATA_INTERVAL`.
+    pub(crate) const SET_DATA_INTERVAL: u8 = 6;
 
     pub(crate) fn put(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
         out.push(kind);
