@@ -279,3 +279,38 @@ fn firewall_table_is_what_the_nft_script_made() {
     let bad = ours.run(|| FirewallTable::new(t).unwrap().add(&[], "x", Some("bad\"br"))).unwrap_err();
     assert!(bad.to_string().contains("not an interface name"), "{bad}");
 }
+
+#[test]
+fn node_rules_are_what_their_nft_script_makes() {
+    use netkernel::nodenat::{FamilyNets, NodeRules};
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftnatours"), TestNs::new("nftnattheirs"));
+    // Prefixes on and off byte boundaries, both families, both options.
+    let rules = NodeRules {
+        table: "ferrocni_natt".into(),
+        v4: Some(FamilyNets {
+            network: "10.244.0.0/14".parse().unwrap(),
+            pods: "10.245.3.0/24".parse().unwrap(),
+        }),
+        v6: Some(FamilyNets {
+            network: "fd00:244::/56".parse().unwrap(),
+            pods: "fd00:244:0:3::/65".parse().unwrap(),
+        }),
+        masquerade: true,
+        forward: true,
+    };
+    ours.run(|| rules.apply()).unwrap();
+    oracle(&theirs, &rules.script());
+    assert_eq!(listing(&ours, "inet", "ferrocni_natt"), listing(&theirs, "inet", "ferrocni_natt"));
+    assert_eq!(text(&ours, "inet", "ferrocni_natt"), text(&theirs, "inet", "ferrocni_natt"));
+    // What nft made is in place for ours, and applying ours again changes nothing.
+    assert!(theirs.run(|| rules.in_place()).unwrap());
+    theirs.run(|| rules.apply()).unwrap();
+    assert_eq!(listing(&ours, "inet", "ferrocni_natt"), listing(&theirs, "inet", "ferrocni_natt"));
+    ours.run(|| {
+        NodeRules::remove("ferrocni_natt").unwrap();
+        NodeRules::remove("ferrocni_natt").unwrap();
+        assert!(NodeRules::remove("bad name").is_err());
+    });
+    assert!(!ours.try_exec(&["nft", "list", "table", "inet", "ferrocni_natt"]));
+}

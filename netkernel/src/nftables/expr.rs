@@ -248,10 +248,18 @@ pub fn load_addr(v6: bool, src: bool) -> Expr {
 }
 
 /// `ip[6] saddr|daddr <net>` in an inet table, as `nft` compiles it: the protocol check,
-/// the load, then for a prefix a mask (whole bytes: a shorter load) and the compare.
+/// then [`match_prefix`].
 pub fn match_net(net: &ipnet::IpNet, src: bool, op: CmpOp) -> Vec<Expr> {
+    let mut out = nfproto(matches!(net, ipnet::IpNet::V6(_)));
+    out.extend(match_prefix(net, src, op));
+    out
+}
+
+/// The address match alone (after a protocol check): the load, then for a prefix a mask
+/// (whole bytes: a shorter load instead) and the compare.
+pub fn match_prefix(net: &ipnet::IpNet, src: bool, op: CmpOp) -> Vec<Expr> {
     let v6 = matches!(net, ipnet::IpNet::V6(_));
-    let mut out = nfproto(v6);
+    let mut out = Vec::new();
     let Expr::Payload { base, offset, len, dreg } = load_addr(v6, src) else { unreachable!() };
     let bytes = addr_bytes(net.trunc().addr());
     let plen = u32::from(net.prefix_len());

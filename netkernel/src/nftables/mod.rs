@@ -22,8 +22,39 @@ use self::wire::{Attrs, attr, msg};
 use crate::error::{KernelError, Result};
 use crate::netlink::NetlinkError;
 
-fn open(what: &str) -> Result<NfSock> {
-    NfSock::open().map_err(KernelError::io(format!("{what}: opening a netfilter netlink socket")))
+thread_local! {
+    /// The socket of this thread, and the namespace (inode) it was opened in. Kept rather
+    /// than closed after each call: releasing an nfnetlink socket waits for the kernel to
+    /// free what the last transaction deleted (an RCU grace period, ~10-15 ms here), so the
+    /// release is better left to when the thread (or process) ends, after its other work.
+    static SOCK: std::cell::RefCell<Option<(u64, NfSock)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's network namespace, as the inode of its nsfs file.
+fn current_netns() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+}
+
+/// Runs `f` on this thread's socket for its current namespace (opened when needed).
+fn with_sock<T>(what: &str, f: impl FnOnce(&mut NfSock) -> T) -> Result<T> {
+    let ns = current_netns();
+    SOCK.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let reuse = matches!((&*slot, ns), (Some((ino, _)), Some(cur)) if *ino == cur);
+        if !reuse {
+            let sock = NfSock::open()
+                .map_err(KernelError::io(format!("{what}: opening a netfilter netlink socket")))?;
+            // Without a namespace identity the socket is not kept.
+            let Some(cur) = ns else {
+                let mut sock = sock;
+                return Ok(f(&mut sock));
+            };
+            *slot = Some((cur, sock));
+        }
+        let (_, sock) = slot.as_mut().expect("set above");
+        Ok(f(sock))
+    })
 }
 
 fn netlink_error(what: String, source: NetlinkError) -> KernelError {
@@ -35,7 +66,7 @@ pub fn apply(batch: &Batch, what: &str) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    open(what)?.apply(batch).map_err(|(index, e)| {
+    with_sock(what, |sock| sock.apply(batch))?.map_err(|(index, e)| {
         let object = index.and_then(|i| batch.msgs.get(i)).map(|m| m.what.as_str());
         netlink_error(format!("{what}: {}", object.unwrap_or("nftables transaction")), e)
     })
@@ -45,7 +76,7 @@ pub fn apply(batch: &Batch, what: &str) -> Result<()> {
 pub fn set_elements(family: Family, table: &str, set: &str, what: &str) -> Result<Option<Vec<Element>>> {
     let mut a = Attrs::new();
     a.str(attr::elem_list::TABLE, table).str(attr::elem_list::SET, set);
-    let objects = match open(what)?.dump(msg::GETSETELEM, family as u8, &a.buf) {
+    let objects = match with_sock(what, |s| s.dump(msg::GETSETELEM, family as u8, &a.buf))? {
         Ok(o) => o,
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(netlink_error(format!("{what}: listing {} {table} {set}", family.name()), e)),
@@ -85,7 +116,7 @@ pub struct RuleInfo {
 pub fn rules(family: Family, table: &str, chain: &str, what: &str) -> Result<Option<Vec<RuleInfo>>> {
     let mut a = Attrs::new();
     a.str(attr::rule::TABLE, table).str(attr::rule::CHAIN, chain);
-    let objects = match open(what)?.dump(msg::GETRULE, family as u8, &a.buf) {
+    let objects = match with_sock(what, |s| s.dump(msg::GETRULE, family as u8, &a.buf))? {
         Ok(o) => o,
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(netlink_error(format!("{what}: listing {} {table} {chain}", family.name()), e)),
@@ -106,7 +137,7 @@ pub fn rules(family: Family, table: &str, chain: &str, what: &str) -> Result<Opt
 pub fn table_exists(family: Family, table: &str, what: &str) -> Result<bool> {
     let mut a = Attrs::new();
     a.str(attr::table::NAME, table);
-    match open(what)?.dump(msg::GETTABLE, family as u8, &a.buf) {
+    match with_sock(what, |s| s.dump(msg::GETTABLE, family as u8, &a.buf))? {
         // A dump of tables ignores the name: look for it.
         Ok(objects) => Ok(objects.iter().any(|o| wire::find(o, attr::table::NAME).map(wire::string).as_deref() == Some(table))),
         Err(e) => Err(netlink_error(format!("{what}: listing tables"), e)),

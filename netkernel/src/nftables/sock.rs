@@ -86,6 +86,8 @@ impl NfSock {
         let first = if first.checked_add(batch.len() as u32 + 2).is_none() { 1 } else { first };
         self.seq = first + batch.len() as u32 + 1;
         let buf = batch.encode(first);
+        // The socket is kept between calls: nothing of an earlier exchange may be queued.
+        while let Ok(Some(_)) = self.recv(true) {}
         self.send(&buf).map_err(|e| (None, e))?;
         let mut answered = vec![false; batch.len()];
         let mut failure: Option<BatchError> = None;
@@ -96,7 +98,8 @@ impl NfSock {
                 Err(e) => return Err((None, e)),
             };
             for (seq, kind, flags, payload) in messages(&self.rx[..n]) {
-                if kind != NLMSG_ERROR {
+                // Only answers to this batch (its begin marker included) count.
+                if kind != NLMSG_ERROR || seq < first || seq > first + batch.len() as u32 + 1 {
                     continue;
                 }
                 let Some(code) = payload.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())) else {
@@ -141,6 +144,7 @@ impl NfSock {
     fn dump_once(&mut self, kind: u16, family: u8, attrs: &[u8]) -> Result<Option<Vec<Vec<u8>>>, NetlinkError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
+        while let Ok(Some(_)) = self.recv(true) {}
         let mut req = Vec::new();
         put_msg(&mut req, 0, (SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_DUMP, seq, family, attrs);
         self.send(&req)?;
