@@ -17,7 +17,9 @@ use std::net::IpAddr;
 use crate::error::{KernelError, Result};
 use crate::nft;
 use crate::nftables::expr::{self, CmpOp, Expr, REG_1, REG_VERDICT, meta};
-use crate::nftables::{self, BaseChain, Batch, Data, Element, Family, Hook, KeyType, MapData, SetSpec, Verdict};
+use crate::nftables::{
+    self, BaseChain, Batch, Data, Element, Family, Hook, KeyType, MapData, SetSpec, Verdict,
+};
 
 const INET: Family = Family::Inet;
 /// `NFT_CT_STATE`, and the established and related bits of a state.
@@ -58,7 +60,8 @@ impl FirewallTable {
     fn structure(&self, b: &mut Batch) {
         let t = &self.table;
         b.add_table(INET, t);
-        let set = |name: &str, key, data| SetSpec { name: name.into(), key, data, flags: 0, auto_merge: false };
+        let set =
+            |name: &str, key, data| SetSpec { name: name.into(), key, data, flags: 0, auto_merge: false };
         b.add_set(INET, t, &set("allowed4", KeyType::IPV4_ADDR, None));
         b.add_set(INET, t, &set("allowed6", KeyType::IPV6_ADDR, None));
         b.add_set(INET, t, &set("isolated", KeyType::IFNAME, None));

@@ -65,14 +65,26 @@ impl MasqTable {
 
     /// The transaction of [`MasqTable::add`]: the elements, after the whole structure when
     /// `structure`.
-    fn add_batch(&self, structure: bool, group: &str, exempt: &[IpNet], sources: &[IpAddr], comment: &str) -> Batch {
+    fn add_batch(
+        &self,
+        structure: bool,
+        group: &str,
+        exempt: &[IpNet],
+        sources: &[IpAddr],
+        comment: &str,
+    ) -> Batch {
         let t = &self.table;
         let mut b = Batch::new();
         if structure {
             b.add_table(INET, t);
             for (map, key) in [("src4", KeyType::IPV4_ADDR), ("src6", KeyType::IPV6_ADDR)] {
-                let spec =
-                    SetSpec { name: map.into(), key, data: Some(MapData::Verdict), flags: 0, auto_merge: false };
+                let spec = SetSpec {
+                    name: map.into(),
+                    key,
+                    data: Some(MapData::Verdict),
+                    flags: 0,
+                    auto_merge: false,
+                };
                 b.add_set(INET, t, &spec);
             }
             for (set, key) in [("d4", KeyType::IPV4_ADDR), ("d6", KeyType::IPV6_ADDR)] {
@@ -90,7 +102,12 @@ impl MasqTable {
             for (v6, set) in [(false, "d4"), (true, "d6")] {
                 let mut r = expr::nfproto(v6);
                 r.push(expr::load_addr(v6, false));
-                r.push(Expr::Lookup { set: format!("{group}_{set}"), sreg: REG_1, dreg: None, invert: false });
+                r.push(Expr::Lookup {
+                    set: format!("{group}_{set}"),
+                    sreg: REG_1,
+                    dreg: None,
+                    invert: false,
+                });
                 r.push(ret());
                 b.add_rule(INET, t, group, &r, None);
             }
@@ -137,7 +154,8 @@ impl MasqTable {
     pub fn entries(&self) -> Result<Vec<MasqEntry>> {
         let mut out = Vec::new();
         for map in ["src4", "src6"] {
-            let Some(elems) = nftables::set_elements(INET, &self.table, map, "listing masquerade entries")? else {
+            let Some(elems) = nftables::set_elements(INET, &self.table, map, "listing masquerade entries")?
+            else {
                 continue;
             };
             out.extend(elems.into_iter().filter_map(|e| {
@@ -158,8 +176,11 @@ impl MasqTable {
     pub fn remove_ips(&self, ips: &[IpAddr]) -> Result<()> {
         let mut b = Batch::new();
         for (v6, map) in [(false, "src4"), (true, "src6")] {
-            let elems: Vec<Element> =
-                ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| Element::key(expr::addr_bytes(*ip))).collect();
+            let elems: Vec<Element> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| Element::key(expr::addr_bytes(*ip)))
+                .collect();
             b.delete_elements(INET, &self.table, map, &elems);
         }
         nftables::apply(&b, "removing masquerade entries")

@@ -48,10 +48,10 @@ fn run_variant(which: &str, masq: bool, cycles: usize) {
     } else {
         host.run(|| {
             for _ in 0..cycles {
-            let t = Instant::now();
-            rt.add(&list, &att).expect("ADD");
-            rt.del(&list, &att).expect("DEL");
-            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                let t = Instant::now();
+                rt.add(&list, &att).expect("ADD");
+                rt.del(&list, &att).expect("DEL");
+                samples.push(t.elapsed().as_secs_f64() * 1000.0);
             }
         });
     }
@@ -127,8 +127,11 @@ fn main() {
         }
         let mut samples = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         let mut rss = [0u64; 4];
-        let variants: &[&str] =
-            if baseline { &["ours", "reference", "floor", "baseline"] } else { &["ours", "reference", "floor"] };
+        let variants: &[&str] = if baseline {
+            &["ours", "reference", "floor", "baseline"]
+        } else {
+            &["ours", "reference", "floor"]
+        };
         // Alternate the variants in rounds so drift on a busy machine hits all alike.
         for _ in 0..rounds {
             for (k, which) in variants.iter().enumerate() {

@@ -221,7 +221,13 @@ impl Batch {
     }
 
     /// `add chain`, a base chain when `base` says how it is hooked.
-    pub fn add_chain(&mut self, family: Family, table: &str, chain: &str, base: Option<&BaseChain>) -> &mut Self {
+    pub fn add_chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        base: Option<&BaseChain>,
+    ) -> &mut Self {
         let mut a = Attrs::new();
         a.str(attr::chain::TABLE, table).str(attr::chain::NAME, chain);
         if let Some(b) = base {
@@ -311,7 +317,13 @@ impl Batch {
     }
 
     /// `delete element`: ENOENT (and nothing done) if any is not there.
-    pub fn delete_elements(&mut self, family: Family, table: &str, set: &str, elems: &[Element]) -> &mut Self {
+    pub fn delete_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: &[Element],
+    ) -> &mut Self {
         self.elements(msg::DELSETELEM, family, table, set, elems);
         self
     }
@@ -371,7 +383,15 @@ const BATCH_MARK: u16 = SUBSYS_NFTABLES;
 const NFGEN_V0: u16 = 0;
 
 /// Appends a netlink header, an nfgenmsg and `attrs`.
-pub(crate) fn put_msg(out: &mut Vec<u8>, res_id: u16, kind: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) {
+pub(crate) fn put_msg(
+    out: &mut Vec<u8>,
+    res_id: u16,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    attrs: &[u8],
+) {
     let len = 16 + 4 + attrs.len();
     out.extend_from_slice(&(len as u32).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());

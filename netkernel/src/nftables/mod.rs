@@ -84,7 +84,9 @@ pub fn set_elements(family: Family, table: &str, set: &str, what: &str) -> Resul
     let mut out = Vec::new();
     for o in &objects {
         let Some(list) = wire::find(o, attr::elem_list::ELEMENTS) else { continue };
-        out.extend(wire::parse(list).filter(|(k, _)| *k == attr::LIST_ELEM).filter_map(|(_, e)| parse_element(e)));
+        out.extend(
+            wire::parse(list).filter(|(k, _)| *k == attr::LIST_ELEM).filter_map(|(_, e)| parse_element(e)),
+        );
     }
     Ok(Some(out))
 }
@@ -139,7 +141,9 @@ pub fn table_exists(family: Family, table: &str, what: &str) -> Result<bool> {
     a.str(attr::table::NAME, table);
     match with_sock(what, |s| s.dump(msg::GETTABLE, family as u8, &a.buf))? {
         // A dump of tables ignores the name: look for it.
-        Ok(objects) => Ok(objects.iter().any(|o| wire::find(o, attr::table::NAME).map(wire::string).as_deref() == Some(table))),
+        Ok(objects) => Ok(objects
+            .iter()
+            .any(|o| wire::find(o, attr::table::NAME).map(wire::string).as_deref() == Some(table))),
         Err(e) => Err(netlink_error(format!("{what}: listing tables"), e)),
     }
 }
@@ -150,7 +154,10 @@ pub fn comment(text: &str) -> Result<String> {
     let clean: String =
         text.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ').collect();
     if clean.len() > 128 {
-        return Err(KernelError::InvalidName { name: text.into(), why: "longer than an nft comment (128 bytes)" });
+        return Err(KernelError::InvalidName {
+            name: text.into(),
+            why: "longer than an nft comment (128 bytes)",
+        });
     }
     Ok(clean)
 }

@@ -141,7 +141,12 @@ impl NfSock {
     }
 
     /// One dump; `None` when the kernel flagged it as torn.
-    fn dump_once(&mut self, kind: u16, family: u8, attrs: &[u8]) -> Result<Option<Vec<Vec<u8>>>, NetlinkError> {
+    fn dump_once(
+        &mut self,
+        kind: u16,
+        family: u8,
+        attrs: &[u8],
+    ) -> Result<Option<Vec<Vec<u8>>>, NetlinkError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         while let Ok(Some(_)) = self.recv(true) {}
