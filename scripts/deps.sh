@@ -4,8 +4,9 @@
 PACKAGES=(
   iproute2                    # ip, bridge: inspecting namespaces in tests
   iputils-ping                # connectivity checks
-  nftables                    # masquerade rules
+  nftables                    # nft: portmap and strict tables; the oracle of the nftables tests
   iptables                    # iptables-nft/-legacy: overlayd removes flannel's leftover chains (and its test plants them)
+  strace                      # the bridge test proving ipMasq and macspoofchk start no other program
   containernetworking-plugins # the reference Go plugins, for interop tests and benchmarks
   etcd-server                 # overlayd's tests and benchmark run a real etcd
   etcd-client                 # etcdctl: docs/install.md (its test runs every command)

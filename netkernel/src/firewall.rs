@@ -12,13 +12,19 @@
 //!   chain forward     (filter, forward hook)
 //! ```
 
-use std::fmt::Write;
 use std::net::IpAddr;
-
-use serde_json::Value;
 
 use crate::error::{KernelError, Result};
 use crate::nft;
+use crate::nftables::expr::{self, CmpOp, Expr, REG_1, REG_VERDICT, meta};
+use crate::nftables::{
+    self, BaseChain, Batch, Data, Element, Family, Hook, KeyType, MapData, SetSpec, Verdict,
+};
+
+const INET: Family = Family::Inet;
+/// `NFT_CT_STATE`, and the established and related bits of a state.
+const CT_STATE: u32 = 0;
+const ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 
 /// An allowed container address and its tag.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,87 +56,127 @@ impl FirewallTable {
         Ok(FirewallTable { table: nft::table_name(table)? })
     }
 
-    fn structure(&self) -> String {
+    /// The shared structure, rebuilt identically by every caller.
+    fn structure(&self, b: &mut Batch) {
         let t = &self.table;
-        let mut s = String::new();
-        let _ = writeln!(s, "add table inet {t}");
-        let _ = writeln!(s, "add set inet {t} allowed4 {{ type ipv4_addr; }}");
-        let _ = writeln!(s, "add set inet {t} allowed6 {{ type ipv6_addr; }}");
-        let _ = writeln!(s, "add set inet {t} isolated {{ type ifname; }}");
-        let _ = writeln!(s, "add map inet {t} isolation {{ type ifname : verdict; }}");
-        let _ = writeln!(s, "add chain inet {t} admin");
-        let _ = writeln!(
-            s,
-            "add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}"
-        );
-        let _ = writeln!(s, "flush chain inet {t} forward");
-        let _ = writeln!(s, "add rule inet {t} forward jump admin");
-        let _ = writeln!(s, "add rule inet {t} forward iifname vmap @isolation");
-        let _ =
-            writeln!(s, "add rule inet {t} forward ct state established,related ip daddr @allowed4 accept");
-        let _ =
-            writeln!(s, "add rule inet {t} forward ct state established,related ip6 daddr @allowed6 accept");
-        let _ = writeln!(s, "add rule inet {t} forward ip saddr @allowed4 accept");
-        let _ = writeln!(s, "add rule inet {t} forward ip6 saddr @allowed6 accept");
-        s
+        b.add_table(INET, t);
+        let set =
+            |name: &str, key, data| SetSpec { name: name.into(), key, data, flags: 0, auto_merge: false };
+        b.add_set(INET, t, &set("allowed4", KeyType::IPV4_ADDR, None));
+        b.add_set(INET, t, &set("allowed6", KeyType::IPV6_ADDR, None));
+        b.add_set(INET, t, &set("isolated", KeyType::IFNAME, None));
+        b.add_set(INET, t, &set("isolation", KeyType::IFNAME, Some(MapData::Verdict)));
+        b.add_chain(INET, t, "admin", None);
+        let hook = BaseChain { kind: "filter", hook: Hook::Forward, priority: 0, accept: true };
+        b.add_chain(INET, t, "forward", Some(&hook)).flush_chain(INET, t, "forward");
+        b.add_rule(INET, t, "forward", &[expr::verdict(Verdict::Jump("admin".into()))], None);
+        let vmap = [
+            Expr::Meta { key: meta::IIFNAME, dreg: REG_1 },
+            Expr::Lookup { set: "isolation".into(), sreg: REG_1, dreg: Some(REG_VERDICT), invert: false },
+        ];
+        b.add_rule(INET, t, "forward", &vmap, None);
+        let lookup = |v6: bool, src: bool| {
+            let mut r = expr::nfproto(v6);
+            r.push(expr::load_addr(v6, src));
+            let set = if v6 { "allowed6" } else { "allowed4" };
+            r.push(Expr::Lookup { set: set.into(), sreg: REG_1, dreg: None, invert: false });
+            r.push(expr::verdict(Verdict::Accept));
+            r
+        };
+        for v6 in [false, true] {
+            // ct state established,related ip[6] daddr @allowed accept
+            let mut r = vec![
+                Expr::Ct { key: CT_STATE, dreg: REG_1 },
+                Expr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    mask: ESTABLISHED_RELATED.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                },
+                Expr::Cmp { sreg: REG_1, op: CmpOp::Neq, data: vec![0; 4] },
+            ];
+            r.extend(lookup(v6, false));
+            b.add_rule(INET, t, "forward", &r, None);
+        }
+        for v6 in [false, true] {
+            b.add_rule(INET, t, "forward", &lookup(v6, true), None);
+        }
     }
 
-    fn isolation(&self, bridge: &str) -> String {
+    fn isolation(&self, b: &mut Batch, bridge: &str) {
         let t = &self.table;
         let chain = format!("iso_{:016x}", fnv64(bridge));
-        let mut s = String::new();
-        let _ = writeln!(s, "add chain inet {t} {chain}");
-        let _ = writeln!(s, "flush chain inet {t} {chain}");
-        let _ = writeln!(s, "add rule inet {t} {chain} oifname \"{bridge}\" return");
-        let _ = writeln!(s, "add rule inet {t} {chain} oifname @isolated drop");
-        let _ = writeln!(s, "add element inet {t} isolated {{ \"{bridge}\" }}");
-        let _ = writeln!(s, "add element inet {t} isolation {{ \"{bridge}\" : jump {chain} }}");
-        s
+        b.add_chain(INET, t, &chain, None).flush_chain(INET, t, &chain);
+        let oifname = Expr::Meta { key: meta::OIFNAME, dreg: REG_1 };
+        let own = [
+            oifname.clone(),
+            Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: expr::ifname_bytes(bridge) },
+            expr::verdict(Verdict::Return),
+        ];
+        b.add_rule(INET, t, &chain, &own, None);
+        let others = [
+            oifname,
+            Expr::Lookup { set: "isolated".into(), sreg: REG_1, dreg: None, invert: false },
+            expr::verdict(Verdict::Drop),
+        ];
+        b.add_rule(INET, t, &chain, &others, None);
+        b.add_elements(INET, t, "isolated", &[Element::key(expr::ifname_bytes(bridge))]);
+        let jump = Element {
+            key: expr::ifname_bytes(bridge),
+            end: false,
+            data: Some(Data::Verdict(Verdict::Jump(chain))),
+            comment: None,
+        };
+        b.add_elements(INET, t, "isolation", &[jump]);
     }
 
     /// Accepts forwarding for `ips` (tagged `tag`) and, when `isolate` names a bridge, drops
     /// traffic between it and the other isolated bridges; one transaction.
     pub fn add(&self, ips: &[IpAddr], tag: &str, isolate: Option<&str>) -> Result<()> {
-        let t = &self.table;
-        let comment = nft::quote(tag);
-        let mut body = String::new();
-        if let Some(br) = isolate {
-            if !is_ifname(br) {
-                return Err(KernelError::InvalidName { name: br.into(), why: "not an interface name" });
+        if let Some(br) = isolate
+            && !is_ifname(br)
+        {
+            return Err(KernelError::InvalidName { name: br.into(), why: "not an interface name" });
+        }
+        let comment = nftables::comment(tag)?;
+        let body = |b: &mut Batch| {
+            if let Some(br) = isolate {
+                self.isolation(b, br);
             }
-            body += &self.isolation(br);
-        }
-        for ip in ips {
-            let set = if ip.is_ipv4() { "allowed4" } else { "allowed6" };
-            let _ = writeln!(body, "add element inet {t} {set} {{ {ip} comment {comment} }}");
-        }
+            for (v6, set) in [(false, "allowed4"), (true, "allowed6")] {
+                let elems: Vec<Element> = ips
+                    .iter()
+                    .filter(|ip| ip.is_ipv6() == v6)
+                    .map(|ip| Element {
+                        key: expr::addr_bytes(*ip),
+                        end: false,
+                        data: None,
+                        comment: Some(comment.clone()),
+                    })
+                    .collect();
+                b.add_elements(INET, &self.table, set, &elems);
+            }
+        };
         let what = format!("adding firewall entries tagged {tag:?}");
-        if nft::apply(&body, &what).is_ok() {
+        let mut elements = Batch::new();
+        body(&mut elements);
+        if nftables::apply(&elements, &what).is_ok() {
             return Ok(());
         }
-        nft::apply(&(self.structure() + &body), &what)
+        let mut all = Batch::new();
+        self.structure(&mut all);
+        body(&mut all);
+        nftables::apply(&all, &what)
     }
 
     /// Every allowed address.
     pub fn allowed(&self) -> Result<Vec<Allowed>> {
-        let Some(json) = nft::list_json(&["table", "inet", &self.table], "listing firewall entries")? else {
-            return Ok(Vec::new());
-        };
         let mut out = Vec::new();
-        for obj in json["nftables"].as_array().into_iter().flatten() {
-            let set = &obj["set"];
-            if !matches!(set["name"].as_str(), Some("allowed4" | "allowed6")) {
-                continue;
-            }
-            for e in set["elem"].as_array().into_iter().flatten() {
-                let (v, tag) = match e.get("elem") {
-                    Some(x) => (&x["val"], x["comment"].as_str().unwrap_or_default()),
-                    None => (e, ""),
-                };
-                if let Some(ip) = v.as_str().and_then(|s| s.parse().ok()) {
-                    out.push(Allowed { ip, tag: tag.to_string() });
-                }
-            }
+        for set in ["allowed4", "allowed6"] {
+            let elems = nftables::set_elements(INET, &self.table, set, "listing firewall entries")?;
+            out.extend(elems.into_iter().flatten().filter_map(|e| {
+                Some(Allowed { ip: expr::ip_from_bytes(&e.key)?, tag: e.comment.unwrap_or_default() })
+            }));
         }
         out.sort();
         Ok(out)
@@ -138,18 +184,8 @@ impl FirewallTable {
 
     /// The bridges with isolation.
     pub fn isolated(&self) -> Result<Vec<String>> {
-        let Some(json) =
-            nft::list_json(&["set", "inet", &self.table, "isolated"], "listing isolated bridges")?
-        else {
-            return Ok(Vec::new());
-        };
-        Ok(json["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|o| o["set"]["elem"].as_array().cloned().unwrap_or_default())
-            .filter_map(|v: Value| v.as_str().map(String::from))
-            .collect())
+        let elems = nftables::set_elements(INET, &self.table, "isolated", "listing isolated bridges")?;
+        Ok(elems.into_iter().flatten().map(|e| expr::ifname_from_bytes(&e.key)).collect())
     }
 
     /// Removes the addresses whose tag satisfies `matches`; returns how many.
@@ -158,13 +194,16 @@ impl FirewallTable {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let t = &self.table;
-        let mut s = String::new();
-        for a in &doomed {
-            let set = if a.ip.is_ipv4() { "allowed4" } else { "allowed6" };
-            let _ = writeln!(s, "delete element inet {t} {set} {{ {} }}", a.ip);
+        let mut b = Batch::new();
+        for (v6, set) in [(false, "allowed4"), (true, "allowed6")] {
+            let elems: Vec<Element> = doomed
+                .iter()
+                .filter(|a| a.ip.is_ipv6() == v6)
+                .map(|a| Element::key(expr::addr_bytes(a.ip)))
+                .collect();
+            b.delete_elements(INET, &self.table, set, &elems);
         }
-        if let Err(e) = nft::apply(&s, "removing firewall entries")
+        if let Err(e) = nftables::apply(&b, "removing firewall entries")
             && self.allowed()?.iter().any(|a| matches(&a.tag))
         {
             return Err(e);

@@ -15,6 +15,7 @@ pub mod masq;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nftables;
 pub mod nodenat;
 pub mod overlay;
 pub mod portmap;

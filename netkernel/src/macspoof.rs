@@ -2,11 +2,14 @@
 //! port must carry the container's MAC. One `bridge` family table, one tagged rule per
 //! port, found again by its tag (so it can be removed after the port is gone).
 
-use std::fmt::Write;
-
 use crate::error::{KernelError, Result};
-use crate::link::{Mac, format_mac};
+use crate::link::Mac;
 use crate::nft;
+use crate::nftables::expr::{self, Base, CmpOp, Expr, REG_1, meta};
+use crate::nftables::{self, BaseChain, Batch, Family, Hook, Verdict};
+
+const BRIDGE: Family = Family::Bridge;
+const CHAIN: &str = "prerouting";
 
 /// The table (in the `bridge` family).
 #[derive(Debug, Clone)]
@@ -26,37 +29,27 @@ impl MacSpoofTable {
             return Err(KernelError::InvalidName { name: ifname.into(), why: "not an interface name" });
         }
         let t = &self.table;
-        let mut s = String::new();
-        let _ = writeln!(s, "add table bridge {t}");
-        let _ = writeln!(
-            s,
-            "add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}"
-        );
-        let _ = writeln!(
-            s,
-            "add rule bridge {t} prerouting iifname \"{ifname}\" ether saddr != {} drop comment {}",
-            format_mac(&mac),
-            nft::quote(tag)
-        );
-        nft::apply(&s, &format!("adding MAC spoof protection on {ifname}"))
+        let comment = nftables::comment(tag)?;
+        let mut b = Batch::new();
+        b.add_table(BRIDGE, t);
+        let hook = BaseChain { kind: "filter", hook: Hook::Prerouting, priority: -300, accept: true };
+        b.add_chain(BRIDGE, t, CHAIN, Some(&hook));
+        // iifname "<port>" ether saddr != <mac> drop, as nft compiles it.
+        let rule = [
+            Expr::Meta { key: meta::IIFNAME, dreg: REG_1 },
+            Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: expr::ifname_bytes(ifname) },
+            Expr::Payload { base: Base::Link, offset: 6, len: 6, dreg: REG_1 },
+            Expr::Cmp { sreg: REG_1, op: CmpOp::Neq, data: mac.to_vec() },
+            expr::verdict(Verdict::Drop),
+        ];
+        b.add_rule(BRIDGE, t, CHAIN, &rule, Some(&comment));
+        nftables::apply(&b, &format!("adding MAC spoof protection on {ifname}"))
     }
 
     /// The rules' (handle, tag) pairs.
     fn rules(&self) -> Result<Vec<(u64, String)>> {
-        let Some(json) =
-            nft::list_json(&["chain", "bridge", &self.table, "prerouting"], "listing MAC spoof rules")?
-        else {
-            return Ok(Vec::new());
-        };
-        Ok(json["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.get("rule"))
-            .filter_map(|r| {
-                Some((r["handle"].as_u64()?, r["comment"].as_str().unwrap_or_default().to_string()))
-            })
-            .collect())
+        let rules = nftables::rules(BRIDGE, &self.table, CHAIN, "listing MAC spoof rules")?;
+        Ok(rules.into_iter().flatten().map(|r| (r.handle, r.comment.unwrap_or_default())).collect())
     }
 
     /// The tags that have a rule.
@@ -71,11 +64,11 @@ impl MacSpoofTable {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let mut s = String::new();
+        let mut b = Batch::new();
         for h in &doomed {
-            let _ = writeln!(s, "delete rule bridge {} prerouting handle {h}", self.table);
+            b.delete_rule(BRIDGE, &self.table, CHAIN, *h);
         }
-        match nft::apply(&s, "removing MAC spoof rules") {
+        match nftables::apply(&b, "removing MAC spoof rules") {
             // A concurrent remover got there first: what matters is that they are gone.
             Err(_) if self.rules()?.iter().all(|(_, t)| !matches(t)) => Ok(doomed.len()),
             Err(e) => Err(e),

@@ -8,14 +8,18 @@
 //! knowing the container's addresses (e.g. on DEL after the netns is gone).
 
 use std::collections::BTreeSet;
-use std::fmt::Write;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::Value;
 
 use crate::error::{KernelError, Result};
 use crate::nft;
+use crate::nftables::expr::{self, CmpOp, Expr, REG_1, REG_VERDICT};
+use crate::nftables::{
+    self, BaseChain, Batch, Data, Element, Family, Hook, KeyType, MapData, SetSpec, Verdict, set_flags,
+};
+
+const INET: Family = Family::Inet;
 
 /// One masqueraded source.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,90 +51,145 @@ impl MasqTable {
         if !nft::is_ident(group) || group.len() > 28 {
             return Err(KernelError::InvalidName { name: group.into(), why: "not an nft identifier" });
         }
-        let t = &self.table;
-        let mut s = String::new();
-        let _ = writeln!(s, "add table inet {t}");
-        let _ = writeln!(s, "add map inet {t} src4 {{ type ipv4_addr : verdict; }}");
-        let _ = writeln!(s, "add map inet {t} src6 {{ type ipv6_addr : verdict; }}");
-        let _ = writeln!(s, "add set inet {t} {group}_d4 {{ type ipv4_addr; flags interval; auto-merge; }}");
-        let _ = writeln!(s, "add set inet {t} {group}_d6 {{ type ipv6_addr; flags interval; auto-merge; }}");
-        let _ = writeln!(s, "add chain inet {t} {group}");
-        let _ = writeln!(s, "flush chain inet {t} {group}");
-        let _ = writeln!(s, "add rule inet {t} {group} ip daddr @{group}_d4 return");
-        let _ = writeln!(s, "add rule inet {t} {group} ip6 daddr @{group}_d6 return");
-        let _ = writeln!(s, "add rule inet {t} {group} ip daddr 224.0.0.0/4 return");
-        let _ = writeln!(s, "add rule inet {t} {group} ip6 daddr ff00::/8 return");
-        let _ = writeln!(s, "add rule inet {t} {group} masquerade");
-        let _ = writeln!(
-            s,
-            "add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}"
-        );
-        let _ = writeln!(s, "flush chain inet {t} postrouting");
-        let _ = writeln!(s, "add rule inet {t} postrouting ip saddr vmap @src4");
-        let _ = writeln!(s, "add rule inet {t} postrouting ip6 saddr vmap @src6");
+        let comment = nftables::comment(tag)?;
         // The shared part (table, maps, chains, rules) exists after the first ADD on a host:
         // then adding the elements alone is a much smaller transaction. Only when that fails
         // (something missing) is the whole structure (re)built, elements included.
-        let mut elements = String::new();
-        {
-            let s = &mut elements;
-            for net in exempt {
-                let set = if matches!(net, IpNet::V4(_)) { "d4" } else { "d6" };
-                let _ = writeln!(s, "add element inet {t} {group}_{set} {{ {} }}", net.trunc());
-            }
-            let comment = nft::quote(tag);
-            for ip in sources {
-                let map = if ip.is_ipv4() { "src4" } else { "src6" };
-                let _ = writeln!(s, "add element inet {t} {map} {{ {ip} comment {comment} : jump {group} }}");
-            }
-        }
         let what = format!("adding masquerade entries tagged {tag:?}");
-        if nft::apply(&elements, &what).is_ok() {
+        let elements = self.add_batch(false, group, exempt, sources, &comment);
+        if nftables::apply(&elements, &what).is_ok() {
             return Ok(());
         }
-        s.push_str(&elements);
-        nft::apply(&s, &what)
+        nftables::apply(&self.add_batch(true, group, exempt, sources, &comment), &what)
+    }
+
+    /// The transaction of [`MasqTable::add`]: the elements, after the whole structure when
+    /// `structure`.
+    fn add_batch(
+        &self,
+        structure: bool,
+        group: &str,
+        exempt: &[IpNet],
+        sources: &[IpAddr],
+        comment: &str,
+    ) -> Batch {
+        let t = &self.table;
+        let mut b = Batch::new();
+        if structure {
+            b.add_table(INET, t);
+            for (map, key) in [("src4", KeyType::IPV4_ADDR), ("src6", KeyType::IPV6_ADDR)] {
+                let spec = SetSpec {
+                    name: map.into(),
+                    key,
+                    data: Some(MapData::Verdict),
+                    flags: 0,
+                    auto_merge: false,
+                };
+                b.add_set(INET, t, &spec);
+            }
+            for (set, key) in [("d4", KeyType::IPV4_ADDR), ("d6", KeyType::IPV6_ADDR)] {
+                let spec = SetSpec {
+                    name: format!("{group}_{set}"),
+                    key,
+                    data: None,
+                    flags: set_flags::INTERVAL,
+                    auto_merge: true,
+                };
+                b.add_set(INET, t, &spec);
+            }
+            b.add_chain(INET, t, group, None).flush_chain(INET, t, group);
+            let ret = || expr::verdict(Verdict::Return);
+            for (v6, set) in [(false, "d4"), (true, "d6")] {
+                let mut r = expr::nfproto(v6);
+                r.push(expr::load_addr(v6, false));
+                r.push(Expr::Lookup {
+                    set: format!("{group}_{set}"),
+                    sreg: REG_1,
+                    dreg: None,
+                    invert: false,
+                });
+                r.push(ret());
+                b.add_rule(INET, t, group, &r, None);
+            }
+            for multicast in ["224.0.0.0/4", "ff00::/8"] {
+                let mut r = expr::match_net(&multicast.parse().expect("a valid prefix"), false, CmpOp::Eq);
+                r.push(ret());
+                b.add_rule(INET, t, group, &r, None);
+            }
+            b.add_rule(INET, t, group, &[Expr::Masq { flags: 0 }], None);
+            let hook = BaseChain { kind: "nat", hook: Hook::Postrouting, priority: 100, accept: true };
+            b.add_chain(INET, t, "postrouting", Some(&hook)).flush_chain(INET, t, "postrouting");
+            for (v6, map) in [(false, "src4"), (true, "src6")] {
+                let mut r = expr::nfproto(v6);
+                r.push(expr::load_addr(v6, true));
+                r.push(Expr::Lookup { set: map.into(), sreg: REG_1, dreg: Some(REG_VERDICT), invert: false });
+                b.add_rule(INET, t, "postrouting", &r, None);
+            }
+        }
+        for (v6, set) in [(false, "d4"), (true, "d6")] {
+            let elems: Vec<Element> = exempt
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .flat_map(|n| nftables::interval(&n.trunc()))
+                .collect();
+            b.add_elements(INET, t, &format!("{group}_{set}"), &elems);
+        }
+        for (v6, map) in [(false, "src4"), (true, "src6")] {
+            let elems: Vec<Element> = sources
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| Element {
+                    key: expr::addr_bytes(*ip),
+                    end: false,
+                    data: Some(Data::Verdict(Verdict::Jump(group.to_string()))),
+                    comment: Some(comment.to_string()),
+                })
+                .collect();
+            b.add_elements(INET, t, map, &elems);
+        }
+        b
     }
 
     /// Every masqueraded source.
     pub fn entries(&self) -> Result<Vec<MasqEntry>> {
-        // One listing of the whole table (both maps): each `nft` run costs milliseconds.
-        let Some(json) = nft::list_json(&["table", "inet", &self.table], "listing masquerade entries")?
-        else {
-            return Ok(Vec::new());
-        };
-        let mut out = parse_elements(&json);
+        let mut out = Vec::new();
+        for map in ["src4", "src6"] {
+            let Some(elems) = nftables::set_elements(INET, &self.table, map, "listing masquerade entries")?
+            else {
+                continue;
+            };
+            out.extend(elems.into_iter().filter_map(|e| {
+                let ip = expr::ip_from_bytes(&e.key)?;
+                let group = match e.data {
+                    Some(Data::Verdict(Verdict::Jump(g) | Verdict::Goto(g))) => g,
+                    _ => String::new(),
+                };
+                Some(MasqEntry { ip, tag: e.comment.unwrap_or_default(), group })
+            }));
+        }
         out.sort();
         Ok(out)
     }
 
-    /// Removes the entries for `ips` directly, without listing first: one `nft` run. Fails
-    /// (changing nothing) if any of them is not there.
+    /// Removes the entries for `ips` directly, without listing first: one transaction.
+    /// Fails (changing nothing) if any of them is not there.
     pub fn remove_ips(&self, ips: &[IpAddr]) -> Result<()> {
-        let t = &self.table;
-        let mut s = String::new();
-        for ip in ips {
-            let map = if ip.is_ipv4() { "src4" } else { "src6" };
-            let _ = writeln!(s, "delete element inet {t} {map} {{ {ip} }}");
+        let mut b = Batch::new();
+        for (v6, map) in [(false, "src4"), (true, "src6")] {
+            let elems: Vec<Element> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| Element::key(expr::addr_bytes(*ip)))
+                .collect();
+            b.delete_elements(INET, &self.table, map, &elems);
         }
-        if s.is_empty() {
-            return Ok(());
-        }
-        nft::apply(&s, "removing masquerade entries")
+        nftables::apply(&b, "removing masquerade entries")
     }
 
     /// Removes the given entries (in one transaction).
     pub fn remove(&self, entries: &[MasqEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let t = &self.table;
-        let mut s = String::new();
-        for e in entries {
-            let map = if e.ip.is_ipv4() { "src4" } else { "src6" };
-            let _ = writeln!(s, "delete element inet {t} {map} {{ {} }}", e.ip);
-        }
-        nft::apply(&s, "removing masquerade entries")
+        let ips: Vec<IpAddr> = entries.iter().map(|e| e.ip).collect();
+        self.remove_ips(&ips)
     }
 
     /// Removes every entry whose tag satisfies `matches`; returns how many.
@@ -153,50 +212,10 @@ impl MasqTable {
         let mut out = Vec::new();
         for set in ["d4", "d6"] {
             let name = format!("{group}_{set}");
-            if let Some(json) =
-                nft::list_json(&["set", "inet", &self.table, &name], "listing exempt subnets")?
-            {
-                out.extend(set_prefixes(&json));
+            if let Some(elems) = nftables::set_elements(INET, &self.table, &name, "listing exempt subnets")? {
+                out.extend(nftables::interval_prefixes(&elems));
             }
         }
         Ok(out)
     }
-}
-
-/// Map elements from `nft -j list map`: `{"elem": {"val": "10.0.0.5", "comment": "…"}}`
-/// paired with `{"jump": {"target": "…"}}`.
-fn parse_elements(json: &Value) -> Vec<MasqEntry> {
-    let mut out = Vec::new();
-    for obj in json["nftables"].as_array().into_iter().flatten() {
-        for pair in obj["map"]["elem"].as_array().into_iter().flatten() {
-            let (key, verdict) = (&pair[0], &pair[1]);
-            let (ip, tag) = match key.get("elem") {
-                Some(e) => (e["val"].as_str(), e["comment"].as_str().unwrap_or_default()),
-                None => (key.as_str(), ""),
-            };
-            let Some(ip) = ip.and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let group = verdict["jump"]["target"].as_str().unwrap_or_default().to_string();
-            out.push(MasqEntry { ip, tag: tag.to_string(), group });
-        }
-    }
-    out
-}
-
-fn set_prefixes(json: &Value) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    for obj in json["nftables"].as_array().into_iter().flatten() {
-        for e in obj["set"]["elem"].as_array().into_iter().flatten() {
-            let p = &e["prefix"];
-            if let (Some(addr), Some(len)) = (p["addr"].as_str(), p["len"].as_u64())
-                && let Ok(net) = format!("{addr}/{len}").parse()
-            {
-                out.push(net);
-            } else if let Some(ip) = e.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-                out.push(IpNet::from(ip));
-            }
-        }
-    }
-    out
 }

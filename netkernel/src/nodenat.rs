@@ -5,10 +5,14 @@
 use std::fmt::Write;
 
 use ipnet::IpNet;
-use serde_json::Value;
 
-use crate::error::{KernelError, Result};
-use crate::nft;
+use crate::error::Result;
+use crate::nftables::expr::{self, CmpOp, Expr, REG_1, meta};
+use crate::nftables::{self, BaseChain, Batch, Family, Hook, Verdict};
+
+const INET: Family = Family::Inet;
+/// `NF_NAT_RANGE_PROTO_RANDOM_FULLY`.
+const FULLY_RANDOM: u32 = 0x10;
 
 /// kube-proxy marks packets it wants masqueraded with this bit; they must not be NATed twice
 /// (the VXLAN checksum bug, kubernetes#92035).
@@ -88,6 +92,63 @@ impl NodeRules {
         s
     }
 
+    /// The transaction [`NodeRules::apply`] sends: what [`NodeRules::script`] says, as
+    /// netfilter netlink messages.
+    pub fn batch(&self) -> Result<Batch> {
+        let t = crate::nft::table_name(&self.table)?;
+        let tag = format!("ferrocni {:016x}", self.fingerprint());
+        let mut b = Batch::new();
+        b.add_table(INET, &t);
+        let nat = BaseChain { kind: "nat", hook: Hook::Postrouting, priority: 100, accept: true };
+        let filter = BaseChain { kind: "filter", hook: Hook::Forward, priority: 0, accept: true };
+        b.add_chain(INET, &t, "postrouting", Some(&nat)).add_chain(INET, &t, "forward", Some(&filter));
+        b.flush_chain(INET, &t, "postrouting").flush_chain(INET, &t, "forward");
+        let ret = || expr::verdict(Verdict::Return);
+        let masq = Expr::Masq { flags: FULLY_RANDOM };
+        // `<fam> saddr [!=] a <fam> daddr [!=] b`: one protocol check, two matches.
+        let pair = |s: &IpNet, sop, d: &IpNet, dop| {
+            let mut r = expr::nfproto(matches!(s, IpNet::V6(_)));
+            r.extend(expr::match_prefix(s, true, sop));
+            r.extend(expr::match_prefix(d, false, dop));
+            r
+        };
+        if self.masquerade {
+            let mark = KUBE_PROXY_MARK.to_ne_bytes().to_vec();
+            let r = [
+                Expr::Meta { key: meta::MARK, dreg: REG_1 },
+                Expr::Bitwise { sreg: REG_1, dreg: REG_1, mask: mark.clone(), xor: vec![0; 4] },
+                Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: mark },
+                ret(),
+            ];
+            b.add_rule(INET, &t, "postrouting", &r, Some(&tag));
+            for (_, nets, mcast) in self.families() {
+                let (net, pods) = (&nets.network, &nets.pods);
+                let mcast: IpNet = mcast.parse().expect("a valid prefix");
+                let (eq, ne) = (CmpOp::Eq, CmpOp::Neq);
+                for (mut r, last) in [
+                    (pair(pods, eq, net, eq), ret()),
+                    (pair(net, eq, pods, eq), ret()),
+                    (pair(net, ne, pods, eq), ret()),
+                    (pair(net, eq, &mcast, ne), masq.clone()),
+                    (pair(net, ne, net, eq), masq.clone()),
+                ] {
+                    r.push(last);
+                    b.add_rule(INET, &t, "postrouting", &r, Some(&tag));
+                }
+            }
+        }
+        if self.forward {
+            for (_, nets, _) in self.families() {
+                for src in [true, false] {
+                    let mut r = expr::match_net(&nets.network, src, CmpOp::Eq);
+                    r.push(expr::verdict(Verdict::Accept));
+                    b.add_rule(INET, &t, "forward", &r, Some(&tag));
+                }
+            }
+        }
+        Ok(b)
+    }
+
     fn families(&self) -> Vec<(&'static str, &FamilyNets, &'static str)> {
         let mut v = Vec::new();
         if let Some(n) = &self.v4 {
@@ -113,18 +174,23 @@ impl NodeRules {
 
     /// Whether the table holds exactly these rules.
     pub fn in_place(&self) -> Result<bool> {
-        let Some(json) = nft::list_json(&["table", "inet", &self.table], "listing the overlay rules")? else {
-            return Ok(false);
-        };
         let tag = format!("ferrocni {:016x}", self.fingerprint());
-        let rules: Vec<&Value> =
-            json["nftables"].as_array().into_iter().flatten().filter_map(|o| o.get("rule")).collect();
-        Ok(rules.len() == self.expected_rules() && rules.iter().all(|r| r["comment"].as_str() == Some(&tag)))
+        let mut count = 0;
+        for chain in ["postrouting", "forward"] {
+            let Some(rules) = nftables::rules(INET, &self.table, chain, "listing the overlay rules")? else {
+                return Ok(false);
+            };
+            if rules.iter().any(|r| r.comment.as_deref() != Some(&tag)) {
+                return Ok(false);
+            }
+            count += rules.len();
+        }
+        Ok(count == self.expected_rules())
     }
 
     /// Writes the rules (one transaction).
     pub fn apply(&self) -> Result<()> {
-        nft::apply(&self.script(), "applying the overlay rules")
+        nftables::apply(&self.batch()?, "applying the overlay rules")
     }
 
     /// Writes the rules only if they drifted; returns whether it wrote.
@@ -138,8 +204,11 @@ impl NodeRules {
 
     /// Removes the table.
     pub fn remove(table: &str) -> Result<()> {
-        match nft::apply(&format!("delete table inet {table}\n"), "removing the overlay rules") {
-            Err(KernelError::Command { stderr, .. }) if stderr.contains("No such file") => Ok(()),
+        let table = crate::nft::table_name(table)?;
+        let mut b = Batch::new();
+        b.delete_table(INET, &table);
+        match nftables::apply(&b, "removing the overlay rules") {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other,
         }
     }

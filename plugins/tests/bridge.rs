@@ -645,3 +645,56 @@ fn macspoofchk_drops_frames_with_another_source_mac() {
     let rules = host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]);
     assert!(!rules.contains("drop"), "{rules}");
 }
+
+/// The programs `strace -f -e trace=execve` saw started (successfully) under `log`.
+fn executed(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .filter(|l| l.contains("execve(\"") && l.trim_end().ends_with("= 0"))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn ip_masq_and_mac_spoof_check_run_no_other_program() {
+    require_root!();
+    if !Path::new("/usr/bin/strace").exists() {
+        test_netns::skip(module_path!(), "needs strace (scripts/deps.sh installs it)");
+        return;
+    }
+    let host = Host::new();
+    let pod = TestNs::new("brstrace");
+    let conf = host.conf("1.0.0", json!({"ipMasq": true, "macspoofchk": true}), &["10.67.0.0/24"]);
+    let log = host.dir.path().join("strace.log");
+    for command in ["ADD", "DEL"] {
+        use std::io::Write;
+        let mut child = host
+            .ns
+            .command("/usr/bin/strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&log)
+            .arg(env!("CARGO_BIN_EXE_bridge"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "strace1")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", bin_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        let programs = executed(&log);
+        let names: Vec<&str> = programs.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
+        assert_eq!(names.first(), Some(&"bridge"), "{programs:?}");
+        assert!(names.iter().all(|n| *n == "bridge" || *n == "host-local"), "{command} ran {programs:?}");
+        assert!(names.contains(&"host-local"), "the IPAM plugin is delegated to: {programs:?}");
+        if command == "ADD" {
+            assert!(!host.masq_entries().is_empty(), "ADD masqueraded the container");
+        }
+    }
+    assert!(host.masq_entries().is_empty(), "DEL removed the masquerade entries");
+}

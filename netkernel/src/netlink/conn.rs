@@ -466,7 +466,7 @@ fn errno_of(payload: &[u8]) -> Option<i32> {
 /// The text of an extended ACK (`NLMSGERR_ATTR_MSG`), if the kernel attached one. In an
 /// `NLMSG_ERROR` the attributes follow the echoed request (only its header when the ACK is
 /// capped); in an `NLMSG_DONE` they follow the code.
-fn extack_message(payload: &[u8], flags: u16, is_error: bool) -> Option<String> {
+pub(crate) fn extack_message(payload: &[u8], flags: u16, is_error: bool) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }

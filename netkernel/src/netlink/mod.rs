@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use self::conn::Conn;
-pub(crate) use self::conn::Request;
+pub(crate) use self::conn::{Request, extack_message};
 pub use self::error::NetlinkError;
 use self::socket::NlSocket;
 use crate::error::{KernelError, Result};

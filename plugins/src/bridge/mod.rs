@@ -761,6 +761,19 @@ fn conflicts(old: &IpNet, want: &IpNet) -> bool {
 fn del(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::load(req)?;
     let network = req.network_name()?;
+    // Masquerade entries go before the address is released, so they can be removed by
+    // address without racing a new owner of it; and before the veth is deleted, so the
+    // kernel frees them (an RCU grace period, which closing the nftables socket waits for)
+    // while it deletes the veth.
+    if conf.ip_masq {
+        let known: Vec<IpAddr> = req
+            .prev_result()
+            .ok()
+            .flatten()
+            .map(|r| r.ips.iter().map(|ip| ip.address.addr()).collect())
+            .unwrap_or_default();
+        masq::remove(network, &req.env.container_id, &req.env.ifname, &known)?;
+    }
     if let Some(path) = &req.env.netns {
         match open_netns_path(path) {
             Ok(ns) => {
@@ -785,17 +798,6 @@ fn del(req: &Request) -> Result<(), BridgeError> {
             }
             Err(e) => return Err(BridgeError::env("CNI_NETNS", e)),
         }
-    }
-    // Masquerade entries go before the address is released, so they can be removed by
-    // address without racing a new owner of it.
-    if conf.ip_masq {
-        let known: Vec<IpAddr> = req
-            .prev_result()
-            .ok()
-            .flatten()
-            .map(|r| r.ips.iter().map(|ip| ip.address.addr()).collect())
-            .unwrap_or_default();
-        masq::remove(network, &req.env.container_id, &req.env.ifname, &known)?;
     }
     if let Some(t) = &conf.ipam_type {
         Delegate::for_request(req, t).del(&req.raw)?;

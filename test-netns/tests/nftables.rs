@@ -1,0 +1,327 @@
+//! nftables through netfilter netlink (`netkernel::nftables`), with `nft` as the oracle:
+//! each table is made once by our messages and once by the `nft` script the code used to
+//! run, in two private namespaces, and `nft` must list the two the same.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netkernel::firewall::FirewallTable;
+use netkernel::macspoof::MacSpoofTable;
+use netkernel::masq::{MasqEntry, MasqTable};
+use serde_json::Value;
+use test_netns::{TestNs, require_root};
+
+/// `nft -j list table …` without what differs between two identical tables (handles) and
+/// the version banner.
+fn listing(ns: &TestNs, family: &str, table: &str) -> Value {
+    let out = ns.exec(&["nft", "-j", "list", "table", family, table]);
+    let mut json: Value = serde_json::from_str(&out).expect("nft -j prints JSON");
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut json);
+    json["nftables"].as_array_mut().expect("a list").retain(|o| o.get("metainfo").is_none());
+    json
+}
+
+/// The plain listing (shows what JSON leaves out, e.g. `auto-merge`).
+fn text(ns: &TestNs, family: &str, table: &str) -> String {
+    ns.exec(&["nft", "list", "table", family, table])
+}
+
+fn oracle(ns: &TestNs, script: &str) {
+    let script = script.to_string();
+    ns.run(move || netkernel::nft::apply(&script, "oracle script")).expect("nft applies the oracle script");
+}
+
+/// The script `MasqTable::add` ran before it sent netlink messages itself.
+fn masq_script(t: &str, group: &str, exempt: &[&str], sources: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "add table inet {t}
+add map inet {t} src4 {{ type ipv4_addr : verdict; }}
+add map inet {t} src6 {{ type ipv6_addr : verdict; }}
+add set inet {t} {group}_d4 {{ type ipv4_addr; flags interval; auto-merge; }}
+add set inet {t} {group}_d6 {{ type ipv6_addr; flags interval; auto-merge; }}
+add chain inet {t} {group}
+flush chain inet {t} {group}
+add rule inet {t} {group} ip daddr @{group}_d4 return
+add rule inet {t} {group} ip6 daddr @{group}_d6 return
+add rule inet {t} {group} ip daddr 224.0.0.0/4 return
+add rule inet {t} {group} ip6 daddr ff00::/8 return
+add rule inet {t} {group} masquerade
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} postrouting
+add rule inet {t} postrouting ip saddr vmap @src4
+add rule inet {t} postrouting ip6 saddr vmap @src6
+"
+    );
+    for net in exempt {
+        let set = if net.contains(':') { "d6" } else { "d4" };
+        s += &format!("add element inet {t} {group}_{set} {{ {net} }}\n");
+    }
+    for (ip, tag) in sources {
+        let map = if ip.contains(':') { "src6" } else { "src4" };
+        s += &format!("add element inet {t} {map} {{ {ip} comment \"{tag}\" : jump {group} }}\n");
+    }
+    s
+}
+
+#[test]
+fn masquerade_table_is_what_the_nft_script_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftours"), TestNs::new("nfttheirs"));
+    let t = "ferrocni_masqt";
+    let exempt: Vec<IpNet> = vec!["10.88.0.0/16".parse().unwrap(), "fd00:88::/64".parse().unwrap()];
+    let a: Vec<IpAddr> = vec!["10.88.0.5".parse().unwrap(), "fd00:88::5".parse().unwrap()];
+    let b: Vec<IpAddr> = vec!["10.88.0.6".parse().unwrap()];
+    ours.run(|| {
+        let table = MasqTable::new(t).unwrap();
+        // The first ADD builds everything; the second takes the elements-only path.
+        table.add("n1", &exempt, &a, "net/c1/eth0").unwrap();
+        table.add("n1", &exempt, &b, "net/c2/eth0").unwrap();
+    });
+    oracle(
+        &theirs,
+        &masq_script(
+            t,
+            "n1",
+            &["10.88.0.0/16", "fd00:88::/64"],
+            &[("10.88.0.5", "net/c1/eth0"), ("fd00:88::5", "net/c1/eth0")],
+        ),
+    );
+    oracle(
+        &theirs,
+        &masq_script(t, "n1", &["10.88.0.0/16", "fd00:88::/64"], &[("10.88.0.6", "net/c2/eth0")]),
+    );
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+
+    // Reading back: entries with their tags and groups, and the exempt subnets.
+    let (entries, exempted) = ours.run(|| {
+        let table = MasqTable::new(t).unwrap();
+        (table.entries().unwrap(), table.exempt("n1").unwrap())
+    });
+    let entry =
+        |ip: &str, tag: &str| MasqEntry { ip: ip.parse().unwrap(), tag: tag.into(), group: "n1".into() };
+    let mut want = vec![
+        entry("10.88.0.5", "net/c1/eth0"),
+        entry("10.88.0.6", "net/c2/eth0"),
+        entry("fd00:88::5", "net/c1/eth0"),
+    ];
+    want.sort();
+    assert_eq!(entries, want);
+    assert_eq!(exempted, exempt);
+
+    // Removal by tag, then by address; removing what is not there fails and changes nothing.
+    let removed = ours.run(|| MasqTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 2);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "src4", "{ 10.88.0.5 }"]);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "src6", "{ fd00:88::5 }"]);
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    let err = ours
+        .run(|| {
+            MasqTable::new(t)
+                .unwrap()
+                .remove_ips(&["10.88.0.6".parse().unwrap(), "10.88.0.99".parse().unwrap()])
+        })
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert!(err.to_string().contains(&format!("elements of inet {t} src4")), "{err}");
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t), "a failed batch changed nothing");
+    ours.run(|| MasqTable::new(t).unwrap().remove_ips(&["10.88.0.6".parse().unwrap()])).unwrap();
+    assert!(ours.run(|| MasqTable::new(t).unwrap().entries().unwrap()).is_empty());
+}
+
+#[test]
+fn masquerade_bad_input_is_refused_before_the_kernel() {
+    require_root!();
+    let ns = TestNs::new("nftbad");
+    let errs = ns.run(|| {
+        let bad_table = MasqTable::new("no;table").unwrap_err();
+        let table = MasqTable::new("ferrocni_masqbad").unwrap();
+        let ip: Vec<IpAddr> = vec!["10.1.0.2".parse().unwrap()];
+        let bad_group = table.add("a b", &[], &ip, "t").unwrap_err();
+        let long_tag = table.add("g", &[], &ip, &"x".repeat(200)).unwrap_err();
+        (bad_table, bad_group, long_tag)
+    });
+    assert!(errs.0.to_string().contains("not an nft identifier"), "{}", errs.0);
+    assert!(errs.1.to_string().contains("not an nft identifier"), "{}", errs.1);
+    assert!(errs.2.to_string().contains("comment"), "{}", errs.2);
+    assert!(!ns.try_exec(&["nft", "list", "table", "inet", "ferrocni_masqbad"]), "nothing was created");
+}
+
+#[test]
+fn masquerade_table_missing_lists_empty() {
+    require_root!();
+    let ns = TestNs::new("nftempty");
+    let (entries, exempt) = ns.run(|| {
+        let t = MasqTable::new("ferrocni_none").unwrap();
+        (t.entries().unwrap(), t.exempt("n1").unwrap())
+    });
+    assert!(entries.is_empty() && exempt.is_empty());
+}
+
+#[test]
+fn mac_spoof_table_is_what_the_nft_script_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftmacours"), TestNs::new("nftmactheirs"));
+    let t = "ferrocni_mact";
+    let mac = netkernel::link::parse_mac("0a:58:0a:00:00:07").unwrap();
+    ours.run(|| {
+        let table = MacSpoofTable::new(t).unwrap();
+        table.add("veth1234", mac, "net/c1/eth0").unwrap();
+        table.add("veth5678", mac, "net/c2/eth0").unwrap();
+    });
+    let script = |port: &str, tag: &str| {
+        format!(
+            "add table bridge {t}
+add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+add rule bridge {t} prerouting iifname \"{port}\" ether saddr != 0a:58:0a:00:00:07 drop comment \"{tag}\"
+"
+        )
+    };
+    oracle(&theirs, &script("veth1234", "net/c1/eth0"));
+    oracle(&theirs, &script("veth5678", "net/c2/eth0"));
+    assert_eq!(listing(&ours, "bridge", t), listing(&theirs, "bridge", t));
+    assert_eq!(text(&ours, "bridge", t), text(&theirs, "bridge", t));
+
+    let tags = ours.run(|| MacSpoofTable::new(t).unwrap().tags().unwrap());
+    assert_eq!(tags, ["net/c1/eth0", "net/c2/eth0"]);
+    let removed =
+        ours.run(|| MacSpoofTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 1);
+    let tags = ours.run(|| MacSpoofTable::new(t).unwrap().tags().unwrap());
+    assert_eq!(tags, ["net/c2/eth0"]);
+    let bad = ours.run(|| MacSpoofTable::new(t).unwrap().add("bad\"port", mac, "x")).unwrap_err();
+    assert!(bad.to_string().contains("not an interface name"), "{bad}");
+}
+
+/// The script `FirewallTable::add` ran before it sent netlink messages itself.
+fn firewall_script(t: &str, ips: &[&str], tag: &str, isolate: Option<(&str, &str)>) -> String {
+    let mut s = format!(
+        "add table inet {t}
+add set inet {t} allowed4 {{ type ipv4_addr; }}
+add set inet {t} allowed6 {{ type ipv6_addr; }}
+add set inet {t} isolated {{ type ifname; }}
+add map inet {t} isolation {{ type ifname : verdict; }}
+add chain inet {t} admin
+add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
+flush chain inet {t} forward
+add rule inet {t} forward jump admin
+add rule inet {t} forward iifname vmap @isolation
+add rule inet {t} forward ct state established,related ip daddr @allowed4 accept
+add rule inet {t} forward ct state established,related ip6 daddr @allowed6 accept
+add rule inet {t} forward ip saddr @allowed4 accept
+add rule inet {t} forward ip6 saddr @allowed6 accept
+"
+    );
+    if let Some((bridge, chain)) = isolate {
+        s += &format!(
+            "add chain inet {t} {chain}
+flush chain inet {t} {chain}
+add rule inet {t} {chain} oifname \"{bridge}\" return
+add rule inet {t} {chain} oifname @isolated drop
+add element inet {t} isolated {{ \"{bridge}\" }}
+add element inet {t} isolation {{ \"{bridge}\" : jump {chain} }}
+"
+        );
+    }
+    for ip in ips {
+        let set = if ip.contains(':') { "allowed6" } else { "allowed4" };
+        s += &format!("add element inet {t} {set} {{ {ip} comment \"{tag}\" }}\n");
+    }
+    s
+}
+
+#[test]
+fn firewall_table_is_what_the_nft_script_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftfwours"), TestNs::new("nftfwtheirs"));
+    let t = "ferrocni_fwt";
+    ours.run(|| {
+        let table = FirewallTable::new(t).unwrap();
+        let a: Vec<IpAddr> = vec!["10.22.0.2".parse().unwrap(), "fd00:22::2".parse().unwrap()];
+        table.add(&a, "net/c1/eth0", Some("cni0")).unwrap();
+        table.add(&["10.22.0.3".parse().unwrap()], "net/c2/eth0", None).unwrap();
+    });
+    // The isolation chain's name is derived from the bridge's: take it from ours.
+    let json = listing(&ours, "inet", t);
+    let chain_of_cni0 = json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o["chain"]["name"].as_str().filter(|n| n.starts_with("iso_")).map(String::from))
+        .expect("an isolation chain");
+    oracle(
+        &theirs,
+        &firewall_script(t, &["10.22.0.2", "fd00:22::2"], "net/c1/eth0", Some(("cni0", &chain_of_cni0))),
+    );
+    oracle(&theirs, &firewall_script(t, &["10.22.0.3"], "net/c2/eth0", None));
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+
+    let (allowed, isolated) = ours.run(|| {
+        let table = FirewallTable::new(t).unwrap();
+        (table.allowed().unwrap(), table.isolated().unwrap())
+    });
+    let ips: Vec<(String, String)> = allowed.iter().map(|a| (a.ip.to_string(), a.tag.clone())).collect();
+    assert_eq!(
+        ips,
+        [
+            ("10.22.0.2".to_string(), "net/c1/eth0".to_string()),
+            ("10.22.0.3".into(), "net/c2/eth0".into()),
+            ("fd00:22::2".into(), "net/c1/eth0".into())
+        ]
+    );
+    assert_eq!(isolated, ["cni0"]);
+    let removed =
+        ours.run(|| FirewallTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 2);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "allowed4", "{ 10.22.0.2 }"]);
+    theirs.exec(&["nft", "delete", "element", "inet", t, "allowed6", "{ fd00:22::2 }"]);
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    let bad = ours.run(|| FirewallTable::new(t).unwrap().add(&[], "x", Some("bad\"br"))).unwrap_err();
+    assert!(bad.to_string().contains("not an interface name"), "{bad}");
+}
+
+#[test]
+fn node_rules_are_what_their_nft_script_makes() {
+    use netkernel::nodenat::{FamilyNets, NodeRules};
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftnatours"), TestNs::new("nftnattheirs"));
+    // Prefixes on and off byte boundaries, both families, both options.
+    let rules = NodeRules {
+        table: "ferrocni_natt".into(),
+        v4: Some(FamilyNets {
+            network: "10.244.0.0/14".parse().unwrap(),
+            pods: "10.245.3.0/24".parse().unwrap(),
+        }),
+        v6: Some(FamilyNets {
+            network: "fd00:244::/56".parse().unwrap(),
+            pods: "fd00:244:0:3::/65".parse().unwrap(),
+        }),
+        masquerade: true,
+        forward: true,
+    };
+    ours.run(|| rules.apply()).unwrap();
+    oracle(&theirs, &rules.script());
+    assert_eq!(listing(&ours, "inet", "ferrocni_natt"), listing(&theirs, "inet", "ferrocni_natt"));
+    assert_eq!(text(&ours, "inet", "ferrocni_natt"), text(&theirs, "inet", "ferrocni_natt"));
+    // What nft made is in place for ours, and applying ours again changes nothing.
+    assert!(theirs.run(|| rules.in_place()).unwrap());
+    theirs.run(|| rules.apply()).unwrap();
+    assert_eq!(listing(&ours, "inet", "ferrocni_natt"), listing(&theirs, "inet", "ferrocni_natt"));
+    ours.run(|| {
+        NodeRules::remove("ferrocni_natt").unwrap();
+        NodeRules::remove("ferrocni_natt").unwrap();
+        assert!(NodeRules::remove("bad name").is_err());
+    });
+    assert!(!ours.try_exec(&["nft", "list", "table", "inet", "ferrocni_natt"]));
+}
