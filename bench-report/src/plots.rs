@@ -247,7 +247,12 @@ pub fn loss_timeline(r: &Results, path: &Path) -> Result<bool, Error> {
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Packet loss, {:.0} pps pod to pod ({}): {lost} of {} lost", l.pps, l.engine, l.sent),
+            format!(
+                "Packet loss, ping pod to pod every {:.0} ms ({}): {lost} of {} lost",
+                1000.0 / l.pps.max(1e-9),
+                l.engine,
+                l.sent
+            ),
             (FONT, 20),
         )
         .margin(12)
@@ -258,7 +263,9 @@ pub fn loss_timeline(r: &Results, path: &Path) -> Result<bool, Error> {
     chart
         .configure_mesh()
         .x_desc("seconds")
-        .y_desc(format!("lost per 100 ms (of {per_bin:.0})"))
+        .y_desc(format!("lost per 100 ms (at most {per_bin:.0})"))
+        // Whole packets: at most one label per integer.
+        .y_labels((ymax.floor() as usize + 1).min(11))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .light_line_style(WHITE)
         .label_style((FONT, 14))

@@ -78,7 +78,11 @@ pub fn markdown(r: &Results, ctx: &Context, plots: &[(&str, &str)]) -> String {
         );
     }
     md += "## Machine\n\n";
-    table(&mut md, &["", ""], &machine().into_iter().map(|(k, v)| vec![k, v]).collect::<Vec<_>>());
+    table(
+        &mut md,
+        &["", "this machine"],
+        &machine().into_iter().map(|(k, v)| vec![k, v]).collect::<Vec<_>>(),
+    );
     for n in &ctx.notes {
         let _ = writeln!(md, "- {n}");
     }
@@ -157,12 +161,13 @@ pub fn markdown(r: &Results, ctx: &Context, plots: &[(&str, &str)]) -> String {
         for l in &r.loss {
             let _ = writeln!(
                 md,
-                "{} pps ping between pods on two nodes ({}): {} of {} lost over {:.1} s.\n",
-                l.pps,
+                "Ping every {:.0} ms between pods on two nodes ({}): {} of {} lost over {:.1} s ({:.0} sent per second).\n",
+                1000.0 / l.pps.max(1e-9),
                 l.engine,
                 l.sent.saturating_sub(l.received),
                 l.sent,
-                l.duration_s
+                l.duration_s,
+                l.sent as f64 / l.duration_s.max(1e-9)
             );
             let rows: Vec<Vec<String>> = l
                 .events

@@ -6,17 +6,18 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use overlayd::options::DaemonArgs;
+use overlayd::options::{DaemonArgs, LogFormat};
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Fields at the top level beside time, level and target: what collectors index.
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
+    }
     // Before the runtime: the kernel layer runs netlink on a runtime of its own.
     let underlay = match overlayd::underlay::detect(args.iface.as_deref(), args.public_ip, args.public_ipv6) {
         Ok(u) => u,
