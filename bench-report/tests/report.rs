@@ -39,7 +39,7 @@ fn every_plot_and_the_report_are_written_with_their_series() {
     }
     // Five cases, two bars each (medians of the two repetitions: 15.2 × 1.03 for underlay, 1 stream).
     assert!(t.matches("<rect").count() >= 10);
-    assert!(t.contains(">15.7<"), "the underlay bar's label");
+    assert!(t.contains(">\n15.7\n</text>"), "the underlay bar's label");
     let c = svg(&out, "cpu_per_gb.svg");
     assert!(c.contains("CPU seconds per GB") && c.contains("wireguard-go"));
     let cdf = svg(&out, "convergence_cdf.svg");
