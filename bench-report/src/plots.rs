@@ -308,6 +308,9 @@ pub fn loss_timeline(r: &Results, path: &Path) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// One panel's pair of values (overlayd, flannel's algorithm) from a row.
+type Pick = fn(&crate::results::RequestsPerNode) -> (f64, f64);
+
 /// Store requests per node against cluster size: at start and per hour in steady state,
 /// overlayd against flannel's algorithm counted on the same runs.
 pub fn requests_per_node(r: &Results, path: &Path) -> Result<bool, Error> {
@@ -321,7 +324,7 @@ pub fn requests_per_node(r: &Results, path: &Path) -> Result<bool, Error> {
     let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let (left, right) = root.split_horizontally(500);
-    let panels: [(_, &str, &str, fn(&crate::results::RequestsPerNode) -> (f64, f64)); 2] = [
+    let panels: [(_, &str, &str, Pick); 2] = [
         (left, "At start (list, lease, watch)", "requests per node", |x| (x.ours_start, x.flannel_start)),
         (right, "Steady state (24 h lease TTL)", "requests per node per hour", |x| {
             (x.ours_steady_per_h, x.flannel_steady_per_h)
