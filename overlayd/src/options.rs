@@ -261,6 +261,16 @@ pub struct DaemonArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `overlayd=debug`.
     #[arg(long, env = "OVERLAYD_LOG", default_value = "info")]
     pub log: String,
+    /// Log line format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "OVERLAYD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// flanneld's environment variables whose flag has another name here.

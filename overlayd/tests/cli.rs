@@ -161,3 +161,36 @@ fn flanneld_environment_is_read_by_the_daemon() {
     assert!(!etcd.contains("no store given") && etcd.contains("fcni-none0"), "{etcd}");
     assert!(!dir.path().join("state").exists());
 }
+
+/// `--log-format json`: every line the daemon writes is a JSON object with the level, the
+/// message and the event's fields. An underlay interface that does not exist makes the
+/// daemon log an error and stop before it touches anything (no root needed).
+#[test]
+fn json_log_lines_parse() {
+    let daemon = env!("CARGO_BIN_EXE_overlayd");
+    let out = clean(daemon)
+        .args(["--log-format", "json", "--iface", "no-such-link0", "--etcd-endpoints", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let error =
+        lines.iter().find(|l| l["level"] == "ERROR").unwrap_or_else(|| panic!("no error logged: {text}"));
+    assert_eq!(error["message"], "cannot determine the underlay", "{error}");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("no-such-link0")), "{error}");
+    assert!(error["timestamp"].is_string() && error["target"].is_string(), "{error}");
+
+    // The default stays text; an unknown format is refused before anything runs.
+    let out = clean(daemon).args(["--store", "embedded", "--iface", "no-such-link0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("cannot determine the underlay")
+            && serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap_or("")).is_err()
+    );
+    let bad = Command::new(daemon).args(["--log-format", "xml"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--log-format"));
+}

@@ -18,6 +18,8 @@ use cni_spec::runtime::{Attach, Runtime};
 use serde_json::json;
 use test_netns::TestNs;
 
+mod json_out;
+
 const REFERENCE: &str = "/usr/lib/cni";
 
 fn ours() -> PathBuf {
@@ -158,6 +160,15 @@ fn main() {
         } else {
             "- | -".to_string()
         };
+        json_out::emit(
+            "bridge",
+            "plugin_cycle",
+            json!({
+                "plugin": "bridge+host-local", "variant": if masq { "ipMasq" } else { "no ipMasq" },
+                "ours_ms": m0, "reference_ms": m1, "floor_ms": m2,
+                "ours_rss_kib": rss[0], "reference_rss_kib": rss[1], "cycles": samples[0].len(),
+            }),
+        );
         println!(
             "| {} | {m0:.2} | {m1:.2} | {:.2} | {} | {} | {:.2} | {m2:.2} | {:.2} | {base} |",
             if masq { "ipMasq" } else { "no ipMasq" },

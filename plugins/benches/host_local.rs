@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod json_out;
+
 const BUILT: &str = env!("CARGO_BIN_EXE_host-local");
 const REFERENCE: &str = "/usr/lib/cni/host-local";
 const TIME: &str = "/usr/bin/time";
@@ -196,6 +198,16 @@ fn main() {
     println!("| measure | ours | reference | ours / reference |");
     println!("|---|---|---|---|");
     let (p0, p1) = (median(ours.pairs.clone()), median(reference.pairs.clone()));
+    let msf = |d: Duration| d.as_secs_f64() * 1e3;
+    json_out::emit(
+        "host_local",
+        "plugin_cycle",
+        serde_json::json!({
+            "plugin": "host-local", "variant": "ADD+DEL pair",
+            "ours_ms": msf(p0), "reference_ms": msf(p1), "floor_ms": msf(floor),
+            "ours_rss_kib": peak[0], "reference_rss_kib": peak[1], "cycles": pairs,
+        }),
+    );
     row("ADD+DEL pair, median wall time", ms(p0), ms(p1), ratio(p0, p1));
     let (a0, a1) = (median(ours.adds.clone()), median(reference.adds.clone()));
     row("ADD, median wall time", ms(a0), ms(a1), ratio(a0, a1));

@@ -710,6 +710,22 @@ fn main() {
     }
     let _ = writeln!(env, "end: {}; load average {}", utc_now(), loadavg());
 
+    for (n, starts, warms, batch, _) in &results {
+        emit(
+            &run,
+            "cold_start",
+            "cold_start",
+            serde_json::json!({
+                "leases": n,
+                "spawn_to_all_s": starts.iter().map(|s| s.all).collect::<Vec<_>>(),
+                "ready_s": starts.iter().map(|s| s.ready).collect::<Vec<_>>(),
+                "first_entry_s": starts.iter().map(|s| s.first_entry).collect::<Vec<_>>(),
+                "daemon_cpu_s": starts.iter().map(|s| s.daemon_cpu).collect::<Vec<_>>(),
+                "warm_ready_s": warms.iter().map(|w| w.ready).collect::<Vec<_>>(),
+                "ip_batch_s": batch,
+            }),
+        );
+    }
     let mut md = String::new();
     let _ = writeln!(md, "## cold start: one daemon, N fake remote leases, {reps} reps (median, min–max)\n");
     let mut rows = Vec::new();

@@ -384,6 +384,26 @@ fn main() {
         ]);
     }
     std::fs::write(out.join("latencies.tsv"), tsv).unwrap();
+    for o in &outcomes {
+        // Per lease, the last node's time and every node's (ms; null: never).
+        let ms = |x: &Option<f64>| x.map(|v| v * 1e3);
+        let all_nodes: Vec<Option<f64>> = o
+            .per_lease
+            .iter()
+            .map(|l| l.iter().try_fold(0.0, |m: f64, x| x.map(|v| m.max(v * 1e3))))
+            .collect();
+        let per_node: Vec<Option<f64>> = o.per_lease.iter().flatten().map(ms).collect();
+        emit(
+            &run,
+            "convergence",
+            "convergence",
+            serde_json::json!({
+                "variant": o.variant.name, "nodes": o.nodes, "leases": o.per_lease.len(),
+                "all_nodes_ms": all_nodes, "per_node_ms": per_node,
+                "daemon_cpu_pct_per_node": o.daemon_cpu_s / o.nodes as f64 / o.wall_s * 100.0,
+            }),
+        );
+    }
     let mut md = String::new();
     let _ = writeln!(
         md,

@@ -985,6 +985,28 @@ fn main() {
         );
     }
     std::fs::write(out.join("lat.tsv"), ltsv).unwrap();
+    for s in &tputs {
+        emit(
+            &run,
+            "datapath",
+            "throughput",
+            serde_json::json!({
+                "case": s.case.name(), "rep": s.rep, "streams": s.streams, "gbps": s.gbps,
+                "bytes": s.bytes, "busy_s": s.busy_s, "cpu_s_per_gb": s.busy_s / (s.bytes / 1e9),
+                "daemon_s": s.daemon_s, "others_pct": s.others_pct,
+            }),
+        );
+    }
+    for l in &lats {
+        emit(
+            &run,
+            "datapath",
+            "latency",
+            serde_json::json!({
+                "case": l.case.name(), "rep": l.rep, "ping_ms": l.ping_ms, "sockperf_p50_us": l.sockperf_us,
+            }),
+        );
+    }
 
     // Summary.
     let g = |case: Case, p: u32| -> Vec<f64> {

@@ -5,10 +5,16 @@
 //!
 //! ```sh
 //! cargo bench -p test-netns --bench encryption_enable -- --nodes 10 --reps 3
+//! cargo bench -p test-netns --bench encryption_enable -- --reps 0 --timeline   # loss timeline only
 //! ```
+//!
+//! `--timeline`: afterwards, a 100 pps ping between pods on nodes 0 and 1 across WireGuard
+//! enable → rotate → disable → enable → daemon restarts (SIGTERM, SIGKILL) → disable; which
+//! packets were lost, and when each step was taken (`--json-out FILE` records both).
 
 mod common;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -53,7 +59,21 @@ fn main() {
             std::thread::sleep(Duration::from_secs(17));
         }
     }
+    if run.flag("--timeline") {
+        timeline(&run, &c, nodes);
+    }
     eprintln!("end: {}; load average {}", utc_now(), loadavg());
+    for (kind, t) in &times {
+        emit(
+            &run,
+            "encryption_enable",
+            "enable_time",
+            serde_json::json!({ "engine": kind, "nodes": nodes, "secs": t }),
+        );
+    }
+    if reps == 0 {
+        return;
+    }
     println!(
         "| engine ({nodes} nodes) | enable → all {} pairs encrypted, median s | min–max |",
         nodes * (nodes - 1)
@@ -64,4 +84,97 @@ fn main() {
         let hi = t.iter().cloned().fold(0.0, f64::max);
         println!("| {kind} | {:.2} | {lo:.2}–{hi:.2} |", median(t));
     }
+}
+
+/// Ping at 100 pps from a pod on node 0 to one on node 1 while encryption is switched and the
+/// daemons restart; reports the lost sequence numbers against the steps' times.
+fn timeline(run: &Run, c: &Cluster, nodes: usize) {
+    const INTERVAL: f64 = 0.01;
+    let a = c.add_pod(0, "tla").expect("pod on node 0");
+    let b = c.add_pod(1, "tlb").expect("pod on node 1");
+    let ctl = |i: usize, args: &[&str]| {
+        let (ok, out) = c.overlayctl(i, args).expect("overlayctl");
+        assert!(ok, "overlayctl {args:?}: {out}");
+    };
+    let settle = || std::thread::sleep(Duration::from_secs(2));
+    let ping =
+        a.ns.command("ping")
+            .args(["-n", "-i", &INTERVAL.to_string(), "-W", "1", &b.ip])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ping");
+    let t0 = Instant::now();
+    let mut events: Vec<(f64, &str)> = Vec::new();
+    let mut mark = |what: &'static str| events.push((t0.elapsed().as_secs_f64(), what));
+    settle();
+    let tunnel = |dev: &str| {
+        wait_for(Duration::from_secs(60), &format!("every pair via {dev}"), || all_via(c, nodes, dev))
+            .unwrap()
+    };
+    mark("enable");
+    ctl(0, &["encryption", "enable"]);
+    tunnel("ferro-wg");
+    settle();
+    mark("rotate");
+    ctl(1, &["encryption", "rotate"]);
+    settle();
+    settle();
+    mark("disable");
+    ctl(0, &["encryption", "disable"]);
+    tunnel("flannel.1");
+    settle();
+    mark("enable");
+    ctl(0, &["encryption", "enable"]);
+    tunnel("ferro-wg");
+    settle();
+    mark("restart (SIGTERM)");
+    c.stop_daemon(1, libc::SIGTERM);
+    c.start_daemon(1).expect("restarting node 1");
+    c.wait_ready(1).expect("node 1 ready");
+    settle();
+    mark("restart (SIGKILL)");
+    c.stop_daemon(0, libc::SIGKILL);
+    c.start_daemon(0).expect("restarting node 0");
+    c.wait_ready(0).expect("node 0 ready");
+    settle();
+    mark("disable");
+    ctl(0, &["encryption", "disable"]);
+    tunnel("flannel.1");
+    settle();
+    let elapsed = t0.elapsed().as_secs_f64();
+    // SAFETY: kill(2) on our own child; SIGINT makes ping print its summary and exit.
+    unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
+    let out = ping.wait_with_output().expect("ping's output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: std::collections::BTreeSet<u64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    let sent: u64 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    // ping keeps its schedule; spread the sequence numbers over the measured wall time.
+    let per = if sent > 0 { elapsed / sent as f64 } else { INTERVAL };
+    let lost: Vec<f64> = (1..=sent).filter(|k| !got.contains(k)).map(|k| (k - 1) as f64 * per).collect();
+    eprintln!("timeline: {} of {sent} lost over {elapsed:.1} s; steps {events:?}", lost.len());
+    emit(
+        run,
+        "encryption_enable",
+        "loss_timeline",
+        serde_json::json!({
+            "engine": "wireguard", "pps": 1.0 / INTERVAL, "duration_s": elapsed, "sent": sent,
+            "received": got.len(), "lost_at_s": lost,
+            "events": events.iter().map(|(t, w)| serde_json::json!({"t": t, "what": w})).collect::<Vec<_>>(),
+        }),
+    );
+    println!("loss timeline (100 pps, WireGuard): {} of {sent} lost over {elapsed:.1} s", lost.len());
+    for (t, w) in &events {
+        let near = lost.iter().filter(|x| **x >= *t && **x < t + 2.0).count();
+        println!("- {t:6.2} s {w}: {near} lost in the next 2 s");
+    }
+    let _ = c.del_pod(&a);
+    let _ = c.del_pod(&b);
 }

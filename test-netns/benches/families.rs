@@ -92,6 +92,17 @@ fn main() {
                 }
             }
             let m = |fam: usize, k: usize| median(&s[fam][k]);
+            for (fam, name) in ["ipv4", "ipv6"].iter().enumerate() {
+                emit(
+                    &run,
+                    "families",
+                    "family",
+                    serde_json::json!({
+                        "underlay": ul_name, "mode": mode, "pods": name,
+                        "gbps_1": m(fam, 0), "gbps_4": m(fam, 1), "rtt_ms": m(fam, 2),
+                    }),
+                );
+            }
             rows.push(vec![
                 ul_name.to_string(),
                 mode.to_string(),

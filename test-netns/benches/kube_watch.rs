@@ -340,6 +340,18 @@ fn main() {
     drop(api);
     let etcd = etcd_mode(&rt, work.path(), n, d, steady);
     let _ = writeln!(env, "end: {}; load average {}", utc_now(), loadavg());
+    for m in [&kube, &etcd] {
+        emit(
+            &run,
+            "kube_watch",
+            "watch_cost",
+            serde_json::json!({
+                "mode": m.name, "nodes": n, "daemons": d, "start_s": m.start_s, "join_s": m.join_s,
+                "lists_per_daemon": m.lists, "watches_per_daemon": m.watches, "gets_per_daemon": m.gets,
+                "requests_per_daemon_h": m.requests_h, "bytes_per_daemon_h": m.bytes_h,
+            }),
+        );
+    }
     let fmt = |x: Option<f64>| x.map_or("never".into(), |v| format!("{v:.2}"));
     let rows: Vec<Vec<String>> = [&kube, &etcd]
         .iter()

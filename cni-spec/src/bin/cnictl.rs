@@ -4,6 +4,8 @@
 //! cnictl add|del|check NETNAME NETNS_PATH
 //! cnictl status NETNAME
 //! cnictl gc NETNAME [--valid CONTAINERID:IFNAME ...]
+//! cnictl completions bash|zsh|fish|elvish|powershell
+//! cnictl man
 //! ```
 //! Environment: `CNI_PATH`, `NETCONFPATH` (default `/etc/cni/net.d`), `CNI_IFNAME`
 //! (default `eth0`), `CNI_ARGS`, `CAP_ARGS` (JSON object), `CNI_CONTAINERID`.
@@ -66,6 +68,14 @@ enum Cmd {
         #[arg(long = "valid", value_name = "CONTAINERID:IFNAME")]
         valid: Vec<String>,
     },
+    /// Print a shell completion script, e.g.
+    /// `cnictl completions bash >/etc/bash_completion.d/cnictl`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff, e.g. `cnictl man >/usr/local/share/man/man1/cnictl.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +90,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Error> {
+    use clap::CommandFactory;
+    match &cli.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "cnictl", &mut std::io::stdout());
+            return Ok(());
+        }
+        Cmd::Man => {
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::io("writing the man page", &e));
+        }
+        _ => {}
+    }
     let path: Vec<PathBuf> = cli.cni_path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect();
     let rt = Runtime::new(path).with_cache_dir(&cli.cache_dir);
     match &cli.command {
@@ -97,6 +120,7 @@ fn run(cli: &Cli) -> Result<(), Error> {
             let valid = valid.iter().map(|v| parse_attachment(v)).collect::<Result<Vec<_>, _>>()?;
             rt.gc(&load_conf_list(&cli.conf_dir, net)?, &valid)
         }
+        Cmd::Completions { .. } | Cmd::Man => Ok(()),
     }
 }
 

@@ -6,17 +6,18 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use overlayd::options::DaemonArgs;
+use overlayd::options::{DaemonArgs, LogFormat};
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse_with_flannel_env();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Fields at the top level beside time, level and target: what collectors index.
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).init(),
+    }
     // First: without a store there is nothing to do, whatever the underlay.
     if let Err(e) = args.check_store() {
         tracing::error!(error = %e, "no usable store");
