@@ -100,8 +100,12 @@ fn three_daemons_get_distinct_subnets_and_see_each_other() {
     let out = ds[0].ctl(&["network", "set", &bad, "--etcd-endpoints", &ep]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SubnetLen"), "{out:?}");
-    // Without the store options overlayctl would write a local embedded store: refused.
+    // Without the store options: refused, naming the choices.
     let out = ds[0].ctl(&["network", "set", &file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store given"), "{out:?}");
+    // With another store than this node's daemon uses (a local file nobody reads): refused.
+    let out = ds[0].ctl(&["network", "set", &file, "--store", "embedded"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("uses the store `etcd"), "{out:?}");
     let out = ds[0].ctl(&["network", "set", &file, "--etcd-endpoints", &ep]);
