@@ -36,4 +36,20 @@ for b in overlayd overlayctl vxlan bridge host-local loopback portmap firewall t
   cp "target/release/$b" "$ctx/bin/$b"
 done
 podman build -f deploy/image/Containerfile -t "$TAG" "$ctx"
+
+# The image must run what it holds: every binary started inside its root filesystem (a
+# chroot of the mounted image, so no container runtime is needed), with the run-time files
+# they need (the C library, nft).
+mnt="$(podman image mount "$TAG")"
+trap 'podman image unmount "$TAG" >/dev/null; rm -rf "$ctx"' EXIT
+chroot "$mnt" /usr/local/bin/overlayd --version
+chroot "$mnt" /usr/local/bin/overlayctl --version
+chroot "$mnt" /usr/sbin/nft --version
+for p in vxlan bridge host-local loopback portmap firewall tuning bandwidth; do
+  out="$(chroot "$mnt" env CNI_COMMAND=VERSION "/opt/ferrocni/bin/$p" </dev/null)"
+  case "$out" in
+    *supportedVersions*) echo "$p: $out" ;;
+    *) echo "$p in $TAG does not answer VERSION: $out" >&2; exit 1 ;;
+  esac
+done
 echo "built $TAG"
