@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use netkernel::Netlink;
-use netkernel::nodenat::{FamilyNets, NodeRules};
+use netkernel::nodenat::NodeRules;
 use netkernel::overlay::OverlayOp;
 use netkernel::probe::EchoTarget;
 use netkernel::route::Route;
@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::backend::{Backend, BackendError, BackendEvent, FamilyHealth};
 use crate::peer::PeerSet;
 use crate::subnet::SubnetKey;
-use crate::vxlan::RULES_TABLE;
+use crate::vxlan::node_rules;
 use crate::vxlan::reconcile::{Datapath, Fam, first_addr};
 
 /// `BackendType` in leases, as flannel writes it.
@@ -251,17 +251,8 @@ impl HostGwBackend {
     }
 
     fn rules(&self) -> Option<NodeRules> {
-        let own = self.own.as_ref()?;
         let s = &self.settings;
-        let v4 = match (s.network, own.ipv4) {
-            (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V4(pods) }),
-            _ => None,
-        };
-        let v6 = match (s.ipv6_network, own.ipv6) {
-            (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V6(pods) }),
-            _ => None,
-        };
-        Some(NodeRules { table: RULES_TABLE.into(), v4, v6, masquerade: s.ip_masq, forward: true })
+        Some(node_rules(self.own.as_ref()?, s.network, s.ipv6_network, s.ip_masq))
     }
 
     fn run(

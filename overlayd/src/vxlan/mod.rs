@@ -34,6 +34,25 @@ use reconcile::{Datapath, Desired, DeviceWant, Fam, InnerWant, Outcome, PeerWant
 /// The nft table holding the node's masquerade and forward rules.
 pub const RULES_TABLE: &str = "ferrocni_overlay";
 
+/// The node's forwarding and masquerade rules for its own subnet(s) in the cluster's
+/// network(s), per family where both exist (the same for every backend).
+pub(crate) fn node_rules(
+    own: &SubnetKey,
+    network: Option<IpNet>,
+    ipv6_network: Option<IpNet>,
+    ip_masq: bool,
+) -> NodeRules {
+    let v4 = match (network, own.ipv4) {
+        (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V4(pods) }),
+        _ => None,
+    };
+    let v6 = match (ipv6_network, own.ipv6) {
+        (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V6(pods) }),
+        _ => None,
+    };
+    NodeRules { table: RULES_TABLE.into(), v4, v6, masquerade: ip_masq, forward: true }
+}
+
 /// The kernel's VXLAN port (flannel's default).
 pub const DEFAULT_PORT: u16 = 8472;
 
@@ -161,17 +180,8 @@ impl VxlanBackend {
     }
 
     fn rules(&self) -> Option<NodeRules> {
-        let own = self.own.as_ref()?;
         let s = &self.settings;
-        let v4 = match (s.network, own.ipv4) {
-            (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V4(pods) }),
-            _ => None,
-        };
-        let v6 = match (s.ipv6_network, own.ipv6) {
-            (Some(network), Some(pods)) => Some(FamilyNets { network, pods: IpNet::V6(pods) }),
-            _ => None,
-        };
-        Some(NodeRules { table: RULES_TABLE.into(), v4, v6, masquerade: s.ip_masq, forward: true })
+        Some(node_rules(self.own.as_ref()?, s.network, s.ipv6_network, s.ip_masq))
     }
 
     /// Runs a full reconciliation (netlink calls block: `crate::kernel`).
