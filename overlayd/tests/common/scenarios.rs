@@ -353,7 +353,10 @@ pub async fn compaction_while_behind(store: SharedStore) {
     assert_eq!(first.events.len(), 2);
     let behind = w.revision();
 
-    // Meanwhile, while the watcher is not looking:
+    // Meanwhile, while the watcher is not looking (n3 joins while n1 still holds its subnet:
+    // had n3 drawn n1's freed subnet, the diff would rightly call that key changed):
+    let mut m3 = manager(&store, &cfg, "n3", 3, ttl);
+    let l3 = m3.acquire().await.unwrap(); // added
     m1.release(&l1).await.unwrap(); // removed
     let mut m2b = LeaseManager::new(
         store.clone(),
@@ -365,8 +368,6 @@ pub async fn compaction_while_behind(store: SharedStore) {
     .with_previous(Some(l2.key), None);
     let l2b = m2b.acquire().await.unwrap(); // same subnet, new public IP: changed
     assert_eq!(l2b.key, l2.key);
-    let mut m3 = manager(&store, &cfg, "n3", 3, ttl);
-    let l3 = m3.acquire().await.unwrap(); // added
     let mut m4 = manager(&store, &cfg, "n4", 4, ttl);
     let l4 = m4.acquire().await.unwrap();
     m4.release(&l4).await.unwrap(); // came and went: nothing to report
