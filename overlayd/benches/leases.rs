@@ -140,6 +140,7 @@ fn sum(stores: &[SharedStore]) -> OpCounts {
         t.watch += o.watch;
         t.watch_events += o.watch_events;
         t.other += o.other;
+        t.errors += o.errors;
     }
     t
 }
@@ -301,21 +302,8 @@ async fn run(n: usize, shared: bool, a: &Args, endpoint: &str) -> Row {
     }
 }
 
-/// `--json-out FILE` (or `$BENCH_JSON`): appends one JSON object per result, for `bench-report`.
-fn emit(line: serde_json::Value) {
-    use std::io::Write;
-    let args: Vec<String> = std::env::args().collect();
-    let flag = args.iter().position(|a| a == "--json-out").and_then(|i| args.get(i + 1)).cloned();
-    let Some(path) = flag.or_else(|| std::env::var("BENCH_JSON").ok()) else { return };
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut file| writeln!(file, "{line}"));
-    if let Err(e) = written {
-        eprintln!("leases: could not append to {path}: {e}");
-    }
-}
+#[path = "../../build-support/bench_json.rs"]
+mod bench_json;
 
 fn main() {
     let a = args();
@@ -378,14 +366,18 @@ fn main() {
         let events_per_node = if r.shared { n - 1.0 } else { r.start_ops.watch_events as f64 / n };
         let flannel_start = ours_start + r.start_ops.listed_keys as f64 / n + events_per_node;
         let flannel_steady = (2.0 + (n - 1.0)) / 23.0;
-        emit(serde_json::json!({
-            "bench": "leases", "kind": "requests_per_node", "nodes": r.n,
-            "watch": if r.shared { "one per process" } else { "one per node" },
-            "all_leased_s": r.all_leased.as_secs_f64(), "all_see_all_s": r.all_see_all.as_secs_f64(),
-            "ours_start": ours_start, "flannel_start": flannel_start,
-            "ours_steady_per_h": r.steady_per_renewal * default_renewals_per_hour,
-            "flannel_steady_per_h": flannel_steady,
-        }));
+        bench_json::emit(
+            "leases",
+            "requests_per_node",
+            serde_json::json!({
+                "nodes": r.n,
+                "watch": if r.shared { "one per process" } else { "one per node" },
+                "all_leased_s": r.all_leased.as_secs_f64(), "all_see_all_s": r.all_see_all.as_secs_f64(),
+                "ours_start": ours_start, "flannel_start": flannel_start,
+                "ours_steady_per_h": r.steady_per_renewal * default_renewals_per_hour,
+                "flannel_steady_per_h": flannel_steady,
+            }),
+        );
         println!(
             "| {} | {:.1} | {:.1} | {:.2} | {:.3} |",
             r.n,

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../build-support/bench_json.rs"]
 mod json_out;
 
 const BUILT: &str = env!("CARGO_BIN_EXE_host-local");

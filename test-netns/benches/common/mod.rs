@@ -147,23 +147,13 @@ pub fn bin_info(bin: &Path) -> String {
     )
 }
 
+#[path = "../../../build-support/bench_json.rs"]
+mod bench_json;
+
 /// `--json-out FILE` (or `$BENCH_JSON`): appends one JSON object per result to FILE, with
-/// `bench` and `kind` set, for `bench-report` to plot. Without either, nothing is written.
-pub fn emit(run: &Run, bench: &str, kind: &str, fields: serde_json::Value) {
-    let Some(path) = run.value("--json-out").or_else(|| std::env::var("BENCH_JSON").ok()) else { return };
-    let mut line = serde_json::json!({ "bench": bench, "kind": kind });
-    if let (Some(o), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
-        o.extend(f);
-    }
-    use std::io::Write;
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut file| writeln!(file, "{line}"));
-    if let Err(e) = written {
-        eprintln!("{bench}: could not append to {path}: {e}");
-    }
+/// `bench` and `kind` set, for `bench-report` to plot (`run` holds the same command line).
+pub fn emit(_run: &Run, bench: &str, kind: &str, fields: serde_json::Value) {
+    bench_json::emit(bench, kind, fields);
 }
 
 /// Where raw results go: `$BENCH_OUT` or a fresh directory under /tmp.

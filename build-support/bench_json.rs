@@ -1,8 +1,11 @@
-//! Machine-readable results for `bench-report`: `--json-out FILE` (or `$BENCH_JSON`) appends
-//! one JSON object per result, with `bench` and `kind` set.
+//! Machine-readable benchmark results for `bench-report`, shared by the benchmarks of every
+//! crate (each includes this file with `#[path]`): `--json-out FILE` on the benchmark's
+//! command line (or `$BENCH_JSON`) appends one JSON object per result, with `bench` and
+//! `kind` set. Without either, nothing is written.
 
 use std::io::Write;
 
+/// Appends `fields` (a JSON object) with `bench` and `kind` added.
 pub fn emit(bench: &str, kind: &str, fields: serde_json::Value) {
     let args: Vec<String> = std::env::args().collect();
     let flag = args.iter().position(|a| a == "--json-out").and_then(|i| args.get(i + 1)).cloned();
