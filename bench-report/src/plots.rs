@@ -21,6 +21,22 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Plot(e.to_string())
 }
 
+/// The series' legend, in one style for every plot.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+    font_size: u32,
+) -> Result<(), Error> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, font_size))
+        .draw()
+        .map_err(plot_err)
+}
+
 /// One series of a bar chart: its name, colour and one value per category (NaN: none).
 pub struct Bars<'a> {
     pub name: &'a str,
@@ -217,14 +233,7 @@ pub fn convergence_cdf(r: &Results, path: &Path) -> Result<bool, Error> {
             .label(format!("{}: each node", c.variant))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], light.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight, 14)?;
     root.present().map_err(plot_err)?;
     Ok(true)
 }
@@ -296,14 +305,7 @@ pub fn loss_timeline(r: &Results, path: &Path) -> Result<bool, Error> {
             ))
             .map_err(plot_err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(plot_err)?;
+    legend(&mut chart, SeriesLabelPosition::MiddleRight, 14)?;
     root.present().map_err(plot_err)?;
     Ok(true)
 }
@@ -378,14 +380,7 @@ pub fn requests_per_node(r: &Results, path: &Path) -> Result<bool, Error> {
                 }))
                 .map_err(plot_err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft, 13)?;
     }
     root.present().map_err(plot_err)?;
     Ok(true)
