@@ -92,12 +92,8 @@ async fn handle(req: Request<Incoming>, shared: Arc<Node>, full: bool) -> Result
         }
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            format!(
-                "{}{}",
-                shared.metrics.render(&shared.gauges()),
-                crate::encryption::metrics(&shared.encryption.borrow())
-            ),
+            crate::metrics::CONTENT_TYPE,
+            shared.metrics.render(&shared.gauges(), &shared.encryption.borrow()),
         ),
         _ if !full => error(StatusCode::NOT_FOUND, "only /healthz, /readyz and /metrics here"),
         (&Method::GET, "/v1/status") => status(&shared),

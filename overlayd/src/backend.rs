@@ -66,6 +66,19 @@ pub trait Backend: Send + 'static {
     fn families(&self) -> Vec<FamilyHealth> {
         Vec::new()
     }
+    /// The kernel operations the last batch sent (none for a backend without a datapath).
+    fn last_kernel_ops(&self) -> KernelOps {
+        KernelOps::default()
+    }
+}
+
+/// Kernel operations one batch sent: routes, neighbours, FDB entries, addresses, links.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelOps {
+    /// Sent and acknowledged.
+    pub applied: usize,
+    /// Refused by the kernel (retried by a later batch).
+    pub failed: usize,
 }
 
 /// One pod address family of the datapath after the last batch.
@@ -238,7 +251,11 @@ pub async fn run_backend(
             _ => {}
         }
         let set = peers.borrow().clone();
+        let started = std::time::Instant::now();
         let result = backend.apply(&ev, &set).await;
+        metrics.observe_reconcile(started.elapsed());
+        let ops = backend.last_kernel_ops();
+        metrics.kernel_ops(ops.applied, ops.failed);
         let families = backend.families();
         metrics.set_families(&families);
         let degraded = families.iter().any(|f| !f.ok());

@@ -24,7 +24,7 @@ use netkernel::probe::EchoTarget;
 use netkernel::route::Route;
 use serde_json::Value;
 
-use crate::backend::{Backend, BackendError, BackendEvent, FamilyHealth};
+use crate::backend::{Backend, BackendError, BackendEvent, FamilyHealth, KernelOps};
 use crate::peer::PeerSet;
 use crate::subnet::SubnetKey;
 use crate::vxlan::node_rules;
@@ -92,6 +92,8 @@ pub struct FamilyResult {
     pub routed: Vec<IpNet>,
     /// Operations sent to the kernel.
     pub applied: usize,
+    /// Those the kernel refused.
+    pub failed: usize,
 }
 
 fn on_link(ip: IpAddr, underlay_addrs: &[IpNet]) -> bool {
@@ -178,6 +180,7 @@ fn family(
     }
     r.applied = ops.len();
     for (op, e) in dp.apply(ops) {
+        r.failed += 1;
         let what = match &op {
             OverlayOp::SetRoute(x) => {
                 format!("route to {} via {}", x.dst, x.gateway.map(|g| g.to_string()).unwrap_or_default())
@@ -197,6 +200,8 @@ pub struct HostGwBackend {
     synced: bool,
     nl: Option<Netlink>,
     health: Vec<FamilyHealth>,
+    /// The kernel operations of the last reconciliation.
+    ops: KernelOps,
     /// Refused peers already logged (logged again only when the set changes).
     logged_far: BTreeMap<Fam, Vec<String>>,
     /// Per family, our subnet and the peer subnets routed by the last reconciliation.
@@ -212,6 +217,7 @@ impl HostGwBackend {
             synced: false,
             nl: None,
             health: Vec::new(),
+            ops: KernelOps::default(),
             logged_far: BTreeMap::new(),
             routed: BTreeMap::new(),
         }
@@ -305,7 +311,12 @@ impl Backend for HostGwBackend {
         self.health.clone()
     }
 
+    fn last_kernel_ops(&self) -> KernelOps {
+        self.ops
+    }
+
     async fn apply(&mut self, event: &BackendEvent, peers: &PeerSet) -> Result<(), BackendError> {
+        self.ops = KernelOps::default();
         match event {
             BackendEvent::OwnLease(l) => self.own = Some(l.key),
             BackendEvent::Synced => self.synced = true,
@@ -332,12 +343,14 @@ impl Backend for HostGwBackend {
             }
         };
         let mut applied = 0;
+        let mut failed = 0;
         self.routed =
             out.iter().filter_map(|(f, r)| Some((*f, (*own_nets.get(f)?, r.routed.clone())))).collect();
         self.health = out
             .iter()
             .map(|(f, r)| {
                 applied += r.applied;
+                failed += r.failed;
                 if !r.errors.is_empty() {
                     tracing::warn!(family = f.name(), errors = %r.errors.join("; "), "part of the datapath failed; the next reconciliation retries it");
                 }
@@ -363,6 +376,7 @@ impl Backend for HostGwBackend {
                 }
             })
             .collect();
+        self.ops = KernelOps { applied, failed };
         if applied > 0 {
             tracing::info!(changes = applied, peers = peers.len(), "host-gw routes reconciled");
         }

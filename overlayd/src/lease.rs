@@ -683,7 +683,10 @@ pub async fn run_keeper(
             },
             _ = shutdown.changed() => return,
         }
-        match mgr.renew(&lease).await {
+        let started = Instant::now();
+        let renewal = mgr.renew(&lease).await;
+        metrics.observe_renewal(started.elapsed());
+        match renewal {
             Ok(Renewal::Renewed) => {
                 metrics.inc(&metrics.renewals);
                 backoff.reset();

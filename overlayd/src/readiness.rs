@@ -67,7 +67,7 @@ pub async fn confirm_datapath(
             if *shutdown.borrow() {
                 return;
             }
-            metrics.ready_silent_peers.store(silent.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            metrics.ready_silent_peers.set(i64::try_from(silent.len()).unwrap_or(i64::MAX));
             let c = Confirmation {
                 own,
                 probed: r.echo.len(),

@@ -237,6 +237,10 @@ fn ttl_expiry_seen_by_peers_and_renewal_keeps_live_daemons() {
         assert_eq!(s["key"], k.as_str());
         assert!(s["renewals"].as_u64().unwrap() >= 4, "{s}");
         assert_eq!(s["subnet_changes"], 0);
+        // Each renewal was timed.
+        let timed = d.metric("overlayd_lease_renew_duration_seconds_count").unwrap();
+        assert!(timed >= 4.0, "{timed}");
+        assert!(d.metric("overlayd_lease_renew_duration_seconds_sum").unwrap() > 0.0);
     }
     assert_eq!(ds[0].peer_keys(), [keys[1].clone()]);
     // Node 1 dies without a word: its lease expires and node 0 sees it go.

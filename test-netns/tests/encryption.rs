@@ -246,6 +246,22 @@ fn encrypted_pods_talk_and_the_underlay_carries_only_tunnel_udp() {
     let st = c.encryption_status(0);
     assert_eq!(st["peers"][0]["established"], true, "{st}");
     assert_eq!(st["preshared_key"], false);
+    // The metrics say the same: a handshake, the MiB sent through the tunnel, and the
+    // datapath's reconciliations timed.
+    let (code, m) = test_netns::cluster::http_get(&c.nodes[0].socket(), "/metrics").unwrap();
+    assert_eq!(code, 200, "{m}");
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+    };
+    assert!(metric("overlayd_wireguard_handshakes_total") >= 1.0, "{m}");
+    let sent = metric("overlayd_encryption_bytes_total{engine=\"wireguard\",direction=\"tx\"}");
+    assert!(sent >= (1 << 20) as f64, "{sent} bytes through the tunnel\n{m}");
+    assert!(metric("overlayd_wireguard_packets_total{direction=\"tx\"}") >= 20.0, "{m}");
+    assert_eq!(metric("overlayd_encryption_peers_established{engine=\"wireguard\"}"), 1.0);
+    assert!(metric("overlayd_datapath_reconcile_duration_seconds_count") >= 1.0, "{m}");
+    assert!(metric("overlayd_datapath_kernel_operations_total{result=\"applied\"}") >= 1.0, "{m}");
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use kube::client::{Body, ClientBuilder};
 use serde::Serialize;
 
@@ -52,6 +52,9 @@ pub struct ApiCounters {
     pub listed: AtomicU64,
     /// Watch events received (bookmarks excluded).
     pub events: AtomicU64,
+    /// Requests that failed: no answer, or refused (401, 403, 429, 5xx). Answers the
+    /// client acts on (404, 409, 410) are not failures.
+    pub errors: AtomicU64,
 }
 
 /// A snapshot of [`ApiCounters`].
@@ -77,6 +80,8 @@ pub struct ApiCounts {
     pub listed: u64,
     /// Watch events.
     pub events: u64,
+    /// Failed requests.
+    pub errors: u64,
 }
 
 impl ApiCounts {
@@ -98,6 +103,7 @@ impl ApiCounts {
             bytes_out: self.bytes_out - b.bytes_out,
             listed: self.listed - b.listed,
             events: self.events - b.events,
+            errors: self.errors - b.errors,
         }
     }
 }
@@ -117,6 +123,7 @@ impl ApiCounters {
             bytes_out: l(&self.bytes_out),
             listed: l(&self.listed),
             events: l(&self.events),
+            errors: l(&self.errors),
         }
     }
 
@@ -255,7 +262,14 @@ where
         let counters = c.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let resp = fut.await.inspect_err(|_| ApiCounters::add(&counters.errors, 1))?;
+            let s = resp.status();
+            let refused = s.is_server_error()
+                || [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS]
+                    .contains(&s);
+            if refused {
+                ApiCounters::add(&counters.errors, 1);
+            }
             Ok(resp.map(|body| CountingBody { body, counters }))
         })
     }

@@ -228,6 +228,7 @@ impl Store for KubeStore {
             watch: a.watch,
             watch_events: a.events,
             other: a.post + a.other,
+            errors: a.errors,
             ..Default::default()
         }
     }

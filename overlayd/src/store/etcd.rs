@@ -240,6 +240,7 @@ impl EtcdStore {
                 Ok(Err(e)) => classify(e),
                 Err(_) => StoreError::Unavailable(format!("no answer within {:?}", self.timeout)),
             };
+            OpCounters::bump(&self.ops.errors);
             if !err.is_transient() || Instant::now() + delay > deadline {
                 return Err(err);
             }

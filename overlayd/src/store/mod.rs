@@ -213,6 +213,8 @@ pub struct OpCounters {
     pub watch_events: AtomicU64,
     /// Other requests (compaction, status).
     pub other: AtomicU64,
+    /// Requests that failed (each attempt, retried ones included).
+    pub errors: AtomicU64,
 }
 
 /// A snapshot of [`OpCounters`].
@@ -240,6 +242,8 @@ pub struct OpCounts {
     pub watch_events: u64,
     /// Other requests.
     pub other: u64,
+    /// Requests that failed.
+    pub errors: u64,
 }
 
 impl OpCounters {
@@ -262,6 +266,7 @@ impl OpCounters {
             watch: l(&self.watch),
             watch_events: l(&self.watch_events),
             other: l(&self.other),
+            errors: l(&self.errors),
         }
     }
 }
@@ -294,6 +299,7 @@ impl OpCounts {
             watch: self.watch - before.watch,
             watch_events: self.watch_events - before.watch_events,
             other: self.other - before.other,
+            errors: self.errors - before.errors,
         }
     }
 }

@@ -25,7 +25,7 @@ use netkernel::route::Route;
 use serde_json::Value;
 
 use crate::attrs::{VxlanData, format_mac};
-use crate::backend::{Backend, BackendError, BackendEvent, FamilyHealth};
+use crate::backend::{Backend, BackendError, BackendEvent, FamilyHealth, KernelOps};
 use crate::encryption::routes::SharedRoutes;
 use crate::peer::{Outer, PeerSet};
 use crate::subnet::SubnetKey;
@@ -120,12 +120,22 @@ pub struct VxlanBackend {
     nl: Option<Netlink>,
     /// What the last reconciliation left, per family.
     health: Vec<FamilyHealth>,
+    /// The kernel operations of the last reconciliation.
+    ops: KernelOps,
 }
 
 impl VxlanBackend {
     /// A backend that has seen nothing yet.
     pub fn new(settings: VxlanSettings) -> Self {
-        VxlanBackend { settings, own: None, synced: false, tunnel: None, nl: None, health: Vec::new() }
+        VxlanBackend {
+            settings,
+            own: None,
+            synced: false,
+            tunnel: None,
+            nl: None,
+            health: Vec::new(),
+            ops: KernelOps::default(),
+        }
     }
 
     /// Routes the subnets the encryption controller names into its tunnel instead.
@@ -322,7 +332,12 @@ impl Backend for VxlanBackend {
         self.health.clone()
     }
 
+    fn last_kernel_ops(&self) -> KernelOps {
+        self.ops
+    }
+
     async fn apply(&mut self, event: &BackendEvent, peers: &PeerSet) -> Result<(), BackendError> {
+        self.ops = KernelOps::default();
         match event {
             BackendEvent::OwnLease(l) => self.own = Some(l.key),
             BackendEvent::Synced => self.synced = true,
@@ -364,6 +379,7 @@ impl Backend for VxlanBackend {
                 }
             })
             .collect();
+        self.ops = KernelOps { applied: outcome.applied, failed: outcome.failed };
         if outcome.applied > 0 {
             tracing::info!(
                 changes = outcome.applied,

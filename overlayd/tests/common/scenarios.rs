@@ -392,8 +392,8 @@ pub async fn compaction_while_behind(store: SharedStore) {
     stop.send(true).unwrap();
     let w = task.await.unwrap();
     assert_eq!(w.view().len(), 3);
-    let relists = metrics.relists.load(std::sync::atomic::Ordering::Relaxed);
-    let compacted = metrics.relists_compacted.load(std::sync::atomic::Ordering::Relaxed);
+    let relists = metrics.relists.get();
+    let compacted = metrics.relists_compacted.get();
     assert_eq!((relists, compacted), (2, 1), "one initial listing, one after compaction, no loop");
 }
 
@@ -438,7 +438,7 @@ pub async fn hostile_values_ignored(store: SharedStore, extra: usize) {
     assert_eq!(a.own_writes, [Some(lo.mod_revision)]);
     let bad = hostile.len() + extra;
     assert_eq!(w.view().invalid().count(), bad, "{:?}", w.view().invalid().collect::<Vec<_>>());
-    assert_eq!(metrics.invalid_leases.load(std::sync::atomic::Ordering::Relaxed), bad as u64);
+    assert_eq!(metrics.invalid_leases.get(), bad as u64);
 
     // Through the watch: more garbage, then a valid change.
     let TestIo { mut io, mut rx, stop, own: own_tx, .. } = watcher_io();
@@ -462,7 +462,7 @@ pub async fn hostile_values_ignored(store: SharedStore, extra: usize) {
     stop.send(true).unwrap();
     let w = task.await.unwrap();
     assert_eq!(w.view().len(), 1);
-    assert_eq!(metrics.invalid_leases.load(std::sync::atomic::Ordering::Relaxed), bad as u64 + 2);
+    assert_eq!(metrics.invalid_leases.get(), bad as u64 + 2);
 }
 
 /// `leave`: the lease is deleted and the peers see it go.
