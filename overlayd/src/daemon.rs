@@ -377,7 +377,11 @@ fn vxlan_devices(config: &NetworkConfig) -> Vec<String> {
 /// (`--adopt-flannel-lease`) for the first time keeps the MAC of flanneld's device, which
 /// that lease publishes: the peers' neighbour and FDB entries stay right, so no packet is
 /// lost to a MAC change while their daemons catch up.
-fn vtep_mac(args: &DaemonArgs, config: &NetworkConfig, state: &StateDir) -> Result<netkernel::link::Mac, DaemonError> {
+fn vtep_mac(
+    args: &DaemonArgs,
+    config: &NetworkConfig,
+    state: &StateDir,
+) -> Result<netkernel::link::Mac, DaemonError> {
     if args.adopt_flannel_lease
         && !args.no_datapath
         && !state.has_vtep_mac()
@@ -386,12 +390,16 @@ fn vtep_mac(args: &DaemonArgs, config: &NetworkConfig, state: &StateDir) -> Resu
         let name = crate::vxlan::device_name(crate::vxlan::reconcile::Fam::V4, vx.vni);
         let found = crate::kernel::blocking(|| netkernel::Netlink::current().and_then(|nl| nl.link(&name)));
         match found {
-            Ok(Some(netkernel::link::Link { mac: Some(mac), kind, .. })) if kind.as_deref() == Some("vxlan") => {
+            Ok(Some(netkernel::link::Link { mac: Some(mac), kind, .. }))
+                if kind.as_deref() == Some("vxlan") =>
+            {
                 state.set_vtep_mac(mac).map_err(io_err("VTEP MAC"))?;
                 tracing::info!(device = %name, mac = %crate::attrs::format_mac(&mac), "kept the VTEP MAC of flanneld's device");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(device = %name, error = %e, "reading flanneld's device; making a new VTEP MAC"),
+            Err(e) => {
+                tracing::warn!(device = %name, error = %e, "reading flanneld's device; making a new VTEP MAC")
+            }
         }
     }
     state.vtep_mac().map_err(io_err("VTEP MAC"))

@@ -414,7 +414,8 @@ impl Topo {
             self.host_gw_routed(0) && self.host_gw_routed(1)
         })?;
         // The MTU a pod attached under overlayd's host-gw gets.
-        let env = std::fs::read_to_string(self.c.nodes[0].dir.join("subnet.env")).map_err(|e| e.to_string())?;
+        let env =
+            std::fs::read_to_string(self.c.nodes[0].dir.join("subnet.env")).map_err(|e| e.to_string())?;
         let mtu: u32 = env
             .lines()
             .find_map(|l| l.strip_prefix("FLANNEL_MTU="))

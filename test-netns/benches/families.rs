@@ -58,7 +58,14 @@ fn rtt_ms(pod: &ClusterPod, dst: &str, count: u32) -> f64 {
 
 /// Measures one mode on a cluster's two pods: [family][metric] medians (metric 0 = P1,
 /// 1 = P4, 2 = RTT); NaN for a family not carried.
-fn measure(run: &Run, a: &ClusterPod, b: &ClusterPod, reps: u32, secs: u32, carried: [bool; 2]) -> [[f64; 3]; 2] {
+fn measure(
+    run: &Run,
+    a: &ClusterPod,
+    b: &ClusterPod,
+    reps: u32,
+    secs: u32,
+    carried: [bool; 2],
+) -> [[f64; 3]; 2] {
     let mut s = [[Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]];
     for _ in 0..reps {
         for (fam, dst) in b.ips.iter().enumerate() {
@@ -86,9 +93,8 @@ fn main() {
     let Some(run) = gate("families") else { return };
     let reps: u32 = run.value("--reps").map_or(if run.smoke { 1 } else { 3 }, |v| v.parse().unwrap());
     let secs: u32 = run.value("--secs").map_or(if run.smoke { 2 } else { 10 }, |v| v.parse().unwrap());
-    let modes: Vec<String> = run
-        .value("--modes")
-        .map_or(vec!["plain".into(), "WireGuard".into(), "host-gw".into()], |v| {
+    let modes: Vec<String> =
+        run.value("--modes").map_or(vec!["plain".into(), "WireGuard".into(), "host-gw".into()], |v| {
             v.split(',').map(str::to_string).collect()
         });
     for m in &modes {
@@ -117,9 +123,11 @@ fn main() {
                     assert!(ok, "{out}");
                     wait_for(Duration::from_secs(30), "routes into the tunnel", || {
                         b.ips.iter().all(|ip| {
-                            sh(&c.nodes[0].ns, &["ip", "route", "get", ip]).is_ok_and(|o| o.contains("ferro-wg"))
+                            sh(&c.nodes[0].ns, &["ip", "route", "get", ip])
+                                .is_ok_and(|o| o.contains("ferro-wg"))
                         }) && a.ips.iter().all(|ip| {
-                            sh(&c.nodes[1].ns, &["ip", "route", "get", ip]).is_ok_and(|o| o.contains("ferro-wg"))
+                            sh(&c.nodes[1].ns, &["ip", "route", "get", ip])
+                                .is_ok_and(|o| o.contains("ferro-wg"))
                         })
                     })
                     .unwrap();
@@ -135,8 +143,10 @@ fn main() {
         if modes.iter().any(|m| m == "host-gw") {
             // host-gw routes a pod family only via the peer's underlay address of that family.
             let carried = [ul.v4, ul.v6];
-            let c = Cluster::start(ClusterOptions::new(2, &bin).dual_stack().with_underlay(ul).backend("host-gw"))
-                .unwrap_or_else(|e| panic!("host-gw, {ul_name} underlay: {e}"));
+            let c = Cluster::start(
+                ClusterOptions::new(2, &bin).dual_stack().with_underlay(ul).backend("host-gw"),
+            )
+            .unwrap_or_else(|e| panic!("host-gw, {ul_name} underlay: {e}"));
             let a = c.add_pod(0, "ha").unwrap();
             let b = c.add_pod(1, "hb").unwrap();
             for (fam, ip) in b.ips.iter().enumerate() {
@@ -209,5 +219,8 @@ fn main() {
             &rows
         )
     );
-    println!("{reps} rep(s) x {secs} s, medians; {}; `–`: not carried (host-gw), reported by the daemons", utc_now());
+    println!(
+        "{reps} rep(s) x {secs} s, medians; {}; `–`: not carried (host-gw), reported by the daemons",
+        utc_now()
+    );
 }

@@ -370,9 +370,13 @@ fn reaching_pairs(pods: &[ClusterPod], v6: bool) -> Vec<String> {
 /// and TCP, also after a daemon restart); each family it lacks is reported on every node,
 /// routed nowhere, and reaches nothing.
 fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
-    let tag =
-        format!("host-gw {pods:?}-{}{}", if underlay.v4 { "4" } else { "" }, if underlay.v6 { "6" } else { "" });
-    let c = Cluster::start(options(pods, underlay, 2).backend("host-gw")).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let tag = format!(
+        "host-gw {pods:?}-{}{}",
+        if underlay.v4 { "4" } else { "" },
+        if underlay.v6 { "6" } else { "" }
+    );
+    let c = Cluster::start(options(pods, underlay, 2).backend("host-gw"))
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
     let ps = pods_on_each_node(&c, "hg");
     // host-gw adds no header: the pods get the underlay's MTU.
     for p in &ps {
@@ -406,15 +410,27 @@ fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
                     }
                     assert_eq!(host_gw_routes(&c, i, v6), vec![], "{tag}: a route in {fam}");
                     let (_, body) = http_get(&c.nodes[i].socket(), "/readyz").unwrap();
-                    assert!(body.contains(&format!("{fam}: no common underlay family with")), "{tag}: {body}");
+                    assert!(
+                        body.contains(&format!("{fam}: no common underlay family with")),
+                        "{tag}: {body}"
+                    );
                     let (_, metrics) = http_get(&c.nodes[i].socket(), "/metrics").unwrap();
                     assert!(
-                        metrics.contains(&format!("overlayd_datapath_no_common_underlay_peers{{family=\"{fam}\"}} 1")),
+                        metrics.contains(&format!(
+                            "overlayd_datapath_no_common_underlay_peers{{family=\"{fam}\"}} 1"
+                        )),
                         "{tag}: {metrics}"
                     );
                     let log = std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap();
-                    assert!(log.contains("host-gw carries each pod family only over the same underlay family"), "{tag}: no log line");
-                    assert_eq!(reaching_pairs(&ps, v6), Vec::<String>::new(), "{tag}: {fam} reached without a route");
+                    assert!(
+                        log.contains("host-gw carries each pod family only over the same underlay family"),
+                        "{tag}: no log line"
+                    );
+                    assert_eq!(
+                        reaching_pairs(&ps, v6),
+                        Vec::<String>::new(),
+                        "{tag}: {fam} reached without a route"
+                    );
                 }
             }
         }

@@ -203,9 +203,10 @@ impl Flanneld<'_> {
             argv.extend(args);
             self.ns.try_exec(&argv)
         };
-        for (table, chain, jump_from, comment) in
-            [("nat", "FLANNEL-POSTRTG", "POSTROUTING", "flanneld masq"), ("filter", "FLANNEL-FWD", "FORWARD", "flanneld forward")]
-        {
+        for (table, chain, jump_from, comment) in [
+            ("nat", "FLANNEL-POSTRTG", "POSTROUTING", "flanneld masq"),
+            ("filter", "FLANNEL-FWD", "FORWARD", "flanneld forward"),
+        ] {
             ipt(&["-t", table, "-N", chain]);
             ipt(&["-t", table, "-F", chain]);
             let jump = ["-m", "comment", "--comment", comment, "-j", chain];
@@ -257,14 +258,47 @@ impl Flanneld<'_> {
             if v["BackendType"] != "vxlan" {
                 continue;
             }
-            let (Some(peer_mac), Some(peer_ip)) = (v["BackendData"]["VtepMAC"].as_str(), v["PublicIP"].as_str())
+            let (Some(peer_mac), Some(peer_ip)) =
+                (v["BackendData"]["VtepMAC"].as_str(), v["PublicIP"].as_str())
             else {
                 continue;
             };
             let vtep = n.addr().to_string();
-            self.ns.exec(&["ip", "neigh", "replace", &vtep, "lladdr", peer_mac, "dev", "flannel.1", "nud", "permanent"]);
-            self.ns.exec(&["bridge", "fdb", "replace", peer_mac, "dev", "flannel.1", "dst", peer_ip, "self", "permanent"]);
-            self.ns.exec(&["ip", "route", "replace", &n.to_string(), "via", &vtep, "dev", "flannel.1", "onlink"]);
+            self.ns.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &vtep,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ]);
+            self.ns.exec(&[
+                "bridge",
+                "fdb",
+                "replace",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                peer_ip,
+                "self",
+                "permanent",
+            ]);
+            self.ns.exec(&[
+                "ip",
+                "route",
+                "replace",
+                &n.to_string(),
+                "via",
+                &vtep,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ]);
         }
         FlannelState { subnet, mac, ifindex }
     }
@@ -296,7 +330,8 @@ fn flannel_pod(c: &Cluster, node: usize, name: &str, cid: &str) -> (TestNs, Stri
     let dir = n.dir.join("flannel-cni");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(cid)).unwrap();
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(cid)).unwrap();
     std::io::Write::write_all(&mut f, &serde_json::to_vec(&conf).unwrap()).unwrap();
     let mut delegate = conf.clone();
     delegate.as_object_mut().unwrap().remove("cniVersion");
@@ -313,7 +348,14 @@ fn flannel_pod(c: &Cluster, node: usize, name: &str, cid: &str) -> (TestNs, Stri
 }
 
 /// Ping floods both ways between two pods while `switch` runs: (lost a→b, lost b→a, sent).
-fn counted(a: &TestNs, a_ip: &str, b: &TestNs, b_ip: &str, secs: u32, switch: impl FnOnce()) -> (u32, u32, u32) {
+fn counted(
+    a: &TestNs,
+    a_ip: &str,
+    b: &TestNs,
+    b_ip: &str,
+    secs: u32,
+    switch: impl FnOnce(),
+) -> (u32, u32, u32) {
     let ab = ping_flood(a, b_ip, secs);
     let ba = ping_flood(b, a_ip, secs);
     std::thread::sleep(Duration::from_secs(1));
@@ -394,8 +436,10 @@ fn a_node_with_running_pods_goes_from_flanneld_to_overlayd_and_back_with_counted
     let ours = ours_conflist(&c, fl);
     let newpod = TestNs::new("flmig-n");
     let rt = c.runtime(fl);
-    let added =
-        c.nodes[fl].ns.run(|| rt.add(&ours, &Attach::new("0dd1a7e5c0ffee02", newpod.path(), "eth0"))).unwrap();
+    let added = c.nodes[fl]
+        .ns
+        .run(|| rt.add(&ours, &Attach::new("0dd1a7e5c0ffee02", newpod.path(), "eth0")))
+        .unwrap();
     let newpod_ip = added.ips[0].address.addr().to_string();
     assert_ne!(newpod_ip, fpod_ip, "host-local handed out the address of flannel's pod again");
     assert!(ping(&newpod, &fpod_ip, 2) && ping(&newpod, &opod.ip, 2));
