@@ -121,7 +121,6 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         Some(k) => k.node_name().to_string(),
         None => state.node_id().map_err(io_err("node ID"))?,
     };
-    let vtep_mac = state.vtep_mac().map_err(io_err("VTEP MAC"))?;
     let identity = Arc::new(Identity::load_or_create(&args.state_dir)?);
     if args.remove_flannel_leftovers {
         remove_flannel_leftovers().await;
@@ -164,7 +163,7 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
         tasks.push(tokio::spawn(crate::api::serve_tcp(l, api_node, node.shutdown.clone())));
     }
 
-    let result = start(&args, state, vtep_mac, &identity, node, writers, kube, &mut tasks).await;
+    let result = start(&args, state, &identity, node, writers, kube, &mut tasks).await;
 
     let _ = shutdown.send(true);
     for t in tasks {
@@ -184,7 +183,6 @@ pub async fn run(args: DaemonArgs, underlay: Underlay) -> Result<(), DaemonError
 async fn start(
     args: &DaemonArgs,
     state: StateDir,
-    vtep_mac: netkernel::link::Mac,
     identity: &Arc<Identity>,
     node: Node,
     writers: NodeWriters,
@@ -213,6 +211,7 @@ async fn start(
     let Some(config) = load(&node, &config_tx, &mut shutdown).await else {
         return Ok(());
     };
+    let vtep_mac = vtep_mac(args, &config, &state)?;
     tracing::info!(config = %crate::encryption::settings::redact(config.to_json()), "network config");
     let encryption = config.encryption_settings();
     let encrypting = encryption.enabled && !args.no_encryption && !args.no_datapath;
@@ -372,6 +371,38 @@ fn vxlan_devices(config: &NetworkConfig) -> Vec<String> {
     // host-gw has no devices (and refuses encryption).
     let Some(vx) = config.vxlan() else { return Vec::new() };
     vec![device_name(Fam::V4, vx.vni), device_name(Fam::V6, vx.vni)]
+}
+
+/// The VTEP MAC kept in the state directory. A node adopting flanneld's lease
+/// (`--adopt-flannel-lease`) for the first time keeps the MAC of flanneld's device, which
+/// that lease publishes: the peers' neighbour and FDB entries stay right, so no packet is
+/// lost to a MAC change while their daemons catch up.
+fn vtep_mac(
+    args: &DaemonArgs,
+    config: &NetworkConfig,
+    state: &StateDir,
+) -> Result<netkernel::link::Mac, DaemonError> {
+    if args.adopt_flannel_lease
+        && !args.no_datapath
+        && !state.has_vtep_mac()
+        && let Some(vx) = config.vxlan()
+    {
+        let name = crate::vxlan::device_name(crate::vxlan::reconcile::Fam::V4, vx.vni);
+        let found = crate::kernel::blocking(|| netkernel::Netlink::current().and_then(|nl| nl.link(&name)));
+        match found {
+            Ok(Some(netkernel::link::Link { mac: Some(mac), kind, .. }))
+                if kind.as_deref() == Some("vxlan") =>
+            {
+                state.set_vtep_mac(mac).map_err(io_err("VTEP MAC"))?;
+                tracing::info!(device = %name, mac = %crate::attrs::format_mac(&mac), "kept the VTEP MAC of flanneld's device");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(device = %name, error = %e, "reading flanneld's device; making a new VTEP MAC")
+            }
+        }
+    }
+    state.vtep_mac().map_err(io_err("VTEP MAC"))
 }
 
 /// The datapath this node runs.

@@ -204,6 +204,8 @@ pub struct HostGwBackend {
     ops: KernelOps,
     /// Refused peers already logged (logged again only when the set changes).
     logged_far: BTreeMap<Fam, Vec<String>>,
+    /// Peers without an underlay address of a family already logged (likewise).
+    logged_none: BTreeMap<Fam, Vec<String>>,
     /// Per family, our subnet and the peer subnets routed by the last reconciliation.
     routed: BTreeMap<Fam, (IpNet, Vec<IpNet>)>,
 }
@@ -219,6 +221,7 @@ impl HostGwBackend {
             health: Vec::new(),
             ops: KernelOps::default(),
             logged_far: BTreeMap::new(),
+            logged_none: BTreeMap::new(),
             routed: BTreeMap::new(),
         }
     }
@@ -364,6 +367,18 @@ impl Backend for HostGwBackend {
                         );
                     }
                     self.logged_far.insert(*f, r.not_on_link.clone());
+                }
+                if self.logged_none.get(f) != Some(&r.no_common_underlay) {
+                    if !r.no_common_underlay.is_empty() {
+                        tracing::warn!(
+                            family = f.name(),
+                            peers = %r.no_common_underlay.join(", "),
+                            "host-gw carries each pod family only over the same underlay family, and this \
+                             node or these peers have no underlay address of it: no route to their pods \
+                             in this family (vxlan carries it over the other family)"
+                        );
+                    }
+                    self.logged_none.insert(*f, r.no_common_underlay.clone());
                 }
                 let mut errors = r.errors.clone();
                 errors.extend(rules_error.clone());

@@ -82,6 +82,17 @@ impl StateDir {
         })
     }
 
+    /// Whether a VTEP MAC is kept already.
+    pub fn has_vtep_mac(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("vtep-mac")).is_ok_and(|s| !s.trim().is_empty())
+    }
+
+    /// Keeps `mac` as the VTEP MAC (a node taking over flanneld's device keeps its MAC).
+    pub fn set_vtep_mac(&self, mac: [u8; 6]) -> io::Result<()> {
+        let text = format!("{}\n", crate::attrs::format_mac(&mac));
+        cni_spec::fs::write_atomic(&self.dir.join("vtep-mac"), text.as_bytes(), 0o600)
+    }
+
     /// A VTEP MAC made once and kept: random, locally administered, unicast.
     pub fn vtep_mac(&self) -> io::Result<[u8; 6]> {
         let s = self.get_or_create("vtep-mac", || {

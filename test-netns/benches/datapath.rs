@@ -17,6 +17,12 @@
 //! - `host-gw`: both daemons stopped; on each node `ip route replace <remote pod subnet> via
 //!   <remote underlay ip> dev ul`; pod `eth0`, the node's pod veth and `cni0` at MTU 1500.
 //! - `overlay`: the datapath exactly as the daemons program it, daemons running.
+//! - `overlayd-host-gw`: the daemons restarted with `"Backend": {"Type": "host-gw"}` (stored
+//!   with `overlayctl network set`), running, until each node routes the remote pod subnet
+//!   `via <remote ul ip> dev ul`; pods/veth/cni0 at the MTU overlayd's host-gw writes in
+//!   subnet.env (what a pod attached under it gets). Teardown: daemons stopped, the vxlan
+//!   config stored again, the VXLAN routes and the pod MTU put back. Against `host-gw`, it
+//!   shows what overlayd's host-gw adds to the datapath (nothing, if the routes are the same).
 //! - `wireguard-go`: daemons stopped; Debian's wireguard-go on each node (a [`WgGoPeer`]), the
 //!   remote pod subnet routed through it, pods/veth/cni0 at MTU 1420, as perf-baselines.md case
 //!   d; the VXLAN routes are put back in teardown.
@@ -52,6 +58,7 @@ use test_netns::{TestNs, WgGoPeer};
 enum Case {
     Underlay,
     HostGw,
+    OverlaydHostGw,
     Overlay,
     TxOn,
     Gro,
@@ -66,9 +73,10 @@ enum Case {
 }
 
 /// Every case, all run by default; `--cases` picks some.
-const ALL: [Case; 13] = [
+const ALL: [Case; 14] = [
     Case::Underlay,
     Case::HostGw,
+    Case::OverlaydHostGw,
     Case::Overlay,
     Case::TxOn,
     Case::Gro,
@@ -98,6 +106,7 @@ impl Case {
         match self {
             Case::Underlay => "underlay",
             Case::HostGw => "host-gw",
+            Case::OverlaydHostGw => "overlayd-host-gw",
             Case::Overlay => "overlay",
             Case::TxOn => "overlay+tx-csum",
             Case::Gro => "overlay+ul-gro",
@@ -117,6 +126,9 @@ impl Case {
             Case::Underlay => "node0 → node1 over `ul` (MTU 1500), no overlay",
             Case::HostGw => {
                 "`ip route replace <remote subnet> via <remote ul ip> dev ul` on both nodes, pods/veth/cni0 MTU 1500, daemons stopped"
+            }
+            Case::OverlaydHostGw => {
+                "overlayd with `\"Backend\": {\"Type\": \"host-gw\"}`, daemons running (its routes `<remote subnet> via <remote ul ip> dev ul`), pods/veth/cni0 at its subnet.env MTU"
             }
             Case::Overlay => "as overlayd programs it (pod MTU 1450), daemons running",
             Case::TxOn => {
@@ -350,6 +362,7 @@ impl Topo {
                 }
                 self.set_pod_mtu(1500)
             }
+            Case::OverlaydHostGw => self.overlayd_host_gw_up(),
             Case::Overlay => self.daemons_up(),
             Case::TxOn => self.each_node("ethtool -K flannel.1 tx on"),
             Case::Gro => self.each_node("ethtool -K ul gro on"),
@@ -369,6 +382,62 @@ impl Topo {
             Case::Ipsec => self.encryption_on(&["--type", "ipsec"], IPSEC0),
             Case::Strongswan => self.strongswan_up(),
         }
+    }
+
+    /// Stores the cluster's network config with `Backend.Type` = `kind` (daemons stopped:
+    /// they read it at start).
+    fn set_backend(&self, kind: &str) -> Result<(), String> {
+        let file = self.c.work_dir().join(format!("net-conf-{kind}.json"));
+        let conf = self.c.options().clone().backend(kind).net_config();
+        std::fs::write(&file, conf.to_string()).map_err(|e| e.to_string())?;
+        let (ok, out) = self.c.overlayctl(0, &["network", "set", &file.display().to_string()])?;
+        if ok { Ok(()) } else { Err(format!("overlayctl network set ({kind}): {}", out.trim())) }
+    }
+
+    /// Whether node `i` routes the remote pod subnet as host-gw does.
+    fn host_gw_routed(&self, i: usize) -> bool {
+        let r = 1 - i;
+        sh(self.node(i), &["ip", "route", "show", &format!("{}/24", self.sub[r])])
+            .is_ok_and(|o| o.contains(&format!("via {} dev ul", self.ul[r])))
+    }
+
+    fn overlayd_host_gw_up(&mut self) -> Result<(), String> {
+        self.set_backend("host-gw")?;
+        for i in 0..2 {
+            self.c.start_daemon(i)?;
+            self.running[i] = true;
+        }
+        for i in 0..2 {
+            self.c.wait_ready(i)?;
+        }
+        wait_for(Duration::from_secs(30), "overlayd's host-gw routes", || {
+            self.host_gw_routed(0) && self.host_gw_routed(1)
+        })?;
+        // The MTU a pod attached under overlayd's host-gw gets.
+        let env =
+            std::fs::read_to_string(self.c.nodes[0].dir.join("subnet.env")).map_err(|e| e.to_string())?;
+        let mtu: u32 = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_MTU="))
+            .and_then(|m| m.trim().parse().ok())
+            .ok_or_else(|| format!("no FLANNEL_MTU in subnet.env: {env}"))?;
+        if mtu != 1500 {
+            return Err(format!("overlayd's host-gw gives pods MTU {mtu}, not the underlay's 1500"));
+        }
+        self.set_pod_mtu(mtu)
+    }
+
+    fn overlayd_host_gw_down(&mut self) -> Result<(), String> {
+        // Runs also after a failed setup: every step is idempotent.
+        self.daemons_down();
+        let conf = self.set_backend("vxlan");
+        let mtu = self.set_pod_mtu(self.pod_mtu);
+        let routes = self.vxlan_routes();
+        // host-gw keeps our first address on `lo` (vxlan on flannel.1).
+        for i in 0..2 {
+            let _ = shl(self.node(i), &format!("ip addr del {}/32 dev lo", self.sub[i]));
+        }
+        conf.and(mtu).and(routes)
     }
 
     /// A charon per node, configured by hand (what the `ipsec` case must match).
@@ -477,6 +546,7 @@ impl Topo {
                 self.set_pod_mtu(self.pod_mtu)?;
                 self.vxlan_routes()
             }
+            Case::OverlaydHostGw => self.overlayd_host_gw_down(),
             Case::Overlay => {
                 self.daemons_down();
                 Ok(())
@@ -913,7 +983,10 @@ fn main() {
     for rep in 1..=cfg.reps {
         let mut order = cfg.cases.clone();
         let n = order.len();
-        order.rotate_left(((rep - 1) * 3) % n.max(1));
+        // By 3 per rep (a case's neighbours change), or by 1 when 3 would bring the same
+        // order back (3, 6, … cases).
+        let step = if n % 3 == 0 { 1 } else { 3 };
+        order.rotate_left(((rep - 1) * step) % n.max(1));
         for case in order {
             eprintln!("rep {rep} case {} ({})", case.name(), utc_now());
             if let Err(e) = t.check_base() {

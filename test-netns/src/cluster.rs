@@ -423,7 +423,26 @@ impl Cluster {
         self.add_node_inner(&[cidr.as_str()], Some(addr))
     }
 
+    /// A node on the underlay with its directory but no daemon started (e.g. one whose
+    /// datapath a test makes by hand, as another daemon would); [`Cluster::start_daemon`]
+    /// starts overlayd there later. Embedded or etcd store.
+    pub fn add_node_idle(&mut self) -> Result<usize, String> {
+        if self.opts.store == StoreKind::Kube {
+            return Err("add_node_idle: not in kube mode".into());
+        }
+        self.add_node_inner_with(&[], None, false)
+    }
+
     fn add_node_inner(&mut self, pod_cidrs: &[&str], v4_at: Option<&str>) -> Result<usize, String> {
+        self.add_node_inner_with(pod_cidrs, v4_at, true)
+    }
+
+    fn add_node_inner_with(
+        &mut self,
+        pod_cidrs: &[&str],
+        v4_at: Option<&str>,
+        start: bool,
+    ) -> Result<usize, String> {
         let id = self.next_id;
         if id >= 240 {
             return Err("out of underlay addresses: 240 nodes were made".into());
@@ -463,7 +482,9 @@ impl Cluster {
         };
         self.nodes.push(node);
         let i = self.nodes.len() - 1;
-        self.start_daemon(i)?;
+        if start {
+            self.start_daemon(i)?;
+        }
         Ok(i)
     }
 

@@ -13,7 +13,7 @@ use test_netns::{EchoServer, TestNs, ping, require_root, tcp_echo, veth_between}
 const ECHO_PORT: u16 = 7070;
 
 /// The pairs (from, to address) that fail ping or a TCP echo, over every address of every pod.
-fn failing_pairs(pods: &[ClusterPod]) -> Vec<String> {
+fn failing_pairs(pods: &[ClusterPod], keep: &dyn Fn(&str) -> bool) -> Vec<String> {
     let servers: Vec<EchoServer> =
         pods.iter().map(|p| EchoServer::start(&p.ns, &format!("[::]:{ECHO_PORT}"))).collect();
     let mut failed = Vec::new();
@@ -22,7 +22,7 @@ fn failing_pairs(pods: &[ClusterPod]) -> Vec<String> {
             if std::ptr::eq(a, b) {
                 continue;
             }
-            for ip in &b.ips {
+            for ip in b.ips.iter().filter(|ip| keep(ip)) {
                 if !ping(&a.ns, ip, 2) {
                     failed.push(format!("ping {} -> {ip}", a.ip));
                 }
@@ -39,9 +39,14 @@ fn failing_pairs(pods: &[ClusterPod]) -> Vec<String> {
 
 /// Waits (bounded) until every pair works; the failures of the last try otherwise.
 fn all_pairs_reach(pods: &[ClusterPod]) -> Result<(), Vec<String>> {
+    all_pairs_reach_where(pods, &|_| true)
+}
+
+/// [`all_pairs_reach`] over the addresses `keep` accepts.
+fn all_pairs_reach_where(pods: &[ClusterPod], keep: &dyn Fn(&str) -> bool) -> Result<(), Vec<String>> {
     let mut last = Vec::new();
     let ok = wait_for(Duration::from_secs(10), "every pair in every family", || {
-        last = failing_pairs(pods);
+        last = failing_pairs(pods, keep);
         last.is_empty()
     });
     ok.map_err(|_| last)
@@ -316,4 +321,169 @@ fn ipv6_only_pods_egress_masqueraded_but_talk_to_each_other_unmasqueraded() {
     assert!(c.nodes[0].ns.exec(&["ip", "-4", "route", "show"]).lines().all(|l| !l.contains("flannel")));
     c.del_pod(&a).unwrap();
     c.del_pod(&b).unwrap();
+}
+
+// host-gw: each pod family is routed `via` the peer's address of the same family on a
+// shared L2 network, so a pod family crosses only an underlay that has that family. The
+// cells below cover which combinations exist and what the others look like: the family
+// without an underlay is reported (status `no_common_underlay` naming the peer, /readyz,
+// the metric, a log line), gets no route, and never holds the other family back.
+// Encryption is refused on host-gw (config.rs), so these cells are plain only.
+
+/// Node `i`'s host-gw routes into the pod network of one family: (destination, gateway).
+fn host_gw_routes(c: &Cluster, i: usize, v6: bool) -> Vec<(String, String)> {
+    let nl = c.nodes[i].ns.netlink();
+    let ul = nl.require_link("ul").unwrap();
+    nl.routes(v6, None)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.oif == Some(ul.index) && r.gateway.is_some())
+        .filter(|r| r.dst.to_string().starts_with(if v6 { "fd10:244:" } else { "10.244." }))
+        .map(|r| (r.dst.to_string(), r.gateway.unwrap().to_string()))
+        .collect()
+}
+
+/// The peers node `i` reports in family `fam` as sharing no underlay family with it.
+fn no_common_underlay(c: &Cluster, i: usize, fam: &str) -> Vec<String> {
+    let s = status_json(c, i);
+    let f = s["datapath"]["families"].as_array().unwrap().iter().find(|f| f["family"] == fam).cloned();
+    let f = f.unwrap_or_else(|| panic!("no {fam} in {s}"));
+    f["no_common_underlay"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect()
+}
+
+/// The pairs of pods on different nodes that reach each other over `fam` addresses.
+fn reaching_pairs(pods: &[ClusterPod], v6: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            for ip in b.ips.iter().filter(|ip| ip.contains(':') == v6) {
+                if ping(&a.ns, ip, 1) {
+                    out.push(format!("{} -> {ip}", a.ip));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One host-gw cell: the families the underlay has reach each other in every pair (ping
+/// and TCP, also after a daemon restart); each family it lacks is reported on every node,
+/// routed nowhere, and reaches nothing.
+fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
+    let tag = format!(
+        "host-gw {pods:?}-{}{}",
+        if underlay.v4 { "4" } else { "" },
+        if underlay.v6 { "6" } else { "" }
+    );
+    let c = Cluster::start(options(pods, underlay, 2).backend("host-gw"))
+        .unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let ps = pods_on_each_node(&c, "hg");
+    // host-gw adds no header: the pods get the underlay's MTU.
+    for p in &ps {
+        assert_eq!(pod_mtu(p), 1500, "{tag}: pod MTU");
+    }
+    let pod_fams: Vec<(&str, bool)> = [("ipv4", false), ("ipv6", true)]
+        .into_iter()
+        .filter(|(_, v6)| if *v6 { pods != Pods::V4 } else { pods != Pods::V6 })
+        .collect();
+    let carried = |v6: bool| if v6 { underlay.v6 } else { underlay.v4 };
+    for round in ["plain", "after a restart"] {
+        for &(fam, v6) in &pod_fams {
+            for i in 0..2 {
+                let peer_subnet = c.pod_subnet(1 - i).unwrap().replace('/', "-");
+                if carried(v6) {
+                    wait_for(Duration::from_secs(20), &format!("{tag}: node{i} routes {fam}"), || {
+                        host_gw_routes(&c, i, v6).len() == 1
+                    })
+                    .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
+                    assert_eq!(no_common_underlay(&c, i, fam), Vec::<String>::new(), "{tag} {round}");
+                } else {
+                    // Reported, naming the peer (its lease key holds its IPv4 subnet, or
+                    // is its IPv6 one), on every node; no route.
+                    wait_for(Duration::from_secs(20), &format!("{tag}: node{i} reports {fam}"), || {
+                        no_common_underlay(&c, i, fam).len() == 1
+                    })
+                    .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
+                    let reported = no_common_underlay(&c, i, fam);
+                    if pods == Pods::Dual {
+                        assert!(reported[0].contains(&peer_subnet), "{tag}: {reported:?} vs {peer_subnet}");
+                    }
+                    assert_eq!(host_gw_routes(&c, i, v6), vec![], "{tag}: a route in {fam}");
+                    let (_, body) = http_get(&c.nodes[i].socket(), "/readyz").unwrap();
+                    assert!(
+                        body.contains(&format!("{fam}: no common underlay family with")),
+                        "{tag}: {body}"
+                    );
+                    let (_, metrics) = http_get(&c.nodes[i].socket(), "/metrics").unwrap();
+                    assert!(
+                        metrics.contains(&format!(
+                            "overlayd_datapath_no_common_underlay_peers{{family=\"{fam}\"}} 1"
+                        )),
+                        "{tag}: {metrics}"
+                    );
+                    let log = std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap();
+                    assert!(
+                        log.contains("host-gw carries each pod family only over the same underlay family"),
+                        "{tag}: no log line"
+                    );
+                    assert_eq!(
+                        reaching_pairs(&ps, v6),
+                        Vec::<String>::new(),
+                        "{tag}: {fam} reached without a route"
+                    );
+                }
+            }
+        }
+        // Every pair in the carried families (none when the underlay carries no pod family).
+        if pod_fams.iter().any(|(_, v6)| carried(*v6)) {
+            assert_eq!(all_pairs_reach_where(&ps, &|ip| carried(ip.contains(':'))), Ok(()), "{tag}: {round}");
+        }
+        if round == "plain" {
+            c.stop_daemon(0, libc::SIGTERM);
+            c.start_daemon(0).unwrap();
+            c.wait_ready(0).unwrap();
+        }
+    }
+    // Encryption cannot be asked of host-gw: refused, nothing stored.
+    let (ok, out) = c.overlayctl(0, &["encryption", "enable"]).unwrap();
+    assert!(!ok && out.contains("host-gw"), "{tag}: {out}");
+    for p in &ps {
+        c.del_pod(p).unwrap();
+    }
+}
+
+#[test]
+fn host_gw_dual_pods_dual_underlay() {
+    require_root!();
+    host_gw_cell(Pods::Dual, UnderlayFamilies::DUAL);
+}
+
+#[test]
+fn host_gw_dual_pods_v4_underlay_reports_ipv6() {
+    require_root!();
+    host_gw_cell(Pods::Dual, UnderlayFamilies::V4);
+}
+
+#[test]
+fn host_gw_dual_pods_v6_underlay_reports_ipv4() {
+    require_root!();
+    host_gw_cell(Pods::Dual, UnderlayFamilies::V6);
+}
+
+#[test]
+fn host_gw_v6_pods_v6_underlay() {
+    require_root!();
+    host_gw_cell(Pods::V6, UnderlayFamilies::V6);
+}
+
+#[test]
+fn host_gw_v6_pods_v4_underlay_reports_ipv6() {
+    require_root!();
+    host_gw_cell(Pods::V6, UnderlayFamilies::V4);
+}
+
+#[test]
+fn host_gw_v4_pods_v6_underlay_reports_ipv4() {
+    require_root!();
+    host_gw_cell(Pods::V4, UnderlayFamilies::V6);
 }
