@@ -407,7 +407,7 @@ fn a_node_with_running_pods_goes_from_flanneld_to_overlayd_and_back_with_counted
         ping(&opod.ns, &fpod_ip, 1)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
-    assert!(ping(&fpod.ns, &opod.ip, 2), "flannel's pod does not reach ours");
+    assert!(ping(&fpod, &opod.ip, 2), "flannel's pod does not reach ours");
     let env_before = subnet_env_subnet(&flanneld.subnet_file);
 
     // flanneld → overlayd, traffic flowing: flanneld "stops" (it leaves everything in the
