@@ -1202,10 +1202,7 @@ fn main() {
             })
             .collect();
         md += "\nIPsec, relative to strongSwan configured by hand in this run:\n\n";
-        md += &table(
-            &["case", "TCP 1 str", "TCP 4 str", "CPU s/GB (1 str)", "CPU s/GB (4 str)"],
-            &rows,
-        );
+        md += &table(&["case", "TCP 1 str", "TCP 4 str", "CPU s/GB (1 str)", "CPU s/GB (4 str)"], &rows);
     }
     md += "\nCases:\n";
     for &case in &cfg.cases {
