@@ -41,17 +41,24 @@ pub fn reap(pid: i32, block: bool) {
     let _ = waitpid(Pid::from_raw(pid), flags);
 }
 
-/// Makes `cmd` start in a session of its own (it outlives its parent's process group) and a
-/// private mount namespace in which `run_dir` is bind-mounted on `/run`, so that a daemon
-/// with a fixed pid file path (`/run/charon.pid`) can run once per node namespace.
+/// Makes `cmd` start in a process group of its own (signals to its parent's group, such as
+/// a Ctrl-C or a `kill -- -PGID` of the daemon, do not reach it, and it outlives the parent)
+/// and a private mount namespace in which `run_dir` is bind-mounted on `/run`, so that a
+/// daemon with a fixed pid file path (`/run/charon.pid`) can run once per node namespace.
+///
+/// Not a session of its own: with the kernel's autogroup scheduling (`CONFIG_SCHED_AUTOGROUP`,
+/// on in Debian's kernels) every new session is a new scheduling group, and the datapath
+/// daemon would then be scheduled as one group against everything else instead of thread by
+/// thread as when started by hand; with kernel-libipsec that cost a third of the IPsec
+/// throughput (docs/benchmarks.md, "IPsec").
 pub fn detach_with_private_run(cmd: &mut Command, run_dir: &Path) -> std::io::Result<()> {
     let run = CString::new(run_dir.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
-    // SAFETY: between fork and exec only async-signal-safe system calls are made (setsid,
+    // SAFETY: between fork and exec only async-signal-safe system calls are made (setpgid,
     // unshare, mount) on C strings prepared before the fork; no allocation, no locks.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
+            if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::unshare(libc::CLONE_NEWNS) != 0 {

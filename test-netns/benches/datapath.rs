@@ -34,6 +34,10 @@
 //! - `strongswan`: daemons stopped; a charon per node configured by hand with swanctl
 //!   ([`HandSwan`]: the same keys, proposals and traffic selectors overlayd loads), the remote
 //!   pod subnet routed `dev ipsec0`, pod MTU 1400: the baseline `ipsec` must match.
+//! - `strongswan+setsid`: the same, each charon in a session of its own (a diagnostic: with
+//!   the kernel's autogroup scheduling a new session is a new scheduling group).
+//! - `ipsec-before` (only with `--overlayd-before PATH`): `ipsec` with another overlayd
+//!   binary, swapped in for this case, so that a change is measured before/after in one run.
 //! - the others: the daemons' datapath (daemons stopped so that their reconciliation does not
 //!   undo the change) with one setting changed, see [`Case::what`].
 //!
@@ -69,11 +73,14 @@ enum Case {
     WireguardGo,
     Encrypted,
     Ipsec,
+    IpsecBefore,
     Strongswan,
+    StrongswanSession,
 }
 
-/// Every case, all run by default; `--cases` picks some.
-const ALL: [Case; 14] = [
+/// Every case, all run by default; `--cases` picks some (and `ipsec-before` needs
+/// `--overlayd-before`).
+const ALL: [Case; 16] = [
     Case::Underlay,
     Case::HostGw,
     Case::OverlaydHostGw,
@@ -87,7 +94,9 @@ const ALL: [Case; 14] = [
     Case::WireguardGo,
     Case::Encrypted,
     Case::Ipsec,
+    Case::IpsecBefore,
     Case::Strongswan,
+    Case::StrongswanSession,
 ];
 
 /// charon's kernel-libipsec TUN device (the `ipsec` and `strongswan` cases).
@@ -117,7 +126,9 @@ impl Case {
             Case::WireguardGo => "wireguard-go",
             Case::Encrypted => "encrypted",
             Case::Ipsec => "ipsec",
+            Case::IpsecBefore => "ipsec-before",
             Case::Strongswan => "strongswan",
+            Case::StrongswanSession => "strongswan+setsid",
         }
     }
 
@@ -152,8 +163,14 @@ impl Case {
             Case::Ipsec => {
                 "`overlayctl encryption enable --type ipsec` on node0, daemons running (each with its charon, kernel-libipsec), remote subnet routed `dev ipsec0`, pods/veth/cni0 at ipsec0's MTU (1400)"
             }
+            Case::IpsecBefore => {
+                "as `ipsec`, with the overlayd binary given by `--overlayd-before` (a build to compare with, swapped in for this case only)"
+            }
             Case::Strongswan => {
                 "daemons stopped; a charon per node configured by hand with swanctl (Ed25519 keys, AES-256-GCM, X25519, UDP encapsulation, traffic selectors the two pod subnets, kernel-libipsec), remote subnet routed `dev ipsec0`, pods/veth/cni0 at 1400"
+            }
+            Case::StrongswanSession => {
+                "as `strongswan`, each charon started in a session of its own (`setsid`; with autogroup scheduling a scheduling group of its own), as overlayd started its charon before 2026-12-06"
             }
         }
     }
@@ -192,6 +209,10 @@ struct Topo {
     /// flannel.1's `tx-checksumming` as the daemon leaves it (`on`/`off`); empty until known.
     tx0: String,
     switch: Option<PathBuf>,
+    /// The run's private copy of the binaries (the daemons are started from here).
+    bin: PathBuf,
+    /// `--overlayd-before`: the overlayd of the `ipsec-before` case.
+    before: Option<PathBuf>,
 }
 
 fn node_subnet(c: &Cluster, i: usize) -> String {
@@ -380,7 +401,12 @@ impl Topo {
             Case::WireguardGo => self.wireguard_go_up(),
             Case::Encrypted => self.encryption_on(&[], FERRO_WG),
             Case::Ipsec => self.encryption_on(&["--type", "ipsec"], IPSEC0),
-            Case::Strongswan => self.strongswan_up(),
+            Case::IpsecBefore => {
+                self.swap_overlayd(true)?;
+                self.encryption_on(&["--type", "ipsec"], IPSEC0)
+            }
+            Case::Strongswan => self.strongswan_up(false),
+            Case::StrongswanSession => self.strongswan_up(true),
         }
     }
 
@@ -440,8 +466,27 @@ impl Topo {
         conf.and(mtu).and(routes)
     }
 
-    /// A charon per node, configured by hand (what the `ipsec` case must match).
-    fn strongswan_up(&mut self) -> Result<(), String> {
+    /// Puts the `--overlayd-before` binary in place of the run's overlayd (`before`), or the
+    /// run's own back. The daemons are stopped between cases, so the next start uses it.
+    fn swap_overlayd(&self, before: bool) -> Result<(), String> {
+        let (own, daemon) = (self.bin.join("overlayd.run"), self.bin.join("overlayd"));
+        if !own.exists() {
+            std::fs::copy(&daemon, &own).map_err(|e| format!("keeping the run's overlayd: {e}"))?;
+        }
+        let from = if before {
+            self.before.clone().ok_or("the ipsec-before case needs --overlayd-before PATH")?
+        } else {
+            own
+        };
+        // A fresh file (not written over): nothing can still be executing the old one.
+        let tmp = self.bin.join("overlayd.swap");
+        std::fs::copy(&from, &tmp).map_err(|e| format!("{}: {e}", from.display()))?;
+        std::fs::rename(&tmp, &daemon).map_err(|e| format!("swapping overlayd: {e}"))
+    }
+
+    /// A charon per node, configured by hand (what the `ipsec` case must match);
+    /// `own_session`: each in a session of its own.
+    fn strongswan_up(&mut self, own_session: bool) -> Result<(), String> {
         let mut keys = Vec::new();
         for i in 0..2 {
             let dir = self.c.work_dir().join(format!("swan{i}"));
@@ -449,7 +494,7 @@ impl Topo {
             let id = overlayd::identity::Identity::load_or_create(&dir).map_err(|e| e.to_string())?;
             let private = std::fs::read(id.path()).map_err(|e| e.to_string())?;
             let public = overlayd::encryption::ipsec::public_key_pem(&id.public());
-            self.swan.push(HandSwan::start(self.node(i), &dir, &private, &public)?);
+            self.swan.push(HandSwan::start_with(self.node(i), &dir, &private, &public, own_session)?);
             keys.push(public);
         }
         for i in 0..2 {
@@ -572,7 +617,11 @@ impl Topo {
                 mtu.and(routes)
             }
             Case::Encrypted | Case::Ipsec => self.encryption_off(),
-            Case::Strongswan => {
+            Case::IpsecBefore => {
+                let off = self.encryption_off();
+                self.swap_overlayd(false).and(off)
+            }
+            Case::Strongswan | Case::StrongswanSession => {
                 let mtu = self.set_pod_mtu(self.pod_mtu);
                 let routes = self.vxlan_routes();
                 // Stops the charons; their ipsec0 devices go with them.
@@ -873,6 +922,11 @@ fn main() {
     if let Some(v) = run.value("--cases") {
         cfg.cases =
             v.split(',').map(|s| Case::parse(s).unwrap_or_else(|| panic!("unknown case {s}"))).collect();
+    } else if run.value("--overlayd-before").is_none() {
+        cfg.cases.retain(|c| *c != Case::IpsecBefore);
+    }
+    if let Some(p) = run.value("--overlayd-before") {
+        assert!(std::path::Path::new(&p).is_file(), "--overlayd-before {p}: no such file");
     }
     let out = out_dir("datapath");
     let raw = out.join("raw");
@@ -933,6 +987,8 @@ fn main() {
         gro0,
         tx0: String::new(),
         switch: own_netns_named("switch"),
+        bin: bin.clone(),
+        before: run.value("--overlayd-before").map(PathBuf::from),
     };
     t.daemons_up().expect("the daemons' datapath");
     // The base state keeps the daemon's checksum offload setting, whichever it is.
@@ -1195,6 +1251,31 @@ fn main() {
             ],
             &rows,
         );
+    }
+    // The IPsec cases against the hand-made strongSwan of this same run.
+    let ipsec: Vec<Case> = cfg
+        .cases
+        .iter()
+        .copied()
+        .filter(|c| matches!(c, Case::Ipsec | Case::IpsecBefore | Case::StrongswanSession))
+        .collect();
+    if cfg.cases.contains(&Case::Strongswan) && !ipsec.is_empty() {
+        let sw = Case::Strongswan;
+        let rows: Vec<Vec<String>> = ipsec
+            .iter()
+            .map(|&c| {
+                let r = |a: f64, b: f64| if b > 0.0 { format!("{:.2}×", a / b) } else { "–".into() };
+                vec![
+                    format!("**{}**", c.name()),
+                    r(median(&g(c, 1)), median(&g(sw, 1))),
+                    r(median(&g(c, 4)), median(&g(sw, 4))),
+                    r(cpu_gb(c, 1), cpu_gb(sw, 1)),
+                    r(cpu_gb(c, 4), cpu_gb(sw, 4)),
+                ]
+            })
+            .collect();
+        md += "\nIPsec, relative to strongSwan configured by hand in this run:\n\n";
+        md += &table(&["case", "TCP 1 str", "TCP 4 str", "CPU s/GB (1 str)", "CPU s/GB (4 str)"], &rows);
     }
     md += "\nCases:\n";
     for &case in &cfg.cases {

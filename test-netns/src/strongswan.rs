@@ -33,6 +33,19 @@ impl HandSwan {
     /// Starts charon in `ns` with its files under `dir` and the key pair `private_pem`
     /// (PKCS#8) / `public_pem` (SubjectPublicKeyInfo), and waits for its socket.
     pub fn start(ns: &TestNs, dir: &Path, private_pem: &[u8], public_pem: &str) -> Result<HandSwan, String> {
+        Self::start_with(ns, dir, private_pem, public_pem, false)
+    }
+
+    /// As [`HandSwan::start`]; `own_session`: charon is started in a session of its own
+    /// (`setsid`), which with the kernel's autogroup scheduling is also a scheduling group of
+    /// its own (how overlayd started its charon before 2026-12-06; a benchmark diagnostic).
+    pub fn start_with(
+        ns: &TestNs,
+        dir: &Path,
+        private_pem: &[u8],
+        public_pem: &str,
+        own_session: bool,
+    ) -> Result<HandSwan, String> {
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
         for d in ["run", "sw/private", "sw/pubkey"] {
             std::fs::create_dir_all(dir.join(d)).map_err(io)?;
@@ -47,9 +60,11 @@ impl HandSwan {
             ),
         )
         .map_err(io)?;
+        // setsid(1) execs without forking (the child is no group leader): charon keeps this pid.
+        let prefix: &[&str] = if own_session { &["-m", "setsid", "sh", "-c"] } else { &["-m", "sh", "-c"] };
         let child = ns
             .command("unshare")
-            .args(["-m", "sh", "-c"])
+            .args(prefix)
             .arg(format!(
                 "mount --make-rprivate / && mount --bind {}/run /run && exec {CHARON}",
                 dir.display()

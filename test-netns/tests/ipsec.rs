@@ -90,6 +90,16 @@ fn enable_disable_on(store: StoreKind) {
         assert_eq!(p["auth"], "pubkey", "{p}");
         assert_eq!(p["established"], true, "{p}");
     }
+    // charon leads a process group of its own (signals to its daemon's group miss it) in its
+    // daemon's session: a session of its own is, with autogroup scheduling, a scheduling group
+    // of its own, which cost a third of libipsec's throughput (docs/benchmarks.md, "IPsec").
+    for i in 0..3 {
+        let charon = c.charon_pid(i).expect("charon runs") as u32;
+        let daemon = c.nodes[i].daemon_pid().expect("the daemon runs");
+        let ((group, session), (_, daemon_session)) = (proc_ids(charon), proc_ids(daemon));
+        assert_eq!(group, charon, "node{i}: charon leads a process group of its own");
+        assert_eq!(session, daemon_session, "node{i}: charon is in its daemon's session");
+    }
     // The pod MTU for new pods fits kernel-libipsec's TUN.
     let net: Value = serde_json::from_str(&c.ctl(0, &["--json", "network", "show"])).unwrap();
     assert!(net["mtu"].as_u64().unwrap() <= 1400, "{net}");
@@ -412,6 +422,14 @@ fn a_hand_configured_strongswan_peer_talks_to_a_node() {
 }
 
 /// A lease for `key` on `ip` with an IPsec part, signed by `identity` (as its node would).
+/// A process's group and session (`/proc/PID/stat`, fields 5 and 6).
+fn proc_ids(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<u32> = rest.split_whitespace().skip(2).take(2).map(|x| x.parse().unwrap()).collect();
+    (f[0], f[1])
+}
+
 fn signed_lease(key: &str, ip: &str, identity: &overlayd::identity::Identity) -> (String, String) {
     let value = format!(
         r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:77:00:00:00:02"}},"Identity":"{}","Encryption":{{"Type":"ipsec","IPsec":{{}}}}}}"#,

@@ -4,9 +4,11 @@
 //! `<state-dir>/ipsec/`), its VICI socket there, and a private mount namespace in which
 //! `<state-dir>/ipsec/run` is mounted on `/run`: charon's pid file is fixed at
 //! `/var/run/charon.pid`, so this is what lets several nodes (and a host's own strongSwan)
-//! run side by side. It is started detached (its own session): it outlives a restart of
-//! overlayd, like the WireGuard device does, and the next overlayd adopts it through its
-//! socket. Nothing but the VICI socket configures it.
+//! run side by side. It is started detached (a process group of its own, in overlayd's
+//! session, so that the scheduler treats it as it treats overlayd: see
+//! [`netkernel::process::detach_with_private_run`]): it outlives a restart of overlayd, like
+//! the WireGuard device does, and the next overlayd adopts it through its socket. Nothing but
+//! the VICI socket configures it.
 //!
 //! The datapath: with kernel ESP (XFRM and the esp4/esp6 modules), charon's kernel-netlink
 //! plugin installs SAs and policies in the kernel. Without it, kernel-libipsec does ESP in
