@@ -83,6 +83,7 @@ fn intervals_end_after_the_broadcast_address() {
 fn elements_carry_the_comment_nft_writes() {
     let e = Element {
         key: vec![10, 0, 0, 5],
+        key_end: None,
         end: false,
         data: Some(Data::Verdict(Verdict::Jump("g".into()))),
         comment: Some("net/c1/eth0".into()),
@@ -139,4 +140,17 @@ fn set_user_data_is_what_nft_writes() {
     assert_eq!(ud(1), want);
     let flags = wire::find(&b.msgs[0].attrs.buf, attr::set::FLAGS).and_then(wire::be_u32);
     assert_eq!(flags, Some(set_flags::MAP));
+}
+
+#[test]
+fn concatenations_know_their_fields() {
+    let k = KeyType::concat(&[KeyType::IPV6_ADDR, KeyType::INET_PROTO, KeyType::INET_SERVICE]);
+    // `nft --debug=mnl`: key type 0x830d (8 << 12 | 12 << 6 | 13), 24 bytes, no byte order.
+    assert_eq!((k.id, k.len, k.byteorder), ((8 << 12) | (12 << 6) | 13, 24, 0));
+    assert_eq!(k.fields(), Some(vec![16, 1, 2]));
+    assert_eq!(KeyType::IPV4_ADDR.fields(), None);
+    // A part this module does not know: no field lengths rather than wrong ones.
+    assert_eq!(KeyType { id: (7 << 6) | 63, len: 8, byteorder: 0 }.fields(), None);
+    assert_eq!(expr::reg_at(0), REG_1);
+    assert_eq!((expr::reg_at(1), expr::reg_at(4), expr::reg_at(5)), (9, 2, 13));
 }
