@@ -9,6 +9,7 @@ use netkernel::firewall::FirewallTable;
 use netkernel::macspoof::MacSpoofTable;
 use netkernel::masq::{MasqEntry, MasqTable};
 use netkernel::portmap::{Element as PmElement, Forward, PortmapTable, Proto, Tagged};
+use netkernel::strict::StrictRules;
 use serde_json::Value;
 use test_netns::{TestNs, require_root};
 
@@ -453,4 +454,43 @@ fn portmap_table_is_what_the_nft_script_made_and_reads_what_it_made() {
     assert_eq!(none, 0);
     let bad = ours.run(|| PortmapTable::new(t).unwrap().add(&pod1, &"x".repeat(200))).unwrap_err();
     assert!(bad.to_string().contains("comment"), "{bad}");
+}
+
+#[test]
+fn strict_table_is_what_its_nft_script_makes() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftstrours"), TestNs::new("nftstrtheirs"));
+    let t = "ferrocni_strictt";
+    let rules = StrictRules {
+        plaintext_devices: vec!["flannel.1".into(), "flannel-v6.1".into()],
+        tunnels: vec!["ferro-wg".into(), "ipsec0".into()],
+        xfrm: true,
+        // Prefixes on and off byte boundaries; an own subnet for IPv4 only.
+        pod_networks: vec!["10.244.0.0/14".parse().unwrap(), "fd00:10::/56".parse().unwrap()],
+        own_subnets: vec!["10.245.3.0/24".parse().unwrap()],
+    };
+    ours.run(|| netkernel::strict::ensure(t, &rules)).unwrap();
+    oracle(&theirs, &netkernel::strict::script(t, &rules));
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+    // Replaced whole: fewer rules after, and what nft made is replaced the same way.
+    let fewer = StrictRules { plaintext_devices: vec![], xfrm: false, ..rules };
+    ours.run(|| netkernel::strict::ensure(t, &fewer)).unwrap();
+    theirs.run(|| netkernel::strict::ensure(t, &fewer)).unwrap();
+    let fresh = TestNs::new("nftstrfresh");
+    oracle(&fresh, &netkernel::strict::script(t, &fewer));
+    assert_eq!(listing(&ours, "inet", t), listing(&fresh, "inet", t));
+    assert_eq!(listing(&theirs, "inet", t), listing(&fresh, "inet", t));
+    assert!(!text(&ours, "inet", t).contains("flannel"));
+    // A device name that is not one is refused before the kernel; nothing changes.
+    let bad = StrictRules { tunnels: vec!["bad\"name".into()], ..fewer.clone() };
+    let err = ours.run(|| netkernel::strict::ensure(t, &bad)).unwrap_err();
+    assert!(err.to_string().contains("not an interface name"), "{err}");
+    assert_eq!(listing(&ours, "inet", t), listing(&fresh, "inet", t));
+    ours.run(|| {
+        assert!(netkernel::strict::present(t).unwrap());
+        netkernel::strict::remove(t).unwrap();
+        netkernel::strict::remove(t).unwrap();
+        assert!(!netkernel::strict::present(t).unwrap());
+    });
 }

@@ -199,6 +199,12 @@ pub fn interval(net: &ipnet::IpNet) -> Vec<Element> {
     out
 }
 
+/// The name an anonymous set is created with (the kernel numbers it).
+pub(crate) const ANON_SET: &str = "__set%d";
+
+/// `NFT_SET_ANONYMOUS`.
+const SET_ANONYMOUS: u32 = 0x1;
+
 /// One message of a batch and what it does (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Msg {
@@ -289,6 +295,46 @@ impl Batch {
         let what = format!("flushing chain {} {table} {chain}", family.name());
         self.push(msg::DELRULE, DEL, family, a, what);
         self
+    }
+
+    /// An anonymous constant set (`{ a, b }` in a rule) of `key` holding `keys`, for a rule
+    /// later in this batch to look up ([`Expr::AnonLookup`] with the id returned). `meta` is
+    /// the meta key the rule matches against it, which `nft` records in the set's user data.
+    pub fn add_anon_set(
+        &mut self,
+        family: Family,
+        table: &str,
+        key: KeyType,
+        meta: Option<u32>,
+        keys: &[Vec<u8>],
+    ) -> u32 {
+        let id = self.set_ids.len() as u32 + 1;
+        let mut a = Attrs::new();
+        a.str(attr::set::TABLE, table).str(attr::set::NAME, ANON_SET);
+        a.u32(attr::set::FLAGS, SET_ANONYMOUS | set_flags::CONSTANT);
+        a.u32(attr::set::KEY_TYPE, key.id).u32(attr::set::KEY_LEN, key.len);
+        a.u32(attr::set::ID, id);
+        a.nest(attr::set::DESC, |a| {
+            a.u32(attr::desc::SIZE, keys.len() as u32);
+        });
+        let mut ud = Vec::new();
+        udata::put(&mut ud, udata::SET_KEYBYTEORDER, &key.byteorder.to_ne_bytes());
+        if let Some(m) = meta {
+            udata::meta_typeof(&mut ud, m);
+        }
+        a.put(attr::set::USERDATA, &ud);
+        let what = format!("adding an anonymous set to {} {table}", family.name());
+        self.push(msg::NEWSET, NEW, family, a, what);
+        self.set_ids.push((family, table.into(), format!("{ANON_SET}#{id}"), id));
+        let mut a = Attrs::new();
+        a.str(attr::elem_list::TABLE, table).str(attr::elem_list::SET, ANON_SET);
+        a.u32(attr::elem_list::SET_ID, id);
+        a.nest(attr::elem_list::ELEMENTS, |a| {
+            keys.iter().enumerate().for_each(|(i, k)| Element::key(k.clone()).encode(a, i + 1))
+        });
+        let what = format!("adding elements of an anonymous set to {} {table}", family.name());
+        self.push(msg::NEWSETELEM, NEW, family, a, what);
+        id
     }
 
     /// `add set` / `add map`: created unless it exists.

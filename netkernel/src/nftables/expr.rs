@@ -28,7 +28,12 @@ pub mod ct {
 
 /// `NFTA_FIB_F_*` and `NFT_FIB_RESULT_*`, and the `RTN_*` type `fib … type` compares.
 pub mod fib {
+    pub const F_SADDR: u32 = 1 << 0;
     pub const F_DADDR: u32 = 1 << 1;
+    pub const F_IIF: u32 = 1 << 3;
+    /// The result is whether there is one (`… oif missing`/`exists`), not its value.
+    pub const F_PRESENT: u32 = 1 << 5;
+    pub const RESULT_OIF: u32 = 1;
     pub const RESULT_ADDRTYPE: u32 = 3;
     pub const RTN_LOCAL: u32 = 2;
 }
@@ -42,6 +47,8 @@ pub mod meta {
     pub const OIFNAME: u32 = 7;
     pub const NFPROTO: u32 = 15;
     pub const L4PROTO: u32 = 16;
+    /// Whether the packet has a security path (IPsec decrypted it): `meta ipsec`.
+    pub const SECPATH: u32 = 25;
 }
 
 /// `NFT_PAYLOAD_*_HEADER`.
@@ -141,6 +148,9 @@ pub enum Expr {
     Bitwise { sreg: u32, dreg: u32, mask: Vec<u8>, xor: Vec<u8> },
     /// Looks `sreg` up in `set`; with `dreg`, a map lookup (`dreg` 0: a verdict map).
     Lookup { set: String, sreg: u32, dreg: Option<u32>, invert: bool },
+    /// Looks `sreg` up in the anonymous set with transaction id `id`
+    /// ([`super::Batch::add_anon_set`], earlier in the same batch).
+    AnonLookup { id: u32, sreg: u32, invert: bool },
     /// Puts `data` in `dreg` (register 0: the rule's verdict).
     Immediate { dreg: u32, data: Data },
     /// Counts packets and bytes.
@@ -163,7 +173,7 @@ impl Expr {
             Expr::Payload { .. } => "payload",
             Expr::Cmp { .. } => "cmp",
             Expr::Bitwise { .. } => "bitwise",
-            Expr::Lookup { .. } => "lookup",
+            Expr::Lookup { .. } | Expr::AnonLookup { .. } => "lookup",
             Expr::Immediate { .. } => "immediate",
             Expr::Counter => "counter",
             Expr::Masq { .. } => "masq",
@@ -217,6 +227,13 @@ impl Expr {
                 if let Some(id) = set_id(set) {
                     a.u32(4, id);
                 }
+                if *invert {
+                    a.u32(5, 1);
+                }
+            }
+            Expr::AnonLookup { id, sreg, invert } => {
+                // The kernel names it when it is created: refer to it by the template `nft` sends.
+                a.u32(2, *sreg).str(1, super::batch::ANON_SET).u32(4, *id);
                 if *invert {
                     a.u32(5, 1);
                 }

@@ -60,6 +60,7 @@ pub(crate) mod attr {
     }
     /// `NFTA_SET_DESC_*` and `NFTA_SET_FIELD_*`: the lengths of a concatenation's fields.
     pub(crate) mod desc {
+        pub(crate) const SIZE: u16 = 1;
         pub(crate) const CONCAT: u16 = 2;
         pub(crate) const FIELD_LEN: u16 = 1;
     }
@@ -214,6 +215,19 @@ pub(crate) mod udata {
         put(&mut inner, 0, &EXPR_CONCAT.to_ne_bytes());
         put(&mut inner, 1, &[]);
         put(out, kind, &inner);
+    }
+
+    /// nft's `EXPR_META`, and the typeof record it writes for a set matched against a meta
+    /// key: `{ 0: EXPR_META, 1: { 0: key } }`.
+    pub(crate) const EXPR_META: u32 = 9;
+
+    pub(crate) fn meta_typeof(out: &mut Vec<u8>, key: u32) {
+        let mut data = Vec::new();
+        put(&mut data, 0, &key.to_ne_bytes());
+        let mut inner = Vec::new();
+        put(&mut inner, 0, &EXPR_META.to_ne_bytes());
+        put(&mut inner, 1, &data);
+        put(out, SET_KEY_TYPEOF, &inner);
     }
 
     /// A comment record: the text and its NUL, as `nft` writes it.
