@@ -123,6 +123,7 @@ impl FirewallTable {
         b.add_elements(INET, t, "isolated", &[Element::key(expr::ifname_bytes(bridge))]);
         let jump = Element {
             key: expr::ifname_bytes(bridge),
+            key_end: None,
             end: false,
             data: Some(Data::Verdict(Verdict::Jump(chain))),
             comment: None,
@@ -149,6 +150,7 @@ impl FirewallTable {
                     .filter(|ip| ip.is_ipv6() == v6)
                     .map(|ip| Element {
                         key: expr::addr_bytes(*ip),
+                        key_end: None,
                         end: false,
                         data: None,
                         comment: Some(comment.clone()),

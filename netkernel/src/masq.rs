@@ -140,6 +140,7 @@ impl MasqTable {
                 .filter(|ip| ip.is_ipv6() == v6)
                 .map(|ip| Element {
                     key: expr::addr_bytes(*ip),
+                    key_end: None,
                     end: false,
                     data: Some(Data::Verdict(Verdict::Jump(group.to_string()))),
                     comment: Some(comment.to_string()),

@@ -370,3 +370,56 @@ fn ipv6_only_conflist_with_every_plugin() {
     assert!(std::fs::read_dir(&tuning).map(|d| d.count()).unwrap_or(0) == 0, "tuning left its files");
     assert!(echo(&node.ns, &format!("[{NODE_IP6}]:8086")).is_err(), "the host port still answers after DEL");
 }
+
+/// podman's default list (bridge with `ipMasq`, host-local, portmap, firewall, tuning) ADDed
+/// and DELeted by `cnictl` under `strace -f -e trace=execve`: the runtime starts each plugin
+/// of the list and the bridge its IPAM plugin, and no plugin starts anything else (no `nft`,
+/// `iptables`, `ip`, `tc`, `sysctl`).
+#[test]
+fn podman_default_conflist_runs_no_other_program() {
+    require_root!();
+    if !Path::new("/usr/bin/strace").exists() {
+        test_netns::skip(module_path!(), "needs strace (scripts/deps.sh installs it)");
+        return;
+    }
+    let node = Node::new();
+    let tuning = node.dir.path().join("tuning");
+    node.write_conflist(&podman_conflist(&node, &tuning));
+    let pod = TestNs::new("pmstrace");
+    let caps = json!({"portMappings": [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]});
+    let log = node.dir.path().join("strace.log");
+    for command in ["add", "del"] {
+        let out = node
+            .ns
+            .command("/usr/bin/strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&log)
+            .arg(bin_dir().join("cnictl"))
+            .args([command, "podman", pod.path().to_str().unwrap()])
+            .env_clear()
+            .env("CNI_PATH", bin_dir())
+            .env("NETCONFPATH", node.conf_dir())
+            .env("CNI_CACHE_DIR", node.dir.path().join("cache"))
+            .env("CNI_CONTAINERID", "strace1")
+            .env("CAP_ARGS", caps.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let programs: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("execve(\"") && l.trim_end().ends_with("= 0"))
+            .filter_map(|l| l.split('"').nth(1).map(|p| p.rsplit('/').next().unwrap_or(p).to_string()))
+            .collect();
+        let mut want = vec!["cnictl", "bridge", "host-local", "portmap", "firewall", "tuning"];
+        if command == "del" {
+            // DEL runs the list in reverse.
+            want = vec!["cnictl", "tuning", "firewall", "portmap", "bridge", "host-local"];
+        }
+        assert_eq!(programs, want, "{command}: every program started:\n{text}");
+        if command == "add" {
+            assert!(!elements(&node.ns).is_empty(), "ADD forwarded the host port");
+        }
+    }
+    assert!(elements(&node.ns).is_empty(), "{:?}", elements(&node.ns));
+}

@@ -8,6 +8,8 @@ use ipnet::IpNet;
 use netkernel::firewall::FirewallTable;
 use netkernel::macspoof::MacSpoofTable;
 use netkernel::masq::{MasqEntry, MasqTable};
+use netkernel::portmap::{Element as PmElement, Forward, PortmapTable, Proto, Tagged};
+use netkernel::strict::StrictRules;
 use serde_json::Value;
 use test_netns::{TestNs, require_root};
 
@@ -324,4 +326,171 @@ fn node_rules_are_what_their_nft_script_makes() {
         assert!(NodeRules::remove("bad name").is_err());
     });
     assert!(!ours.try_exec(&["nft", "list", "table", "inet", "ferrocni_natt"]));
+}
+
+/// The script `PortmapTable::add` ran (the structure, then its elements) before it sent
+/// netlink messages itself.
+fn portmap_script(t: &str, elements: &str) -> String {
+    format!(
+        "add table inet {t}
+add map inet {t} hostports4 {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+add map inet {t} hostports6 {{ type inet_proto . inet_service : ipv6_addr . inet_service; }}
+add map inet {t} hostip4 {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
+add map inet {t} hostip6 {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }}
+add set inet {t} hairpin4 {{ type ipv4_addr . ipv4_addr; flags interval; }}
+add set inet {t} hairpin6 {{ type ipv6_addr . ipv6_addr; flags interval; }}
+add set inet {t} localnet4 {{ type ipv4_addr; }}
+add chain inet {t} hostports
+flush chain inet {t} hostports
+add rule inet {t} hostports meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @hostip4
+add rule inet {t} hostports meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostip6
+add rule inet {t} hostports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @hostports4
+add rule inet {t} hostports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6
+add chain inet {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}
+flush chain inet {t} prerouting
+add rule inet {t} prerouting fib daddr type local jump hostports
+add chain inet {t} output {{ type nat hook output priority -100; policy accept; }}
+flush chain inet {t} output
+add rule inet {t} output fib daddr type local jump hostports
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} postrouting
+add rule inet {t} postrouting ct status dnat ip saddr . ip daddr @hairpin4 masquerade
+add rule inet {t} postrouting ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade
+add rule inet {t} postrouting ip saddr 127.0.0.0/8 ip daddr @localnet4 ct status dnat masquerade
+add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
+flush chain inet {t} input
+add rule inet {t} input iifname != \"lo\" ip daddr 127.0.0.0/8 ct status ! dnat drop
+{elements}"
+    )
+}
+
+fn forward(proto: Proto, host_ip: Option<&str>, host_port: u16, dest: &str, dest_port: u16) -> PmElement {
+    PmElement::Forward(Forward {
+        proto,
+        host_ip: host_ip.map(|h| h.parse().unwrap()),
+        host_port,
+        dest: dest.parse().unwrap(),
+        dest_port,
+    })
+}
+
+/// One pod's elements (both families, every kind), and the same as `nft` script lines.
+fn portmap_pod(n: u8, tag: &str) -> (Vec<PmElement>, String) {
+    let (v4, v6) = (format!("10.88.0.{n}"), format!("fd00:88::{n}"));
+    let port = 8000 + u16::from(n);
+    let elements = vec![
+        forward(Proto::Tcp, None, port, &v4, 80),
+        forward(Proto::Udp, None, port, &v6, 53),
+        forward(Proto::Sctp, Some("192.0.2.1"), port, &v4, 9),
+        forward(Proto::Tcp, Some("2001:db8::1"), port, &v6, 443),
+        PmElement::Hairpin { subnet: "10.88.0.0/16".parse().unwrap(), ip: v4.parse().unwrap() },
+        PmElement::Hairpin { subnet: "fd00:88::/64".parse().unwrap(), ip: v6.parse().unwrap() },
+        PmElement::Localnet(v4.parse().unwrap()),
+    ];
+    let c = format!("comment \"{tag}\"");
+    let script = format!(
+        "create element inet T hostports4 {{ tcp . {port} {c} : {v4} . 80 }}
+create element inet T hostports6 {{ udp . {port} {c} : {v6} . 53 }}
+create element inet T hostip4 {{ 192.0.2.1 . sctp . {port} {c} : {v4} . 9 }}
+create element inet T hostip6 {{ 2001:db8::1 . tcp . {port} {c} : {v6} . 443 }}
+add element inet T hairpin4 {{ 10.88.0.0/16 . {v4} {c} }}
+add element inet T hairpin6 {{ fd00:88::/64 . {v6} {c} }}
+add element inet T localnet4 {{ {v4} {c} }}
+"
+    );
+    (elements, script)
+}
+
+#[test]
+fn portmap_table_is_what_the_nft_script_made_and_reads_what_it_made() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftpmours"), TestNs::new("nftpmtheirs"));
+    let t = "ferrocni_pmt";
+    let (pod1, script1) = portmap_pod(5, "net/c1/eth0");
+    let (pod2, script2) = portmap_pod(6, "net/c2/eth0");
+    ours.run(|| {
+        let table = PortmapTable::new(t).unwrap();
+        // The first ADD builds everything; the second takes the elements-only path.
+        table.add(&pod1, "net/c1/eth0").unwrap();
+        table.add(&pod2, "net/c2/eth0").unwrap();
+    });
+    oracle(&theirs, &portmap_script(t, &script1.replace(" T ", &format!(" {t} "))));
+    oracle(&theirs, &script2.replace(" T ", &format!(" {t} ")));
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+
+    // Upgrade: what the `nft` script made (the previous version) is read back and removed
+    // by tag, as a DEL of a pod attached before the upgrade does.
+    let tagged = |pod: &[PmElement], tag: &str| {
+        pod.iter().map(|e| Tagged { tag: tag.into(), element: e.clone() }).collect::<Vec<_>>()
+    };
+    let mut want = tagged(&pod1, "net/c1/eth0");
+    want.extend(tagged(&pod2, "net/c2/eth0"));
+    want.sort();
+    assert_eq!(theirs.run(|| PortmapTable::new(t).unwrap().elements().unwrap()), want);
+    assert_eq!(ours.run(|| PortmapTable::new(t).unwrap().elements().unwrap()), want);
+    let removed =
+        theirs.run(|| PortmapTable::new(t).unwrap().remove_where(|tag| tag == "net/c1/eth0").unwrap());
+    assert_eq!(removed, 7);
+    ours.run(|| PortmapTable::new(t).unwrap().remove(&pod1).unwrap());
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    let mut left = tagged(&pod2, "net/c2/eth0");
+    left.sort();
+    assert_eq!(theirs.run(|| PortmapTable::new(t).unwrap().elements().unwrap()), left);
+
+    // A host port another tag holds: refused whole (the pod's other elements not added).
+    let (clash, _) = portmap_pod(6, "net/c3/eth0");
+    let err = ours.run(|| PortmapTable::new(t).unwrap().add(&clash, "net/c3/eth0")).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t), "a failed batch changed nothing");
+    // Removing what is not there fails and changes nothing.
+    let err = ours.run(|| PortmapTable::new(t).unwrap().remove(&pod1)).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOENT), "{err}");
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(ours.run(|| PortmapTable::new(t).unwrap().remove_where(|_| true).unwrap()), 7);
+    assert!(ours.run(|| PortmapTable::new(t).unwrap().elements().unwrap()).is_empty());
+    // No table at all: nothing listed, nothing to remove.
+    let none = ours.run(|| PortmapTable::new("ferrocni_pmnone").unwrap().remove_where(|_| true).unwrap());
+    assert_eq!(none, 0);
+    let bad = ours.run(|| PortmapTable::new(t).unwrap().add(&pod1, &"x".repeat(200))).unwrap_err();
+    assert!(bad.to_string().contains("comment"), "{bad}");
+}
+
+#[test]
+fn strict_table_is_what_its_nft_script_makes() {
+    require_root!();
+    let (ours, theirs) = (TestNs::new("nftstrours"), TestNs::new("nftstrtheirs"));
+    let t = "ferrocni_strictt";
+    let rules = StrictRules {
+        plaintext_devices: vec!["flannel.1".into(), "flannel-v6.1".into()],
+        tunnels: vec!["ferro-wg".into(), "ipsec0".into()],
+        xfrm: true,
+        // Prefixes on and off byte boundaries; an own subnet for IPv4 only.
+        pod_networks: vec!["10.244.0.0/14".parse().unwrap(), "fd00:10::/56".parse().unwrap()],
+        own_subnets: vec!["10.245.3.0/24".parse().unwrap()],
+    };
+    ours.run(|| netkernel::strict::ensure(t, &rules)).unwrap();
+    oracle(&theirs, &netkernel::strict::script(t, &rules));
+    assert_eq!(listing(&ours, "inet", t), listing(&theirs, "inet", t));
+    assert_eq!(text(&ours, "inet", t), text(&theirs, "inet", t));
+    // Replaced whole: fewer rules after, and what nft made is replaced the same way.
+    let fewer = StrictRules { plaintext_devices: vec![], xfrm: false, ..rules };
+    ours.run(|| netkernel::strict::ensure(t, &fewer)).unwrap();
+    theirs.run(|| netkernel::strict::ensure(t, &fewer)).unwrap();
+    let fresh = TestNs::new("nftstrfresh");
+    oracle(&fresh, &netkernel::strict::script(t, &fewer));
+    assert_eq!(listing(&ours, "inet", t), listing(&fresh, "inet", t));
+    assert_eq!(listing(&theirs, "inet", t), listing(&fresh, "inet", t));
+    assert!(!text(&ours, "inet", t).contains("flannel"));
+    // A device name that is not one is refused before the kernel; nothing changes.
+    let bad = StrictRules { tunnels: vec!["bad\"name".into()], ..fewer.clone() };
+    let err = ours.run(|| netkernel::strict::ensure(t, &bad)).unwrap_err();
+    assert!(err.to_string().contains("not an interface name"), "{err}");
+    assert_eq!(listing(&ours, "inet", t), listing(&fresh, "inet", t));
+    ours.run(|| {
+        assert!(netkernel::strict::present(t).unwrap());
+        netkernel::strict::remove(t).unwrap();
+        netkernel::strict::remove(t).unwrap();
+        assert!(!netkernel::strict::present(t).unwrap());
+    });
 }

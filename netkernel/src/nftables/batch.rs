@@ -1,7 +1,7 @@
 //! A transaction: nf_tables objects to add or delete, encoded as one nfnetlink batch
 //! (`NFNL_MSG_BATCH_BEGIN` … `NFNL_MSG_BATCH_END`) that the kernel applies whole or not at all.
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 
 use super::expr::{Data, Expr};
 use super::wire::{self, Attrs, SUBSYS_NFTABLES, attr, msg, udata};
@@ -67,14 +67,41 @@ impl KeyType {
     pub const MARK: KeyType = KeyType { id: 19, len: 4, byteorder: 1 };
     pub const IFNAME: KeyType = KeyType { id: 41, len: 16, byteorder: 1 };
 
-    /// A concatenation (`a . b`): `nft`'s combined type number (6 bits per part) and each
-    /// part padded to 4 bytes, as registers hold them.
+    /// The types above, which a concatenation may be made of.
+    const BASIC: [KeyType; 7] = [
+        Self::IPV4_ADDR,
+        Self::IPV6_ADDR,
+        Self::ETHER_ADDR,
+        Self::INET_PROTO,
+        Self::INET_SERVICE,
+        Self::MARK,
+        Self::IFNAME,
+    ];
+
+    /// A concatenation (`a . b`) of the types above: `nft`'s combined type number (6 bits
+    /// per part), each part padded to 4 bytes as registers hold them, and no byte order
+    /// (`nft` records none for a concatenation).
     pub fn concat(parts: &[KeyType]) -> KeyType {
         KeyType {
             id: parts.iter().fold(0, |id, p| (id << 6) | p.id),
             len: parts.iter().map(|p| wire::align4(p.len as usize) as u32).sum(),
-            byteorder: 2,
+            byteorder: 0,
         }
+    }
+
+    /// The lengths (unpadded) of the parts of a concatenation; `None` for a basic type.
+    pub fn fields(&self) -> Option<Vec<u32>> {
+        if self.id < 64 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut id = self.id;
+        while id != 0 {
+            out.push(Self::BASIC.iter().find(|b| b.id == id & 0x3f)?.len);
+            id >>= 6;
+        }
+        out.reverse();
+        Some(out)
     }
 }
 
@@ -83,6 +110,9 @@ pub mod set_flags {
     pub const CONSTANT: u32 = 0x2;
     pub const INTERVAL: u32 = 0x4;
     pub(crate) const MAP: u32 = 0x8;
+    /// `NFT_SET_CONCAT`: set by [`super::Batch::add_set`] on an interval set with a
+    /// concatenated key (the kernel then needs the field lengths).
+    pub(crate) const CONCAT: u32 = 0x80;
 }
 
 /// What a map maps to.
@@ -108,10 +138,12 @@ pub struct SetSpec {
 }
 
 /// One set or map element. An interval is two elements: its start, and its end (the first
-/// key after it) with `end` set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// key after it) with `end` set; in a set of concatenations it is one element, from `key`
+/// to `key_end` (both included).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
     pub end: bool,
     pub data: Option<Data>,
     pub comment: Option<String>,
@@ -120,14 +152,21 @@ pub struct Element {
 impl Element {
     /// A plain key.
     pub fn key(key: Vec<u8>) -> Self {
-        Element { key, end: false, data: None, comment: None }
+        Element { key, ..Element::default() }
     }
 
-    fn encode(&self, a: &mut Attrs) {
-        a.nest(attr::LIST_ELEM, |a| {
+    /// The `index`th (from 1) element of a list: libnftnl numbers them so (the kernel
+    /// ignores the number).
+    fn encode(&self, a: &mut Attrs, index: usize) {
+        a.nest(index as u16, |a| {
             a.nest(attr::elem::KEY, |a| {
                 a.put(attr::data::VALUE, &self.key);
             });
+            if let Some(k) = &self.key_end {
+                a.nest(attr::elem::KEY_END, |a| {
+                    a.put(attr::data::VALUE, k);
+                });
+            }
             if let Some(d) = &self.data {
                 a.nest(attr::elem::DATA, |a| d.encode(a));
             }
@@ -153,12 +192,18 @@ pub fn interval(net: &ipnet::IpNet) -> Vec<Element> {
         let (v, carry) = b.overflowing_add(1);
         *b = v;
         if !carry {
-            out.push(Element { key: end, end: true, data: None, comment: None });
+            out.push(Element { key: end, end: true, ..Element::default() });
             break;
         }
     }
     out
 }
+
+/// The name an anonymous set is created with (the kernel numbers it).
+pub(crate) const ANON_SET: &str = "__set%d";
+
+/// `NFT_SET_ANONYMOUS`.
+const SET_ANONYMOUS: u32 = 0x1;
 
 /// One message of a batch and what it does (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,12 +275,13 @@ impl Batch {
     ) -> &mut Self {
         let mut a = Attrs::new();
         a.str(attr::chain::TABLE, table).str(attr::chain::NAME, chain);
+        // In the order `nft` writes them.
         if let Some(b) = base {
+            a.str(attr::chain::TYPE, b.kind);
+            a.u32(attr::chain::POLICY, u32::from(b.accept));
             a.nest(attr::chain::HOOK, |a| {
                 a.u32(attr::hook::HOOKNUM, b.hook as u32).u32(attr::hook::PRIORITY, b.priority as u32);
             });
-            a.u32(attr::chain::POLICY, u32::from(b.accept));
-            a.str(attr::chain::TYPE, b.kind);
         }
         let what = format!("adding chain {} {table} {chain}", family.name());
         self.push(msg::NEWCHAIN, NEW, family, a, what);
@@ -251,6 +297,46 @@ impl Batch {
         self
     }
 
+    /// An anonymous constant set (`{ a, b }` in a rule) of `key` holding `keys`, for a rule
+    /// later in this batch to look up ([`Expr::AnonLookup`] with the id returned). `meta` is
+    /// the meta key the rule matches against it, which `nft` records in the set's user data.
+    pub fn add_anon_set(
+        &mut self,
+        family: Family,
+        table: &str,
+        key: KeyType,
+        meta: Option<u32>,
+        keys: &[Vec<u8>],
+    ) -> u32 {
+        let id = self.set_ids.len() as u32 + 1;
+        let mut a = Attrs::new();
+        a.str(attr::set::TABLE, table).str(attr::set::NAME, ANON_SET);
+        a.u32(attr::set::FLAGS, SET_ANONYMOUS | set_flags::CONSTANT);
+        a.u32(attr::set::KEY_TYPE, key.id).u32(attr::set::KEY_LEN, key.len);
+        a.u32(attr::set::ID, id);
+        a.nest(attr::set::DESC, |a| {
+            a.u32(attr::desc::SIZE, keys.len() as u32);
+        });
+        let mut ud = Vec::new();
+        udata::put(&mut ud, udata::SET_KEYBYTEORDER, &key.byteorder.to_ne_bytes());
+        if let Some(m) = meta {
+            udata::meta_typeof(&mut ud, m);
+        }
+        a.put(attr::set::USERDATA, &ud);
+        let what = format!("adding an anonymous set to {} {table}", family.name());
+        self.push(msg::NEWSET, NEW, family, a, what);
+        self.set_ids.push((family, table.into(), format!("{ANON_SET}#{id}"), id));
+        let mut a = Attrs::new();
+        a.str(attr::elem_list::TABLE, table).str(attr::elem_list::SET, ANON_SET);
+        a.u32(attr::elem_list::SET_ID, id);
+        a.nest(attr::elem_list::ELEMENTS, |a| {
+            keys.iter().enumerate().for_each(|(i, k)| Element::key(k.clone()).encode(a, i + 1))
+        });
+        let what = format!("adding elements of an anonymous set to {} {table}", family.name());
+        self.push(msg::NEWSETELEM, NEW, family, a, what);
+        id
+    }
+
     /// `add set` / `add map`: created unless it exists.
     pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
         let id = self.set_ids.len() as u32 + 1;
@@ -259,6 +345,11 @@ impl Batch {
         a.str(attr::set::TABLE, table).str(attr::set::NAME, &set.name);
         if set.data.is_some() {
             flags |= set_flags::MAP;
+        }
+        // Intervals of concatenations (the pipapo set) need each field's length.
+        let fields = set.key.fields().filter(|_| flags & set_flags::INTERVAL != 0);
+        if fields.is_some() {
+            flags |= set_flags::CONCAT;
         }
         a.u32(attr::set::FLAGS, flags);
         a.u32(attr::set::KEY_TYPE, set.key.id).u32(attr::set::KEY_LEN, set.key.len);
@@ -272,8 +363,20 @@ impl Batch {
             None => {}
         }
         a.u32(attr::set::ID, id);
-        // What `nft` keeps there: the byte orders of key and data, whether the data are
-        // intervals (never here), and whether to merge adjacent intervals.
+        if let Some(lens) = &fields {
+            a.nest(attr::set::DESC, |a| {
+                a.nest(attr::desc::CONCAT, |a| {
+                    for len in lens {
+                        a.nest(attr::LIST_ELEM, |a| {
+                            a.u32(attr::desc::FIELD_LEN, *len);
+                        });
+                    }
+                });
+            });
+        }
+        // What `nft` keeps there, in its order: the byte orders of key and data, whether to
+        // merge adjacent intervals, whether key and data are concatenations, and whether the
+        // data are intervals (never here).
         let mut ud = Vec::new();
         udata::put(&mut ud, udata::SET_KEYBYTEORDER, &set.key.byteorder.to_ne_bytes());
         if let Some(d) = set.data {
@@ -282,10 +385,20 @@ impl Batch {
                 MapData::Value(t) => t.byteorder,
             };
             udata::put(&mut ud, udata::SET_DATABYTEORDER, &order.to_ne_bytes());
-            udata::put(&mut ud, udata::SET_DATA_INTERVAL, &0u32.to_ne_bytes());
         }
         if set.auto_merge {
             udata::put(&mut ud, udata::SET_MERGE_ELEMENTS, &1u32.to_ne_bytes());
+        }
+        if set.key.fields().is_some() {
+            udata::concat_typeof(&mut ud, udata::SET_KEY_TYPEOF);
+        }
+        if let Some(MapData::Value(t)) = set.data
+            && t.fields().is_some()
+        {
+            udata::concat_typeof(&mut ud, udata::SET_DATA_TYPEOF);
+        }
+        if set.data.is_some() {
+            udata::put(&mut ud, udata::SET_DATA_INTERVAL, &0u32.to_ne_bytes());
         }
         a.put(attr::set::USERDATA, &ud);
         let kind = if set.data.is_some() { "map" } else { "set" };
@@ -295,7 +408,7 @@ impl Batch {
         self
     }
 
-    fn elements(&mut self, kind: u16, family: Family, table: &str, set: &str, elems: &[Element]) {
+    fn elements(&mut self, kind: u16, flags: u16, family: Family, table: &str, set: &str, elems: &[Element]) {
         if elems.is_empty() {
             return;
         }
@@ -304,15 +417,28 @@ impl Batch {
         if let Some(id) = self.set_id(family, table, set) {
             a.u32(attr::elem_list::SET_ID, id);
         }
-        a.nest(attr::elem_list::ELEMENTS, |a| elems.iter().for_each(|e| e.encode(a)));
-        let (flags, verb) = if kind == msg::NEWSETELEM { (NEW, "adding") } else { (DEL, "deleting") };
+        a.nest(attr::elem_list::ELEMENTS, |a| elems.iter().enumerate().for_each(|(i, e)| e.encode(a, i + 1)));
+        let verb = if kind == msg::NEWSETELEM { "adding" } else { "deleting" };
         let what = format!("{verb} elements of {} {table} {set}", family.name());
         self.push(kind, flags, family, a, what);
     }
 
     /// `add element`: each one created unless its key is there (with the same data).
     pub fn add_elements(&mut self, family: Family, table: &str, set: &str, elems: &[Element]) -> &mut Self {
-        self.elements(msg::NEWSETELEM, family, table, set, elems);
+        self.elements(msg::NEWSETELEM, NEW, family, table, set, elems);
+        self
+    }
+
+    /// `create element`: like [`Batch::add_elements`], but EEXIST (and nothing done) if a key
+    /// is already there, whatever its data.
+    pub fn create_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: &[Element],
+    ) -> &mut Self {
+        self.elements(msg::NEWSETELEM, NEW | NLM_F_EXCL, family, table, set, elems);
         self
     }
 
@@ -324,7 +450,7 @@ impl Batch {
         set: &str,
         elems: &[Element],
     ) -> &mut Self {
-        self.elements(msg::DELSETELEM, family, table, set, elems);
+        self.elements(msg::DELSETELEM, DEL, family, table, set, elems);
         self
     }
 

@@ -12,6 +12,32 @@ pub const REG_1: u32 = 1;
 /// `NFT_REG32_00`: the first 4-byte register (concatenations are laid out from it).
 pub const REG32_00: u32 = 8;
 
+/// The register `slot` 4-byte words into the register file, numbered as `nft` numbers it:
+/// as a 16-byte register when it starts one, else as a 4-byte one.
+pub fn reg_at(slot: u32) -> u32 {
+    if slot % 4 == 0 { REG_1 + slot / 4 } else { REG32_00 + slot }
+}
+
+/// `NFT_CT_*` keys.
+pub mod ct {
+    pub const STATE: u32 = 0;
+    pub const STATUS: u32 = 2;
+    /// `IPS_DST_NAT`: the connection was destination-NATed (`ct status dnat`).
+    pub const STATUS_DNAT: u32 = 1 << 5;
+}
+
+/// `NFTA_FIB_F_*` and `NFT_FIB_RESULT_*`, and the `RTN_*` type `fib … type` compares.
+pub mod fib {
+    pub const F_SADDR: u32 = 1 << 0;
+    pub const F_DADDR: u32 = 1 << 1;
+    pub const F_IIF: u32 = 1 << 3;
+    /// The result is whether there is one (`… oif missing`/`exists`), not its value.
+    pub const F_PRESENT: u32 = 1 << 5;
+    pub const RESULT_OIF: u32 = 1;
+    pub const RESULT_ADDRTYPE: u32 = 3;
+    pub const RTN_LOCAL: u32 = 2;
+}
+
 /// `NFT_META_*` keys.
 pub mod meta {
     pub const MARK: u32 = 3;
@@ -21,6 +47,8 @@ pub mod meta {
     pub const OIFNAME: u32 = 7;
     pub const NFPROTO: u32 = 15;
     pub const L4PROTO: u32 = 16;
+    /// Whether the packet has a security path (IPsec decrypted it): `meta ipsec`.
+    pub const SECPATH: u32 = 25;
 }
 
 /// `NFT_PAYLOAD_*_HEADER`.
@@ -120,6 +148,9 @@ pub enum Expr {
     Bitwise { sreg: u32, dreg: u32, mask: Vec<u8>, xor: Vec<u8> },
     /// Looks `sreg` up in `set`; with `dreg`, a map lookup (`dreg` 0: a verdict map).
     Lookup { set: String, sreg: u32, dreg: Option<u32>, invert: bool },
+    /// Looks `sreg` up in the anonymous set with transaction id `id`
+    /// ([`super::Batch::add_anon_set`], earlier in the same batch).
+    AnonLookup { id: u32, sreg: u32, invert: bool },
     /// Puts `data` in `dreg` (register 0: the rule's verdict).
     Immediate { dreg: u32, data: Data },
     /// Counts packets and bytes.
@@ -130,6 +161,9 @@ pub enum Expr {
     Nat { dnat: bool, family: u32, addr: Option<u32>, proto: Option<u32>, flags: u32 },
     /// Loads a conntrack key into `dreg`.
     Ct { key: u32, dreg: u32 },
+    /// Loads a FIB lookup's `result` (`fib::RESULT_*`) for the packet, keyed by `flags`
+    /// (`fib::F_*`), into `dreg`.
+    Fib { flags: u32, result: u32, dreg: u32 },
 }
 
 impl Expr {
@@ -139,12 +173,13 @@ impl Expr {
             Expr::Payload { .. } => "payload",
             Expr::Cmp { .. } => "cmp",
             Expr::Bitwise { .. } => "bitwise",
-            Expr::Lookup { .. } => "lookup",
+            Expr::Lookup { .. } | Expr::AnonLookup { .. } => "lookup",
             Expr::Immediate { .. } => "immediate",
             Expr::Counter => "counter",
             Expr::Masq { .. } => "masq",
             Expr::Nat { .. } => "nat",
             Expr::Ct { .. } => "ct",
+            Expr::Fib { .. } => "fib",
         }
     }
 
@@ -182,14 +217,23 @@ impl Expr {
                     a.put(attr::data::VALUE, xor);
                 });
             }
+            // Attributes in the order `nft` writes them.
             Expr::Lookup { set, sreg, dreg, invert } => {
-                a.str(1, set).u32(2, *sreg);
+                a.u32(2, *sreg);
                 if let Some(d) = dreg {
                     a.u32(3, *d);
                 }
+                a.str(1, set);
                 if let Some(id) = set_id(set) {
                     a.u32(4, id);
                 }
+                if *invert {
+                    a.u32(5, 1);
+                }
+            }
+            Expr::AnonLookup { id, sreg, invert } => {
+                // The kernel names it when it is created: refer to it by the template `nft` sends.
+                a.u32(2, *sreg).str(1, super::batch::ANON_SET).u32(4, *id);
                 if *invert {
                     a.u32(5, 1);
                 }
@@ -218,7 +262,10 @@ impl Expr {
                 }
             }
             Expr::Ct { key, dreg } => {
-                a.u32(1, *dreg).u32(2, *key);
+                a.u32(2, *key).u32(1, *dreg);
+            }
+            Expr::Fib { flags, result, dreg } => {
+                a.u32(3, *flags).u32(2, *result).u32(1, *dreg);
             }
         }
     }
@@ -313,6 +360,28 @@ pub fn ifname_bytes(name: &str) -> Vec<u8> {
     let mut v = name.as_bytes().to_vec();
     v.resize(16, 0);
     v
+}
+
+/// `ct status dnat` (`set`) or `ct status ! dnat`: the status bit masked and compared.
+pub fn ct_dnat(set: bool) -> Vec<Expr> {
+    vec![
+        Expr::Ct { key: ct::STATUS, dreg: REG_1 },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: ct::STATUS_DNAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp { sreg: REG_1, op: if set { CmpOp::Neq } else { CmpOp::Eq }, data: vec![0; 4] },
+    ]
+}
+
+/// `fib daddr type local`.
+pub fn fib_daddr_local() -> Vec<Expr> {
+    vec![
+        Expr::Fib { flags: fib::F_DADDR, result: fib::RESULT_ADDRTYPE, dreg: REG_1 },
+        Expr::Cmp { sreg: REG_1, op: CmpOp::Eq, data: fib::RTN_LOCAL.to_ne_bytes().to_vec() },
+    ]
 }
 
 /// A verdict as the last expression of a rule.

@@ -93,6 +93,8 @@ pub fn set_elements(family: Family, table: &str, set: &str, what: &str) -> Resul
 
 fn parse_element(e: &[u8]) -> Option<Element> {
     let key = wire::find(wire::find(e, attr::elem::KEY)?, attr::data::VALUE)?.to_vec();
+    let key_end =
+        wire::find(e, attr::elem::KEY_END).and_then(|k| wire::find(k, attr::data::VALUE)).map(<[u8]>::to_vec);
     let end = wire::find(e, attr::elem::FLAGS).and_then(wire::be_u32).is_some_and(|f| f & 1 != 0);
     let data = wire::find(e, attr::elem::DATA).and_then(|d| {
         if let Some(v) = wire::find(d, attr::data::VALUE) {
@@ -104,7 +106,7 @@ fn parse_element(e: &[u8]) -> Option<Element> {
         Verdict::from_code(code, chain).map(Data::Verdict)
     });
     let comment = wire::find(e, attr::elem::USERDATA).and_then(wire::udata::find_comment);
-    Some(Element { key, end, data, comment })
+    Some(Element { key, key_end, end, data, comment })
 }
 
 /// A rule as listed: its handle and comment.

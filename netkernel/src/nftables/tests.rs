@@ -83,6 +83,7 @@ fn intervals_end_after_the_broadcast_address() {
 fn elements_carry_the_comment_nft_writes() {
     let e = Element {
         key: vec![10, 0, 0, 5],
+        key_end: None,
         end: false,
         data: Some(Data::Verdict(Verdict::Jump("g".into()))),
         comment: Some("net/c1/eth0".into()),
@@ -139,4 +140,49 @@ fn set_user_data_is_what_nft_writes() {
     assert_eq!(ud(1), want);
     let flags = wire::find(&b.msgs[0].attrs.buf, attr::set::FLAGS).and_then(wire::be_u32);
     assert_eq!(flags, Some(set_flags::MAP));
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn an_anonymous_set_is_what_nft_sends() {
+    // `nft --debug=mnl add rule inet s input iifname { "flannel.1", "flannel-v6.1" } …`:
+    // the set (`__set%d`, anonymous and constant, size 2, typeof `meta iifname`) and its
+    // elements (numbered in the list, as libnftnl does).
+    let mut b = Batch::new();
+    let keys = [expr::ifname_bytes("flannel.1"), expr::ifname_bytes("flannel-v6.1")];
+    let id = b.add_anon_set(Family::Inet, "s", KeyType::IFNAME, Some(expr::meta::IIFNAME), &keys);
+    assert_eq!(id, 1);
+    assert_eq!(
+        b.msgs[0].attrs.buf,
+        unhex(
+            "06000100730000000c0002005f5f73657425640008000300000000030800040000000029080005000000001008000a00000000010c00098008000100000000021a000d00000401000000030e00040900000001060004060000000000"
+        )
+    );
+    assert_eq!(
+        b.msgs[1].attrs.buf,
+        unhex(
+            "06000100730000000c0002005f5f73657425640008000400000000013c0003801c0001801800018014000100666c616e6e656c2e31000000000000001c0002801800018014000100666c616e6e656c2d76362e3100000000"
+        )
+    );
+    // The rule refers to it by the name template and the id: `lookup reg 1 set __set%d 0x1`.
+    let mut a = Attrs::new();
+    Expr::AnonLookup { id, sreg: REG_1, invert: true }.encode(&mut a, &|_| None);
+    let data = wire::find(wire::find(&a.buf, attr::LIST_ELEM).unwrap(), attr::expr::DATA).unwrap();
+    assert_eq!(data, unhex("08000200000000010c0001005f5f73657425640008000400000000010800050000000001"));
+}
+
+#[test]
+fn concatenations_know_their_fields() {
+    let k = KeyType::concat(&[KeyType::IPV6_ADDR, KeyType::INET_PROTO, KeyType::INET_SERVICE]);
+    // `nft --debug=mnl`: key type 0x830d (8 << 12 | 12 << 6 | 13), 24 bytes, no byte order.
+    assert_eq!((k.id, k.len, k.byteorder), ((8 << 12) | (12 << 6) | 13, 24, 0));
+    assert_eq!(k.fields(), Some(vec![16, 1, 2]));
+    assert_eq!(KeyType::IPV4_ADDR.fields(), None);
+    // A part this module does not know: no field lengths rather than wrong ones.
+    assert_eq!(KeyType { id: (7 << 6) | 63, len: 8, byteorder: 0 }.fields(), None);
+    assert_eq!(expr::reg_at(0), REG_1);
+    assert_eq!((expr::reg_at(1), expr::reg_at(4), expr::reg_at(5)), (9, 2, 13));
 }

@@ -54,14 +54,22 @@ pub(crate) mod attr {
         pub(crate) const KEY_LEN: u16 = 5;
         pub(crate) const DATA_TYPE: u16 = 6;
         pub(crate) const DATA_LEN: u16 = 7;
+        pub(crate) const DESC: u16 = 9;
         pub(crate) const ID: u16 = 10;
         pub(crate) const USERDATA: u16 = 13;
+    }
+    /// `NFTA_SET_DESC_*` and `NFTA_SET_FIELD_*`: the lengths of a concatenation's fields.
+    pub(crate) mod desc {
+        pub(crate) const SIZE: u16 = 1;
+        pub(crate) const CONCAT: u16 = 2;
+        pub(crate) const FIELD_LEN: u16 = 1;
     }
     pub(crate) mod elem {
         pub(crate) const KEY: u16 = 1;
         pub(crate) const DATA: u16 = 2;
         pub(crate) const FLAGS: u16 = 3;
         pub(crate) const USERDATA: u16 = 6;
+        pub(crate) const KEY_END: u16 = 10;
     }
     pub(crate) mod elem_list {
         pub(crate) const TABLE: u16 = 1;
@@ -186,6 +194,12 @@ pub(crate) mod udata {
     pub(crate) const SET_KEYBYTEORDER: u8 = 0;
     pub(crate) const SET_DATABYTEORDER: u8 = 1;
     pub(crate) const SET_MERGE_ELEMENTS: u8 = 2;
+    /// `NFTNL_UDATA_SET_KEY_TYPEOF` / `NFTNL_UDATA_SET_DATA_TYPEOF`: `nft` records there
+    /// that a key or data is a concatenation (nested: the expression kind, and no details).
+    pub(crate) const SET_KEY_TYPEOF: u8 = 3;
+    pub(crate) const SET_DATA_TYPEOF: u8 = 4;
+    /// nft's `EXPR_CONCAT`, the kind recorded in a typeof record.
+    pub(crate) const EXPR_CONCAT: u32 = 13;
     /// `NFTNL_UDATA_SET_DATA_INTERVAL`.
     pub(crate) const SET_DATA_INTERVAL: u8 = 6;
 
@@ -193,6 +207,27 @@ pub(crate) mod udata {
         out.push(kind);
         out.push(value.len() as u8);
         out.extend_from_slice(value);
+    }
+
+    /// The typeof record `nft` writes for a concatenated key or data: `{ 0: EXPR_CONCAT, 1: {} }`.
+    pub(crate) fn concat_typeof(out: &mut Vec<u8>, kind: u8) {
+        let mut inner = Vec::new();
+        put(&mut inner, 0, &EXPR_CONCAT.to_ne_bytes());
+        put(&mut inner, 1, &[]);
+        put(out, kind, &inner);
+    }
+
+    /// nft's `EXPR_META`, and the typeof record it writes for a set matched against a meta
+    /// key: `{ 0: EXPR_META, 1: { 0: key } }`.
+    pub(crate) const EXPR_META: u32 = 9;
+
+    pub(crate) fn meta_typeof(out: &mut Vec<u8>, key: u32) {
+        let mut data = Vec::new();
+        put(&mut data, 0, &key.to_ne_bytes());
+        let mut inner = Vec::new();
+        put(&mut inner, 0, &EXPR_META.to_ne_bytes());
+        put(&mut inner, 1, &data);
+        put(out, SET_KEY_TYPEOF, &inner);
     }
 
     /// A comment record: the text and its NUL, as `nft` writes it.
