@@ -16,6 +16,7 @@ use cni_spec::runtime::{Attach, Runtime};
 use serde_json::json;
 use test_netns::TestNs;
 
+#[path = "../../build-support/bench_json.rs"]
 mod json_out;
 
 const REFERENCE: &str = "/usr/lib/cni";

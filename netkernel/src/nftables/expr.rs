@@ -15,7 +15,7 @@ pub const REG32_00: u32 = 8;
 /// The register `slot` 4-byte words into the register file, numbered as `nft` numbers it:
 /// as a 16-byte register when it starts one, else as a 4-byte one.
 pub fn reg_at(slot: u32) -> u32 {
-    if slot % 4 == 0 { REG_1 + slot / 4 } else { REG32_00 + slot }
+    if slot.is_multiple_of(4) { REG_1 + slot / 4 } else { REG32_00 + slot }
 }
 
 /// `NFT_CT_*` keys.
