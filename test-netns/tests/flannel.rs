@@ -82,23 +82,42 @@ fn del_of_pods_flannel_attached_frees_their_addresses_through_flannels_saved_con
         })
         .collect();
     assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 2);
+    // The conflist is ours now (type vxlan), under flannel's network name as the migration
+    // guide says: host-local then knows flannel's pods' addresses and gives ours another.
     // They work on the node overlayd now runs (same bridge, same subnet).
-    let ours = c.add_pod(0, "ours").unwrap();
-    let flannel_pod_ip = pods[0].0.exec(&["ip", "-4", "-o", "addr", "show", "eth0"]);
-    let flannel_pod_ip =
-        flannel_pod_ip.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_string();
-    assert!(ping(&ours.ns, &flannel_pod_ip, 2), "our pod does not reach flannel's");
-
-    // The conflist is ours now (type vxlan): DEL of flannel's pods goes through flannel's
-    // saved config and host-local frees their addresses.
     let vxlan_rt = c.runtime(0);
-    let our_list = node.conflist();
+    let our_list = {
+        let n = &c.nodes[0];
+        let list = json!({"cniVersion": "1.1.0", "name": "cbr0", "plugins": [{
+            "type": "vxlan",
+            "socket": n.socket(),
+            "dataDir": n.dir.join("vxlan"),
+            "ipamDataDir": ipam_dir,
+            "flannelDataDir": flannel_dir,
+        }]});
+        NetConfList::parse(list.to_string().as_bytes()).unwrap()
+    };
+    let ours_ns = TestNs::new("flours");
+    let ours = Attach::new("node0-ours", ours_ns.path(), "eth0");
+    let added = node.ns.run(|| vxlan_rt.add(&our_list, &ours)).unwrap();
+    let ours_ip = added.ips[0].address.addr().to_string();
+    let pod_ip = |ns: &TestNs| {
+        let out = ns.exec(&["ip", "-4", "-o", "addr", "show", "eth0"]);
+        out.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_string()
+    };
+    let flannel_pod_ip = pod_ip(&pods[0].0);
+    assert!(![flannel_pod_ip.clone(), pod_ip(&pods[1].0)].contains(&ours_ip), "{ours_ip} handed out twice");
+    assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 3);
+    assert!(ping(&ours_ns, &flannel_pod_ip, 2), "our pod does not reach flannel's");
+
+    // DEL of flannel's pods goes through flannel's saved config and host-local frees their
+    // addresses.
     for (ns, cid) in &pods[..1] {
         node.ns.run(|| vxlan_rt.del(&our_list, &Attach::new(cid, ns.path(), "eth0"))).unwrap();
         assert!(!flannel_dir.join(cid).exists(), "flannel's file stays after a successful DEL");
         assert!(!ns.try_exec(&["ip", "link", "show", "eth0"]), "the pod's interface stays");
     }
-    assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 1, "the address was not freed");
+    assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 2, "the address was not freed");
     // DEL again (runtimes repeat it): nothing left, success.
     let (ns, cid) = &pods[0];
     node.ns.run(|| vxlan_rt.del(&our_list, &Attach::new(cid, ns.path(), "eth0"))).unwrap();
@@ -109,14 +128,14 @@ fn del_of_pods_flannel_attached_frees_their_addresses_through_flannels_saved_con
     node.ns.run(|| vxlan_rt.del(&our_list, &Attach::new(cid1, ns1.path(), "eth0"))).unwrap();
     assert!(flannel_dir.join(cid1).exists());
     assert!(ns1.try_exec(&["ip", "link", "show", "eth0"]), "a delegate ran on a damaged file");
-    assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 1);
+    assert_eq!(ipam_leases(&ipam_dir, "cbr0").len(), 2);
     // Repaired, it goes.
     std::fs::write(flannel_dir.join(cid1), &bytes).unwrap();
     node.ns.run(|| vxlan_rt.del(&our_list, &Attach::new(cid1, ns1.path(), "eth0"))).unwrap();
+    assert_eq!(ipam_leases(&ipam_dir, "cbr0"), vec![ours_ip.clone()], "only our pod's address is left");
+    // Our own pod is untouched by all this and goes the usual way.
+    node.ns.run(|| vxlan_rt.del(&our_list, &ours)).unwrap();
     assert_eq!(ipam_leases(&ipam_dir, "cbr0"), Vec::<String>::new());
-    // Our own pods are untouched by all this and go the usual way.
-    c.del_pod(&ours).unwrap();
-    assert_eq!(ipam_leases(&ipam_dir, "cluster"), Vec::<String>::new());
 }
 
 /// flannel's leftovers as flanneld leaves them, in `ns`: its masquerade and forward chains
