@@ -20,6 +20,9 @@ use test_netns::TestNs;
 
 #[path = "../../build-support/bench_json.rs"]
 mod json_out;
+mod stats;
+
+use stats::{median, size_kib};
 
 const REFERENCE: &str = "/usr/lib/cni";
 
@@ -87,15 +90,6 @@ fn floor(host: &TestNs, pod: &TestNs, samples: &mut Vec<f64>, cycles: usize) {
         ip(pod, &["link", "del", "eth0"]);
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn size_kib(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0)
 }
 
 fn main() {

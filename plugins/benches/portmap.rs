@@ -18,6 +18,9 @@ use test_netns::TestNs;
 
 #[path = "../../build-support/bench_json.rs"]
 mod json_out;
+mod stats;
+
+use stats::{median, size_kib};
 
 const REFERENCE: &str = "/usr/lib/cni";
 
@@ -88,15 +91,6 @@ fn run_variant(which: &str, rss: bool, cycles: usize) {
     };
     let samples: Vec<String> = samples.iter().map(|s| format!("{s:.3}")).collect();
     println!("{peak} {}", samples.join(","));
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn size_kib(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0)
 }
 
 fn main() {
