@@ -749,6 +749,20 @@ impl Cluster {
         Runtime::new(vec![self.opts.bin_dir.clone()]).with_cache_dir(self.nodes[node].dir.join("cni-cache"))
     }
 
+    /// Routes node `i` has into the pod network (10.244.0.0/16 or fd10:244::/32 by `v6`)
+    /// via a gateway on the underlay: host-gw's routes, as (destination, gateway).
+    pub fn host_gw_routes(&self, i: usize, v6: bool) -> Vec<(String, String)> {
+        let nl = self.nodes[i].ns.netlink();
+        let ul = nl.require_link("ul").unwrap();
+        nl.routes(v6, None)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.oif == Some(ul.index) && r.gateway.is_some())
+            .filter(|r| r.dst.to_string().starts_with(if v6 { "fd10:244:" } else { "10.244." }))
+            .map(|r| (r.dst.to_string(), r.gateway.unwrap().to_string()))
+            .collect()
+    }
+
     /// Creates a pod on `node` and attaches it (ADD through the runtime, in the node).
     pub fn add_pod(&self, node: usize, name: &str) -> Result<ClusterPod, String> {
         let ns = TestNs::new(name);

@@ -330,19 +330,6 @@ fn ipv6_only_pods_egress_masqueraded_but_talk_to_each_other_unmasqueraded() {
 // the metric, a log line), gets no route, and never holds the other family back.
 // Encryption is refused on host-gw (config.rs), so these cells are plain only.
 
-/// Node `i`'s host-gw routes into the pod network of one family: (destination, gateway).
-fn host_gw_routes(c: &Cluster, i: usize, v6: bool) -> Vec<(String, String)> {
-    let nl = c.nodes[i].ns.netlink();
-    let ul = nl.require_link("ul").unwrap();
-    nl.routes(v6, None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.oif == Some(ul.index) && r.gateway.is_some())
-        .filter(|r| r.dst.to_string().starts_with(if v6 { "fd10:244:" } else { "10.244." }))
-        .map(|r| (r.dst.to_string(), r.gateway.unwrap().to_string()))
-        .collect()
-}
-
 /// The peers node `i` reports in family `fam` as sharing no underlay family with it.
 fn no_common_underlay(c: &Cluster, i: usize, fam: &str) -> Vec<String> {
     let s = status_json(c, i);
@@ -392,7 +379,7 @@ fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
             for i in 0..2 {
                 if carried(v6) {
                     wait_for(Duration::from_secs(20), &format!("{tag}: node{i} routes {fam}"), || {
-                        host_gw_routes(&c, i, v6).len() == 1
+                        c.host_gw_routes(i, v6).len() == 1
                     })
                     .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
                     assert_eq!(no_common_underlay(&c, i, fam), Vec::<String>::new(), "{tag} {round}");
@@ -409,7 +396,7 @@ fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
                         let peer_subnet = c.pod_subnet(1 - i).unwrap().replace('/', "-");
                         assert!(reported[0].contains(&peer_subnet), "{tag}: {reported:?} vs {peer_subnet}");
                     }
-                    assert_eq!(host_gw_routes(&c, i, v6), vec![], "{tag}: a route in {fam}");
+                    assert_eq!(c.host_gw_routes(i, v6), vec![], "{tag}: a route in {fam}");
                     let (_, body) = http_get(&c.nodes[i].socket(), "/readyz").unwrap();
                     assert!(
                         body.contains(&format!("{fam}: no common underlay family with")),

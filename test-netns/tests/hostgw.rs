@@ -40,19 +40,6 @@ fn status(c: &Cluster, i: usize) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// Routes node `i` has into the pod network: (destination, gateway) over the underlay.
-fn hostgw_routes(c: &Cluster, i: usize, v6: bool) -> Vec<(String, String)> {
-    let nl = c.nodes[i].ns.netlink();
-    let ul = nl.require_link("ul").unwrap();
-    nl.routes(v6, None)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.oif == Some(ul.index) && r.gateway.is_some())
-        .filter(|r| r.dst.to_string().starts_with(if v6 { "fd10:244:" } else { "10.244." }))
-        .map(|r| (r.dst.to_string(), r.gateway.unwrap().to_string()))
-        .collect()
-}
-
 #[test]
 fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
     require_root!();
@@ -64,7 +51,7 @@ fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
     let mut want: Vec<(String, String)> =
         (1..3).map(|i| (c.pod_subnet(i).unwrap(), c.nodes[i].underlay_ip.clone())).collect();
     want.sort();
-    let mut have = hostgw_routes(&c, 0, false);
+    let mut have = c.host_gw_routes(0, false);
     have.sort();
     assert_eq!(have, want);
     assert!(c.nodes[0].ns.netlink().link("flannel.1").unwrap().is_none(), "host-gw made a VXLAN device");
@@ -95,7 +82,7 @@ fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
         })
         .unwrap();
         assert!(
-            !hostgw_routes(&c, i, false).iter().any(|(dst, _)| *dst == far_subnet),
+            !c.host_gw_routes(i, false).iter().any(|(dst, _)| *dst == far_subnet),
             "node{i} routes to the far node"
         );
     }
@@ -128,7 +115,7 @@ fn three_host_gw_nodes_route_pods_and_refuse_a_node_on_another_l2() {
             let quiet = s["datapath"]["families"]
                 .as_array()
                 .is_some_and(|a| a.iter().all(|f| f["not_on_link"].as_array().is_none_or(|x| x.is_empty())));
-            quiet && !hostgw_routes(&c, i, false).iter().any(|(dst, _)| *dst == gone)
+            quiet && !c.host_gw_routes(i, false).iter().any(|(dst, _)| *dst == gone)
         })
         .unwrap();
     }
@@ -150,10 +137,10 @@ fn host_gw_dual_stack_routes_each_family_via_its_own_underlay_family() {
     let pods: Vec<ClusterPod> = (0..2).map(|n| c.add_pod(n, &format!("hd{n}")).unwrap()).collect();
     assert!(pods.iter().all(|p| p.ips.len() == 2), "{:?}", pods.iter().map(|p| &p.ips).collect::<Vec<_>>());
     assert_eq!(all_reach(&pods), Ok(()));
-    let v6 = hostgw_routes(&c, 0, true);
+    let v6 = c.host_gw_routes(0, true);
     assert_eq!(v6.len(), 1, "{v6:?}");
     assert_eq!(v6[0].1, c.nodes[1].underlay_ipv6.clone().unwrap(), "IPv6 pods go via the IPv6 underlay");
-    let v4 = hostgw_routes(&c, 0, false);
+    let v4 = c.host_gw_routes(0, false);
     assert_eq!(v4, vec![(c.pod_subnet(1).unwrap(), c.nodes[1].underlay_ip.clone())]);
     for p in &pods {
         c.del_pod(p).unwrap();
