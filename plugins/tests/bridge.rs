@@ -1,11 +1,14 @@
 //! The `bridge` plugin, executed as a binary the way a runtime executes it, inside test
 //! namespaces: one plays the host (bridge, veths, nftables), others the containers.
 
+mod chain_util;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use chain_util::executed;
 use cni_spec::runtime::{Attach, Runtime};
 use cni_spec::{NetConfList, Version};
 use serde_json::{Value, json};
@@ -644,15 +647,6 @@ fn macspoofchk_drops_frames_with_another_source_mac() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let rules = host.ns.exec(&["nft", "list", "table", "bridge", "ferrocni_macspoof"]);
     assert!(!rules.contains("drop"), "{rules}");
-}
-
-/// The programs `strace -f -e trace=execve` saw started (successfully) under `log`.
-fn executed(log: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(log).unwrap();
-    text.lines()
-        .filter(|l| l.contains("execve(\"") && l.trim_end().ends_with("= 0"))
-        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
-        .collect()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use chain_util::{ALL_VERSIONS, Call, bin_dir, has_check, prev_result};
+use chain_util::{ALL_VERSIONS, Call, bin_dir, executed, has_check, prev_result};
 use serde_json::{Value, json};
 use test_netns::{EchoServer, TestNs, require_root, tcp_echo};
 
@@ -406,11 +406,8 @@ fn podman_default_conflist_runs_no_other_program() {
             .unwrap();
         assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(&log).unwrap();
-        let programs: Vec<String> = text
-            .lines()
-            .filter(|l| l.contains("execve(\"") && l.trim_end().ends_with("= 0"))
-            .filter_map(|l| l.split('"').nth(1).map(|p| p.rsplit('/').next().unwrap_or(p).to_string()))
-            .collect();
+        let programs: Vec<String> =
+            executed(&log).iter().map(|p| p.rsplit('/').next().unwrap_or(p).to_string()).collect();
         let mut want = vec!["cnictl", "bridge", "host-local", "portmap", "firewall", "tuning"];
         if command == "del" {
             // DEL runs the list in reverse.

@@ -113,3 +113,13 @@ pub fn prev_result(version: &str, ifname: &str, sandbox: &Path, ips: &[&str]) ->
         "interfaces": [{"name": "veth0host"}, {"name": ifname, "sandbox": sandbox}],
         "ips": ips})
 }
+
+/// The programs an `strace -f -e trace=execve -o log` run started, by path, in order
+/// (successful execs only).
+pub fn executed(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .filter(|l| l.contains("execve(\"") && l.trim_end().ends_with("= 0"))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect()
+}
