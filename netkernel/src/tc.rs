@@ -1,7 +1,9 @@
 //! Traffic control over rtnetlink (no `tc` process): a token-bucket filter (`tbf`) as a
 //! link's root qdisc, the `ingress` qdisc, a filter there that redirects everything arriving
 //! on a link to another link's egress (`mirred`), and `ifb` links to shape that traffic on.
-//! This is what the bandwidth plugin needs, and nothing more.
+//! This is what the bandwidth plugin needs, and nothing more; [`htb`] adds shaping by subnet.
+
+pub mod htb;
 
 use netlink_packet_core::{DefaultNla, Nla, NlasIterator};
 use netlink_packet_route::RouteNetlinkMessage as Rtm;

@@ -838,12 +838,18 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
         c[k] = v;
         c.to_string()
     };
+    let mut both_subnets = good.clone();
+    both_subnets["shapedSubnets"] = json!(["fd00::/8"]);
+    both_subnets["unshapedSubnets"] = json!(["10.0.0.0/8"]);
+    let both_subnets = both_subnets.to_string();
     for (name, stdin, code, names) in [
         ("rate without burst", with("ingressBurst", json!(0)), 7, "ingressBurst"),
         ("burst of 4 GB", with("egressBurst", json!(34_359_738_368u64)), 7, "egressBurst"),
         ("rate under a byte", with("egressRate", json!(7)), 7, "egressRate"),
         ("fractional rate", with("ingressRate", json!(0.5)), 7, "ingressRate"),
-        ("subnets", with("unshapedSubnets", json!(["10.0.0.0/8"])), 2, "unshapedSubnets"),
+        ("bad subnet", with("unshapedSubnets", json!(["10.0.0.0/8", "10.0.0.0/40"])), 7, "unshapedSubnets[1]"),
+        ("subnet not a string", with("unshapedSubnets", json!([{"cidr": "10.0.0.0/8"}])), 7, "unshapedSubnets[0]"),
+        ("shaped and unshaped subnets", both_subnets, 7, "unshapedSubnets, shapedSubnets"),
         (
             "runtime entry not an object",
             with("runtimeConfig", json!({"bandwidth": "fast"})),
@@ -860,7 +866,7 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
     );
     // Accepted cases were undone by DEL: no ifb device, no qdisc of ours left on the node.
     let tc = world.host.exec(&["tc", "qdisc", "show"]);
-    assert!(!tc.contains("tbf") && !tc.contains("ingress"), "{tc}");
+    assert!(!tc.contains("tbf") && !tc.contains("htb") && !tc.contains("ingress"), "{tc}");
     assert!(world.host.netlink().links().unwrap().iter().all(|l| !l.is("ifb")));
     assert!(n >= 100, "{n}");
 }

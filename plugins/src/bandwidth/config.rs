@@ -3,6 +3,7 @@
 //! `bandwidth`), validated before anything is changed.
 
 use cni_spec::Request;
+use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -34,13 +35,25 @@ pub struct Limit {
     pub burst: u64,
 }
 
+/// Which of the container's peers are shaped (`shapedSubnets` / `unshapedSubnets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnets {
+    /// IPv4 and IPv6 subnets, in the config's order.
+    pub nets: Vec<IpNet>,
+    /// `true` for `shapedSubnets` (only these are shaped), `false` for `unshapedSubnets`
+    /// (these are exempt).
+    pub shaped: bool,
+}
+
 /// Validated options.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BandwidthConf {
     /// Traffic to the container (shaped on the host end of its veth).
     pub ingress: Option<Limit>,
     /// Traffic from the container (redirected to an ifb device and shaped there).
     pub egress: Option<Limit>,
+    /// Shaping by the peer's subnet; `None`: all traffic is shaped.
+    pub subnets: Option<Subnets>,
 }
 
 impl BandwidthConf {
@@ -94,29 +107,45 @@ fn limit(rate: u64, burst: u64, prefix: &str, dir: &str) -> Result<Option<Limit>
     }
 }
 
-fn entry<'a>(get: impl Fn(&str) -> Option<&'a Value>, prefix: &str) -> Result<BandwidthConf, PluginError> {
-    for k in ["unshapedSubnets", "shapedSubnets"] {
-        match get(k) {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(Value::Array(_)) => {
-                return Err(PluginError::unsupported(
-                    format!("{prefix}{k}"),
-                    "shaping by destination subnet is not supported: the limits apply to all of the container's traffic",
-                ));
-            }
-            Some(v) => {
-                return Err(PluginError::config(
-                    format!("{prefix}{k}"),
-                    format!("{v} is not a list of subnets"),
-                ));
-            }
-        }
+/// A list of subnets; empty when absent.
+fn subnet_list(v: Option<&Value>, field: &str) -> Result<Vec<IpNet>, PluginError> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let f = format!("{field}[{i}]");
+                let s = s.as_str().ok_or_else(|| PluginError::config(&f, format!("{s} is not a string")))?;
+                s.trim().parse::<IpNet>().map_err(|_| {
+                    PluginError::config(&f, format!("{s:?} is not a subnet (address/prefix, IPv4 or IPv6)"))
+                })
+            })
+            .collect(),
+        Some(v) => Err(PluginError::config(field, format!("{v} is not a list of subnets"))),
     }
+}
+
+fn entry<'a>(get: impl Fn(&str) -> Option<&'a Value>, prefix: &str) -> Result<BandwidthConf, PluginError> {
+    let (uf, sf) = (format!("{prefix}unshapedSubnets"), format!("{prefix}shapedSubnets"));
+    let unshaped = subnet_list(get("unshapedSubnets"), &uf)?;
+    let shaped = subnet_list(get("shapedSubnets"), &sf)?;
+    let subnets = match (unshaped.is_empty(), shaped.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(Subnets { nets: unshaped, shaped: false }),
+        (true, false) => Some(Subnets { nets: shaped, shaped: true }),
+        (false, false) => {
+            return Err(PluginError::config(
+                format!("{uf}, {sf}"),
+                "only one of the two can be set: the other is everything else",
+            ));
+        }
+    };
     let n = |k: &str| number(get(k), &format!("{prefix}{k}"));
     Ok(BandwidthConf {
         ingress: limit(n("ingressRate")?, n("ingressBurst")?, prefix, "ingress")?,
         egress: limit(n("egressRate")?, n("egressBurst")?, prefix, "egress")?,
+        subnets,
     })
 }
 
@@ -147,6 +176,13 @@ mod tests {
         assert!(load("").unwrap().is_empty());
         assert!(load(r#","runtimeConfig":{"bandwidth":{}}"#).unwrap().is_empty());
         assert!(load(r#","shapedSubnets":[]"#).unwrap().is_empty());
+        let c = load(r#","ingressRate":8000,"ingressBurst":800,"unshapedSubnets":["10.0.0.5/8","fd00::/8"]"#)
+            .unwrap();
+        let s = c.subnets.unwrap();
+        assert!(!s.shaped);
+        assert_eq!(s.nets, vec!["10.0.0.5/8".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]);
+        let c = load(r#","runtimeConfig":{"bandwidth":{"egressRate":8000,"egressBurst":800,"shapedSubnets":["192.168.0.0/16"],"unshapedSubnets":[]}}"#).unwrap();
+        assert!(c.subnets.unwrap().shaped);
     }
 
     #[test]
@@ -166,11 +202,14 @@ mod tests {
                 "runtimeConfig.bandwidth.ingressBurst",
             ),
             (r#","runtimeConfig":{"bandwidth":[1]}"#, 7, "runtimeConfig.bandwidth"),
-            (r#","unshapedSubnets":["10.0.0.0/8"]"#, 2, "unshapedSubnets"),
+            (r#","unshapedSubnets":["10.0.0.0/8"],"shapedSubnets":["fd00::/8"]"#, 7, "unshapedSubnets, shapedSubnets"),
+            (r#","unshapedSubnets":["10.0.0.0/8","10.0.0.0"]"#, 7, "unshapedSubnets[1]"),
+            (r#","unshapedSubnets":["10.0.0.0/33"]"#, 7, "unshapedSubnets[0]"),
+            (r#","unshapedSubnets":[8]"#, 7, "unshapedSubnets[0]"),
             (
-                r#","runtimeConfig":{"bandwidth":{"shapedSubnets":["10.0.0.0/8"]}}"#,
-                2,
-                "runtimeConfig.bandwidth.shapedSubnets",
+                r#","runtimeConfig":{"bandwidth":{"shapedSubnets":["fd00::/129"]}}"#,
+                7,
+                "runtimeConfig.bandwidth.shapedSubnets[0]",
             ),
             (r#","shapedSubnets":"10.0.0.0/8""#, 7, "shapedSubnets"),
             (r#","IngressRate":8000"#, 7, "IngressRate"),

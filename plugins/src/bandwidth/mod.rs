@@ -7,11 +7,12 @@ pub mod config;
 
 use cni_spec::{Error, Interface, Plugin, Request, SuccessResult, Version};
 use netkernel::link::{Link, format_mac};
+use netkernel::tc::htb::{Field, SubnetShaping};
 use netkernel::tc::{self, Tbf};
 use netkernel::{NetNs, Netlink};
 use sha2::{Digest, Sha512};
 
-use self::config::{BandwidthConf, Limit};
+use self::config::{BandwidthConf, Limit, Subnets};
 use crate::error::PluginError;
 use crate::nsutil;
 
@@ -61,6 +62,47 @@ fn bucket(l: Limit) -> Result<Tbf, PluginError> {
         .ok_or_else(|| PluginError::config("bandwidth", "rate and burst must be at least a byte"))
 }
 
+/// How one direction is shaped: one token bucket for everything, or (with
+/// `shapedSubnets` / `unshapedSubnets`) an `htb` whose filters pick by the peer's subnet.
+enum Shaper {
+    Tbf(Tbf),
+    Htb(SubnetShaping),
+}
+
+/// `field` is where the peer's address is: the source of what the host veth sends to the
+/// container, the destination of what the container sends (on the ifb device).
+fn shaper(l: Limit, subnets: Option<&Subnets>, field: Field) -> Result<Shaper, PluginError> {
+    let bucket = bucket(l)?;
+    Ok(match subnets {
+        None => Shaper::Tbf(bucket),
+        Some(s) => {
+            Shaper::Htb(SubnetShaping { bucket, subnets: s.nets.clone(), subnets_shaped: s.shaped, field })
+        }
+    })
+}
+
+impl Shaper {
+    fn install(&self, nl: &Netlink, index: u32) -> netkernel::error::Result<()> {
+        match self {
+            Shaper::Tbf(t) => nl.add_root_tbf(index, t),
+            Shaper::Htb(h) => nl.add_root_htb(index, h),
+        }
+    }
+
+    fn check(&self, nl: &Netlink, link: &Link) -> Result<(), PluginError> {
+        match self {
+            Shaper::Tbf(t) => check_bucket(nl, link, t),
+            Shaper::Htb(h) => check_htb(nl, link, h),
+        }
+    }
+}
+
+/// Removes the root qdisc this plugin puts on a link (a `tbf` or an `htb`, handle `1:`).
+fn remove_root(nl: &Netlink, index: u32) -> netkernel::error::Result<()> {
+    nl.delete_root_tbf(index)?;
+    nl.delete_root_htb(index)
+}
+
 fn host_nl() -> Result<Netlink, PluginError> {
     Netlink::current().map_err(PluginError::kernel("opening netlink"))
 }
@@ -100,7 +142,7 @@ fn host_interface(nl: &Netlink, ns: &NetNs, prev: &SuccessResult, ifname: &str) 
 /// What a failed ADD undoes: only what it made itself.
 #[derive(Default)]
 struct Made {
-    root_tbf: Option<u32>,
+    root: Option<u32>,
     ingress: Option<u32>,
     ifb: Option<u32>,
 }
@@ -113,8 +155,8 @@ impl Made {
         if let Some(i) = self.ifb {
             let _ = nl.delete_link(i);
         }
-        if let Some(i) = self.root_tbf {
-            let _ = nl.delete_root_tbf(i);
+        if let Some(i) = self.root {
+            let _ = remove_root(nl, i);
         }
     }
 }
@@ -125,19 +167,19 @@ fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     if conf.is_empty() {
         return Ok(result);
     }
-    let ingress = conf.ingress.map(bucket).transpose()?;
-    let egress = conf.egress.map(bucket).transpose()?;
+    let subnets = conf.subnets.as_ref();
+    let ingress = conf.ingress.map(|l| shaper(l, subnets, Field::Source)).transpose()?;
+    let egress = conf.egress.map(|l| shaper(l, subnets, Field::Destination)).transpose()?;
     let ns = nsutil::open(req)?;
     let nl = host_nl()?;
     let host = host_interface(&nl, &ns, &result, &req.env.ifname)?;
     let mut made = Made::default();
     let mut shape = || -> Result<(), PluginError> {
-        if let Some(t) = ingress {
-            nl.add_root_tbf(host.index, &t)
-                .map_err(PluginError::kernel("shaping ingress on the host veth"))?;
-            made.root_tbf = Some(host.index);
+        if let Some(t) = &ingress {
+            t.install(&nl, host.index).map_err(PluginError::kernel("shaping ingress on the host veth"))?;
+            made.root = Some(host.index);
         }
-        if let Some(t) = egress {
+        if let Some(t) = &egress {
             let name = ifb_name(req.network_name()?, &req.env.container_id);
             nl.add_ifb(&name, host.mtu, host.txqlen.max(MIN_IFB_TXQLEN))
                 .map_err(PluginError::kernel(format!("creating the ifb device {name}")))?;
@@ -147,8 +189,7 @@ fn add(req: &Request) -> Result<SuccessResult, PluginError> {
             made.ingress = Some(host.index);
             nl.add_ingress_redirect(host.index, ifb.index)
                 .map_err(PluginError::kernel("redirecting the container's traffic to the ifb device"))?;
-            nl.add_root_tbf(ifb.index, &t)
-                .map_err(PluginError::kernel("shaping egress on the ifb device"))?;
+            t.install(&nl, ifb.index).map_err(PluginError::kernel("shaping egress on the ifb device"))?;
             let mut iface = Interface::new(name);
             iface.mac = ifb.mac.map(|m| format_mac(&m));
             result.interfaces.push(iface);
@@ -178,9 +219,9 @@ fn del(req: &Request) -> Result<(), PluginError> {
             errors.push(format!("removing the ingress qdisc of {}: {e}", host.name));
         }
         if conf.ingress.is_some()
-            && let Err(e) = nl.delete_root_tbf(host.index)
+            && let Err(e) = remove_root(&nl, host.index)
         {
-            errors.push(format!("removing the tbf qdisc of {}: {e}", host.name));
+            errors.push(format!("removing the root qdisc of {}: {e}", host.name));
         }
     }
     let name = ifb_name(req.network_name()?, &req.env.container_id);
@@ -220,6 +261,33 @@ fn check_bucket(nl: &Netlink, link: &Link, want: &Tbf) -> Result<(), PluginError
     Ok(())
 }
 
+/// The `htb` root of `link` must hold what `want` makes: the default class, both classes'
+/// rates and buckets, and one filter per subnet.
+fn check_htb(nl: &Netlink, link: &Link, want: &SubnetShaping) -> Result<(), PluginError> {
+    let have = nl
+        .root_htb(link.index)
+        .map_err(PluginError::kernel(format!("reading the htb qdisc of {}", link.name)))?
+        .ok_or_else(|| PluginError::Check(format!("{} has no htb qdisc", link.name)))?;
+    let want = want.expected();
+    let differs = |what: &str, h: String, w: String| {
+        PluginError::Check(format!("the htb qdisc of {} has {what} {h}, the config gives {w}", link.name))
+    };
+    if have.default_minor != want.default_minor {
+        return Err(differs(
+            "default class",
+            format!("1:{:x}", have.default_minor),
+            format!("1:{:x}", want.default_minor),
+        ));
+    }
+    if have.classes != want.classes {
+        return Err(differs("classes", format!("{:?}", have.classes), format!("{:?}", want.classes)));
+    }
+    if have.filters != want.filters {
+        return Err(differs("subnet filters", format!("{:?}", have.filters), format!("{:?}", want.filters)));
+    }
+    Ok(())
+}
+
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = BandwidthConf::load(req)?;
     let prev = PluginError::require_prev(req, "bandwidth")?;
@@ -229,8 +297,9 @@ fn check(req: &Request) -> Result<(), PluginError> {
     let ns = nsutil::open(req)?;
     let nl = host_nl()?;
     let host = host_interface(&nl, &ns, &prev, &req.env.ifname)?;
+    let subnets = conf.subnets.as_ref();
     if let Some(l) = conf.ingress {
-        check_bucket(&nl, &host, &bucket(l)?)?;
+        shaper(l, subnets, Field::Source)?.check(&nl, &host)?;
     }
     if let Some(l) = conf.egress {
         let name = ifb_name(req.network_name()?, &req.env.container_id);
@@ -239,7 +308,7 @@ fn check(req: &Request) -> Result<(), PluginError> {
             .map_err(PluginError::kernel("reading the ifb device"))?
             .filter(|l| l.is("ifb"))
             .ok_or_else(|| PluginError::Check(format!("the ifb device {name} is missing")))?;
-        check_bucket(&nl, &ifb, &bucket(l)?)?;
+        shaper(l, subnets, Field::Destination)?.check(&nl, &ifb)?;
         let to =
             nl.ingress_redirects(host.index).map_err(PluginError::kernel("listing the ingress filters"))?;
         if !to.contains(&ifb.index) {
