@@ -414,7 +414,8 @@ fn bandwidth_limits_are_measured_with_iperf3() {
 /// fd02::/64 on their veth; 10.1 and fd01 are to be shaped, 10.2 and fd02 not.
 fn node_and_pod_four_subnets() -> (TestNs, TestNs) {
     let (node, pod) = node_and_pod();
-    for (n, p) in [("10.2.0.1/24", "10.2.0.5/24"), ("fd01::1/64", "fd01::5/64"), ("fd02::1/64", "fd02::5/64")] {
+    for (n, p) in [("10.2.0.1/24", "10.2.0.5/24"), ("fd01::1/64", "fd01::5/64"), ("fd02::1/64", "fd02::5/64")]
+    {
         node.add_address("veth0host", n);
         pod.add_address("eth0", p);
     }
@@ -474,11 +475,28 @@ fn assert_classified(node: &TestNs, pod: &TestNs, what: &str) {
     let ifb = ifbs(node).pop().expect("ifb device");
     // Receivers, so the datagrams draw no ICMP answers.
     // One dual-stack socket each side takes both families.
-    let sinks = [node.run(|| std::net::UdpSocket::bind("[::]:9").unwrap()), pod.run(|| std::net::UdpSocket::bind("[::]:9").unwrap())];
+    let sinks = [
+        node.run(|| std::net::UdpSocket::bind("[::]:9").unwrap()),
+        pod.run(|| std::net::UdpSocket::bind("[::]:9").unwrap()),
+    ];
     // Ingress (node to pod) is counted on the host veth, egress (pod to node) on the ifb.
     for (from, dev, src4, dst4, src6, dst6) in [
-        (node, "veth0host", ("10.2.0.1", "10.1.0.1"), ("10.2.0.5", "10.1.0.5"), ("fd02::1", "fd01::1"), ("fd02::5", "fd01::5")),
-        (pod, ifb.as_str(), ("10.2.0.5", "10.1.0.5"), ("10.2.0.1", "10.1.0.1"), ("fd02::5", "fd01::5"), ("fd02::1", "fd01::1")),
+        (
+            node,
+            "veth0host",
+            ("10.2.0.1", "10.1.0.1"),
+            ("10.2.0.5", "10.1.0.5"),
+            ("fd02::1", "fd01::1"),
+            ("fd02::5", "fd01::5"),
+        ),
+        (
+            pod,
+            ifb.as_str(),
+            ("10.2.0.5", "10.1.0.5"),
+            ("10.2.0.1", "10.1.0.1"),
+            ("fd02::5", "fd01::5"),
+            ("fd02::1", "fd01::1"),
+        ),
     ] {
         let n = 40;
         let before = class_stats(node, dev);
@@ -488,9 +506,15 @@ fn assert_classified(node: &TestNs, pod: &TestNs, what: &str) {
         let after = class_stats(node, dev);
         let delta = |c: &str| after[c].0 - before[c].0;
         // 2 × 40 datagrams of 1200 bytes of payload, all through the uncapped class.
-        assert!(delta(UNSHAPED_CLASS) >= 2 * n as u64 * 1200, "{what} {dev}: unshaped {after:?} vs {before:?}");
+        assert!(
+            delta(UNSHAPED_CLASS) >= 2 * n as u64 * 1200,
+            "{what} {dev}: unshaped {after:?} vs {before:?}"
+        );
         // ARP/ND may land in the capped class when it is the default: less than a datagram.
-        assert!(delta(SHAPED_CLASS) < 1200, "{what} {dev}: the capped class took unshaped traffic: {after:?}");
+        assert!(
+            delta(SHAPED_CLASS) < 1200,
+            "{what} {dev}: the capped class took unshaped traffic: {after:?}"
+        );
         let started = std::time::Instant::now();
         let before = after;
         blast(from, src4.1, dst4.1, n);
@@ -543,9 +567,16 @@ fn bandwidth_subnets_shape_only_what_they_name() {
         let ifb = ifbs(&node).pop().unwrap();
         let q = qdiscs(&node);
         for dev in ["veth0host", ifb.as_str()] {
-            let htb = q.iter().find(|x| x["dev"] == dev && x["kind"] == "htb").unwrap_or_else(|| panic!("{key}: {q:?}"));
+            let htb = q
+                .iter()
+                .find(|x| x["dev"] == dev && x["kind"] == "htb")
+                .unwrap_or_else(|| panic!("{key}: {q:?}"));
             assert_eq!(htb["handle"], "1:", "{key}: {htb}");
-            assert_eq!(htb["options"]["default"], format!("{:#x}", u32::from_str_radix(&default[2..], 16).unwrap()), "{key}: {htb}");
+            assert_eq!(
+                htb["options"]["default"],
+                format!("{:#x}", u32::from_str_radix(&default[2..], 16).unwrap()),
+                "{key}: {htb}"
+            );
             let classes = class_stats(&node, dev);
             assert_eq!(classes.keys().collect::<Vec<_>>(), [UNSHAPED_CLASS, SHAPED_CLASS], "{key} {dev}");
         }
@@ -570,7 +601,14 @@ fn bandwidth_subnet_filters_are_what_tc_makes() {
     require_root!();
     let (node, pod) = node_and_pod();
     let path = pod.path();
-    let subnets = json!(["10.2.0.0/24", "192.168.0.0/16", "0.0.0.0/0", "fd02::/64", "2001:db8:1::/48", "2001:db8::7/128"]);
+    let subnets = json!([
+        "10.2.0.0/24",
+        "192.168.0.0/16",
+        "0.0.0.0/0",
+        "fd02::/64",
+        "2001:db8:1::/48",
+        "2001:db8::7/128"
+    ]);
     let c = subnet_conf(&pod, "unshapedSubnets", subnets.clone());
     Call::new("bandwidth", "ADD", "c8", Some(&path)).ok(&node, &c);
     let ifb = ifbs(&node).pop().unwrap();
@@ -585,8 +623,8 @@ fn bandwidth_subnet_filters_are_what_tc_makes() {
             let s = s.as_str().unwrap();
             let (proto, prio, m) = if s.contains(':') { ("ipv6", "15", "ip6") } else { ("ip", "16", "ip") };
             node.exec(&[
-                "tc", "filter", "add", "dev", "tcoracle", "parent", "1:", "protocol", proto, "prio", prio, "u32",
-                "match", m, dir, s, "flowid", "1:1",
+                "tc", "filter", "add", "dev", "tcoracle", "parent", "1:", "protocol", proto, "prio", prio,
+                "u32", "match", m, dir, s, "flowid", "1:1",
             ]);
         }
         let theirs = ours("tcoracle");

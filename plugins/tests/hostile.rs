@@ -847,8 +847,18 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
         ("burst of 4 GB", with("egressBurst", json!(34_359_738_368u64)), 7, "egressBurst"),
         ("rate under a byte", with("egressRate", json!(7)), 7, "egressRate"),
         ("fractional rate", with("ingressRate", json!(0.5)), 7, "ingressRate"),
-        ("bad subnet", with("unshapedSubnets", json!(["10.0.0.0/8", "10.0.0.0/40"])), 7, "unshapedSubnets[1]"),
-        ("subnet not a string", with("unshapedSubnets", json!([{"cidr": "10.0.0.0/8"}])), 7, "unshapedSubnets[0]"),
+        (
+            "bad subnet",
+            with("unshapedSubnets", json!(["10.0.0.0/8", "10.0.0.0/40"])),
+            7,
+            "unshapedSubnets[1]",
+        ),
+        (
+            "subnet not a string",
+            with("unshapedSubnets", json!([{"cidr": "10.0.0.0/8"}])),
+            7,
+            "unshapedSubnets[0]",
+        ),
         ("shaped and unshaped subnets", both_subnets, 7, "unshapedSubnets, shapedSubnets"),
         (
             "runtime entry not an object",

@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use netlink_packet_core::{DefaultNla, Nla, NlasIterator};
 use netlink_packet_route::RouteNetlinkMessage as Rtm;
 use netlink_packet_route::tc::{
-    TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcOption, TcU32Key, TcU32Selector,
+    TcU32SelectorFlags,
 };
 
 use super::{LINKLAYER_ETHERNET, TBF_HANDLE, Tbf, ignore_gone, tc_message};
@@ -118,7 +119,11 @@ pub fn keys_for(net: &IpNet, field: Field) -> Vec<U32Match> {
     let keys: Vec<U32Match> = (0..addr.len())
         .step_by(4)
         .filter(|&i| word(&mask, i) != 0)
-        .map(|i| U32Match { off: base + i as i32, val: word(&addr, i) & word(&mask, i), mask: word(&mask, i) })
+        .map(|i| U32Match {
+            off: base + i as i32,
+            val: word(&addr, i) & word(&mask, i),
+            mask: word(&mask, i),
+        })
         .collect();
     if keys.is_empty() { vec![U32Match { off: base, val: 0, mask: 0 }] } else { keys }
 }
@@ -131,10 +136,22 @@ impl SubnetShaping {
     fn classes(&self) -> [HtbClass; 2] {
         let b = self.bucket;
         [
-            HtbClass { handle: UNSHAPED_CLASS, rate: UNCAPPED_RATE, ceil: UNCAPPED_RATE, buffer: 0, cbuffer: 0 },
+            HtbClass {
+                handle: UNSHAPED_CLASS,
+                rate: UNCAPPED_RATE,
+                ceil: UNCAPPED_RATE,
+                buffer: 0,
+                cbuffer: 0,
+            },
             // As the reference: a ceiling of twice the rate, which a class directly under the
             // qdisc never reaches (it has no parent to borrow from).
-            HtbClass { handle: SHAPED_CLASS, rate: b.rate, ceil: b.rate * 2, buffer: b.buffer, cbuffer: b.buffer },
+            HtbClass {
+                handle: SHAPED_CLASS,
+                rate: b.rate,
+                ceil: b.rate * 2,
+                buffer: b.buffer,
+                cbuffer: b.buffer,
+            },
         ]
     }
 
@@ -277,8 +294,11 @@ impl Netlink {
             .map_err(nl_err(format!("adding an htb qdisc to link {index}")))?;
         let rest = || -> Result<()> {
             for c in s.classes() {
-                self.ack(class_request(index, &c))
-                    .map_err(nl_err(format!("adding htb class {:x}:{:x} to link {index}", c.handle >> 16, c.handle & 0xffff)))?;
+                self.ack(class_request(index, &c)).map_err(nl_err(format!(
+                    "adding htb class {:x}:{:x} to link {index}",
+                    c.handle >> 16,
+                    c.handle & 0xffff
+                )))?;
             }
             for f in s.filters() {
                 self.ack(filter_request(index, &f))
@@ -434,9 +454,12 @@ mod tests {
         };
         let e = s.expected();
         assert_eq!(e.default_minor, 48);
-        assert_eq!(e.classes[1], HtbClass { handle: SHAPED_CLASS, rate: 125_000, ceil: 250_000, buffer: 1000, cbuffer: 1000 });
+        assert_eq!(
+            e.classes[1],
+            HtbClass { handle: SHAPED_CLASS, rate: 125_000, ceil: 250_000, buffer: 1000, cbuffer: 1000 }
+        );
         assert!(e.filters.iter().all(|f| f.class == UNSHAPED_CLASS));
-        assert_eq!(e.filters.iter().map(|f| f.prio).collect::<Vec<_>>(), vec![PRIO_V6, PRIO_V4]);
+        assert_eq!(e.filters.iter().map(|f| f.prio).collect::<Vec<_>>(), vec![PRIO_V4, PRIO_V6]);
         let s = SubnetShaping { subnets_shaped: true, ..s };
         assert_eq!(s.expected().default_minor, 1);
     }

@@ -202,7 +202,11 @@ mod tests {
                 "runtimeConfig.bandwidth.ingressBurst",
             ),
             (r#","runtimeConfig":{"bandwidth":[1]}"#, 7, "runtimeConfig.bandwidth"),
-            (r#","unshapedSubnets":["10.0.0.0/8"],"shapedSubnets":["fd00::/8"]"#, 7, "unshapedSubnets, shapedSubnets"),
+            (
+                r#","unshapedSubnets":["10.0.0.0/8"],"shapedSubnets":["fd00::/8"]"#,
+                7,
+                "unshapedSubnets, shapedSubnets",
+            ),
             (r#","unshapedSubnets":["10.0.0.0/8","10.0.0.0"]"#, 7, "unshapedSubnets[1]"),
             (r#","unshapedSubnets":["10.0.0.0/33"]"#, 7, "unshapedSubnets[0]"),
             (r#","unshapedSubnets":[8]"#, 7, "unshapedSubnets[0]"),
