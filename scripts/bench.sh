@@ -56,6 +56,15 @@ echo "building (release): the daemon, the plugins, the benchmarks, the report ge
 # differently and each run would build again).
 for p in plugins test-netns overlayd; do "${CARGO[@]}" bench --no-run -q -p "$p" --benches; done
 "${CARGO[@]}" build --release -q -p bench-report
+# The plugins as docs/install.md recommends building them (the `plugins` profile, static
+# musl): the plugin benches measure those when the target is installed.
+if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  "${CARGO[@]}" build -q --profile plugins --target x86_64-unknown-linux-musl -p plugins --bins
+  export FERROCNI_PLUGINS_DIR="$PWD/target/x86_64-unknown-linux-musl/plugins"
+  note "plugins: the plugins profile, static musl ($FERROCNI_PLUGINS_DIR)"
+else
+  note "plugins: the release build, glibc (rustup target add x86_64-unknown-linux-musl for the recommended build)"
+fi
 
 # run NAME [ENV=VALUE...] -- cargo bench ARGS...: runs one benchmark, records its command
 # and duration; a failing benchmark is noted and the others still run.

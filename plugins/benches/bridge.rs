@@ -26,8 +26,12 @@ use stats::{median, size_kib};
 
 const REFERENCE: &str = "/usr/lib/cni";
 
+/// Our plugins: `FERROCNI_PLUGINS_DIR` when set (scripts/bench.sh points it at the
+/// `plugins` profile's static build), else this build's binaries.
 fn ours() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_bridge")).parent().unwrap().to_path_buf()
+    std::env::var_os("FERROCNI_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_bridge")).parent().unwrap().to_path_buf())
 }
 
 /// One variant's cycles in this process; prints the samples (ms) and the peak RSS (KiB) of

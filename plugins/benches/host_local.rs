@@ -128,7 +128,11 @@ fn main() {
     }
     let pairs: usize =
         std::env::var("HOST_LOCAL_BENCH_PAIRS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let ours_bin = std::env::var("HOST_LOCAL_BENCH_OURS").unwrap_or_else(|_| BUILT.to_string());
+    // HOST_LOCAL_BENCH_OURS names a binary; FERROCNI_PLUGINS_DIR (set by scripts/bench.sh
+    // for the `plugins` profile's static build) a directory of them.
+    let ours_bin = std::env::var("HOST_LOCAL_BENCH_OURS")
+        .or_else(|_| std::env::var("FERROCNI_PLUGINS_DIR").map(|d| format!("{d}/host-local")))
+        .unwrap_or_else(|_| BUILT.to_string());
     let tmp = tempfile::Builder::new().prefix("host-local-bench").tempdir().unwrap();
     let side =
         |name, bin: &str| Side { name, bin: bin.to_string(), pairs: vec![], adds: vec![], dels: vec![] };
