@@ -410,18 +410,29 @@ fn bandwidth_limits_are_measured_with_iperf3() {
     assert!(unshaped > ingress * 5.0 && after > egress * 5.0, "unshaped {unshaped:.0}, after DEL {after:.0}");
 }
 
-/// The subnet setup: the node and pod share 10.1.0.0/24, 10.2.0.0/24, fd01::/64 and
-/// fd02::/64 on their veth; 10.1 and fd01 are to be shaped, 10.2 and fd02 not.
-fn node_and_pod_four_subnets() -> (TestNs, TestNs) {
+/// The subnet setup: the pod has 10.1.0.5 and fd01::5; the node, besides 10.1.0.1 and
+/// fd01::1, has peers in two other subnets on its veth, 10.2.0.1 / fd02::1 (to be left
+/// alone) and 10.3.0.1 / fd03::1 (to be shaped), which the pod reaches on-link. The pod's
+/// own address is in neither list, so only a filter on the peer's address (source towards
+/// the pod, destination from it) classifies this traffic as the lists say.
+fn node_and_pod_peer_subnets() -> (TestNs, TestNs) {
     let (node, pod) = node_and_pod();
-    for (n, p) in [("10.2.0.1/24", "10.2.0.5/24"), ("fd01::1/64", "fd01::5/64"), ("fd02::1/64", "fd02::5/64")]
-    {
-        node.add_address("veth0host", n);
-        pod.add_address("eth0", p);
+    node.add_address("veth0host", "fd01::1/64");
+    pod.add_address("eth0", "fd01::5/64");
+    for (peer, subnet) in [
+        ("10.2.0.1/32", "10.2.0.0/24"),
+        ("10.3.0.1/32", "10.3.0.0/24"),
+        ("fd02::1/128", "fd02::/64"),
+        ("fd03::1/128", "fd03::/64"),
+    ] {
+        node.add_address("veth0host", peer);
+        pod.exec(&["ip", "route", "add", subnet, "dev", "eth0"]);
     }
     // Neighbours resolved, so nothing waits on ARP/ND while traffic is counted.
-    for dst in ["10.1.0.5", "10.2.0.5", "fd01::5", "fd02::5"] {
-        node.exec(&["ping", "-c", "1", "-W", "2", dst]);
+    for (src, dst) in
+        [("10.2.0.1", "10.1.0.5"), ("10.3.0.1", "10.1.0.5"), ("fd02::1", "fd01::5"), ("fd03::1", "fd01::5")]
+    {
+        node.exec(&["ping", "-c", "1", "-W", "2", "-I", src, dst]);
     }
     (node, pod)
 }
@@ -473,35 +484,27 @@ const SLOW: u64 = 80_000;
 /// per-class statistics, so the check does not depend on timing beyond an upper bound.
 fn assert_classified(node: &TestNs, pod: &TestNs, what: &str) {
     let ifb = ifbs(node).pop().expect("ifb device");
-    // Receivers, so the datagrams draw no ICMP answers.
-    // One dual-stack socket each side takes both families.
+    // Receivers, so the datagrams draw no ICMP answers (one dual-stack socket each side).
     let sinks = [
         node.run(|| std::net::UdpSocket::bind("[::]:9").unwrap()),
         pod.run(|| std::net::UdpSocket::bind("[::]:9").unwrap()),
     ];
     // Ingress (node to pod) is counted on the host veth, egress (pod to node) on the ifb.
-    for (from, dev, src4, dst4, src6, dst6) in [
-        (
-            node,
-            "veth0host",
-            ("10.2.0.1", "10.1.0.1"),
-            ("10.2.0.5", "10.1.0.5"),
-            ("fd02::1", "fd01::1"),
-            ("fd02::5", "fd01::5"),
-        ),
-        (
-            pod,
-            ifb.as_str(),
-            ("10.2.0.5", "10.1.0.5"),
-            ("10.2.0.1", "10.1.0.1"),
-            ("fd02::5", "fd01::5"),
-            ("fd02::1", "fd01::1"),
-        ),
-    ] {
+    // (unshaped, shaped) pairs of (source, destination), IPv4 then IPv6.
+    type Pairs<'a> = [((&'a str, &'a str), (&'a str, &'a str)); 2];
+    let ingress: Pairs = [
+        (("10.2.0.1", "10.1.0.5"), ("10.3.0.1", "10.1.0.5")),
+        (("fd02::1", "fd01::5"), ("fd03::1", "fd01::5")),
+    ];
+    let egress: Pairs = [
+        (("10.1.0.5", "10.2.0.1"), ("10.1.0.5", "10.3.0.1")),
+        (("fd01::5", "fd02::1"), ("fd01::5", "fd03::1")),
+    ];
+    for (from, dev, [v4, v6]) in [(node, "veth0host", ingress), (pod, ifb.as_str(), egress)] {
         let n = 40;
         let before = class_stats(node, dev);
-        blast(from, src4.0, dst4.0, n);
-        blast(from, src6.0, dst6.0, n);
+        blast(from, v4.0.0, v4.0.1, n);
+        blast(from, v6.0.0, v6.0.1, n);
         std::thread::sleep(std::time::Duration::from_millis(200));
         let after = class_stats(node, dev);
         let delta = |c: &str| after[c].0 - before[c].0;
@@ -517,8 +520,8 @@ fn assert_classified(node: &TestNs, pod: &TestNs, what: &str) {
         );
         let started = std::time::Instant::now();
         let before = after;
-        blast(from, src4.1, dst4.1, n);
-        blast(from, src6.1, dst6.1, n);
+        blast(from, v4.1.0, v4.1.1, n);
+        blast(from, v6.1.0, v6.1.1, n);
         std::thread::sleep(std::time::Duration::from_millis(200));
         let after = class_stats(node, dev);
         let secs = started.elapsed().as_secs_f64();
@@ -554,11 +557,11 @@ fn subnet_conf(pod: &TestNs, key: &str, subnets: Value) -> Value {
 #[test]
 fn bandwidth_subnets_shape_only_what_they_name() {
     require_root!();
-    let (node, pod) = node_and_pod_four_subnets();
+    let (node, pod) = node_and_pod_peer_subnets();
     let path = pod.path();
     for (key, subnets, default) in [
         ("unshapedSubnets", json!(["10.2.0.0/24", "fd02::/64"]), SHAPED_CLASS),
-        ("shapedSubnets", json!(["10.1.0.0/24", "fd01::/64"]), UNSHAPED_CLASS),
+        ("shapedSubnets", json!(["10.3.0.0/24", "fd03::/64"]), UNSHAPED_CLASS),
     ] {
         let c = subnet_conf(&pod, key, subnets);
         let call = |cmd| Call::new("bandwidth", cmd, "c7", Some(&path));
