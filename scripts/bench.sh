@@ -50,6 +50,10 @@ export BENCH_JSON="$RESULTS" BENCH_OUT="$OUT/raw"
 
 note() { echo "$*" | tee -a "$OUT/notes.txt" >&2; }
 
+# The commit is pinned for the whole run: the build scripts watch git's HEAD, so a commit (or
+# git's automatic ref packing) during a long run would otherwise rebuild every crate before
+# the next benchmark, and the later benchmarks would measure other binaries.
+export FERROCNI_GIT_COMMIT="${FERROCNI_GIT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
 echo "building (release): the daemon, the plugins, the benchmarks, the report generator" >&2
 "${CARGO[@]}" build --release -q -p overlayd -p plugins --bins
 # One package at a time, as they run below (building them together unifies features
