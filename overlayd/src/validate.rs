@@ -505,6 +505,19 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_network_refuses_an_ipv4_part() {
+        // `0.0.0.0-0&…` would be a peer for 0.0.0.0/0 if the unused family went unchecked.
+        let c =
+            NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:81::/56"}"#)
+                .unwrap()
+                .config;
+        let v = Validator::new(c, "me");
+        let e = v.check(&key("0.0.0.0-0&fd00:81:0:3::-64"), GOOD.as_bytes(), None).unwrap_err();
+        assert_eq!(e, InvalidLease::UnusedFamily("IPv4"));
+        assert_eq!(v.check_subnets(&key("fd00:81:0:3::-64")), Ok(()));
+    }
+
+    #[test]
     fn public_addresses_no_peer_may_be_sent_to_are_refused() {
         let me: IpAddr = "192.0.2.1".parse().unwrap();
         let v = validator().with_own_addresses(vec![me]);

@@ -38,6 +38,12 @@ async fn embedded_restart_finds_the_same_subnet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_planted_keys_with_our_node_id_are_not_adopted() {
+    let d = tempdir();
+    scenarios::planted_keys_with_our_node_id_are_not_adopted(stores(&d, 1).remove(0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_short_ttl_expires_silent_nodes_and_renewal_keeps_live_ones() {
     let d = tempdir();
     scenarios::ttl_expiry_and_renewal(stores(&d, 1).remove(0)).await;

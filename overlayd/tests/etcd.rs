@@ -43,6 +43,12 @@ fn restart_finds_the_same_subnet() {
 }
 
 #[test]
+fn planted_keys_with_our_node_id_are_not_adopted() {
+    require_root!();
+    with_etcd(|s, _| scenarios::planted_keys_with_our_node_id_are_not_adopted(s));
+}
+
+#[test]
 fn short_ttl_expires_silent_nodes_and_renewal_keeps_live_ones() {
     require_root!();
     with_etcd(|s, _| scenarios::ttl_expiry_and_renewal(s));

@@ -46,6 +46,17 @@ pub fn open_if_present(req: &Request) -> Result<Option<NetNs>, PluginError> {
     }
 }
 
+/// For plugins that never enter the container's namespace (portmap, firewall): a
+/// `CNI_NETNS` that names the plugin's own namespace is still refused (code 4), as every
+/// plugin refuses it: a runtime that passes it is misconfigured. A path that cannot be
+/// opened is left alone (these plugins do not need it).
+pub fn refuse_own_if_given(req: &Request) -> Result<(), PluginError> {
+    match req.env.netns.as_deref().map(open_path) {
+        Some(Ok(ns)) => refuse_own(&ns),
+        _ => Ok(()),
+    }
+}
+
 /// The container's namespace must not be the plugin's own: the plugin would change the
 /// host's own interfaces.
 pub fn refuse_own(ns: &NetNs) -> Result<(), PluginError> {

@@ -554,6 +554,56 @@ fn fifty_concurrent_adds_then_dels_on_a_fresh_host() {
     assert_eq!(host.masq_entries(), "");
 }
 
+/// ADDs that fail after the bridge exists (the kernel refuses their route) remove it only
+/// while no other attachment uses it, under the bridge's lock: run together with good ADDs
+/// on a fresh host, every good ADD succeeds and keeps its port on the bridge.
+#[test]
+fn failing_adds_beside_good_ones_on_a_fresh_bridge_leave_the_good_ones_alone() {
+    require_root!();
+    let host = Host::new();
+    let good = host.conf("1.0.0", json!({}), &["10.71.0.0/24"]);
+    let mut bad = good.clone();
+    bad["ipam"]["routes"] = json!([{"dst": "10.99.0.0/16", "gw": "10.71.0.1", "scope": 254}]);
+    let pods: Vec<TestNs> = (0..16).map(|_| TestNs::new("race")).collect();
+    let children: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            use std::io::Write;
+            let mut c = host
+                .ns
+                .command(env!("CARGO_BIN_EXE_bridge"))
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", format!("r{i}"))
+                .env("CNI_NETNS", pod.path())
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", bin_dir())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let conf = if i % 2 == 0 { &good } else { &bad };
+            c.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    for (i, out) in children.into_iter().map(|c| c.wait_with_output().unwrap()).enumerate() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), i % 2 == 0, "ADD {i}: {text}");
+        if i % 2 == 1 {
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["code"], 999, "ADD {i}: {text}");
+        }
+    }
+    let nl = host.ns.netlink();
+    let br = nl.link("tbr0").unwrap().expect("the bridge was removed under the good ADDs").index;
+    let ports = nl.links().unwrap().into_iter().filter(|l| l.is("veth") && l.master == Some(br)).count();
+    assert_eq!((ports, host.veths().len(), host.leases().len()), (8, 8, 8));
+    for (i, pod) in pods.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        host.ok("DEL", &good, &format!("r{i}"), pod);
+    }
+    assert!(host.veths().is_empty() && host.leases().is_empty());
+}
+
 #[test]
 fn runtime_and_cnictl_drive_the_plugins() {
     require_root!();

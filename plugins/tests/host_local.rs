@@ -118,6 +118,8 @@ fn allocates_and_releases_addresses_with_add_del() {
         assert!(!net.dir().join("10.1.2.2").exists() && !net.dir().join("2001:db8:1::2").exists(), "[{ver}]");
         del(&conf, "dummy", "eth0").ok();
         assert_eq!(net.files(), ["last_reserved_ip.0", "last_reserved_ip.1", "lock"], "[{ver}]");
+        // The owner index is compacted: nothing under dataDir names the container after DEL.
+        assert!(!net.read("lock").contains("dummy"), "[{ver}] lock: {:?}", net.read("lock"));
         if has_check(ver) {
             assert!(
                 check(&conf, "dummy", "eth0")

@@ -1,6 +1,6 @@
 //! Hostile input, as a careful user would send it: for each plugin (host-local, bridge,
-//! vxlan), hundreds of generated invocations of the real binary — byte flips and
-//! truncations of a good config, every option with every wrong JSON type, size extremes,
+//! vxlan, bandwidth, portmap, firewall, tuning, loopback), a hundred or more generated
+//! invocations of the real binary — byte flips and truncations of a good config, every option with every wrong JSON type, size extremes,
 //! bad stdin, environment faults, Unicode tricks — each run as a runtime runs it (CNI_*
 //! variables, config on stdin) inside private test namespaces. Around each one the node
 //! and container namespaces (links, addresses, routes, nftables ruleset, sysctls) and the
@@ -208,6 +208,8 @@ impl World {
                     "net/ipv6/conf/default/accept_ra",
                     "net/ipv6/conf/lo/disable_ipv6",
                     "net/ipv4/conf/all/arp_notify",
+                    "net/ipv4/conf/eth0/forwarding",
+                    "net/core/somaxconn",
                 ] {
                     let v = std::fs::read_to_string(Path::new("/proc/sys").join(key)).unwrap_or_default();
                     out.push(format!("sysctl {key}={}", v.trim()));
@@ -881,6 +883,137 @@ fn bandwidth_refuses_hostile_input_and_changes_nothing() {
     assert!(n >= 100, "{n}");
 }
 
+/// A world for the chained plugins: the pod's `eth0` already plugged (as the interface
+/// plugin left it), and a prevResult naming it.
+fn chained_world(plugin: &'static str, host: &str, pod: &str, dirs: Vec<PathBuf>) -> (World, Value) {
+    let world = World { host: TestNs::new(host), pod: TestNs::new(pod), plugin, dirs, extra_env: Vec::new() };
+    world.host.lo_up();
+    test_netns::veth_between(&world.host, "veth0host", &world.pod, "eth0");
+    let prev = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "veth0host"}, {"name": "eth0", "sandbox": world.pod.path()}],
+        "ips": [{"address": "10.1.0.5/24", "interface": 1}, {"address": "fd00:1::5/64", "interface": 1}]});
+    (world, prev)
+}
+
+/// The chained plugins' cases: generated ones, environment faults, and the namespace
+/// faults that apply (`netns`: the plugin enters the container's namespace).
+fn chained_cases(good: &Value, fields: &[(&'static str, Value)], netns: bool, tmp: &Path) -> Vec<Case> {
+    let mut cases = generated(good, fields);
+    // portmap and firewall neither enter the namespace nor read CNI_ARGS (as the reference).
+    cases.extend(
+        env_cases(good)
+            .into_iter()
+            .filter(|c| netns || !(c.name.contains("CNI_NETNS") || c.name == "CNI_ARGS unknown key")),
+    );
+    cases.extend(netns_cases(good, tmp).into_iter().filter(|c| {
+        (netns && !c.name.contains(" lo") && !c.name.contains("MAC")) || c.name.ends_with("the plugin's own")
+    }));
+    for (name, ptr, v, field) in [
+        ("prevResult missing", "/prevResult", Value::Null, "prevResult"),
+        ("prevResult bad address", "/prevResult/ips/0/address", json!("10.1.0.5"), "prevResult"),
+    ] {
+        let mut c = good.clone();
+        *c.pointer_mut(ptr).unwrap() = v;
+        cases.push(Case::new(name, c.to_string(), Expect::Code(7, field)));
+    }
+    cases
+}
+
+#[test]
+fn portmap_refuses_hostile_input_and_changes_nothing() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, prev) = chained_world("portmap", "pmhhost", "pmhpod", vec![]);
+    let good = json!({"cniVersion": "1.0.0", "name": "hpm", "type": "portmap", "snat": true,
+        "capabilities": {"portMappings": true}, "prevResult": prev,
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}});
+    let fields: Vec<(&'static str, Value)> = [
+        "/name",
+        "/snat",
+        "/capabilities",
+        "/runtimeConfig",
+        "/runtimeConfig/portMappings",
+        "/runtimeConfig/portMappings/0",
+        "/runtimeConfig/portMappings/0/hostPort",
+        "/runtimeConfig/portMappings/0/containerPort",
+        "/runtimeConfig/portMappings/0/protocol",
+        "/prevResult",
+        "/prevResult/ips",
+    ]
+    .iter()
+    .map(|p| (*p, good.pointer(p).unwrap().clone()))
+    .collect();
+    let cases = chained_cases(&good, &fields, false, tmp.path());
+    let (n, accepted) = run_all(&world, &cases);
+    eprintln!("portmap: {n} hostile cases, {accepted} accepted (and undone by DEL)");
+    assert!(n >= 150, "{n}");
+}
+
+#[test]
+fn firewall_refuses_hostile_input_and_changes_nothing() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, prev) = chained_world("firewall", "fwhhost", "fwhpod", vec![]);
+    let good = json!({"cniVersion": "1.0.0", "name": "hfw", "type": "firewall", "backend": "iptables",
+        "prevResult": prev});
+    let fields: Vec<(&'static str, Value)> = ["/name", "/backend", "/prevResult", "/prevResult/ips"]
+        .iter()
+        .map(|p| (*p, good.pointer(p).unwrap().clone()))
+        .collect();
+    let cases = chained_cases(&good, &fields, false, tmp.path());
+    let (n, accepted) = run_all(&world, &cases);
+    eprintln!("firewall: {n} hostile cases, {accepted} accepted (and undone by DEL)");
+    assert!(n >= 100, "{n}");
+}
+
+#[test]
+fn tuning_refuses_hostile_input_and_changes_nothing() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("tuning");
+    let (world, prev) = chained_world("tuning", "tuhhost", "tuhpod", vec![data.clone()]);
+    let good = json!({"cniVersion": "1.0.0", "name": "htu", "type": "tuning", "dataDir": data,
+        "sysctl": {"net.ipv4.conf.IFNAME.forwarding": "1", "net.core.somaxconn": "512"},
+        "mac": "0a:58:0a:01:02:03", "mtu": 1400, "promisc": true, "prevResult": prev});
+    let fields: Vec<(&'static str, Value)> =
+        ["/name", "/dataDir", "/sysctl", "/mac", "/mtu", "/promisc", "/prevResult"]
+            .iter()
+            .map(|p| (*p, good.pointer(p).unwrap().clone()))
+            .collect();
+    let mut cases = chained_cases(&good, &fields, true, tmp.path());
+    // A sysctl key has dots of its own: the error names it `sysctl["net.core.somaxconn"]`.
+    for (tname, wrong) in every_type().into_iter().filter(|(t, _)| *t != "string") {
+        let mut c = good.clone();
+        c["sysctl"]["net.core.somaxconn"] = wrong;
+        // As it appears in the JSON error object (quotes escaped).
+        let expect = Expect::Code(7, r#"sysctl[\"net.core.somaxconn\"]"#);
+        cases.push(Case::new(format!("sysctl value as {tname}"), c.to_string(), expect));
+    }
+    let (n, accepted) = run_all(&world, &cases);
+    eprintln!("tuning: {n} hostile cases, {accepted} accepted (and undone by DEL)");
+    assert!(n >= 150, "{n}");
+}
+
+#[test]
+fn loopback_refuses_hostile_input_and_changes_nothing() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let world = World {
+        host: TestNs::new("lohhost"),
+        pod: TestNs::new("lohpod"),
+        plugin: "loopback",
+        dirs: vec![],
+        extra_env: Vec::new(),
+    };
+    let good = json!({"cniVersion": "1.0.0", "name": "hlo", "type": "loopback"});
+    let mut cases = generated(&good, &[("/name", json!("s"))]);
+    cases.extend(env_cases(&good).into_iter().filter(|c| !c.name.starts_with("CNI_ARGS")));
+    cases.extend(netns_cases(&good, tmp.path()).into_iter().filter(|c| c.name.starts_with("CNI_NETNS")));
+    let (n, accepted) = run_all(&world, &cases);
+    eprintln!("loopback: {n} hostile cases, {accepted} accepted (and undone by DEL)");
+    assert!(n >= 80, "{n}");
+}
+
 #[test]
 fn bridge_refuses_hostile_input_and_changes_nothing() {
     require_root!();
@@ -1124,6 +1257,7 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
     .collect();
     let mut cases = generated(&good, &fields);
     cases.extend(env_cases(&good).into_iter().filter(|c| !c.name.contains("CNI_ARGS unknown")));
+    cases.extend(netns_cases(&good, tmp.path()).into_iter().filter(|c| c.name.ends_with("the plugin's own")));
     let with = |k: &str, v: Value| {
         let mut c = good.clone();
         c[k] = v;
@@ -1178,10 +1312,14 @@ fn vxlan_refuses_hostile_input_and_changes_nothing() {
     assert!(n >= 200, "{n}");
 }
 
+/// Every plugin this project builds.
+const PLUGINS: [&str; 8] =
+    ["bridge", "host-local", "vxlan", "bandwidth", "portmap", "firewall", "tuning", "loopback"];
+
 /// A command line that must stay usable: VERSION by hand, with no stdin.
 #[test]
 fn version_by_hand_still_answers() {
-    for plugin in ["bridge", "host-local", "vxlan"] {
+    for plugin in PLUGINS {
         let out = Command::new(bin(plugin))
             .env_clear()
             .env("CNI_COMMAND", "VERSION")
@@ -1198,7 +1336,7 @@ fn version_by_hand_still_answers() {
 /// which needs no stdin, still answers.
 #[test]
 fn unreadable_stdin_is_code_5() {
-    for plugin in ["bridge", "host-local", "vxlan"] {
+    for plugin in PLUGINS {
         for (how, redirect) in [("closed", "<&-"), ("a directory", "</")] {
             let out = Command::new("sh")
                 .args(["-c", &format!("exec \"$0\" {redirect}"), bin(plugin).to_str().unwrap()])

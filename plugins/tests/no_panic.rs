@@ -1,7 +1,8 @@
 //! Property tests: no input makes a plugin panic or hang.
 //!
 //! - In process, for thousands of inputs: the config readers (the library's request, the
-//!   bridge's options, host-local's config and requested addresses) answer every byte
+//!   bridge's options, host-local's config and requested addresses, the options of
+//!   bandwidth, portmap, tuning and firewall) answer every byte
 //!   string and every JSON value with a value or an error, never a panic.
 //! - As binaries, in test namespaces: generated configs (good ones with any member replaced
 //!   by any JSON value, byte soup, splices) sent to each plugin finish within a bound, exit
@@ -63,6 +64,15 @@ const KEYS: &[&str] = &[
     "delegate",
     "socket",
     "ipamDataDir",
+    "portMappings",
+    "hostPort",
+    "containerPort",
+    "protocol",
+    "hostIP",
+    "sysctl",
+    "promisc",
+    "snat",
+    "ingressPolicy",
     "x",
 ];
 
@@ -186,6 +196,33 @@ proptest! {
                 }
                 let _ = req.prev_result();
                 let _ = req.valid_attachments();
+            }
+        }
+    }
+}
+
+/// The chained plugins' options (portmap, tuning, firewall), from a config that names them.
+fn chained_conf() -> Value {
+    json!({"cniVersion": "1.0.0", "name": "props", "type": "portmap", "snat": true, "masqAll": false,
+        "backend": "nftables", "ingressPolicy": "same-bridge", "dataDir": "/nonexistent/props",
+        "sysctl": {"net.core.somaxconn": "512"}, "mac": "0a:58:0a:00:00:09", "mtu": 1400, "promisc": true,
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.1"}]},
+        "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [{"address": "10.77.0.5/24", "interface": 1}]}})
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, failure_persistence: None, ..Config::default() })]
+
+    #[test]
+    fn chained_config_readers_never_panic(stdin in arb_input(chained_conf())) {
+        for command in ["ADD", "CHECK", "DEL"] {
+            if let Ok(req) = Request::new(env(command), stdin.clone()) {
+                let _ = plugins::portmap::config::PortmapConf::load(&req);
+                let _ = plugins::tuning::config::TuningConf::load(&req);
+                let _ = plugins::firewall::FirewallConf::load(&req);
+                let _ = req.prev_result();
             }
         }
     }

@@ -162,6 +162,37 @@ pub async fn restart_keeps_subnet(store: SharedStore) {
     assert_ne!(other.acquire().await.unwrap().key, k);
 }
 
+/// Keys planted with a node's ID and public IP (unsigned, or signed by another key) are never
+/// adopted by that node, not even when its subnet file names one: it takes a subnet of its
+/// own, and a restart finds that one (signed by its key).
+pub async fn planted_keys_with_our_node_id_are_not_adopted(store: SharedStore) {
+    use overlayd::identity::Identity;
+    let (cfg, ttl) = (small_config(), Duration::from_secs(60));
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let me = Arc::new(Identity::load_or_create(dirs.0.path()).unwrap());
+    let thief = Identity::load_or_create(dirs.1.path()).unwrap();
+    let (unsigned, forged) =
+        (SubnetKey::parse("10.50.91.0-24").unwrap(), SubnetKey::parse("10.50.92.0-24").unwrap());
+    let l = store.grant(ttl).await.unwrap();
+    let victim = attrs("node-v", node_ip(9));
+    store.create(&layout().lease(&unsigned), &victim.to_bytes(), l).await.unwrap();
+    store.create(&layout().lease(&forged), &victim.signed(&forged, &thief).to_bytes(), l).await.unwrap();
+    for subnet_file in [None, Some(unsigned), Some(forged)] {
+        let mut m = manager(&store, &cfg, "node-v", 9, ttl)
+            .with_identity(me.clone())
+            .with_previous(None, subnet_file);
+        let got = m.acquire().await.unwrap();
+        assert!(
+            got.key != unsigned && got.key != forged,
+            "adopted a planted key {} ({subnet_file:?})",
+            got.key
+        );
+        m.release(&got).await.unwrap();
+    }
+    let held = holders(&*store).await;
+    assert_eq!(held.len(), 2, "only the planted keys are left: {held:?}");
+}
+
 /// A watcher's channels, as the daemon would hold them.
 struct TestIo {
     io: WatcherIo,

@@ -126,6 +126,7 @@ fn bridge_of(prev: &SuccessResult) -> Result<String, PluginError> {
 
 fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let conf = FirewallConf::load(req)?;
+    crate::nsutil::refuse_own_if_given(req)?;
     let prev = PluginError::require_prev(req, "firewall")?;
     let ips: Vec<_> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
     let bridge = if conf.same_bridge { Some(bridge_of(&prev)?) } else { None };
@@ -146,6 +147,7 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = FirewallConf::load(req)?;
+    crate::nsutil::refuse_own_if_given(req)?;
     let prev = PluginError::require_prev(req, "firewall")?;
     let t = table()?;
     let tag = tag(req.network_name()?, &req.env.container_id, &req.env.ifname);

@@ -111,6 +111,7 @@ fn enable_route_localnet(ip: IpAddr) -> Result<Option<String>, PluginError> {
 
 fn add(req: &Request) -> Result<SuccessResult, PluginError> {
     let conf = PortmapConf::load(req)?;
+    crate::nsutil::refuse_own_if_given(req)?;
     let prev = PluginError::require_prev(req, "portmap")?;
     if conf.mappings.is_empty() {
         return Ok(prev);
@@ -165,6 +166,7 @@ fn del(req: &Request) -> Result<(), PluginError> {
 
 fn check(req: &Request) -> Result<(), PluginError> {
     let conf = PortmapConf::load(req)?;
+    crate::nsutil::refuse_own_if_given(req)?;
     let prev = PluginError::require_prev(req, "portmap")?;
     if conf.mappings.is_empty() {
         return Ok(());
