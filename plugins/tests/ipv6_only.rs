@@ -217,25 +217,17 @@ fn firewall_in_ipv6_only_lists_accepts_forwarding_and_isolates_bridges() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The accept is the firewall's: trace a forwarded IPv6 connection (the operator's admin
     // chain, which the plugin never flushes, marks packets for tracing).
-    node.ns.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "ferrocni_firewall",
-        "admin",
-        "meta",
-        "nftrace",
-        "set",
-        "1",
-    ]);
+    let admin = "nft add rule inet ferrocni_firewall admin meta nftrace set 1";
+    node.ns.exec(&admin.split(' ').collect::<Vec<_>>());
     // The tracer subscribes asynchronously: a few tries, each waiting longer before traffic.
     let mut traced = String::new();
     for attempt in 1..=3u64 {
         let tracer = trace(&node.ns);
         std::thread::sleep(Duration::from_millis(300 * attempt));
-        echo(&iso1.ns, open.ip(), 7002).unwrap();
+        let sent = echo(&iso1.ns, open.ip(), 7002);
+        // Stopped before any assertion, so that a failure leaves no tracer running.
         traced = trace_output(tracer);
+        sent.unwrap();
         if traced.contains("@allowed6") {
             break;
         }
