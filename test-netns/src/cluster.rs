@@ -642,6 +642,45 @@ impl Cluster {
         Ok(net.trunc().to_string())
     }
 
+    /// Node `i`'s pod subnets in every family it leases (`FLANNEL_SUBNET` and
+    /// `FLANNEL_IPV6_SUBNET` of its subnet.env), IPv4 first: `["10.244.7.0/24",
+    /// "fd10:244:7::/64"]`.
+    pub fn pod_subnets(&self, i: usize) -> Result<Vec<ipnet::IpNet>, String> {
+        let env = std::fs::read_to_string(self.nodes[i].dir.join("subnet.env")).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for key in ["FLANNEL_SUBNET=", "FLANNEL_IPV6_SUBNET="] {
+            if let Some(line) = env.lines().find(|l| l.starts_with(key)) {
+                let net: ipnet::IpNet =
+                    line.trim_start_matches(key).parse().map_err(|e| format!("{line}: {e}"))?;
+                out.push(net.trunc());
+            }
+        }
+        if out.is_empty() { Err("no pod subnet in subnet.env".into()) } else { Ok(out) }
+    }
+
+    /// What node `i`'s kernel still has toward `subnets` (e.g. a gone node's): every route of
+    /// the main table, either family, whose destination lies in one of them (a wider route,
+    /// a default or the whole cluster network, is not toward that node), and every permanent
+    /// neighbour entry holding an address in one. Empty when nothing points there.
+    pub fn routes_toward(&self, i: usize, subnets: &[ipnet::IpNet]) -> Vec<String> {
+        let nl = self.nodes[i].ns.netlink();
+        let inside = |n: &ipnet::IpNet| subnets.iter().any(|s| s.contains(n));
+        let mut out: Vec<String> = [false, true]
+            .into_iter()
+            .flat_map(|v6| nl.routes(v6, None).unwrap())
+            .filter(|r| inside(&r.dst))
+            .map(|r| format!("route {} via {:?} oif {:?}", r.dst, r.gateway, r.oif))
+            .collect();
+        for link in nl.links().unwrap() {
+            for n in nl.neighbours(link.index).unwrap_or_default() {
+                if subnets.iter().any(|s| s.contains(&n.ip)) {
+                    out.push(format!("neighbour {} on {}", n.ip, link.name));
+                }
+            }
+        }
+        out
+    }
+
     /// Extra `overlayd` arguments for node `i`, used from its next (re)start.
     pub fn set_daemon_args(&mut self, i: usize, args: &[&str]) {
         self.nodes[i].extra_args = args.iter().map(|a| a.to_string()).collect();

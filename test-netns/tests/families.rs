@@ -64,6 +64,13 @@ enum Pods {
     Dual,
 }
 
+impl Pods {
+    /// Whether the pods have addresses of family `v6`.
+    fn has(self, v6: bool) -> bool {
+        if v6 { self != Pods::V4 } else { self != Pods::V6 }
+    }
+}
+
 fn options(pods: Pods, underlay: UnderlayFamilies, nodes: usize) -> ClusterOptions {
     let o = ClusterOptions::new(nodes, bin_dir()).with_underlay(underlay);
     match pods {
@@ -353,85 +360,150 @@ fn reaching_pairs(pods: &[ClusterPod], v6: bool) -> Vec<String> {
     out
 }
 
+/// Whether pod family `v6` crosses `underlay` on host-gw (only over its own family).
+fn host_gw_carries(underlay: UnderlayFamilies, v6: bool) -> bool {
+    if v6 { underlay.v6 } else { underlay.v4 }
+}
+
+/// The checks of one host-gw round over the cluster's live `nodes` (those in `ps` and no
+/// others): each carried family is routed to exactly every peer's subnet via the peer's
+/// underlay address of that family, and every pair reaches (ping and TCP); each family the
+/// underlay lacks is reported on every node naming every peer (status, /readyz, the metric
+/// with the peer count, a log line), routed nowhere, and reaches nothing.
+fn host_gw_round(
+    c: &Cluster,
+    ps: &[ClusterPod],
+    nodes: &[usize],
+    pods: Pods,
+    underlay: UnderlayFamilies,
+    tag: &str,
+) {
+    let pod_fams: Vec<(&str, bool)> =
+        [("ipv4", false), ("ipv6", true)].into_iter().filter(|(_, v6)| pods.has(*v6)).collect();
+    let subnet = |k: usize, v6: bool| {
+        c.pod_subnets(k).unwrap().into_iter().find(|n| matches!(n, ipnet::IpNet::V6(_)) == v6).unwrap()
+    };
+    for &(fam, v6) in &pod_fams {
+        for &i in nodes {
+            let peers: Vec<usize> = nodes.iter().copied().filter(|&k| k != i).collect();
+            if host_gw_carries(underlay, v6) {
+                let mut want: Vec<(String, String)> = peers
+                    .iter()
+                    .map(|&k| {
+                        let n = &c.nodes[k];
+                        let via = if v6 { n.underlay_ipv6.clone().unwrap() } else { n.underlay_ip.clone() };
+                        (subnet(k, v6).to_string(), via)
+                    })
+                    .collect();
+                want.sort();
+                let mut have = Vec::new();
+                wait_for(
+                    Duration::from_secs(20),
+                    &format!("{tag}: node{i} routes {fam} to {want:?}"),
+                    || {
+                        have = c.host_gw_routes(i, v6);
+                        have.sort();
+                        have == want
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}: {have:?}\n{}", c.diagnostics()));
+                assert_eq!(no_common_underlay(c, i, fam), Vec::<String>::new(), "{tag}");
+            } else {
+                // Reported on every node, naming each peer by its lease key (which holds
+                // the peer's IPv4 subnet, or is its IPv6 one, `/` written `-`); no route.
+                wait_for(Duration::from_secs(20), &format!("{tag}: node{i} reports {fam}"), || {
+                    no_common_underlay(c, i, fam).len() == peers.len()
+                })
+                .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", no_common_underlay(c, i, fam), c.diagnostics()));
+                let reported = no_common_underlay(c, i, fam);
+                for &k in &peers {
+                    let key = subnet(k, pods == Pods::V6).to_string().replace('/', "-");
+                    assert!(reported.iter().any(|r| r.contains(&key)), "{tag}: {reported:?} vs {key}");
+                }
+                assert_eq!(c.host_gw_routes(i, v6), vec![], "{tag}: a route in {fam}");
+                let (_, body) = http_get(&c.nodes[i].socket(), "/readyz").unwrap();
+                assert!(body.contains(&format!("{fam}: no common underlay family with")), "{tag}: {body}");
+                let (_, metrics) = http_get(&c.nodes[i].socket(), "/metrics").unwrap();
+                let metric =
+                    format!("overlayd_datapath_no_common_underlay_peers{{family=\"{fam}\"}} {}", peers.len());
+                assert!(metrics.contains(&metric), "{tag}: no {metric} in {metrics}");
+                let log = std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap();
+                assert!(
+                    log.contains("host-gw carries each pod family only over the same underlay family"),
+                    "{tag}: no log line on node{i}"
+                );
+                assert_eq!(
+                    reaching_pairs(ps, v6),
+                    Vec::<String>::new(),
+                    "{tag}: {fam} reached without a route"
+                );
+            }
+        }
+    }
+    // Every pair in the carried families (none when the underlay carries no pod family).
+    if pod_fams.iter().any(|(_, v6)| host_gw_carries(underlay, *v6)) {
+        assert_eq!(
+            all_pairs_reach_where(ps, &|ip| host_gw_carries(underlay, ip.contains(':'))),
+            Ok(()),
+            "{tag}"
+        );
+    }
+}
+
 /// One host-gw cell: the families the underlay has reach each other in every pair (ping
-/// and TCP, also after a daemon restart); each family it lacks is reported on every node,
-/// routed nowhere, and reaches nothing.
+/// and TCP), those it lacks are reported, routed nowhere and reach nothing (see
+/// [`host_gw_round`]); plain, after a daemon restart, with a third node joining (its pod
+/// included) and with a node leaving, after which no remaining node keeps a route or
+/// neighbour toward the gone node's pod subnets.
 fn host_gw_cell(pods: Pods, underlay: UnderlayFamilies) {
     let tag = format!(
         "host-gw {pods:?}-{}{}",
         if underlay.v4 { "4" } else { "" },
         if underlay.v6 { "6" } else { "" }
     );
-    let c = Cluster::start(options(pods, underlay, 2).backend("host-gw"))
+    let mut c = Cluster::start(options(pods, underlay, 2).backend("host-gw"))
         .unwrap_or_else(|e| panic!("{tag}: {e}"));
-    let ps = pods_on_each_node(&c, "hg");
+    let mut ps = pods_on_each_node(&c, "hg");
     // host-gw adds no header: the pods get the underlay's MTU.
     for p in &ps {
         assert_eq!(pod_mtu(p), 1500, "{tag}: pod MTU");
     }
-    let pod_fams: Vec<(&str, bool)> = [("ipv4", false), ("ipv6", true)]
-        .into_iter()
-        .filter(|(_, v6)| if *v6 { pods != Pods::V4 } else { pods != Pods::V6 })
-        .collect();
-    let carried = |v6: bool| if v6 { underlay.v6 } else { underlay.v4 };
-    for round in ["plain", "after a restart"] {
-        for &(fam, v6) in &pod_fams {
-            for i in 0..2 {
-                if carried(v6) {
-                    wait_for(Duration::from_secs(20), &format!("{tag}: node{i} routes {fam}"), || {
-                        c.host_gw_routes(i, v6).len() == 1
-                    })
-                    .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
-                    assert_eq!(no_common_underlay(&c, i, fam), Vec::<String>::new(), "{tag} {round}");
-                } else {
-                    // Reported, naming the peer (its lease key holds its IPv4 subnet, or
-                    // is its IPv6 one), on every node; no route.
-                    wait_for(Duration::from_secs(20), &format!("{tag}: node{i} reports {fam}"), || {
-                        no_common_underlay(&c, i, fam).len() == 1
-                    })
-                    .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
-                    let reported = no_common_underlay(&c, i, fam);
-                    if pods == Pods::Dual {
-                        // Only dual-stack pods have an IPv4 subnet (FLANNEL_SUBNET) to name.
-                        let peer_subnet = c.pod_subnet(1 - i).unwrap().replace('/', "-");
-                        assert!(reported[0].contains(&peer_subnet), "{tag}: {reported:?} vs {peer_subnet}");
-                    }
-                    assert_eq!(c.host_gw_routes(i, v6), vec![], "{tag}: a route in {fam}");
-                    let (_, body) = http_get(&c.nodes[i].socket(), "/readyz").unwrap();
-                    assert!(
-                        body.contains(&format!("{fam}: no common underlay family with")),
-                        "{tag}: {body}"
-                    );
-                    let (_, metrics) = http_get(&c.nodes[i].socket(), "/metrics").unwrap();
-                    assert!(
-                        metrics.contains(&format!(
-                            "overlayd_datapath_no_common_underlay_peers{{family=\"{fam}\"}} 1"
-                        )),
-                        "{tag}: {metrics}"
-                    );
-                    let log = std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap();
-                    assert!(
-                        log.contains("host-gw carries each pod family only over the same underlay family"),
-                        "{tag}: no log line"
-                    );
-                    assert_eq!(
-                        reaching_pairs(&ps, v6),
-                        Vec::<String>::new(),
-                        "{tag}: {fam} reached without a route"
-                    );
-                }
-            }
-        }
-        // Every pair in the carried families (none when the underlay carries no pod family).
-        if pod_fams.iter().any(|(_, v6)| carried(*v6)) {
-            assert_eq!(all_pairs_reach_where(&ps, &|ip| carried(ip.contains(':'))), Ok(()), "{tag}: {round}");
-        }
-        if round == "plain" {
-            c.stop_daemon(0, libc::SIGTERM);
-            c.start_daemon(0).unwrap();
-            c.wait_ready(0).unwrap();
-        }
+    host_gw_round(&c, &ps, &[0, 1], pods, underlay, &format!("{tag} plain"));
+
+    c.stop_daemon(0, libc::SIGTERM);
+    c.start_daemon(0).unwrap();
+    c.wait_ready(0).unwrap();
+    host_gw_round(&c, &ps, &[0, 1], pods, underlay, &format!("{tag} after a restart"));
+
+    let j = c.add_node().unwrap();
+    c.wait_ready(j).unwrap_or_else(|e| panic!("{tag}: {e}\n{}", c.diagnostics()));
+    let pj = c.add_pod(j, "hgj").unwrap();
+    assert_eq!(pod_mtu(&pj), 1500, "{tag}: the new node's pod MTU");
+    ps.push(pj);
+    host_gw_round(&c, &ps, &[0, 1, j], pods, underlay, &format!("{tag} a node joined"));
+
+    // Node 1 leaves (its daemon stops, its lease goes); it stays in the list, idle.
+    let gone = c.pod_subnets(1).unwrap();
+    // The check below can fail: before the leave, node 0 routes there in each carried family.
+    let families =
+        [false, true].into_iter().filter(|&v6| pods.has(v6) && host_gw_carries(underlay, v6)).count();
+    let before = c.routes_toward(0, &gone);
+    assert_eq!(before.len(), families, "{tag}: toward node1 before it left: {before:?}");
+    c.ctl(1, &["leave"]);
+    for p in ps.iter().filter(|p| p.node == 1) {
+        c.del_pod(p).unwrap();
     }
+    ps.retain(|p| p.node != 1);
+    for i in [0, j] {
+        let mut left = Vec::new();
+        wait_for(Duration::from_secs(20), &format!("{tag}: node{i} forgets the node that left"), || {
+            left = c.routes_toward(i, &gone);
+            left.is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e}: {left:?}\n{}", c.diagnostics()));
+    }
+    host_gw_round(&c, &ps, &[0, j], pods, underlay, &format!("{tag} a node left"));
+
     // Encryption cannot be asked of host-gw: refused, nothing stored.
     let (ok, out) = c.overlayctl(0, &["encryption", "enable"]).unwrap();
     assert!(!ok && out.contains("host-gw"), "{tag}: {out}");
