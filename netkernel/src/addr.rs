@@ -3,17 +3,31 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rtm};
 
 use crate::error::Result;
 use crate::netlink::{Netlink, Request, flags, nl_err};
 
+/// How an address is added.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddrOptions {
+    /// `IFA_F_NODAD`: an IPv6 address usable at once, without duplicate address detection
+    /// (it stays `tentative` for a second or more otherwise). The kernel ignores it for IPv4.
+    pub no_dad: bool,
+}
+
 impl Netlink {
     /// Adds `addr` (address and prefix length) to link `index`. EEXIST is an error here;
     /// [`Netlink::ensure_address`] tolerates it.
     pub fn add_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        self.ack(add_request(index, addr)).map_err(nl_err(format!("adding {addr} to link {index}")))
+        self.add_address_with(index, addr, AddrOptions::default())
+    }
+
+    /// [`Netlink::add_address`] with `options` (see [`AddrOptions`]).
+    pub fn add_address_with(&self, index: u32, addr: IpNet, options: AddrOptions) -> Result<()> {
+        self.ack(add_request_with(index, addr, options))
+            .map_err(nl_err(format!("adding {addr} to link {index}")))
     }
 
     /// Adds `addr` unless that exact address is already there (concurrent callers race
@@ -65,8 +79,19 @@ impl Netlink {
 
 /// `RTM_NEWADDR`, as `ip addr add` builds it: the address as both IFA_LOCAL and
 /// IFA_ADDRESS, and an IPv4 broadcast address below /31.
+#[cfg(test)]
 pub(crate) fn add_request(index: u32, addr: IpNet) -> Request {
+    add_request_with(index, addr, AddrOptions::default())
+}
+
+/// [`add_request`] with `options`: the flags in the header byte and in IFA_FLAGS, as
+/// `ip addr add ... nodad` sends them.
+pub(crate) fn add_request_with(index: u32, addr: IpNet, options: AddrOptions) -> Request {
     let mut m = AddressMessage::default();
+    if options.no_dad {
+        m.header.flags = AddressHeaderFlags::Nodad;
+        m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
     m.header.index = index;
     m.header.prefix_len = addr.prefix_len();
     match addr.addr() {
@@ -110,4 +135,27 @@ fn address_of(m: &AddressMessage) -> Option<IpAddr> {
         }
     }
     address
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(options: AddrOptions) -> Vec<u8> {
+        let mut buf = Vec::new();
+        add_request_with(7, "fd00::1/64".parse().unwrap(), options).encode(0, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn no_dad_sets_the_header_flag_and_ifa_flags() {
+        // nlmsghdr is 16 bytes; ifaddrmsg's third byte is ifa_flags.
+        let (plain, nodad) = (encoded(AddrOptions::default()), encoded(AddrOptions { no_dad: true }));
+        assert_eq!(plain[18], 0);
+        assert_eq!(nodad[18], 0x02, "IFA_F_NODAD in the header");
+        // IFA_FLAGS (type 8) holding 0x02, as a u32 attribute of 8 bytes.
+        let attr = [8u8, 0, 8, 0, 2, 0, 0, 0];
+        assert!(nodad.windows(8).any(|w| w == attr), "{nodad:02x?}");
+        assert!(!plain.windows(8).any(|w| w == attr));
+    }
 }

@@ -15,14 +15,15 @@
 //! - every run ends within a bound, and never by a panic (a panic would be code 999).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use test_netns::{TestNs, require_root};
+
+mod overlayd_standin;
 
 /// The plugins under test: ours, or those in `HOSTILE_PLUGIN_DIR` (to measure another
 /// build, e.g. the reference plugins in `/usr/lib/cni`, against the same cases).
@@ -1203,38 +1204,12 @@ fn bridge_refuses_hostile_input_and_changes_nothing() {
     assert!(n >= 250, "{n}");
 }
 
-/// A stand-in for overlayd's `GET /v1/cni` on a unix socket.
-fn fake_daemon(path: &Path) {
-    let listener = UnixListener::bind(path).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut s = stream;
-            // The whole request head, as a real server reads it before answering.
-            let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let body = json!({"ready": true, "subnet": "10.87.3.0/24", "network": "10.87.0.0/16",
-                "mtu": 1450, "ip_masq": true})
-            .to_string();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-}
-
 #[test]
 fn vxlan_refuses_hostile_input_and_changes_nothing() {
     require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let socket = tmp.path().join("overlayd.sock");
-    fake_daemon(&socket);
+    overlayd_standin::serve(&socket);
     let data = tmp.path().join("vxlan");
     let ipam = tmp.path().join("ipam");
     let good = json!({"cniVersion": "1.0.0", "name": "hostile", "type": "vxlan", "socket": socket,

@@ -67,11 +67,11 @@ impl Node {
         assert!(ips.len() == 1 && ips[0].contains(':'), "{label}: {ips:?}");
         let v4 = ns.exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(v4.trim().is_empty(), "{label}: IPv4 in an IPv6-only pod: {v4}");
-        // The pod's address skips duplicate address detection (bridge's `enabledad` is off);
-        // the bridge's gateway address does not (as with the reference plugin): on a new
-        // bridge it is tentative, and answers nothing, for a second or two.
-        ns.wait_not_tentative("eth0");
-        self.ns.wait_not_tentative(&result.interfaces[0].name);
+        // Both ends are usable at once, no wait: the pod's address skips duplicate address
+        // detection (bridge's `enabledad` is off) and so does the bridge's gateway address.
+        assert_eq!(global_tentative(&ns, "eth0"), "", "{label}: the pod's address is tentative");
+        let bridge = &result.interfaces[0].name;
+        assert_eq!(global_tentative(&self.ns, bridge), "", "{label}: the gateway on {bridge} is tentative");
         Pod { ns, att, result }
     }
 
@@ -110,6 +110,13 @@ impl Node {
         }
         out
     }
+}
+
+/// The global IPv6 addresses of `dev` still in duplicate address detection.
+fn global_tentative(ns: &TestNs, dev: &str) -> String {
+    ns.exec(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "global", "tentative"])
+        .trim()
+        .to_string()
 }
 
 fn echo(from: &TestNs, to: IpAddr, port: u16) -> Result<usize, String> {
@@ -276,6 +283,24 @@ fn tuning_in_an_ipv6_only_list_sets_and_restores_ipv6_sysctls() {
     node.del(&list, &pod);
     assert_eq!(read_sysctl(&pod.ns, "net/ipv6/conf/default/hop_limit"), default_before, "DEL restores");
     assert_eq!(std::fs::read_dir(&data).map(|d| d.count()).unwrap_or(0), 0, "tuning left its files");
+    assert_eq!(node.leftovers(), Vec::<String>::new());
+}
+
+/// A bridge made by this ADD: its gateway address is added without duplicate address
+/// detection (`nodad`), so the first pod's first ping to it is answered (one echo, one
+/// second), with no wait for DAD in between; CHECK accepts the bridge as it is.
+#[test]
+fn a_new_bridge_answers_the_first_pods_ipv6_ping_at_once() {
+    require_root!();
+    let node = Node::new("n6node");
+    let list = node.list("nodad6", "n6br0", "fd00:73::/64", vec![]);
+    let pod = node.add(&list, "n6pod");
+    let gw = gateway(&pod);
+    assert!(ping(&pod.ns, &gw.to_string(), 1), "pod -> its gateway {gw} on a new bridge");
+    let line = node.ns.exec(&["ip", "-6", "-o", "addr", "show", "dev", "n6br0", "scope", "global"]);
+    assert!(line.contains(&format!("{gw}/64")) && line.contains("nodad"), "{line}");
+    node.check(&list, &pod);
+    node.del(&list, &pod);
     assert_eq!(node.leftovers(), Vec::<String>::new());
 }
 

@@ -5,9 +5,11 @@
 //!   bandwidth, portmap, tuning and firewall) answer every byte
 //!   string and every JSON value with a value or an error, never a panic.
 //! - As binaries, in test namespaces: generated configs (good ones with any member replaced
-//!   by any JSON value, byte soup, splices) sent to each plugin finish within a bound, exit
-//!   0 or 1, and print nothing or one JSON object; a failure is an error object whose code
-//!   is one of the spec's or the plugin's own, never the panic code.
+//!   by any JSON value, byte soup, splices) sent to each plugin (host-local, bridge,
+//!   bandwidth, loopback, portmap, firewall, tuning, and vxlan against a stand-in daemon)
+//!   finish within a bound, exit 0 or 1, print nothing or one JSON object and nothing about
+//!   a panic on stderr; a failure is an error object whose code is one of the spec's or
+//!   the plugin's own, never the panic code.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Map, Value, json};
 use test_netns::{TestNs, require_root};
+
+mod overlayd_standin;
 
 /// Keys the plugins know, so generated objects hit real fields.
 const KEYS: &[&str] = &[
@@ -64,6 +68,7 @@ const KEYS: &[&str] = &[
     "delegate",
     "socket",
     "ipamDataDir",
+    "hairpinMode",
     "portMappings",
     "hostPort",
     "containerPort",
@@ -72,7 +77,12 @@ const KEYS: &[&str] = &[
     "sysctl",
     "promisc",
     "snat",
+    "allmulti",
+    "txQLen",
     "ingressPolicy",
+    "sandbox",
+    "address",
+    "interface",
     "x",
 ];
 
@@ -233,7 +243,7 @@ fn bin(name: &str) -> PathBuf {
 }
 
 /// Runs `plugin` with `stdin` in `host`; (exit code, stdout), or a failure if it takes more
-/// than 30 s.
+/// than 30 s or says on stderr that it panicked.
 fn run(
     host: &TestNs,
     pod: &TestNs,
@@ -273,6 +283,10 @@ fn run(
         }
     };
     let _ = writer.join();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("panicked") {
+        return Err(format!("{plugin} {command} panicked: {stderr}"));
+    }
     Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
@@ -348,4 +362,111 @@ fn no_input_makes_bandwidth_panic_or_hang() {
         .unwrap();
     // Every accepted ADD was undone by its DEL.
     assert!(host.netlink().links().unwrap().iter().all(|l| !l.is("ifb")));
+}
+
+/// Generated configs for `plugin` (from `good`) run ADD, CHECK and DEL as a runtime runs
+/// them, in `host` with `pod` as the container: each finishes within the bound, never
+/// panics, and answers a result or a CNI error of a known class. Returns how many ADDs
+/// were accepted.
+fn fuzz_binary(host: &TestNs, pod: &TestNs, plugin: &str, good: Value, cases: u32) -> usize {
+    // The unchanged config works, so the generated ones are near a working call. (CHECK is
+    // not in this: a runtime gives it the ADD's result, which a chained plugin's config has
+    // but vxlan's has not.)
+    for command in ["ADD", "DEL"] {
+        let (code, out) = run(host, pod, plugin, command, good.to_string().as_bytes()).unwrap();
+        assert_eq!(code, 0, "{plugin} {command} of the good config: {out}");
+    }
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&arb_input(good), |stdin| {
+            for command in ["ADD", "CHECK", "DEL"] {
+                let (code, out) = run(host, pod, plugin, command, &stdin).map_err(TestCaseError::fail)?;
+                if command == "ADD" && code == 0 {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                check_outcome(plugin, code, &out).map_err(TestCaseError::fail)?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    let accepted = accepted.into_inner();
+    eprintln!("{plugin}: {accepted} of {cases} generated ADDs accepted (each followed by CHECK and DEL)");
+    accepted
+}
+
+/// A `prevResult` naming the pod's eth0 (with `addrs`) and a host-side interface.
+fn prev(pod: &TestNs, addrs: &[&str]) -> Value {
+    let ips: Vec<Value> = addrs.iter().map(|a| json!({"address": a, "interface": 1})).collect();
+    json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "veth0host"}, {"name": "eth0", "sandbox": pod.path()}], "ips": ips})
+}
+
+#[test]
+fn no_input_makes_loopback_panic_or_hang() {
+    require_root!();
+    let host = TestNs::new("proplohost");
+    let pod = TestNs::new("proplopod");
+    fuzz_binary(
+        &host,
+        &pod,
+        "loopback",
+        json!({"cniVersion": "1.0.0", "name": "props", "type": "loopback"}),
+        60,
+    );
+}
+
+#[test]
+fn no_input_makes_portmap_panic_or_hang() {
+    require_root!();
+    let host = TestNs::new("proppmhost");
+    let pod = TestNs::new("proppmpod");
+    host.lo_up();
+    let good = json!({"cniVersion": "1.0.0", "name": "props", "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8053, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+            {"hostPort": 9132, "containerPort": 132, "protocol": "sctp", "hostIP": "fd00:99::1"}]},
+        "prevResult": prev(&pod, &["10.77.0.5/24", "fd00:77::5/64"])});
+    fuzz_binary(&host, &pod, "portmap", good, 60);
+}
+
+#[test]
+fn no_input_makes_firewall_panic_or_hang() {
+    require_root!();
+    let host = TestNs::new("propfwhost");
+    let pod = TestNs::new("propfwpod");
+    let good = json!({"cniVersion": "1.0.0", "name": "props", "type": "firewall",
+        "prevResult": prev(&pod, &["10.66.0.5/24", "fd00:66::5/64"])});
+    fuzz_binary(&host, &pod, "firewall", good, 60);
+}
+
+#[test]
+fn no_input_makes_tuning_panic_or_hang() {
+    require_root!();
+    let host = TestNs::new("proptuhost");
+    let pod = TestNs::new("proptupod");
+    test_netns::veth_between(&host, "veth0host", &pod, "eth0");
+    let tmp = tempfile::tempdir().unwrap();
+    let good = json!({"cniVersion": "1.0.0", "name": "props", "type": "tuning", "dataDir": tmp.path().join("tuning"),
+        "sysctl": {"net.ipv4.conf.IFNAME.forwarding": "1", "net.core.somaxconn": "512"},
+        "mac": "0a:58:0a:01:02:03", "mtu": 1400, "promisc": true, "allmulti": true, "txQLen": 321,
+        "prevResult": prev(&pod, &["10.1.0.5/24"])});
+    fuzz_binary(&host, &pod, "tuning", good, 60);
+}
+
+#[test]
+fn no_input_makes_vxlan_panic_or_hang() {
+    require_root!();
+    let host = TestNs::new("propvxhost");
+    let pod = TestNs::new("propvxpod");
+    host.lo_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("overlayd.sock");
+    overlayd_standin::serve(&socket);
+    let good = json!({"cniVersion": "1.0.0", "name": "props", "type": "vxlan", "socket": socket,
+        "dataDir": tmp.path().join("vxlan"), "ipamDataDir": tmp.path().join("ipam"),
+        "routes": [{"dst": "10.99.0.0/16"}], "delegate": {"bridge": "pvx0", "hairpinMode": true}});
+    fuzz_binary(&host, &pod, "vxlan", good, 60);
 }

@@ -22,6 +22,7 @@ use std::path::Path;
 use cni_spec::delegate::Delegate;
 use cni_spec::{Error, Interface, Plugin, Request, SuccessResult};
 use ipnet::IpNet;
+use netkernel::addr::AddrOptions;
 use netkernel::link::{BridgeSpec, Link, PortVlan, VethOptions, format_mac};
 use netkernel::route::Route as KRoute;
 use netkernel::{KernelError, NetNs, Netlink, sysctl};
@@ -730,7 +731,9 @@ fn setup_gateway(
                 .map_err(BridgeError::kernel("removing the old bridge address"))?;
             changes.removed.push(*old);
         }
-        match host.add_address(br.index, want) {
+        // No duplicate address detection: the host owns the gateway (a pod holding it is
+        // misconfigured), and DAD would leave it tentative, unreachable, for the first pod.
+        match host.add_address_with(br.index, want, AddrOptions { no_dad: true }) {
             Ok(()) => changes.added.push(want),
             // A concurrent ADD of another bridge user put it there (it holds no lock on us).
             Err(e) if e.is_exists() => {}
