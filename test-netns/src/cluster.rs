@@ -701,20 +701,14 @@ impl Cluster {
     /// Every charon process in node `i`'s network namespace, whatever its pid file says (a
     /// leak check: a charon nobody tracks would keep its SAs and TUN device).
     pub fn charons(&self, i: usize) -> Vec<i32> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(ns) = std::fs::metadata(self.nodes[i].ns.path()) else { return Vec::new() };
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let charon = std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"/charon")));
-            let here = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev());
-            if charon && here && process_alive(pid) {
-                out.push(pid);
-            }
-        }
-        out
+        crate::pids_in_netns(&self.nodes[i].ns.path())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"/charon")))
+                    && process_alive(*pid)
+            })
+            .collect()
     }
 
     /// Stops node `i`'s charon with `signal` and waits until it is gone (at most 5 s).

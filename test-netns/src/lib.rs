@@ -188,23 +188,76 @@ impl Drop for TestNs {
 /// per process.
 fn sweep_stale() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
-            return;
+    ONCE.call_once(|| remove_namespaces(|pid| !Path::new(&format!("/proc/{pid}")).exists()));
+}
+
+/// Removes every namespace of this crate whose owner pid matches `whose`, killing the
+/// processes still inside first (a namespace outlives its bind mount while a process such
+/// as an iperf3 server or a daemon is in it).
+fn remove_namespaces(whose: impl Fn(u32) -> bool) {
+    let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()).and_then(|p| p.parse().ok())
+        else {
+            continue;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix(PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let alive = Path::new(&format!("/proc/{pid}")).exists();
-            if !alive {
-                let _ = NetNs::delete_named(&name);
+        if whose(pid) {
+            for inside in pids_in_netns(&entry.path()) {
+                // SAFETY: kill(2) of a process inside a namespace this crate made for a test
+                // or bench run that is gone or being torn down.
+                unsafe { libc::kill(inside, libc::SIGKILL) };
             }
+            let _ = NetNs::delete_named(&name);
+        }
+    }
+}
+
+/// The processes whose network namespace is the one bound (or opened) at `path`.
+pub fn pids_in_netns(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(path) else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+        })
+        .collect()
+}
+
+static TERMINATED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_termination(signal: libc::c_int) {
+    TERMINATED.store(signal, Ordering::SeqCst);
+}
+
+/// For long-running programs (the benches): on SIGINT or SIGTERM, kill what runs in this
+/// process's namespaces, delete them and exit (128 + the signal), instead of dying with
+/// the namespaces and their processes left behind. Drop-based cleanup covers panics; this
+/// covers a user stopping a run.
+pub fn tear_down_on_termination() {
+    // SAFETY: the handler only stores to an atomic; handlers are reset in exec'd children.
+    unsafe {
+        libc::signal(libc::SIGINT, on_termination as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_termination as *const () as libc::sighandler_t);
+    }
+    std::thread::spawn(|| {
+        loop {
+            let signal = TERMINATED.load(Ordering::SeqCst);
+            if signal != 0 {
+                eprintln!("signal {signal}: removing this run's namespaces and what runs in them");
+                let me = std::process::id();
+                remove_namespaces(|pid| pid == me);
+                std::process::exit(128 + signal);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     });
 }

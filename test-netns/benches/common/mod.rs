@@ -64,6 +64,7 @@ pub fn gate(name: &str) -> Option<Run> {
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } != 0 {
         eprintln!("{name}: could not renice to -10; running at the default priority");
     }
+    test_netns::tear_down_on_termination();
     Some(Run { smoke: args.iter().any(|a| a == "--smoke"), args })
 }
 
