@@ -248,7 +248,17 @@ fn encrypted_pods_talk_and_the_underlay_carries_only_tunnel_udp() {
     assert_eq!(st["preshared_key"], false);
     // The metrics say the same: a handshake, the MiB sent through the tunnel, and the
     // datapath's reconciliations timed.
-    let (code, m) = test_netns::cluster::http_get(&c.nodes[0].socket(), "/metrics").unwrap();
+    // The encryption figures are the controller's status, taken on each of its 0.5 s ticks:
+    // wait for the first one taken after the echo.
+    let scrape = || test_netns::cluster::http_get(&c.nodes[0].socket(), "/metrics").unwrap();
+    let tx_line = "overlayd_encryption_bytes_total{engine=\"wireguard\",direction=\"tx\"} ";
+    let counted = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(tx_line)?.parse::<f64>().ok())
+            .is_some_and(|v| v >= (1 << 20) as f64)
+    };
+    let _ = wait_for(Duration::from_secs(5), "the tunnel's bytes in the status", || counted(&scrape().1));
+    let (code, m) = scrape();
     assert_eq!(code, 200, "{m}");
     let metric = |name: &str| -> f64 {
         m.lines()
