@@ -288,3 +288,91 @@ async fn embedded_synced_is_raised_only_after_the_listings_events() {
     let d = tempdir();
     scenarios::synced_comes_after_the_listings_events(stores(&d, 1).remove(0)).await;
 }
+
+/// `overlayctl status` on `socket` as the unprivileged user nobody (65534): its output.
+fn ctl_as_nobody(ctl: &Path, socket: &Path) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(ctl)
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
+/// Started under `umask 000` (a permissive service manager or shell), the daemon's API
+/// socket is still never open to others: it is bound in a private 0700 directory and is
+/// 0600 from the moment it appears under its name, its directory is not writable by
+/// others, and an unprivileged user cannot connect (the control: with the socket made
+/// 0666 by hand, that user can).
+#[test]
+fn the_api_socket_is_private_under_a_permissive_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root!();
+    let dir = tempdir();
+    // Traversable by nobody, so that only the socket's own mode keeps it out.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let underlay = test_netns::Underlay::new(None);
+    let node = TestNs::new("umask0");
+    underlay.attach(&node, "ul", "192.0.2.1/24");
+    let conf = dir.path().join("net-conf.json");
+    std::fs::write(&conf, NET_CONF).unwrap();
+    let db = dir.path().join("store/store.db");
+    let args = [
+        "--store",
+        "embedded",
+        "--store-file",
+        db.to_str().unwrap(),
+        "--iface",
+        "ul",
+        "--net-config-file",
+        conf.to_str().unwrap(),
+    ];
+    let d = Daemon::start_umask(&node, "umask0", dir.path(), &args, 0);
+    // Watch the socket's directory as closely as polling allows until the socket appears.
+    let sock_dir = d.socket.parent().unwrap().to_path_buf();
+    let mode = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.permissions().mode() & 0o7777);
+    let (mut private_modes, mut first_seen) = (Vec::new(), None);
+    let start = std::time::Instant::now();
+    while first_seen.is_none() && start.elapsed() < Duration::from_secs(20) {
+        for e in std::fs::read_dir(&sock_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".overlayd-sock-") {
+                private_modes.extend(mode(&e.path()));
+            }
+        }
+        first_seen = mode(&d.socket);
+        if first_seen.is_none() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    assert_eq!(first_seen, Some(0o600), "the socket's mode when it first appeared");
+    assert!(
+        private_modes.iter().all(|&m| m == 0o700),
+        "private binding directories: {:?}",
+        private_modes.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+    );
+    let dir_mode = mode(&sock_dir).unwrap();
+    assert_eq!(dir_mode & 0o022, 0, "the socket's directory is writable by others: {dir_mode:o}");
+    d.wait_ready(Duration::from_secs(20));
+    assert_eq!(mode(&d.socket), Some(0o600), "the socket's mode once ready");
+    // Nothing else the daemon made under the directory is left open.
+    for e in std::fs::read_dir(&sock_dir).unwrap().flatten() {
+        assert!(!e.file_name().to_string_lossy().starts_with(".overlayd-sock-"), "left behind: {e:?}");
+    }
+    // A copy of overlayctl nobody can run (the build tree may not be readable by it).
+    let ctl = dir.path().join("overlayctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_overlayctl"), &ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = ctl_as_nobody(&ctl, &d.socket);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody connected: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("ermission denied"), "nobody's failure is not the socket's mode: {err}");
+    // The control: the same command as root works, and as nobody once the socket is 0666.
+    let root =
+        std::process::Command::new(&ctl).arg("--socket").arg(&d.socket).arg("status").output().unwrap();
+    assert!(root.status.success(), "root: {}", String::from_utf8_lossy(&root.stderr));
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let open = ctl_as_nobody(&ctl, &d.socket);
+    assert!(open.status.success(), "the control failed: {}", String::from_utf8_lossy(&open.stderr));
+}

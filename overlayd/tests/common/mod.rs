@@ -261,6 +261,8 @@ pub struct Daemon {
     pub log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The umask the daemon starts with (the test's own when `None`).
+    umask: Option<libc::mode_t>,
     child: Option<Child>,
 }
 
@@ -272,6 +274,22 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_env(ns: &TestNs, name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_inner(ns, name, dir, args, env, None)
+    }
+
+    /// [`Daemon::start`] under `umask` (e.g. 0: a permissive service manager or shell).
+    pub fn start_umask(ns: &TestNs, name: &str, dir: &Path, args: &[&str], umask: libc::mode_t) -> Daemon {
+        Daemon::start_inner(ns, name, dir, args, &[], Some(umask))
+    }
+
+    fn start_inner(
+        ns: &TestNs,
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        umask: Option<libc::mode_t>,
+    ) -> Daemon {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut d = Daemon {
@@ -282,6 +300,7 @@ impl Daemon {
             log: dir.join("overlayd.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            umask,
             dir,
             child: None,
         };
@@ -292,6 +311,16 @@ impl Daemon {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_overlayd"));
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe and changes only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
         let child = die_with_parent(&mut cmd)
             .arg("--state-dir")
             .arg(self.dir.join("state"))
