@@ -504,6 +504,27 @@ fn bad_config_changes_nothing() {
     assert!(host.leases().is_empty() && host.veths().is_empty());
 }
 
+/// The bridge binary started for `command` on `pod` as a runtime starts it, `conf` written
+/// to its stdin; its output is collected by `wait_with_output`.
+fn spawn_bridge(host: &Host, command: &str, cid: &str, pod: &TestNs, conf: &Value) -> std::process::Child {
+    use std::io::Write;
+    let mut c = host
+        .ns
+        .command(env!("CARGO_BIN_EXE_bridge"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bin_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    c
+}
+
 #[test]
 fn fifty_concurrent_adds_then_dels_on_a_fresh_host() {
     require_root!();
@@ -514,24 +535,7 @@ fn fifty_concurrent_adds_then_dels_on_a_fresh_host() {
         let children: Vec<_> = pods
             .iter()
             .enumerate()
-            .map(|(i, pod)| {
-                use std::io::Write;
-                let mut c = host
-                    .ns
-                    .command(env!("CARGO_BIN_EXE_bridge"))
-                    .env("CNI_COMMAND", command)
-                    .env("CNI_CONTAINERID", format!("c{i}"))
-                    .env("CNI_NETNS", pod.path())
-                    .env("CNI_IFNAME", "eth0")
-                    .env("CNI_PATH", bin_dir())
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                c.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-                c
-            })
+            .map(|(i, pod)| spawn_bridge(&host, command, &format!("c{i}"), pod, &conf))
             .collect();
         children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
     };
@@ -569,22 +573,7 @@ fn failing_adds_beside_good_ones_on_a_fresh_bridge_leave_the_good_ones_alone() {
         .iter()
         .enumerate()
         .map(|(i, pod)| {
-            use std::io::Write;
-            let mut c = host
-                .ns
-                .command(env!("CARGO_BIN_EXE_bridge"))
-                .env("CNI_COMMAND", "ADD")
-                .env("CNI_CONTAINERID", format!("r{i}"))
-                .env("CNI_NETNS", pod.path())
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_PATH", bin_dir())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let conf = if i % 2 == 0 { &good } else { &bad };
-            c.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-            c
+            spawn_bridge(&host, "ADD", &format!("r{i}"), pod, if i % 2 == 0 { &good } else { &bad })
         })
         .collect();
     for (i, out) in children.into_iter().map(|c| c.wait_with_output().unwrap()).enumerate() {
