@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_packages
 cargo build -q -p overlayd -p plugins -p test-netns --bins
-exec target/debug/ferrocni-demo --bin-dir target/debug "$@"
+target="${CARGO_TARGET_DIR:-target}/debug"
+exec "$target/ferrocni-demo" --bin-dir "$target" "$@"
