@@ -507,10 +507,19 @@ fn bad_config_changes_nothing() {
 /// The bridge binary started for `command` on `pod` as a runtime starts it, `conf` written
 /// to its stdin; its output is collected by `wait_with_output`.
 fn spawn_bridge(host: &Host, command: &str, cid: &str, pod: &TestNs, conf: &Value) -> std::process::Child {
+    spawn_under(host.ns.command(env!("CARGO_BIN_EXE_bridge")), command, cid, pod, conf)
+}
+
+/// [`spawn_bridge`] with the bridge run by `program` (e.g. under strace).
+fn spawn_under(
+    mut program: std::process::Command,
+    command: &str,
+    cid: &str,
+    pod: &TestNs,
+    conf: &Value,
+) -> std::process::Child {
     use std::io::Write;
-    let mut c = host
-        .ns
-        .command(env!("CARGO_BIN_EXE_bridge"))
+    let mut c = program
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", pod.path())
@@ -700,25 +709,9 @@ fn ip_masq_and_mac_spoof_check_run_no_other_program() {
     let conf = host.conf("1.0.0", json!({"ipMasq": true, "macspoofchk": true}), &["10.67.0.0/24"]);
     let log = host.dir.path().join("strace.log");
     for command in ["ADD", "DEL"] {
-        use std::io::Write;
-        let mut child = host
-            .ns
-            .command("/usr/bin/strace")
-            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
-            .arg(&log)
-            .arg(env!("CARGO_BIN_EXE_bridge"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "strace1")
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", bin_dir())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut strace = host.ns.command("/usr/bin/strace");
+        strace.args(["-f", "-qq", "-e", "trace=execve", "-o"]).arg(&log).arg(env!("CARGO_BIN_EXE_bridge"));
+        let out = spawn_under(strace, command, "strace1", &pod, &conf).wait_with_output().unwrap();
         assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
         let programs = executed(&log);
         let names: Vec<&str> = programs.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
