@@ -160,7 +160,8 @@ fn spawn_watcher(
     let (tx, mut rx) = mpsc::channel::<BackendEvent>(1024);
     let (own_tx, own) = watch::channel(None);
     let (peers, _) = watch::channel(PeerSet::default());
-    let mut io = WatcherIo { peers, events: tx, own, own_key: mpsc::channel(16).0, shutdown: stop };
+    let config = watch::channel(Some(cfg.clone())).1;
+    let mut io = WatcherIo { peers, events: tx, own, own_key: mpsc::channel(16).0, config, shutdown: stop };
     tokio::spawn(async move {
         // The watcher stops when its own-subnet sender goes away: keep it alive.
         let _own = own_tx;

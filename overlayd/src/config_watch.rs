@@ -1,7 +1,8 @@
 //! The network config: the node's one source of it. At start it is read from the store
 //! (seeded from `--net-config-file` when the store has none), waiting until there is a
-//! valid one; afterwards it is followed: the `Encryption` section is applied live (every
-//! daemon follows `overlayctl encryption …` within a store round trip); other changes
+//! valid one; afterwards it is followed: the `Encryption` section and `RequireSignedLeases`
+//! are applied live (every daemon follows `overlayctl encryption …` within a store round
+//! trip, and judges every lease again when the signing rule changes); other changes
 //! (networks, backend) need a restart and are only reported. An invalid or deleted config is
 //! reported and the last good one kept: it never reaches the datapath.
 
@@ -185,7 +186,8 @@ async fn watch_from(
     }
 }
 
-/// Adopts a new config's `Encryption` section; reports what else changed.
+/// Adopts a new config's live parts (the `Encryption` section and `RequireSignedLeases`);
+/// reports what else changed.
 fn apply(tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8]) {
     let parsed = match NetworkConfig::parse(&String::from_utf8_lossy(value)) {
         Ok(p) => p.config,
@@ -195,26 +197,61 @@ fn apply(tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8]) {
         }
     };
     let Some(mut current) = tx.borrow().clone() else { return };
-    if parsed.encryption == current.encryption {
-        if !same_apart_from_encryption(&parsed, &current) {
-            warn_restart_needed();
-        }
-        return;
-    }
-    if !same_apart_from_encryption(&parsed, &current) {
+    if !same_apart_from_live_parts(&parsed, &current) {
         warn_restart_needed();
     }
+    let encryption_changed = parsed.encryption != current.encryption;
+    let signing_changed = parsed.require_signed_leases != current.require_signed_leases;
+    if !encryption_changed && !signing_changed {
+        return;
+    }
     current.encryption = parsed.encryption;
-    tracing::info!(encryption = ?current.encryption_settings(), "encryption settings changed");
+    current.require_signed_leases = parsed.require_signed_leases;
+    if encryption_changed {
+        tracing::info!(encryption = ?current.encryption_settings(), "encryption settings changed");
+    }
+    if signing_changed {
+        tracing::info!(require_signed_leases = current.require_signed_leases, "lease signing rule changed");
+    }
     tx.send_replace(Some(current));
 }
 
-fn same_apart_from_encryption(a: &NetworkConfig, b: &NetworkConfig) -> bool {
-    NetworkConfig { encryption: None, ..a.clone() } == NetworkConfig { encryption: None, ..b.clone() }
+/// Whether two configs differ only in what is applied live.
+fn same_apart_from_live_parts(a: &NetworkConfig, b: &NetworkConfig) -> bool {
+    let fixed = |c: &NetworkConfig| NetworkConfig { encryption: None, require_signed_leases: false, ..c.clone() };
+    fixed(a) == fixed(b)
 }
 
 fn warn_restart_needed() {
     tracing::warn!(
         "the network config changed outside its Encryption section; those changes take effect when the daemon restarts"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(text: &str) -> watch::Sender<Option<NetworkConfig>> {
+        watch::Sender::new(Some(NetworkConfig::parse(text).unwrap().config))
+    }
+
+    #[test]
+    fn the_live_parts_are_adopted_and_the_rest_kept_until_a_restart() {
+        let tx = sender(r#"{"Network":"10.5.0.0/16"}"#);
+        let mut rx = tx.subscribe();
+        apply(&tx, br#"{"Network":"10.5.0.0/16","RequireSignedLeases":true}"#);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().as_ref().unwrap().require_signed_leases);
+        apply(&tx, br#"{"Network":"10.5.0.0/16","RequireSignedLeases":true,"Encryption":{"Type":"wireguard"}}"#);
+        assert!(rx.borrow_and_update().as_ref().unwrap().encryption.is_some());
+        // Another network: reported, not adopted; the live parts of the same write are.
+        apply(&tx, br#"{"Network":"10.6.0.0/16"}"#);
+        let now = rx.borrow_and_update().clone().unwrap();
+        assert_eq!(now.ipv4.unwrap().network.to_string(), "10.5.0.0/16");
+        assert!(!now.require_signed_leases && now.encryption.is_none());
+        // Invalid: nothing changes.
+        apply(&tx, b"{not json");
+        assert!(!rx.has_changed().unwrap());
+    }
 }

@@ -312,6 +312,7 @@ async fn start(
         events: backend_tx.clone(),
         own: node.own.clone(),
         own_key: own_key_tx,
+        config: node.config.clone(),
         shutdown: shutdown.clone(),
     };
     tasks.push(tokio::spawn(async move {

@@ -195,6 +195,12 @@ impl Validator {
         &self.config
     }
 
+    /// Follows the operator's `RequireSignedLeases` (applied live: callers judge every
+    /// lease again afterwards).
+    pub fn set_require_signed_leases(&mut self, on: bool) {
+        self.config.require_signed_leases = on;
+    }
+
     /// The pins, if any.
     pub fn pins(&self) -> Option<&SharedPins> {
         self.pins.as_ref()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::BackendEvent;
+use crate::config::NetworkConfig;
 use crate::lease::OwnKeyChange;
 use crate::metrics::Metrics;
 use crate::peer::PeerSet;
@@ -119,6 +120,17 @@ impl LeaseView {
     /// Our own subnet (for the overlap check).
     pub fn own(&self) -> Option<SubnetKey> {
         self.own
+    }
+
+    /// Takes the config's live lease rules (`RequireSignedLeases`); true when they changed,
+    /// and callers list again so that every lease is judged by the new rules.
+    pub fn follow_config(&mut self, config: &NetworkConfig) -> bool {
+        let on = config.require_signed_leases;
+        if self.validator.config().require_signed_leases == on {
+            return false;
+        }
+        self.validator.set_require_signed_leases(on);
+        true
     }
 
     /// Sets our subnet; callers list again afterwards so that the overlap check is redone.
@@ -320,6 +332,8 @@ pub struct WatcherIo {
     pub own: watch::Receiver<Option<SubnetKey>>,
     /// To the lease keeper: every write seen on our own key.
     pub own_key: mpsc::Sender<OwnKeyChange>,
+    /// The network config in effect: its `RequireSignedLeases` is followed live.
+    pub config: watch::Receiver<Option<NetworkConfig>>,
     /// Becomes true on shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -473,6 +487,19 @@ impl Watcher {
                         self.synced = false;
                         break;
                     }
+                    Ok(()) = io.config.changed() => {
+                        let config = io.config.borrow_and_update().clone();
+                        if let Some(config) = config
+                            && self.view.follow_config(&config)
+                        {
+                            tracing::info!(
+                                require_signed_leases = config.require_signed_leases,
+                                "the operator changed RequireSignedLeases; judging every lease again"
+                            );
+                            self.synced = false;
+                            break;
+                        }
+                    }
                     _ = io.shutdown.changed() => return,
                 }
             }
@@ -494,7 +521,6 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NetworkConfig;
 
     fn view(own: &str) -> LeaseView {
         let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap().config;
@@ -558,6 +584,26 @@ mod tests {
         ]);
         assert_eq!(kinds(&a), ["~10.5.2.0-24", "+10.5.4.0-24"]);
         assert_eq!(a.own_writes, [None]);
+    }
+
+    #[test]
+    fn require_signed_leases_followed_live_drops_and_readmits_unsigned_peers() {
+        let mut v = view("10.5.1.0-24");
+        let listing = [kv("10.5.2.0-24", val("b", "192.0.2.2"), 3)];
+        assert_eq!(kinds(&v.reset(&listing)), ["+10.5.2.0-24"]);
+        let config = |on: bool| {
+            let mut c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap().config;
+            c.require_signed_leases = on;
+            c
+        };
+        assert!(!v.follow_config(&config(false)), "no change: nothing to judge again");
+        assert!(v.follow_config(&config(true)));
+        // The watcher lists again after a change: the unsigned peer goes, counted.
+        assert_eq!(kinds(&v.reset(&listing)), ["-10.5.2.0-24"]);
+        assert_eq!(v.invalid_seen(), 1);
+        assert!(v.invalid().any(|(_, why)| why.contains("requires signed leases")));
+        assert!(v.follow_config(&config(false)));
+        assert_eq!(kinds(&v.reset(&listing)), ["+10.5.2.0-24"]);
     }
 
     #[test]

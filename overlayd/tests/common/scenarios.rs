@@ -213,6 +213,8 @@ fn watcher_io() -> TestIo {
             events: etx,
             own: own_rx,
             own_key: mpsc::channel(16).0,
+            // No config changes in these scenarios (the sender is gone at once).
+            config: watch::channel(None).1,
             shutdown: srx,
         },
         rx,
