@@ -800,47 +800,87 @@ fn with_the_documented_etcd_roles_a_node_cannot_write_the_config() {
     drop(etcd);
 }
 
+/// A client connection to one of the API's listeners, as the slow-client tests hold it.
+trait IdleClient {
+    /// One read of at most `buf.len()` bytes, waiting at most `limit`.
+    fn read_within(&self, limit: Duration, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl IdleClient for std::net::TcpStream {
+    fn read_within(&self, limit: Duration, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.set_read_timeout(Some(limit))?;
+        (&mut &*self).read(buf)
+    }
+}
+
+impl IdleClient for std::os::unix::net::UnixStream {
+    fn read_within(&self, limit: Duration, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.set_read_timeout(Some(limit))?;
+        (&mut &*self).read(buf)
+    }
+}
+
 /// Hundreds of clients that connect and never send a request hold neither memory nor
 /// connections: beyond the cap a connection is closed at once, and each one is closed when
-/// its headers do not come within the header-read timeout; then a real request is served.
-#[test]
-fn slow_api_clients_are_bounded_in_number_memory_and_time() {
-    require_root!();
-    use std::io::{ErrorKind, Read};
-    let c = Cluster::new(1);
-    let conf = c.file("net-conf.json", NET_CONF);
-    let d = c.daemon(0, &["--net-config-file", conf.as_str(), "--metrics-addr", "127.0.0.1:9102"]);
-    d.wait_ready(Duration::from_secs(20));
+/// its headers do not come within the header-read timeout; afterwards `served` is true (a
+/// real request is answered). `connect` opens the 300 connections.
+fn idle_clients_are_bounded<S: IdleClient>(d: &Daemon, connect: impl FnOnce() -> Vec<S>, served: impl Fn() -> bool) {
+    use std::io::ErrorKind;
     let before = d.rss_kib();
     let start = std::time::Instant::now();
-    let mut idle: Vec<std::net::TcpStream> = d
-        .run_in_ns(|| (0..300).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9102").ok()).collect());
+    let idle = connect();
     assert_eq!(idle.len(), 300, "the kernel accepted every connection");
     // Over the cap: closed at once (EOF on read).
     std::thread::sleep(Duration::from_millis(500));
     let closed_at_once = idle
         .iter()
-        .filter(|s| {
-            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))
-        })
+        .filter(|s| matches!(s.read_within(Duration::from_millis(20), &mut [0u8; 1]), Ok(0)))
         .count();
     assert!(closed_at_once >= 300 - overlayd::api::MAX_CONNECTIONS, "{closed_at_once} closed at once");
     let grown = d.rss_kib().saturating_sub(before);
     assert!(grown < 16 * 1024, "RSS grew {grown} KiB for idle clients");
     // Every idle one is closed by the header-read timeout (a read that times out here means
     // the daemon still holds it).
-    for s in &mut idle {
-        s.set_read_timeout(Some(overlayd::api::HEADER_READ_TIMEOUT * 2)).unwrap();
-        let r = s.read(&mut [0u8; 1024]);
+    for s in &idle {
+        let r = s.read_within(overlayd::api::HEADER_READ_TIMEOUT * 2, &mut [0u8; 1024]);
         assert!(
             !matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
             "an idle connection outlived the header-read timeout"
         );
     }
     assert!(start.elapsed() < overlayd::api::HEADER_READ_TIMEOUT * 3, "{:?}", start.elapsed());
-    let m = d.get_tcp("127.0.0.1:9102", "/metrics");
-    assert!(m.contains("overlayd_ready 1"), "{m}");
+    assert!(served(), "the API did not answer after the idle clients");
+}
+
+/// On `--metrics-addr` (TCP, reachable from other machines).
+#[test]
+fn slow_api_clients_are_bounded_in_number_memory_and_time() {
+    require_root!();
+    let c = Cluster::new(1);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let d = c.daemon(0, &["--net-config-file", conf.as_str(), "--metrics-addr", "127.0.0.1:9102"]);
+    d.wait_ready(Duration::from_secs(20));
+    let connect = || -> Vec<std::net::TcpStream> {
+        d.run_in_ns(|| (0..300).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9102").ok()).collect())
+    };
+    idle_clients_are_bounded(&d, connect, || d.get_tcp("127.0.0.1:9102", "/metrics").contains("overlayd_ready 1"));
+}
+
+/// On the API socket (root only; a local process opening hundreds of connections neither
+/// grows the daemon nor holds them past the header-read timeout).
+#[test]
+fn slow_socket_clients_are_bounded_in_number_memory_and_time() {
+    require_root!();
+    let c = Cluster::new(1);
+    let conf = c.file("net-conf.json", NET_CONF);
+    let d = c.daemon(0, &["--net-config-file", conf.as_str()]);
+    d.wait_ready(Duration::from_secs(20));
+    let connect = || -> Vec<std::os::unix::net::UnixStream> {
+        (0..300).filter_map(|_| std::os::unix::net::UnixStream::connect(&d.socket).ok()).collect()
+    };
+    idle_clients_are_bounded(&d, connect, || d.ready());
 }
 
 /// Values near etcd's request limit under `subnets/`, more of them than one response may

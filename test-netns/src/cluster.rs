@@ -14,6 +14,10 @@ use serde_json::json;
 use crate::kube::KubeEnv;
 use crate::{TestNs, Underlay};
 
+mod etcd_roles;
+use etcd_roles::EtcdAuth;
+pub use etcd_roles::EtcdCredentials;
+
 /// Which store the daemons share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -44,6 +48,8 @@ pub struct ClusterOptions {
     /// etcd members (with [`StoreKind::Etcd`]): 1, or 3 for a cluster that survives the loss
     /// of one member.
     pub etcd_members: usize,
+    /// etcd with authentication on and the documented roles ([`ClusterOptions::etcd_with_roles`]).
+    pub etcd_auth: bool,
     /// The cluster's IPv6 network (`IPv6Network`, with `EnableIPv6`), when the pods get IPv6.
     pub ipv6_network: Option<String>,
     /// Whether the pods get IPv4 (`EnableIPv4`; `network` is not published without it).
@@ -88,6 +94,7 @@ impl ClusterOptions {
             network: "10.244.0.0/16".into(),
             lease_ttl: "24h".into(),
             etcd_members: 1,
+            etcd_auth: false,
             ipv6_network: None,
             enable_ipv4: true,
             underlay: UnderlayFamilies::V4,
@@ -99,6 +106,15 @@ impl ClusterOptions {
     /// `Backend.Type` of the network config (`host-gw`, …).
     pub fn backend(mut self, kind: &str) -> Self {
         self.backend_type = kind.into();
+        self
+    }
+
+    /// The store is etcd with authentication on and the roles of docs/security.md: each
+    /// daemon runs as a user of its own with the node role (it may read the config and write
+    /// under `subnets/`), [`Cluster::overlayctl`] as the operator.
+    pub fn etcd_with_roles(mut self) -> Self {
+        self.store = StoreKind::Etcd;
+        self.etcd_auth = true;
         self
     }
 
@@ -156,6 +172,8 @@ pub struct ClusterNode {
     pub underlay_ipv6: Option<String>,
     /// Its files: state, socket, subnet.env, IPAM, saved configs, result cache, log.
     pub dir: PathBuf,
+    /// Its own store user, when etcd has the roles ([`ClusterOptions::etcd_with_roles`]).
+    pub etcd_credentials: Option<EtcdCredentials>,
     daemon: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
 }
@@ -311,6 +329,8 @@ pub struct Cluster {
     underlay: Underlay,
     /// The etcd members (empty on the embedded store).
     pub etcd: Vec<EtcdMember>,
+    etcd_auth: Option<EtcdAuth>,
+    etcd_operator: Option<EtcdCredentials>,
     kube: Option<KubeEnv>,
     /// The nodes, by index.
     pub nodes: Vec<ClusterNode>,
@@ -332,8 +352,17 @@ impl Cluster {
         let work =
             tempfile::Builder::new().prefix("ferrocni-cluster.").tempdir().map_err(|e| e.to_string())?;
         let underlay = Underlay::new(None);
-        let mut cluster =
-            Cluster { opts, work, underlay, etcd: Vec::new(), kube: None, nodes: Vec::new(), next_id: 0 };
+        let mut cluster = Cluster {
+            opts,
+            work,
+            underlay,
+            etcd: Vec::new(),
+            etcd_auth: None,
+            etcd_operator: None,
+            kube: None,
+            nodes: Vec::new(),
+            next_id: 0,
+        };
         if cluster.opts.store == StoreKind::Etcd {
             if !cluster.opts.underlay.v4 {
                 return Err("the harness runs etcd on the IPv4 underlay: give the underlay IPv4".into());
@@ -360,6 +389,11 @@ impl Cluster {
                 };
                 member.start()?;
                 cluster.etcd.push(member);
+            }
+            if cluster.opts.etcd_auth {
+                let (auth, operator) = EtcdAuth::enable(&cluster.etcd[0], cluster.work.path())?;
+                cluster.etcd_auth = Some(auth);
+                cluster.etcd_operator = Some(operator);
             }
         }
         let conf = cluster.work.path().join("net-conf.json");
@@ -471,12 +505,17 @@ impl Cluster {
         }
         let dir = self.work.path().join(format!("node{id}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let etcd_credentials = match &self.etcd_auth {
+            Some(auth) => Some(auth.add_node_user(&self.etcd[0], id)?),
+            None => None,
+        };
         let node = ClusterNode {
             id,
             ns,
             underlay_ip,
             underlay_ipv6,
             dir,
+            etcd_credentials,
             daemon: std::sync::Mutex::new(None),
             extra_args: Vec::new(),
         };
@@ -557,11 +596,31 @@ impl Cluster {
         Ok(leader.expect("set when the wait succeeds"))
     }
 
-    /// The store options of this cluster's daemons (for kube mode, the DaemonSet's arguments,
-    /// deploy/kubernetes/daemonset.yaml).
+    /// The operator's etcd user, when etcd has the roles.
+    pub fn etcd_operator(&self) -> Option<&EtcdCredentials> {
+        self.etcd_operator.as_ref()
+    }
+
+    /// The store options of node `i`'s daemon: [`Cluster::store_args`] with the node's own
+    /// store user in place of the operator's.
+    pub fn daemon_store_args(&self, i: usize) -> Vec<String> {
+        self.store_args_as(self.nodes[i].etcd_credentials.as_ref())
+    }
+
+    /// The store options of the operator's commands (for kube mode, the DaemonSet's
+    /// arguments, deploy/kubernetes/daemonset.yaml); on etcd with the roles, the operator's
+    /// user.
     pub fn store_args(&self) -> Vec<String> {
+        self.store_args_as(self.etcd_operator.as_ref())
+    }
+
+    fn store_args_as(&self, user: Option<&EtcdCredentials>) -> Vec<String> {
         match self.opts.store {
-            StoreKind::Etcd => vec!["--etcd-endpoints".into(), self.etcd_endpoints()],
+            StoreKind::Etcd => {
+                let mut args = vec!["--etcd-endpoints".into(), self.etcd_endpoints()];
+                args.extend(user.map(EtcdCredentials::args).unwrap_or_default());
+                args
+            }
             StoreKind::Embedded => {
                 vec![
                     "--store".into(),
@@ -587,7 +646,7 @@ impl Cluster {
             }
             _ => Vec::new(),
         };
-        let store = self.store_args();
+        let store = self.daemon_store_args(i);
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -918,28 +977,42 @@ pub fn http_get(socket: &Path, path: &str) -> Option<(u16, String)> {
 /// POST `body` (JSON) to `path` on a plain-HTTP TCP server at `addr` (`ip:port`), within
 /// 2 s; the body of a 200 answer.
 pub fn http_post_tcp(addr: &str, path: &str, body: &str) -> Option<String> {
+    match http_post_tcp_with(addr, path, body, &[]) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// [`http_post_tcp`] with extra request headers; (status, body) of any answer, or why there
+/// was none.
+pub fn http_post_tcp_with(
+    addr: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("POST {path} to {addr}: {e}");
+    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).map_err(io)?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .ok()?;
+    .map_err(io)?;
     let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status: u16 = out.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, rest) = out.split_once("\r\n\r\n")?;
-    if status != 200 {
-        return None;
-    }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Some(dechunk(rest));
-    }
-    Some(rest.to_string())
+    s.read_to_string(&mut out).map_err(io)?;
+    let bad = || format!("POST {path} to {addr}: not an HTTP answer: {out:?}");
+    let status: u16 = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let (head, rest) = out.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {

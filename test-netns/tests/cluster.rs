@@ -5,7 +5,6 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use netkernel::overlay::FdbEntry;
-use overlayd::store::Store;
 use test_netns::cluster::{
     Cluster, ClusterOptions, ClusterPod, StoreKind, bin_dir, ping_flood, ping_result, wait_for,
 };
@@ -232,67 +231,6 @@ fn datapath_snapshot(c: &Cluster) -> Vec<String> {
             format!("{routes}\n{neigh}\n{fdb}")
         })
         .collect()
-}
-
-#[test]
-fn hostile_leases_leave_the_datapath_untouched() {
-    require_root!();
-    let c = Cluster::start(ClusterOptions::new(2, bin_dir())).unwrap();
-    for (i, j) in [(0, 1), (1, 0)] {
-        let (vtep, public) = (node_subnet(&c, j), c.nodes[j].underlay_ip.clone());
-        wait_for(Duration::from_secs(15), "the nodes to know each other", || {
-            entries_for(&c, i, &vtep, &public) == (true, true, true)
-        })
-        .unwrap();
-    }
-    let before = datapath_snapshot(&c);
-    let own0 = node_subnet(&c, 0);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = overlayd::store::embedded::EmbeddedStore::open(overlayd::store::embedded::EmbeddedOptions::new(
-            c.work_dir().join("store.db"),
-        ))
-        .unwrap();
-        let p = "/coreos.com/network/subnets/";
-        let mac = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:de:ad:be:ef:01"}"#;
-        for (key, value) in [
-            ("10.244.200.0-24", "not json".to_string()),
-            ("10.99.0.0-24", format!(r#"{{"PublicIP":"198.18.0.77",{mac}}}"#)),
-            ("10.244.201.0-26", format!(r#"{{"PublicIP":"198.18.0.78",{mac}}}"#)),
-            ("10.244.202.0-24", r#"{"PublicIP":"198.18.0.80","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}}"#.to_string()),
-            ("garbage-key", "{}".to_string()),
-        ] {
-            store.put(&format!("{p}{key}"), value.as_bytes()).await.unwrap();
-        }
-    });
-    // Two resync periods for anything to (wrongly) happen.
-    std::thread::sleep(Duration::from_secs(12));
-    assert_eq!(datapath_snapshot(&c), before);
-    for n in 0..2 {
-        assert!(c.nodes[n].ready(), "node{n} must keep running");
-    }
-
-    // A writer overwrites node 0's own key (keeping nothing of it). Node 0 sees the write
-    // through its watch at once, puts its own signed lease back, and nobody's datapath moves:
-    // peers never route node 0's pods to the writer's VTEP for longer than a watch round.
-    rt.block_on(async {
-        let store = overlayd::store::embedded::EmbeddedStore::open(overlayd::store::embedded::EmbeddedOptions::new(
-            c.work_dir().join("store.db"),
-        ))
-        .unwrap();
-        let value = r#"{"PublicIP":"198.18.0.79","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:de:ad:be:ef:02"}}"#;
-        store.put(&format!("/coreos.com/network/subnets/{own0}-24"), value.as_bytes()).await.unwrap();
-    });
-    let restored = || {
-        test_netns::cluster::http_get(&c.nodes[0].socket(), "/metrics")
-            .is_some_and(|(_, m)| m.contains("overlayd_own_lease_restored_total 1"))
-    };
-    wait_for(Duration::from_secs(5), "node0 to put its lease back", restored).unwrap();
-    assert_eq!(node_subnet(&c, 0), own0, "node0 keeps its subnet");
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(datapath_snapshot(&c), before, "the overwrite left a trace in a datapath");
-    let log = std::fs::read_to_string(c.nodes[0].dir.join("overlayd.log")).unwrap();
-    assert!(log.contains("someone else changed this node's lease; put it back"), "{log}");
 }
 
 #[test]
