@@ -218,7 +218,8 @@ fn apply(tx: &watch::Sender<Option<NetworkConfig>>, value: &[u8]) {
 
 /// Whether two configs differ only in what is applied live.
 fn same_apart_from_live_parts(a: &NetworkConfig, b: &NetworkConfig) -> bool {
-    let fixed = |c: &NetworkConfig| NetworkConfig { encryption: None, require_signed_leases: false, ..c.clone() };
+    let fixed =
+        |c: &NetworkConfig| NetworkConfig { encryption: None, require_signed_leases: false, ..c.clone() };
     fixed(a) == fixed(b)
 }
 
@@ -243,7 +244,10 @@ mod tests {
         apply(&tx, br#"{"Network":"10.5.0.0/16","RequireSignedLeases":true}"#);
         assert!(rx.has_changed().unwrap());
         assert!(rx.borrow_and_update().as_ref().unwrap().require_signed_leases);
-        apply(&tx, br#"{"Network":"10.5.0.0/16","RequireSignedLeases":true,"Encryption":{"Type":"wireguard"}}"#);
+        apply(
+            &tx,
+            br#"{"Network":"10.5.0.0/16","RequireSignedLeases":true,"Encryption":{"Type":"wireguard"}}"#,
+        );
         assert!(rx.borrow_and_update().as_ref().unwrap().encryption.is_some());
         // Another network: reported, not adopted; the live parts of the same write are.
         apply(&tx, br#"{"Network":"10.6.0.0/16"}"#);

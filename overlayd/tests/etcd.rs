@@ -826,7 +826,11 @@ impl IdleClient for std::os::unix::net::UnixStream {
 /// connections: beyond the cap a connection is closed at once, and each one is closed when
 /// its headers do not come within the header-read timeout; afterwards `served` is true (a
 /// real request is answered). `connect` opens the 300 connections.
-fn idle_clients_are_bounded<S: IdleClient>(d: &Daemon, connect: impl FnOnce() -> Vec<S>, served: impl Fn() -> bool) {
+fn idle_clients_are_bounded<S: IdleClient>(
+    d: &Daemon,
+    connect: impl FnOnce() -> Vec<S>,
+    served: impl Fn() -> bool,
+) {
     use std::io::ErrorKind;
     let before = d.rss_kib();
     let start = std::time::Instant::now();
@@ -865,7 +869,9 @@ fn slow_api_clients_are_bounded_in_number_memory_and_time() {
     let connect = || -> Vec<std::net::TcpStream> {
         d.run_in_ns(|| (0..300).filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9102").ok()).collect())
     };
-    idle_clients_are_bounded(&d, connect, || d.get_tcp("127.0.0.1:9102", "/metrics").contains("overlayd_ready 1"));
+    idle_clients_are_bounded(&d, connect, || {
+        d.get_tcp("127.0.0.1:9102", "/metrics").contains("overlayd_ready 1")
+    });
 }
 
 /// On the API socket (root only; a local process opening hundreds of connections neither

@@ -1010,8 +1010,11 @@ pub fn http_post_tcp_with(
     let bad = || format!("POST {path} to {addr}: not an HTTP answer: {out:?}");
     let status: u16 = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let (head, rest) = out.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((status, body))
 }
 

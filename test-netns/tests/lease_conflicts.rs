@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{put_leases, with_store};
 use serde_json::Value;
-use test_netns::cluster::{Cluster, ClusterOptions, bin_dir, http_get, wait_for};
+use test_netns::cluster::{Cluster, ClusterOptions, ClusterPod, bin_dir, http_get, wait_for};
 use test_netns::{ping, require_root};
 
 /// Runs a case (a function of the cluster's options) twice: on the embedded store, and on
@@ -113,24 +113,23 @@ fn refused_in_log(c: &Cluster, i: usize, planted: &str, why: &str) -> bool {
         .any(|l| l.contains("WARN") && l.contains("lease refused") && l.contains(planted) && l.contains(why))
 }
 
+/// Node `i`'s routes, overlay neighbours and overlay FDB entries, sorted: the kernel lists
+/// entries in the order they were made, and an entry removed and made again is the same.
 fn datapath(c: &Cluster, i: usize) -> String {
     let ns = &c.nodes[i].ns;
-    let mut out = String::new();
+    let mut lines: Vec<String> = Vec::new();
     for args in [
         &["ip", "-4", "route"][..],
         &["ip", "-6", "route"],
         &["ip", "neigh", "show", "dev", "flannel.1", "nud", "permanent"],
     ] {
-        out.push_str(&ns.exec(args));
-        out.push('\n');
+        lines.extend(ns.exec(args).lines().map(String::from));
     }
     // The overlay devices' FDB (the pods' bridge learns and forgets on its own).
     let fdb = ns.exec(&["bridge", "fdb", "show"]);
-    for l in fdb.lines().filter(|l| l.contains("dev flannel")) {
-        out.push_str(l);
-        out.push('\n');
-    }
-    out
+    lines.extend(fdb.lines().filter(|l| l.contains("dev flannel")).map(String::from));
+    lines.sort();
+    lines.join("\n")
 }
 
 /// Everything the cluster's encryption is, as node `i` reports it (not the live counters).
@@ -145,12 +144,23 @@ fn encryption(c: &Cluster, i: usize) -> Value {
     })
 }
 
+fn every_pod_reaches_every_other(pods: &[ClusterPod]) {
+    for (x, a) in pods.iter().enumerate() {
+        for (y, b) in pods.iter().enumerate().filter(|&(y, _)| y != x) {
+            assert!(ping(&a.ns, &b.ip, 2), "pod on node{x} -> pod on node{y}");
+        }
+    }
+}
+
 fn three_nodes() -> ClusterOptions {
     ClusterOptions::new(3, bin_dir())
 }
 
 /// Three nodes, a pod on each, encryption on, every session established.
-fn encrypted_cluster(opts: ClusterOptions, pod_prefix: &str) -> (Cluster, Vec<test_netns::cluster::ClusterPod>) {
+fn encrypted_cluster(
+    opts: ClusterOptions,
+    pod_prefix: &str,
+) -> (Cluster, Vec<test_netns::cluster::ClusterPod>) {
     let c = Cluster::start(opts).unwrap();
     let pods: Vec<_> = (0..3).map(|i| c.add_pod(i, &format!("{pod_prefix}{i}")).unwrap()).collect();
     c.ctl(0, &["encryption", "enable"]);
@@ -219,7 +229,10 @@ fn hostile_writes_by_a_node(opts: ClusterOptions) {
         for (key, why) in planted.iter().map(|(k, _, w)| (*k, *w)).chain([unleased, garbage]) {
             wait_for(Duration::from_secs(10), &format!("node{i} to refuse {key}"), || {
                 std::fs::read_to_string(c.nodes[i].dir.join("overlayd.log")).unwrap().lines().any(|l| {
-                    l.contains("WARN") && l.contains("ignoring invalid lease") && l.contains(key) && l.contains(why)
+                    l.contains("WARN")
+                        && l.contains("ignoring invalid lease")
+                        && l.contains(key)
+                        && l.contains(why)
                 })
             })
             .unwrap();
@@ -248,16 +261,14 @@ fn hostile_writes_by_a_node(opts: ClusterOptions) {
     std::thread::sleep(Duration::from_secs(6));
     for (k, &i) in victims.iter().enumerate() {
         assert_eq!(datapath(&c, i), paths[k], "node{i}'s datapath moved");
-        wait_for(Duration::from_secs(10), &format!("node{i}'s tunnel as it was"), || encryption(&c, i) == tunnels[k])
-            .unwrap_or_else(|e| panic!("{e}: {} != {}", encryption(&c, i), tunnels[k]));
+        wait_for(Duration::from_secs(10), &format!("node{i}'s tunnel as it was"), || {
+            encryption(&c, i) == tunnels[k]
+        })
+        .unwrap_or_else(|e| panic!("{e}: {} != {}", encryption(&c, i), tunnels[k]));
         let fdb = c.nodes[i].ns.exec(&["bridge", "fdb", "show"]);
         assert!(!fdb.contains(ATTACKER_MAC), "node{i}: {fdb}");
     }
-    for x in 0..3 {
-        for y in (0..3).filter(|&y| y != x) {
-            assert!(ping(&pods[x].ns, &pods[y].ip, 2), "pod on node{x} -> pod on node{y}");
-        }
-    }
+    every_pod_reaches_every_other(&pods);
     for p in &pods {
         c.del_pod(p).unwrap();
     }
@@ -417,7 +428,8 @@ fn require_signed_leases_switched_on_drops_only_the_unsigned_peer(opts: ClusterO
         c.nodes[i].ns.exec(&["ip", "route", "show", &planted_net]).trim().is_empty()
             && !tunnel_peers(&c, i).iter().any(|p| p.2.contains(&planted_net))
     };
-    wait_for(Duration::from_secs(10), "the unsigned peer dropped everywhere", || (0..3).all(dropped)).unwrap();
+    wait_for(Duration::from_secs(10), "the unsigned peer dropped everywhere", || (0..3).all(dropped))
+        .unwrap();
     for i in 0..3 {
         let ns = &c.nodes[i].ns;
         let routes = ns.exec(&["ip", "route", "show", &planted_net]);
@@ -442,17 +454,16 @@ fn require_signed_leases_switched_on_drops_only_the_unsigned_peer(opts: ClusterO
     wait_for(Duration::from_secs(10), "the unsigned peer back everywhere", || (0..3).all(is_peer)).unwrap();
     for ((x, y), flood) in floods {
         let (sent, received) = test_netns::cluster::ping_result(flood);
-        eprintln!("node{x} <-> node{y}: switch-on and switch-off under 100 pps: {} of {sent} lost", sent - received);
+        eprintln!(
+            "node{x} <-> node{y}: switch-on and switch-off under 100 pps: {} of {sent} lost",
+            sent - received
+        );
         // The switch moves only the unsigned peer: the signed pairs lose nothing.
         assert_eq!(sent, received, "node{x} <-> node{y}: {} of {sent} lost", sent - received);
     }
     let restarted: Vec<Option<u32>> = c.nodes.iter().map(|n| n.daemon_pid()).collect();
     assert_eq!(restarted, daemons, "a daemon restarted");
-    for x in 0..3 {
-        for y in (0..3).filter(|&y| y != x) {
-            assert!(ping(&pods[x].ns, &pods[y].ip, 2), "pod on node{x} -> pod on node{y}");
-        }
-    }
+    every_pod_reaches_every_other(&pods);
     for p in &pods {
         c.del_pod(p).unwrap();
     }

@@ -61,7 +61,7 @@ impl EtcdAuth {
     pub(super) fn enable(member: &EtcdMember, dir: &Path) -> Result<(Self, EtcdCredentials), String> {
         let auth = EtcdAuth { root_password: random_password(), dir: dir.to_path_buf() };
         wait_for(Duration::from_secs(30), "etcd's gateway", || {
-            matches!(gateway(member, "/v3/maintenance/status", &json!({}), None), Ok(_))
+            gateway(member, "/v3/maintenance/status", &json!({}), None).is_ok()
         })?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         // The end of a prefix range: the prefix with its last byte raised ("/" + 1 = "0").
@@ -69,7 +69,12 @@ impl EtcdAuth {
         let grants = [
             (OPERATOR_ROLE, "READWRITE", PREFIX.to_string(), Some(prefix_end(PREFIX))),
             (NODE_ROLE, "READ", format!("{PREFIX}config"), None),
-            (NODE_ROLE, "READWRITE", format!("{PREFIX}subnets/"), Some(prefix_end(&format!("{PREFIX}subnets/")))),
+            (
+                NODE_ROLE,
+                "READWRITE",
+                format!("{PREFIX}subnets/"),
+                Some(prefix_end(&format!("{PREFIX}subnets/"))),
+            ),
         ];
         for role in [OPERATOR_ROLE, NODE_ROLE] {
             gateway(member, "/v3/auth/role/add", &json!({"name": role}), None)?;

@@ -33,7 +33,9 @@ pub fn with_store<T: Send>(c: &Cluster, f: impl AsyncFnOnce(&dyn Store) -> T + S
         }
         StoreKind::Kube => panic!("kube mode has no store to write to: write Node objects"),
     };
-    writer.ns.run(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()))
+    writer
+        .ns
+        .run(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()))
 }
 
 /// Writes `(subnet key, value)` leases, bound to a store lease as a node writes its own
