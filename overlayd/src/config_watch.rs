@@ -225,7 +225,7 @@ fn same_apart_from_live_parts(a: &NetworkConfig, b: &NetworkConfig) -> bool {
 
 fn warn_restart_needed() {
     tracing::warn!(
-        "the network config changed outside its Encryption section; those changes take effect when the daemon restarts"
+        "the network config changed outside its live parts (Encryption, RequireSignedLeases); those changes take effect when the daemon restarts"
     );
 }
 
