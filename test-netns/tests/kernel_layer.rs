@@ -291,6 +291,17 @@ fn echo_probe_counts_only_real_answers_in_both_families() {
     b.add_address("p0", "10.77.0.2/24");
     a.exec(&["ip", "addr", "add", "fd77::1/64", "dev", "p0", "nodad"]);
     b.exec(&["ip", "addr", "add", "fd77::2/64", "dev", "p0", "nodad"]);
+    // On a busy machine a link just made can leave the first neighbour solicitation
+    // unanswered (seen once in CI: the IPv6 target silent for the probe's 800 ms while IPv4
+    // answered; the next solicitation comes after the 1 s retransmit timer). What is tested
+    // here is the probe's counting, not that delay: start once IPv6 neighbour discovery has
+    // worked in both directions.
+    let reaches =
+        |from: &TestNs, src: &str, dst: &str| from.try_exec(&["ping", "-6", "-c1", "-W1", "-I", src, dst]);
+    test_netns::cluster::wait_for(Duration::from_secs(10), "IPv6 between the namespaces", || {
+        reaches(&a, "fd77::1", "fd77::2") && reaches(&b, "fd77::2", "fd77::1")
+    })
+    .unwrap();
     let t = |src: &str, dst: &str| EchoTarget { src: Some(src.parse().unwrap()), dst: dst.parse().unwrap() };
     let targets = [
         t("10.77.0.1", "10.77.0.2"),
