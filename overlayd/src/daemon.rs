@@ -82,8 +82,11 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError>
     }
     // Bound inside a fresh 0700 directory of a random name, so that nobody can connect
     // before the chmod, whatever the umask; then moved into place.
+    // The mode is asked for explicitly: tempfile's default is 0777 less the umask, which
+    // is 0777 under a permissive umask (caught by embedded.rs's umask-0 test).
     let private = tempfile::Builder::new()
         .prefix(".overlayd-sock-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(dir)
         .map_err(io_err(format!("a private directory in {}", dir.display())))?;
     let tmp = private.path().join("s");
